@@ -1,0 +1,105 @@
+"""Payload parts shared by several events: addresses, customers, lines."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+
+from pydantic import EmailStr, Field
+
+from .types import (
+    Contract,
+    CountryCode,
+    Latitude,
+    LineId,
+    Longitude,
+    Money,
+    NonEmptyStr,
+    Quantity,
+    Sku,
+)
+
+# order_id = UUIDv5(ORDER_NAMESPACE, "{channel}:{external_order_id}"): a duplicate submission maps to the same
+# order, and a channel can compute the id itself.
+ORDER_NAMESPACE = uuid.UUID("7c2f4a52-5d0e-4b8e-9a41-0c3e6d1f2b77")
+
+
+def order_id_for(channel: str, external_order_id: str) -> uuid.UUID:
+    return uuid.uuid5(ORDER_NAMESPACE, f"{channel}:{external_order_id}")
+
+
+class ShippingMethod(StrEnum):
+    standard = "standard"
+    express = "express"
+    pickup = "pickup"
+
+
+class BackorderPolicy(StrEnum):
+    allow = "allow"
+    deny = "deny"
+
+
+class SourceType(StrEnum):
+    warehouse = "warehouse"
+    store = "store"
+    third_party_logistics = "3pl"
+    dropship = "dropship"
+
+
+class Address(Contract):
+    name: NonEmptyStr
+    line1: NonEmptyStr
+    line2: str | None = Field(default=None, max_length=200)
+    city: NonEmptyStr
+    region: str | None = Field(default=None, max_length=100)
+    postal_code: str | None = Field(default=None, max_length=20)
+    country: CountryCode
+    lat: Latitude | None = None
+    lon: Longitude | None = None
+
+
+class Customer(Contract):
+    id: str | None = Field(default=None, max_length=100)
+    email: EmailStr
+    name: NonEmptyStr
+    phone: str | None = Field(default=None, max_length=40)
+    locale: str = Field(default="en", pattern=r"^[a-z]{2}([-_][A-Za-z]{2})?$")
+
+
+class Recipient(Contract):
+    name: NonEmptyStr
+    phone: str | None = Field(default=None, max_length=40)
+
+
+class PricedLine(Contract):
+    line_id: LineId
+    sku: Sku
+    quantity: Quantity
+    unit_price: Money
+
+
+class Line(Contract):
+    """A quantity of one order line's SKU: what a shipment, reservation or backorder is made of."""
+
+    line_id: LineId
+    sku: Sku
+    quantity: Quantity
+
+
+class LineQuantity(Contract):
+    line_id: LineId
+    quantity: Quantity
+
+
+class OrderOptions(Contract):
+    ship_complete: bool = False
+    backorder_policy: BackorderPolicy = BackorderPolicy.allow
+
+
+class OrderTotals(Contract):
+    currency: str
+    subtotal: Money
+    shipping_total: Money
+    tax_total: Money
+    discount_total: Money
+    grand_total: Money

@@ -1,0 +1,134 @@
+"""Inventory's topics: allocations (keyed by order_id), receipts and stock levels (keyed by sku)."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from .common import Line
+from .envelope import CloudEvent
+from .order import OrderRef
+from .types import Contract, Count, Quantity, Sku, SourceCode, UtcDatetime
+
+
+class ShipmentRef(OrderRef):
+    shipment_id: uuid.UUID
+    source_code: SourceCode
+    lines: list[Line] = Field(min_length=1)
+
+
+class ShipmentReservedData(ShipmentRef):
+    plan_id: uuid.UUID
+
+
+class Shortage(Contract):
+    sku: Sku
+    requested: Quantity
+    available: Count = Field(description="What the source had available when the reservation was refused")
+
+
+class ReservationRejectedData(ShipmentRef):
+    plan_id: uuid.UUID
+    shortages: list[Shortage] = Field(min_length=1)
+
+
+class BackorderQueuedData(OrderRef):
+    lines: list[Line] = Field(min_length=1)
+
+
+class BackorderAllocatedData(ShipmentRef):
+    pass
+
+
+class ReceiptReason(StrEnum):
+    restock = "restock"
+    return_ = "return"
+    transfer = "transfer"
+
+
+class StockReceivedData(Contract):
+    sku: Sku
+    source_code: SourceCode
+    quantity: Quantity
+    reason: ReceiptReason
+    reference: str | None = Field(default=None, max_length=200)
+
+
+class StockCountedData(Contract):
+    sku: Sku
+    source_code: SourceCode
+    on_hand: Count
+    counted_at: UtcDatetime
+
+
+class StockLevelChangedData(Contract):
+    sku: Sku
+    source_code: SourceCode
+    on_hand: Count
+    reserved: Count
+    available: Count
+    changed_at: UtcDatetime
+
+
+class LowStockData(Contract):
+    sku: Sku
+    source_code: SourceCode
+    available: Count
+    threshold: Count
+
+
+class _AllocationEvent(CloudEvent):
+    data: OrderRef
+
+    def key(self) -> str:
+        return str(self.data.order_id)
+
+
+class ShipmentReserved(_AllocationEvent):
+    type: Literal["oms.inventory.shipment_reserved.v1"] = "oms.inventory.shipment_reserved.v1"
+    data: ShipmentReservedData
+
+
+class ReservationRejected(_AllocationEvent):
+    type: Literal["oms.inventory.reservation_rejected.v1"] = "oms.inventory.reservation_rejected.v1"
+    data: ReservationRejectedData
+
+
+class BackorderQueued(_AllocationEvent):
+    type: Literal["oms.inventory.backorder_queued.v1"] = "oms.inventory.backorder_queued.v1"
+    data: BackorderQueuedData
+
+
+class BackorderAllocated(_AllocationEvent):
+    type: Literal["oms.inventory.backorder_allocated.v1"] = "oms.inventory.backorder_allocated.v1"
+    data: BackorderAllocatedData
+
+
+class _SkuEvent(CloudEvent):
+    data: StockReceivedData | StockCountedData | StockLevelChangedData | LowStockData
+
+    def key(self) -> str:
+        return self.data.sku
+
+
+class StockReceived(_SkuEvent):
+    type: Literal["oms.inventory.stock_received.v1"] = "oms.inventory.stock_received.v1"
+    data: StockReceivedData
+
+
+class StockCounted(_SkuEvent):
+    type: Literal["oms.inventory.stock_counted.v1"] = "oms.inventory.stock_counted.v1"
+    data: StockCountedData
+
+
+class StockLevelChanged(_SkuEvent):
+    type: Literal["oms.inventory.stock_level_changed.v1"] = "oms.inventory.stock_level_changed.v1"
+    data: StockLevelChangedData
+
+
+class LowStock(_SkuEvent):
+    type: Literal["oms.inventory.low_stock.v1"] = "oms.inventory.low_stock.v1"
+    data: LowStockData

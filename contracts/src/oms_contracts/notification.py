@@ -1,0 +1,54 @@
+"""What notifications publishes on `oms.notifications.v1`, keyed by order_id: a record of every message."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from .envelope import CloudEvent
+from .types import Contract, NonEmptyStr, Text, UtcDatetime
+
+
+class NotificationChannel(StrEnum):
+    email = "email"
+    webhook = "webhook"
+
+
+class NotificationData(Contract):
+    notification_id: uuid.UUID
+    order_id: uuid.UUID | None = None
+    template: NonEmptyStr
+    channel: NotificationChannel
+    recipient: NonEmptyStr
+    subject: str | None = Field(default=None, max_length=300)
+    cause_event_id: uuid.UUID
+    attempts: int = Field(ge=1)
+
+
+class NotificationSentData(NotificationData):
+    sent_at: UtcDatetime
+
+
+class NotificationFailedData(NotificationData):
+    failed_at: UtcDatetime
+    error: Text
+
+
+class _NotificationEvent(CloudEvent):
+    data: NotificationData
+
+    def key(self) -> str:
+        return str(self.data.order_id or self.data.notification_id)
+
+
+class NotificationSent(_NotificationEvent):
+    type: Literal["oms.notification.sent.v1"] = "oms.notification.sent.v1"
+    data: NotificationSentData
+
+
+class NotificationFailed(_NotificationEvent):
+    type: Literal["oms.notification.failed.v1"] = "oms.notification.failed.v1"
+    data: NotificationFailedData

@@ -1,0 +1,152 @@
+"""What the order service publishes on `oms.order.events.v1`, keyed by order_id."""
+
+from __future__ import annotations
+
+import uuid
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field
+
+from .common import Address, Customer, Line, LineQuantity, OrderOptions, PricedLine, ShippingMethod
+from .envelope import CloudEvent
+from .types import Contract, CurrencyCode, Money, NonEmptyStr, SourceCode, Text, UtcDatetime
+
+
+class OrderStatus(StrEnum):
+    pending = "pending"
+    payment_processing = "payment_processing"
+    paid = "paid"
+    awaiting_fulfillment = "awaiting_fulfillment"
+    partially_fulfilled = "partially_fulfilled"
+    fulfilled = "fulfilled"
+    delivered = "delivered"
+    cancelled = "cancelled"
+    refunded = "refunded"
+
+
+class OrderRef(Contract):
+    order_id: uuid.UUID
+
+
+class OrderAcceptedData(OrderRef):
+    """The accepted order as the OMS holds it: everything a reader needs to show or notify about it."""
+
+    channel: NonEmptyStr
+    external_order_id: NonEmptyStr
+    placed_at: UtcDatetime
+    currency: CurrencyCode
+    customer: Customer
+    shipping_address: Address
+    shipping_method: ShippingMethod
+    pickup_source: SourceCode | None = None
+    lines: list[PricedLine] = Field(min_length=1)
+    subtotal: Money
+    shipping_total: Money
+    tax_total: Money
+    discount_total: Money
+    grand_total: Money
+    options: OrderOptions
+
+
+class FieldError(Contract):
+    field: str = Field(description="Dotted path of the offending field, e.g. data.lines.0.quantity")
+    message: str
+    type: str = Field(description="Machine-readable error kind, e.g. greater_than")
+
+
+class OrderRejectedData(Contract):
+    order_id: uuid.UUID | None = Field(description="Null when the submission did not name its channel and order")
+    channel: str | None = None
+    external_order_id: str | None = None
+    rejected_event_id: uuid.UUID | None = None
+    reason: Text
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class StatusChangedData(OrderRef):
+    from_status: OrderStatus | None = Field(alias="from", description="Null for a new order")
+    to_status: OrderStatus = Field(alias="to")
+    actor: NonEmptyStr
+    note: Text | None = None
+    at: UtcDatetime
+    cause_event_id: uuid.UUID | None = None
+
+
+class OrderPaidData(OrderRef):
+    """Everything routing needs to plan an order, and nothing more."""
+
+    channel: NonEmptyStr
+    placed_at: UtcDatetime
+    currency: CurrencyCode
+    amount: Money
+    lines: list[Line] = Field(min_length=1)
+    shipping_address: Address
+    shipping_method: ShippingMethod
+    pickup_source: SourceCode | None = None
+    options: OrderOptions
+
+
+class LinesCancelledData(OrderRef):
+    lines: list[LineQuantity] = Field(min_length=1)
+    reason: Text
+    actor: NonEmptyStr
+    refund_amount: Money
+    currency: CurrencyCode
+    grand_total: Money = Field(description="The order total after the cancellation")
+
+
+class RefundIssuedData(OrderRef):
+    refund_id: uuid.UUID
+    amount: Money
+    currency: CurrencyCode
+    reason: Text
+    lines: list[LineQuantity] = Field(default_factory=list)
+
+
+class OrderStuckData(OrderRef):
+    status: OrderStatus
+    since: UtcDatetime
+    age_hours: float = Field(ge=0)
+
+
+class _OrderEvent(CloudEvent):
+    data: OrderRef | OrderRejectedData
+
+    def key(self) -> str:
+        return str(self.data.order_id) if self.data.order_id else str(self.id)
+
+
+class OrderAccepted(_OrderEvent):
+    type: Literal["oms.order.accepted.v1"] = "oms.order.accepted.v1"
+    data: OrderAcceptedData
+
+
+class OrderRejected(_OrderEvent):
+    type: Literal["oms.order.rejected.v1"] = "oms.order.rejected.v1"
+    data: OrderRejectedData
+
+
+class StatusChanged(_OrderEvent):
+    type: Literal["oms.order.status_changed.v1"] = "oms.order.status_changed.v1"
+    data: StatusChangedData
+
+
+class OrderPaid(_OrderEvent):
+    type: Literal["oms.order.paid.v1"] = "oms.order.paid.v1"
+    data: OrderPaidData
+
+
+class LinesCancelled(_OrderEvent):
+    type: Literal["oms.order.lines_cancelled.v1"] = "oms.order.lines_cancelled.v1"
+    data: LinesCancelledData
+
+
+class RefundIssued(_OrderEvent):
+    type: Literal["oms.order.refund_issued.v1"] = "oms.order.refund_issued.v1"
+    data: RefundIssuedData
+
+
+class OrderStuck(_OrderEvent):
+    type: Literal["oms.order.stuck.v1"] = "oms.order.stuck.v1"
+    data: OrderStuckData

@@ -1,0 +1,113 @@
+"""Value types every contract shares: money, quantities, codes, times.
+
+Each type validates strictly (a channel that sends `"quantity": "2"` or `"unit_price": 19.99` is told so) and
+publishes a precise JSON Schema, because outsiders build against the checked-in schemas.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import pycountry
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StrictInt,
+    WithJsonSchema,
+)
+
+CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies)
+COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
+
+_MONEY = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]{1,4})?$")
+
+
+def _money(value: Any) -> Decimal:
+    # Strings only: a JSON float has already lost the cents we are asked to keep.
+    if isinstance(value, Decimal):
+        return value
+    if not isinstance(value, str):
+        raise ValueError('money must be a decimal string such as "19.99", not a number')
+    if not _MONEY.match(value):
+        raise ValueError('money must be a non-negative decimal string with at most 4 decimals, such as "19.99"')
+    return Decimal(value)
+
+
+def _currency(value: str) -> str:
+    if value not in CURRENCIES:
+        raise ValueError(f"{value!r} is not an ISO 4217 currency code")
+    return value
+
+
+def _country(value: str) -> str:
+    if value not in COUNTRIES:
+        raise ValueError(f"{value!r} is not an ISO 3166-1 alpha-2 country code")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def _rfc3339(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_money),
+    PlainSerializer(lambda d: format(d, "f"), return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": _MONEY.pattern,
+            "description": "Non-negative decimal amount as a string, never a float",
+            "examples": ["19.99"],
+        }
+    ),
+]
+Quantity = Annotated[StrictInt, Field(gt=0, description="Number of units, an integer greater than zero")]
+Count = Annotated[StrictInt, Field(ge=0)]
+CurrencyCode = Annotated[
+    str,
+    AfterValidator(_currency),
+    WithJsonSchema({"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 currency code"}),
+]
+CountryCode = Annotated[
+    str,
+    AfterValidator(_country),
+    WithJsonSchema({"type": "string", "pattern": "^[A-Z]{2}$", "description": "ISO 3166-1 alpha-2 country code"}),
+]
+UtcDatetime = Annotated[
+    AwareDatetime,
+    AfterValidator(_utc),
+    PlainSerializer(_rfc3339, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time", "description": "RFC 3339 time with offset; sent as UTC"}),
+]
+NonEmptyStr = Annotated[str, Field(min_length=1, max_length=200)]
+Text = Annotated[str, Field(max_length=2000)]
+Sku = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^\S(.*\S)?$")]
+LineId = Annotated[str, Field(min_length=1, max_length=64)]
+# A source code becomes part of a Kafka topic name (oms.fulfillment.requests.{code}.v1), so only topic-safe
+# characters are allowed.
+SourceCode = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")]
+Latitude = Annotated[float, Field(ge=-90, le=90)]
+Longitude = Annotated[float, Field(ge=-180, le=180)]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Contract(BaseModel):
+    """Base of every event payload: unknown fields are ignored so that adding a field never breaks a reader."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
