@@ -1,0 +1,342 @@
+"""Batch consumption with effectively-once effects.
+
+For each batch a subscriber receives:
+1. every record is validated against its topic's contract (bytes straight into Pydantic);
+2. one database transaction records the event ids in the inbox (a redelivered id is skipped), runs the handler,
+   and writes the events it emits, plus dead letters for records that can never be processed, to the outbox;
+3. only after the commit are the offsets committed (asynchronously: the inbox makes a redelivery harmless).
+
+A transient failure (database or broker unreachable) is retried with backoff, never skipped. Any other failure of
+a batch rolls it back and replays it one record at a time; a record that fails alone is dead-lettered with its error,
+in a transaction of its own, and the partition moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from aiokafka import ConsumerRecord, TopicPartition
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from oms_contracts import DEAD_LETTERS, CloudEvent, Topic
+from oms_contracts.topics import topic_for
+
+from . import telemetry
+from .database import Database, driver, is_transient
+from .outbox import OutboxMessage, append
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=CloudEvent)
+
+# Records that never validated have no event id of their own; their inbox key is derived from where they sit.
+_UNDECODABLE = uuid.UUID("3d0bf7c6-94a4-4c52-9a0b-9a7e0e3c6a11")
+
+
+@dataclass(slots=True)
+class Incoming(Generic[E]):
+    """A valid event as it arrived, with the span that traces its handling."""
+
+    event: E
+    record: ConsumerRecord
+    span: Span = field(repr=False)
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.event.id
+
+
+@dataclass(slots=True)
+class Invalid:
+    """A record that failed validation (or could not be decoded at all)."""
+
+    record: ConsumerRecord
+    error: Exception
+    span: Span = field(repr=False)
+
+    @property
+    def id(self) -> uuid.UUID:
+        return uuid.uuid5(_UNDECODABLE, f"{self.record.topic}:{self.record.partition}:{self.record.offset}")
+
+
+Message = Incoming[Any] | Invalid
+
+
+class Refused(Exception):
+    """A domain decision that a message cannot be applied (an impossible transition, an unknown source).
+
+    Raised by a handler for one message, it dead-letters that message with this error."""
+
+
+class Transaction:
+    """What a handler gets: the open database transaction and the means to emit events from it."""
+
+    def __init__(self, conn: AsyncConnection, service: str) -> None:
+        self.conn = conn
+        self.service = service
+        self.outbox: list[OutboxMessage] = []
+        self._pg = None
+
+    async def pg(self):
+        """The asyncpg connection of this transaction, for set-based SQL."""
+        if self._pg is None:
+            self._pg = await driver(self.conn)
+        return self._pg
+
+    def emit(
+        self,
+        event: CloudEvent,
+        *,
+        cause: Incoming[Any] | None = None,
+        traceparent: str | None = None,
+        topic: str | None = None,
+    ) -> None:
+        """Queue an event for the outbox. Its trace continues `traceparent` if given, else the cause's span."""
+        if traceparent is None and cause is not None:
+            traceparent = telemetry.traceparent_of(cause.span)
+        if traceparent is None:
+            traceparent = telemetry.traceparent_of(trace.get_current_span())
+        headers = [("content-type", "application/cloudevents+json"), ("ce-type", event.type)]
+        if traceparent:
+            headers.append(("traceparent", traceparent))
+        self.outbox.append(OutboxMessage(topic or topic_for(event), event.key(), event.to_bytes(), headers))
+
+    def dead_letter(self, message: Message, error: BaseException) -> None:
+        record = message.record
+        headers = [(k, v.decode("latin-1")) for k, v in record.headers or () if k in ("traceparent", "tracestate")]
+        headers += [
+            ("oms-original-topic", record.topic),
+            ("oms-original-partition", str(record.partition)),
+            ("oms-original-offset", str(record.offset)),
+            ("oms-error-class", type(error).__name__),
+            ("oms-error-message", _describe(error)[:4000]),
+            ("oms-service", self.service),
+        ]
+        key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        self.outbox.append(OutboxMessage(DEAD_LETTERS.name, key, record.value or b"", headers))
+        log.warning(
+            "dead-lettered %s[%d]@%d: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            _describe(error),
+            extra={"order_id": _subject(message)},
+        )
+
+
+Handler = Callable[[Transaction, list[Incoming[Any]]], Awaitable[None]]
+InvalidHandler = Callable[[Transaction, Invalid], Awaitable[bool]]
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ValidationError):
+        parts = []
+        for e in error.errors():
+            where = ".".join(str(p) for p in e["loc"] if not str(p).startswith("oms."))
+            parts.append(f"{where}: {e['msg']}" if where else e["msg"])
+        return f"{error.error_count()} validation error(s): " + "; ".join(parts)
+    return str(error) or type(error).__name__
+
+
+def _subject(message: Message) -> str | None:
+    return message.event.subject if isinstance(message, Incoming) else None
+
+
+class BatchConsumer:
+    """One subscription of one service: a topic, a consumer group, a handler."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        topic: Topic,
+        handler: Handler,
+        database: Database,
+        service: str,
+        on_commit: Callable[[], None],
+        on_invalid: InvalidHandler | None = None,
+    ) -> None:
+        self.name = name
+        self.topic = topic
+        self.handler = handler
+        self.database = database
+        self.service = service
+        self.on_commit = on_commit
+        self.on_invalid = on_invalid
+        self.stopping = False
+        self._pending_offsets: dict[TopicPartition, int] = {}
+        self._commit_task: asyncio.Task[None] | None = None
+        self.consumer: Any = None
+
+    async def consume(self, records: Sequence[ConsumerRecord], consumer: Any) -> None:
+        if not records:
+            return
+        self.consumer = consumer
+        messages = [self._open(record) for record in records]
+        links = [Link(m.span.get_span_context()) for m in messages]
+        try:
+            with telemetry.tracer().start_as_current_span(
+                f"{self.name} batch", links=links, attributes={"oms.batch.size": len(messages)}
+            ):
+                await self._apply_batch(messages)
+        except asyncio.CancelledError:
+            self._rewind(records)
+            raise
+        except Exception as error:
+            # Not even dead-lettering could absorb it: rewind so the batch is fetched again rather than skipped by
+            # the next offset commit, and slow down so a persistent fault does not spin.
+            self._rewind(records)
+            log.critical("batch of %d on %s not applied, will be redelivered: %r", len(records), self.name, error)
+            await asyncio.sleep(1.0)
+            return
+        finally:
+            for m in messages:
+                m.span.end()
+        self.on_commit()
+        self._commit(records)
+
+    def _rewind(self, records: Sequence[ConsumerRecord]) -> None:
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            first[tp] = min(first.get(tp, record.offset), record.offset)
+        for tp, offset in first.items():
+            if tp in self.consumer.assignment():
+                self.consumer.seek(tp, offset)
+
+    def _open(self, record: ConsumerRecord) -> Message:
+        span = telemetry.tracer().start_span(
+            f"consume {record.topic}",
+            context=telemetry.extract(record.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.destination.name": record.topic,
+                "messaging.consumer.group.name": self.name,
+                "messaging.kafka.partition": record.partition,
+                "messaging.kafka.offset": record.offset,
+            },
+        )
+        try:
+            event = self.topic.parse(record.value or b"")
+        except (ValidationError, ValueError) as error:
+            span.set_status(Status(StatusCode.ERROR, "invalid message"))
+            return Invalid(record, error, span)
+        span.set_attribute("cloudevents.event_type", event.type)
+        span.set_attribute("cloudevents.event_id", str(event.id))
+        if event.subject:
+            span.set_attribute("cloudevents.event_subject", event.subject)
+        return Incoming(event, record, span)
+
+    async def _apply_batch(self, messages: list[Message]) -> None:
+        try:
+            await self._retrying(lambda: self._apply(messages))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            if len(messages) == 1:
+                await self._retrying(lambda e=error: self._apply(messages, poison=e))
+                return
+            log.warning("batch of %d failed (%r); replaying one message at a time", len(messages), error)
+        for message in messages:
+            try:
+                await self._retrying(lambda m=message: self._apply([m]))
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                await self._retrying(lambda m=message, e=error: self._apply([m], poison=e))
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await attempt()
+                return
+            except Exception as error:
+                if not is_transient(error) or self.stopping:
+                    raise
+                log.warning("transient failure in %s, retrying in %.2fs: %r", self.name, delay, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _apply(self, messages: list[Message], poison: BaseException | None = None) -> None:
+        async with self.database.transaction() as conn:
+            tx = Transaction(conn, self.service)
+            fresh = await self._claim(tx, messages)
+            if poison is not None:
+                for message in fresh:
+                    message.span.record_exception(poison)
+                    message.span.set_status(Status(StatusCode.ERROR, type(poison).__name__))
+                    tx.dead_letter(message, poison)
+            else:
+                valid: list[Incoming[Any]] = []
+                for message in fresh:
+                    if isinstance(message, Incoming):
+                        valid.append(message)
+                    elif not (self.on_invalid and await self.on_invalid(tx, message)):
+                        tx.dead_letter(message, message.error)
+                if valid:
+                    await self._handle(tx, valid)
+            await append(conn, tx.outbox)
+
+    async def _handle(self, tx: Transaction, valid: list[Incoming[Any]]) -> None:
+        try:
+            await self.handler(tx, valid)
+        except Refused as refusal:
+            # Refusals are per message: when the whole batch was refused at once, re-run singly.
+            if len(valid) > 1:
+                raise
+            valid[0].span.set_status(Status(StatusCode.ERROR, "refused"))
+            tx.dead_letter(valid[0], refusal)
+
+    async def _claim(self, tx: Transaction, messages: list[Message]) -> list[Message]:
+        """Record the batch in the inbox; return the messages not seen before, each id once."""
+        pg = await tx.pg()
+        rows = await pg.fetch(
+            "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[]) "
+            "ON CONFLICT DO NOTHING RETURNING event_id",
+            self.name,
+            [m.id for m in messages],
+        )
+        new = {row["event_id"] for row in rows}
+        fresh = []
+        for message in messages:
+            if message.id in new:
+                new.discard(message.id)
+                fresh.append(message)
+            else:
+                message.span.set_attribute("oms.duplicate", True)
+        return fresh
+
+    def _commit(self, records: Sequence[ConsumerRecord]) -> None:
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            self._pending_offsets[tp] = max(self._pending_offsets.get(tp, 0), record.offset + 1)
+        if self._commit_task is None or self._commit_task.done():
+            self._commit_task = asyncio.create_task(self._flush_offsets())
+
+    async def _flush_offsets(self) -> None:
+        while self._pending_offsets:
+            offsets, self._pending_offsets = self._pending_offsets, {}
+            assigned = self.consumer.assignment()
+            offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+            if not offsets:
+                continue
+            try:
+                await self.consumer.commit(offsets)
+            except Exception as error:
+                log.warning("offset commit failed for %s (redelivered records will be skipped): %r", self.name, error)
+
+    async def close(self) -> None:
+        self.stopping = True
+        if self._commit_task is not None:
+            await asyncio.gather(self._commit_task, return_exceptions=True)

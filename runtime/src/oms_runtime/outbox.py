@@ -1,0 +1,163 @@
+"""Transactional outbox: rows written in the same transaction as the state change, published by the relay.
+
+The relay is woken in-process after each commit and reads forward from the last id it sent; a sweep every second
+catches rows that committed out of id order or were left by a crashed instance. Sent rows are deleted so the
+index it scans holds only work. An advisory lock lets one relay per database publish at a time, which keeps the
+per-key order of the rows when two instances of a service run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from opentelemetry import trace
+
+from . import telemetry
+from .database import Database, driver, is_transient
+
+log = logging.getLogger(__name__)
+
+_RELAY_LOCK = 0x6F6D735F72656C61  # "oms_rela": one publishing relay per database at a time
+_BATCH = 1000
+_SWEEP_SECONDS = 1.0
+
+
+@dataclass(slots=True)
+class OutboxMessage:
+    topic: str
+    key: str | None
+    payload: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def append(conn, messages: Sequence[OutboxMessage]) -> None:
+    """Write messages to the outbox in one statement, inside the caller's transaction."""
+    if not messages:
+        return
+    pg = await driver(conn)
+    await pg.execute(
+        """
+        INSERT INTO outbox (topic, key, payload, headers)
+        SELECT t, k, p, h::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) AS u(t, k, p, h)
+        """,
+        [m.topic for m in messages],
+        [m.key for m in messages],
+        [m.payload for m in messages],
+        [json.dumps(m.headers) for m in messages],
+    )
+
+
+def kafka_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
+    """The one producer configuration the OMS publishes with: idempotent, acknowledged by all in-sync replicas."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=2,
+        max_batch_size=256 * 1024,
+        request_timeout_ms=30_000,
+    )
+
+
+class Relay:
+    def __init__(self, database: Database, bootstrap: str, service: str) -> None:
+        self.database = database
+        self.service = service
+        self.bootstrap = bootstrap
+        self.producer: AIOKafkaProducer | None = None
+        self._wake = asyncio.Event()
+        self._last_id = 0
+        self._last_sweep = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.published = 0
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self.producer = kafka_producer(self.bootstrap, f"oms-{self.service}-relay")
+        await self.producer.start()
+        self._task = asyncio.create_task(self._run(), name=f"{self.service}-outbox-relay")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            await self._task
+        await self.producer.stop()
+
+    async def drain(self) -> None:
+        """Publish everything committed so far (used at shutdown and by tests)."""
+        while await self._publish_batch(after_id=0) == _BATCH:
+            pass
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=_SWEEP_SECONDS)
+            self._wake.clear()
+            try:
+                sweep = time.monotonic() - self._last_sweep >= _SWEEP_SECONDS
+                if sweep:
+                    self._last_sweep = time.monotonic()
+                after = 0 if sweep else self._last_id
+                while await self._publish_batch(after_id=after) == _BATCH:
+                    after = self._last_id
+                backoff = 0.1
+            except Exception as error:
+                level = logging.WARNING if is_transient(error) else logging.ERROR
+                log.log(level, "outbox relay failed, retrying in %.1fs: %r", backoff, error)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._wake.set()
+        try:
+            await self.drain()
+        except Exception as error:
+            log.warning("outbox not drained at shutdown (the next start publishes it): %r", error)
+
+    async def _publish_batch(self, after_id: int) -> int:
+        async with self.database.transaction() as conn:
+            pg = await driver(conn)
+            await pg.execute("SELECT pg_advisory_xact_lock($1)", _RELAY_LOCK)
+            rows = await pg.fetch(
+                "SELECT id, topic, key, payload, headers FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",
+                after_id,
+                _BATCH,
+            )
+            if not rows:
+                return 0
+            pending = [await self._send(row) for row in rows]
+            await asyncio.gather(*pending)
+            await pg.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
+        self._last_id = max(self._last_id, rows[-1]["id"])
+        self.published += len(rows)
+        return len(rows)
+
+    async def _send(self, row) -> asyncio.Future:
+        stored = row["headers"]
+        headers = [(name, value) for name, value in (json.loads(stored) if isinstance(stored, str) else stored)]
+        parent = telemetry.context_from_traceparent(dict(headers).get("traceparent"))
+        with telemetry.tracer().start_as_current_span(
+            f"publish {row['topic']}",
+            context=parent,
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"messaging.system": "kafka", "messaging.destination.name": row["topic"]},
+        ):
+            carried = telemetry.inject()
+        headers = [(n, v) for n, v in headers if n not in ("traceparent", "tracestate")] + list(carried.items())
+        return await self.producer.send(
+            row["topic"],
+            value=row["payload"],
+            key=row["key"].encode() if row["key"] is not None else None,
+            headers=[(n, v.encode()) for n, v in headers],
+        )

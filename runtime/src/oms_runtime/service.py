@@ -1,0 +1,161 @@
+"""Wiring of one service process: FastStream batch subscribers, the outbox relay, the database, HTTP, telemetry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
+
+from oms_contracts import Topic
+
+from . import http, telemetry
+from .consumer import BatchConsumer, Handler, InvalidHandler
+from .database import Database
+from .outbox import Relay
+from .settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+VERSION = "1.0.0"
+
+
+async def _undecoded(message: Any) -> Any:
+    # The runtime validates each record itself (so an invalid one is dead-lettered, not dropped by the framework):
+    # hand the framework's message, with its raw records and consumer, straight to the subscriber.
+    return message
+
+
+class Service:
+    def __init__(self, settings: ServiceSettings, *, description: str) -> None:
+        self.settings = settings
+        self.name = settings.service
+        self.database = Database(settings.database_url, settings.db_pool_size)
+        self.relay = Relay(self.database, settings.kafka_bootstrap, self.name)
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap,
+            client_id=f"oms-{self.name}",
+            apply_types=False,
+            # Topics are created from the contracts by `oms topics create`, never as a side effect of subscribing.
+            allow_auto_create_topics=False,
+            # Everything this service publishes goes through its outbox relay's producer.
+            consumer_only=True,
+            graceful_timeout=30.0,
+            logger=logging.getLogger(f"faststream.{self.name}"),
+            description=description,
+        )
+        self.asyncapi = AsyncAPI(
+            self.broker, title=f"OMS {self.name} service", version=VERSION, description=description
+        )
+        self.consumers: list[BatchConsumer] = []
+        self._startup: list[Callable[[], Awaitable[None]]] = []
+        self._workers: list[Callable[[], Awaitable[None]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self.http: FastAPI = http.create_app(self, description)
+
+    def consumer(self, topic: Topic, *, on_invalid: InvalidHandler | None = None) -> Callable[[Handler], Handler]:
+        """Subscribe a batch handler to a topic, in this service's consumer group for that topic."""
+
+        def register(handler: Handler) -> Handler:
+            group = f"oms-{self.name}.{topic.name}"
+            consumer = BatchConsumer(
+                name=group,
+                topic=topic,
+                handler=handler,
+                database=self.database,
+                service=self.name,
+                on_commit=self.relay.wake,
+                on_invalid=on_invalid,
+            )
+            self.consumers.append(consumer)
+
+            async def subscriber(events: Any) -> None:
+                await consumer.consume(events.raw_message, events.consumer)
+
+            # What AsyncAPI documents: the topic's events, described by the handler.
+            subscriber.__annotations__ = {"events": list[topic.union], "return": None}
+            subscriber.__name__ = handler.__name__
+            subscriber.__doc__ = handler.__doc__
+            self.broker.subscriber(
+                topic.name,
+                batch=True,
+                group_id=group,
+                max_records=self.settings.batch_max_records,
+                batch_timeout_ms=self.settings.batch_timeout_ms,
+                ack_policy=AckPolicy.MANUAL,
+                auto_offset_reset="earliest",
+                decoder=_undecoded,
+                description=handler.__doc__,
+            )(subscriber)
+            return handler
+
+        return register
+
+    def publishes(self, topic: Topic, description: str | None = None) -> None:
+        """Declare, for the AsyncAPI document, a topic this service publishes on (through its outbox)."""
+        self.broker.publisher(topic.name, schema=topic.union, description=description or topic.description)
+
+    def on_startup(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        self._startup.append(hook)
+        return hook
+
+    def worker(self, loop: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """A background loop that runs while the service runs (e.g. a sender, a stuck-order sweep)."""
+        self._workers.append(loop)
+        return loop
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
+        await self.relay.start()
+        for hook in self._startup:
+            await hook()
+        await self.broker.start()
+        self._tasks = [asyncio.create_task(w(), name=w.__name__) for w in self._workers]
+        log.info("oms-%s started", self.name)
+        try:
+            yield
+        finally:
+            for consumer in self.consumers:
+                consumer.stopping = True
+            await self.broker.stop()
+            for consumer in self.consumers:
+                await consumer.close()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.relay.stop()
+            await self.database.dispose()
+            log.info("oms-%s stopped", self.name)
+
+    async def readiness(self) -> dict[str, str]:
+        """What is not reachable, by name; empty when the service is ready."""
+        problems: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(self.database.ping(), 2.0)
+        except Exception as error:
+            problems["database"] = repr(error)
+        try:
+            assert self.relay.producer is not None, "relay not started"
+            await asyncio.wait_for(self.relay.producer.client.fetch_all_metadata(), 2.0)
+        except Exception as error:
+            problems["kafka"] = repr(error)
+        return problems
+
+    def run(self) -> None:
+        telemetry.setup_logging(self.name, self.settings.log_level)
+        telemetry.setup_tracing(self.name, self.settings.trace_file)
+        uvicorn.run(
+            self.http,
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )

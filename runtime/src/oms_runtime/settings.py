@@ -1,0 +1,54 @@
+"""Configuration from the environment (pydantic-settings). Every service subclasses ServiceSettings."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs. A subclass names the service and its database and HTTP port defaults.
+
+    Shared values read OMS_<NAME> (OMS_KAFKA_BOOTSTRAP ...); per-service values read OMS_<SERVICE>_<NAME> first
+    (OMS_ORDER_DATABASE_URL, OMS_ORDER_HTTP_PORT), so one environment file can configure all four services.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OMS_", extra="ignore")
+
+    service: ClassVar[str]
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str
+    http_host: str = "127.0.0.1"
+    http_port: int
+    # token -> principal, e.g. {"demo-cs-token": "cs-demo"}; empty means every authenticated endpoint answers 401.
+    api_tokens: dict[str, str] = Field(default_factory=dict)
+    log_level: str = "INFO"
+    # Largest batch a consumer takes at once, and how long it waits to fill one.
+    batch_max_records: int = Field(default=500, ge=1)
+    batch_timeout_ms: int = Field(default=10, ge=0)
+    # Traces: OTLP over HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set (standard OpenTelemetry variable), and/or
+    # one JSON span per line into this file (what the end-to-end test reads).
+    trace_file: str | None = None
+    db_pool_size: int = Field(default=10, ge=1)
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _tokens_from_json(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as error:
+                raise ValueError(f"OMS_API_TOKENS must be a JSON object of token to principal: {error}") from error
+        return value
+
+
+def service_field(service: str, name: str, default: Any) -> Any:
+    """A field read from OMS_<SERVICE>_<NAME>, falling back to OMS_<NAME>, then to `default`."""
+    return Field(
+        default=default,
+        validation_alias=AliasChoices(f"OMS_{service.upper()}_{name.upper()}", f"OMS_{name.upper()}"),
+    )

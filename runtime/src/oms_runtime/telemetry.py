@@ -1,0 +1,112 @@
+"""OpenTelemetry tracing and JSON logs with trace_id and order_id.
+
+Trace context travels in Kafka headers (W3C traceparent/tracestate) and is stored in outbox rows, so the relay's
+publish span continues the trace of the transaction that wrote the row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from pythonjsonlogger.json import JsonFormatter
+
+_order_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("oms_order_id", default=None)
+
+Headers = Sequence[tuple[str, bytes]]
+
+
+def setup_tracing(service: str, trace_file: str | None) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": f"oms-{service}"}))
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    if trace_file:
+        sink = open(trace_file, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+        exporter = ConsoleSpanExporter(out=sink, formatter=lambda span: span.to_json(indent=None) + "\n")
+        provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=200))
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer("oms")
+
+
+def extract(headers: Headers | None) -> otel_context.Context:
+    """The trace context a Kafka message carries, or an empty one."""
+    carrier = {k: v.decode("latin-1") for k, v in headers or () if k in ("traceparent", "tracestate")}
+    return propagate.extract(carrier)
+
+
+def inject(ctx: otel_context.Context | None = None) -> dict[str, str]:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=ctx)
+    return carrier
+
+
+def context_of(span: trace.Span) -> otel_context.Context:
+    return trace.set_span_in_context(span)
+
+
+def traceparent_of(span: trace.Span) -> str | None:
+    return inject(context_of(span)).get("traceparent")
+
+
+def context_from_traceparent(traceparent: str | None) -> otel_context.Context:
+    return propagate.extract({"traceparent": traceparent} if traceparent else {})
+
+
+@contextlib.contextmanager
+def order_context(order_id: Any) -> Iterator[None]:
+    """Log lines inside carry this order_id."""
+    token = _order_id.set(str(order_id) if order_id is not None else None)
+    try:
+        yield
+    finally:
+        _order_id.reset(token)
+
+
+class _OmsFields(logging.Filter):
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = self.service
+        span_context = trace.get_current_span().get_span_context()
+        if not hasattr(record, "trace_id"):
+            record.trace_id = format(span_context.trace_id, "032x") if span_context.is_valid else None
+        if not hasattr(record, "order_id"):
+            record.order_id = _order_id.get()
+        return True
+
+
+def setup_logging(service: str, level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.addFilter(_OmsFields(service))
+    handler.setFormatter(
+        JsonFormatter(
+            "{asctime}{levelname}{name}{message}{service}{trace_id}{order_id}",
+            style="{",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            timestamp=False,
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Per-message framework chatter would drown the lines that matter.
+    for noisy in ("aiokafka", "faststream", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,82 @@
+"""Test support: deliver events to a service's real consumer path (inbox, handler, outbox on a real PostgreSQL)
+without a broker, and read back what it emitted. For a handler's test; end-to-end tests use real Kafka."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from oms_contracts import CloudEvent, Topic
+from oms_contracts.topics import ALL_EVENTS
+
+from .service import Service
+
+_offsets = itertools.count()
+_TYPES = {e.TYPE: e for e in ALL_EVENTS}
+
+
+class _Consumer:
+    """Stands in for the aiokafka consumer: no partition is assigned, so no offset is committed."""
+
+    def assignment(self) -> set[TopicPartition]:
+        return set()
+
+    def seek(self, *_: Any) -> None:
+        pass
+
+
+@dataclass
+class Emitted:
+    topic: str
+    key: str | None
+    payload: bytes
+    headers: dict[str, str]
+
+    @property
+    def event(self) -> CloudEvent:
+        return _TYPES[self.headers["ce-type"]].model_validate_json(self.payload)
+
+
+def record(topic: str, value: bytes, key: str | None = None, headers: list[tuple[str, bytes]] | None = None):
+    offset = next(_offsets)
+    return ConsumerRecord(
+        topic=topic,
+        partition=0,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=key.encode() if key else None,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or ""),
+        serialized_value_size=len(value),
+        headers=headers or [],
+    )
+
+
+async def deliver(service: Service, topic: Topic, *messages: CloudEvent | bytes) -> list[Emitted]:
+    """Run one batch through the consumer `service` registered for `topic`; return what it wrote to the outbox
+    (and take it out of the outbox, so the next call returns only its own)."""
+    consumer = next(c for c in service.consumers if c.topic.name == topic.name)
+    records = [
+        record(topic.name, m.to_bytes(), m.key()) if isinstance(m, CloudEvent) else record(topic.name, m)
+        for m in messages
+    ]
+    await consumer.consume(records, _Consumer())
+    return await take_outbox(service)
+
+
+async def take_outbox(service: Service) -> list[Emitted]:
+    async with service.database.transaction() as conn:
+        raw = (await conn.get_raw_connection()).driver_connection
+        rows = await raw.fetch("DELETE FROM outbox RETURNING id, topic, key, payload, headers")
+    rows = sorted(rows, key=lambda r: r["id"])
+    return [Emitted(r["topic"], r["key"], bytes(r["payload"]), {n: v for n, v in _headers(r["headers"])}) for r in rows]
+
+
+def _headers(stored: Any) -> list[list[str]]:
+    return json.loads(stored) if isinstance(stored, str) else stored

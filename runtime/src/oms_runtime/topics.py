@@ -1,0 +1,50 @@
+"""Explicit, idempotent topic creation (the broker never auto-creates OMS topics)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import for_code
+
+from oms_contracts import Topic
+
+log = logging.getLogger(__name__)
+
+_ALREADY_EXISTS = 36
+
+
+async def ensure_topics(
+    bootstrap: str, topics: Iterable[Topic], *, partitions: int = 6, replication_factor: int = 1
+) -> list[str]:
+    """Create the topics that do not exist yet; return the names created. Existing topics are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="oms-topics", request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        wanted = {t.name: t for t in topics}
+        existing = set(await admin.list_topics())
+        missing = [t for name, t in wanted.items() if name not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics(
+            [
+                NewTopic(
+                    t.name,
+                    num_partitions=partitions,
+                    replication_factor=replication_factor,
+                    topic_configs={"min.insync.replicas": str(min(replication_factor, 2)), **t.config},
+                )
+                for t in missing
+            ]
+        )
+        created = []
+        for topic_error in response.topic_errors:
+            name, code = topic_error[0], topic_error[1]
+            if code == 0:
+                created.append(name)
+            elif code != _ALREADY_EXISTS:
+                raise for_code(code)(f"creating topic {name}: {topic_error[2] if len(topic_error) > 2 else ''}")
+        return created
+    finally:
+        await admin.close()
