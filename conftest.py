@@ -11,6 +11,7 @@ need them fail and say how to start the infrastructure.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import subprocess
 import sys
@@ -75,8 +76,14 @@ def oms_topics(kafka_bootstrap: str) -> str:
     from oms_contracts import FIXED_TOPICS
     from oms_runtime.topics import ensure_topics
 
-    asyncio.run(ensure_topics(kafka_bootstrap, FIXED_TOPICS, partitions=3))
+    _run(ensure_topics(kafka_bootstrap, FIXED_TOPICS, partitions=3))
     return kafka_bootstrap
+
+
+def _run(coroutine) -> None:
+    """Run a coroutine to completion from sync code, even when called inside a test's running event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, coroutine).result()
 
 
 def _with_database(url: str, database: str) -> str:
@@ -116,7 +123,7 @@ def create_database(postgres_url: str) -> Callable[[str], str]:
 
     def factory(label: str) -> str:
         name = f"oms_test_{label}_{RUN_ID}"
-        asyncio.run(create(name))
+        _run(create(name))
         return _with_database(postgres_url, name)
 
     return factory
@@ -138,3 +145,13 @@ def service_database(create_database: Callable[[str], str]) -> Callable[[str], s
         return made[key]
 
     return factory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracing() -> None:
+    """Record spans as the services do, so trace context is real in tests (nothing is exported)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(TracerProvider())

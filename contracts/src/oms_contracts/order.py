@@ -6,7 +6,7 @@ import uuid
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from .common import Address, Customer, Line, LineQuantity, OrderOptions, PricedLine, ShippingMethod
 from .envelope import CloudEvent
@@ -53,6 +53,18 @@ class FieldError(Contract):
     field: str = Field(description="Dotted path of the offending field, e.g. data.lines.0.quantity")
     message: str
     type: str = Field(description="Machine-readable error kind, e.g. greater_than")
+
+    @classmethod
+    def all_of(cls, error: ValidationError) -> list[FieldError]:
+        """One entry per field a validation error names; the union's type tag is left out of the path."""
+        return [
+            cls(
+                field=".".join(str(part) for part in e["loc"] if not str(part).startswith("oms.")) or "(message)",
+                message=e["msg"],
+                type=e["type"],
+            )
+            for e in error.errors(include_url=False)
+        ]
 
 
 class OrderRejectedData(Contract):

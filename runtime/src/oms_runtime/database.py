@@ -37,9 +37,11 @@ def add_messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
 
 
 class Database:
+    # No pre-ping: it costs three round trips per checkout; a dead connection fails its first statement, which is
+    # a transient error the consumers retry, and SQLAlchemy replaces the connection.
     def __init__(self, url: str, pool_size: int = 10) -> None:
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+            url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
         )
 
     @contextlib.asynccontextmanager
@@ -64,6 +66,10 @@ async def driver(conn: AsyncConnection) -> asyncpg.Connection:
     """The asyncpg connection under a SQLAlchemy one, in the same transaction: set-based statements
     (INSERT ... SELECT FROM unnest) go through it without SQLAlchemy's per-statement overhead."""
     raw = await conn.get_raw_connection()
+    if conn.in_transaction() and getattr(raw.dbapi_connection, "_transaction", None) is None:
+        # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its own first statement; without one, statements
+        # on the bare connection would run in autocommit. (runtime/tests pin this.)
+        await conn.exec_driver_sql("SELECT 1")
     return raw.driver_connection
 
 

@@ -1,0 +1,377 @@
+"""What comes in on each topic and what goes out: load the batch's orders, apply the domain, save, emit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import replace
+from datetime import date
+
+from pydantic import ValidationError
+
+from oms_contracts import channel, fulfillment, inventory, order_id_for, routing
+from oms_contracts.common import Address, Customer, Line, OrderOptions, Recipient
+from oms_contracts.envelope import CloudEvent
+from oms_contracts.order import (
+    FieldError,
+    OrderAccepted,
+    OrderAcceptedData,
+    OrderPaid,
+    OrderPaidData,
+    OrderRejected,
+    OrderRejectedData,
+    StatusChanged,
+    StatusChangedData,
+)
+from oms_contracts.topics import CHANNEL_ORDERS, FULFILLMENT_UPDATES, INVENTORY_ALLOCATIONS, ROUTING_PLANS
+from oms_contracts.types import utc_now
+from oms_runtime import Incoming, Invalid, Refused, Service, Transaction, telemetry
+
+from . import domain, store
+from .domain import Cause, Order, OrderRefusal
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/oms/order"
+
+
+def register(service: Service) -> None:
+    service.consumer(CHANNEL_ORDERS, on_invalid=reject_invalid_submission)(on_channel_orders)
+    service.consumer(ROUTING_PLANS)(on_fulfillment_plans)
+    service.consumer(INVENTORY_ALLOCATIONS)(on_inventory_allocations)
+    service.consumer(FULFILLMENT_UPDATES)(on_fulfillment_updates)
+
+
+def _cause(message: Incoming, actor: str, order: Order | None = None) -> Cause:
+    trace_id = _trace_id(order.traceparent) if order and order.traceparent else None
+    if trace_id is None:
+        trace_id = format(message.span.get_span_context().trace_id, "032x")
+    return Cause(actor=actor, at=utc_now(), event_id=message.event.id, trace_id=trace_id)
+
+
+def _trace_id(traceparent: str) -> str | None:
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 else None
+
+
+async def _apply(tx: Transaction, messages: list[Incoming], order_id_of, apply) -> None:
+    """Lock and load the batch's orders, apply each message in order, save everything in one go.
+
+    `apply(message, order, orders, outgoing)` changes the order and appends the events it causes to `outgoing`;
+    they are emitted after the status changes they follow from."""
+    orders = await store.load(await tx.pg(), (order_id_of(m) for m in messages))
+    for message in messages:
+        order_id = order_id_of(message)
+        with telemetry.order_context(order_id):
+            order = orders.get(order_id)
+            announced = len(order.transitions) if order else 0
+            outgoing: list[CloudEvent] = []
+            try:
+                order = apply(message, order, orders, outgoing)
+            except OrderRefusal as refusal:
+                # The whole batch is replayed one message at a time and only this one is dead-lettered.
+                raise Refused(str(refusal)) from refusal
+            _announce(tx, order, order.transitions[announced:])
+            for event in outgoing:
+                tx.emit(event, traceparent=order.traceparent)
+    await store.save(await tx.pg(), orders.values())
+
+
+def _announce(tx: Transaction, order: Order, transitions: list[domain.Transition]) -> None:
+    for t in transitions:
+        tx.emit(
+            StatusChanged(
+                source=SOURCE,
+                subject=str(order.order_id),
+                data=StatusChangedData(
+                    order_id=order.order_id,
+                    from_status=t.from_status,
+                    to_status=t.to_status,
+                    actor=t.actor,
+                    note=t.note,
+                    at=t.at,
+                    cause_event_id=t.cause_event_id,
+                ),
+            ),
+            traceparent=order.traceparent,
+        )
+
+
+# -- channels ---------------------------------------------------------------------------------------------------
+
+
+async def on_channel_orders(tx: Transaction, messages: list[Incoming[CloudEvent]]) -> None:
+    """Orders, payments and cancellations from sales channels. A new order is accepted as `pending`; a full
+    capture makes it `paid` and publishes `order.paid.v1` for routing."""
+    await _apply(tx, messages, lambda m: m.event.data.order_id, _on_channel_event)
+
+
+def _on_channel_event(message: Incoming, order: Order | None, orders, outgoing: list[CloudEvent]) -> Order:
+    event, data = message.event, message.event.data
+    actor = f"channel:{data.channel}"
+    if isinstance(event, channel.OrderSubmitted):
+        if order is not None:
+            log.info("order %s:%s submitted again; it exists already", data.channel, data.external_order_id)
+            return order
+        order = _accept(message)
+        orders[order.order_id] = order
+        outgoing.append(_accepted(order, event))
+        return order
+    if order is None:
+        raise OrderRefusal(f"no order {data.channel}:{data.external_order_id} ({data.order_id}) to apply {event.type}")
+    cause = _cause(message, actor, order)
+    match event:
+        case channel.PaymentAuthorized():
+            order.authorize_payment(data.amount, data.currency, cause)
+        case channel.PaymentCaptured():
+            if order.capture_payment(data.amount, data.currency, data.payment_ref, cause):
+                outgoing.append(_paid(order))
+        case channel.PaymentFailed():
+            order.fail_payment(data.reason, cause)
+        case channel.CancellationRequested() if data.lines is None:
+            order.cancel_before_payment(data.reason, replace(cause, actor=f"{actor}:{data.requested_by}"))
+        case channel.CancellationRequested():
+            raise OrderRefusal("cancelling single lines needs the refund flow, which this version does not have yet")
+        case channel.ReturnReceived():
+            raise OrderRefusal("returns are not handled by this version yet")
+    return order
+
+
+def _accept(message: Incoming[channel.OrderSubmitted]) -> Order:
+    data = message.event.data
+    return domain.accept(
+        data.order_id,
+        channel=data.channel,
+        external_order_id=data.external_order_id,
+        currency=data.currency,
+        placed_at=data.placed_at,
+        customer=data.customer.model_dump(mode="json"),
+        shipping_address=data.shipping_address.model_dump(mode="json"),
+        shipping_method=str(data.shipping_method),
+        pickup_source=data.pickup_source,
+        options=data.options.model_dump(mode="json"),
+        lines=[domain.Line(x.line_id, x.sku, x.quantity, x.unit_price) for x in data.lines],
+        shipping_total=data.shipping_total,
+        tax_total=data.tax_total,
+        discount_total=data.discount_total,
+        grand_total=data.grand_total,
+        cause=_cause(message, f"channel:{data.channel}"),
+        traceparent=telemetry.traceparent_of(message.span),
+    )
+
+
+def _accepted(order: Order, submitted: channel.OrderSubmitted) -> OrderAccepted:
+    data = submitted.data
+    return OrderAccepted(
+        source=SOURCE,
+        subject=str(order.order_id),
+        data=OrderAcceptedData(
+            order_id=order.order_id,
+            channel=data.channel,
+            external_order_id=data.external_order_id,
+            placed_at=data.placed_at,
+            currency=data.currency,
+            customer=data.customer,
+            shipping_address=data.shipping_address,
+            shipping_method=data.shipping_method,
+            pickup_source=data.pickup_source,
+            lines=data.lines,
+            subtotal=data.subtotal,
+            shipping_total=data.shipping_total,
+            tax_total=data.tax_total,
+            discount_total=data.discount_total,
+            grand_total=data.grand_total,
+            options=data.options,
+        ),
+    )
+
+
+def _paid(order: Order) -> OrderPaid:
+    return OrderPaid(
+        source=SOURCE,
+        subject=str(order.order_id),
+        data=OrderPaidData(
+            order_id=order.order_id,
+            channel=order.channel,
+            placed_at=order.placed_at,
+            currency=order.currency,
+            amount=order.paid_amount,
+            lines=[Line(line_id=x.line_id, sku=x.sku, quantity=x.quantity) for x in order.lines.values()],
+            shipping_address=Address.model_validate(order.shipping_address),
+            shipping_method=order.shipping_method,
+            pickup_source=order.pickup_source,
+            options=OrderOptions.model_validate(order.options),
+        ),
+    )
+
+
+async def reject_invalid_submission(tx: Transaction, invalid: Invalid) -> bool:
+    """An order_submitted that fails validation gets `order.rejected.v1` with every field error; no order is made.
+    Anything else invalid (undecodable bytes, another type) goes to the dead-letter topic."""
+    try:
+        document = json.loads(invalid.record.value or b"")
+    except ValueError:
+        return False
+    if not isinstance(document, dict) or document.get("type") != channel.OrderSubmitted.TYPE:
+        return False
+    if not isinstance(invalid.error, ValidationError):
+        return False
+    data = document.get("data") if isinstance(document.get("data"), dict) else {}
+    channel_name, external_id = data.get("channel"), data.get("external_order_id")
+    named = isinstance(channel_name, str) and isinstance(external_id, str) and channel_name and external_id
+    order_id = order_id_for(channel_name, external_id) if named else None
+    try:
+        rejected_event_id = uuid.UUID(str(document.get("id")))
+    except ValueError:
+        rejected_event_id = None
+    errors = FieldError.all_of(invalid.error)
+    tx.emit(
+        OrderRejected(
+            source=SOURCE,
+            subject=str(order_id) if order_id else None,
+            data=OrderRejectedData(
+                order_id=order_id,
+                channel=channel_name if isinstance(channel_name, str) else None,
+                external_order_id=external_id if isinstance(external_id, str) else None,
+                rejected_event_id=rejected_event_id,
+                reason=f"order_submitted failed validation with {len(errors)} error(s): "
+                + "; ".join(f"{e.field}: {e.message}" for e in errors)[:1800],
+                errors=errors,
+            ),
+        ),
+        traceparent=telemetry.traceparent_of(invalid.span),
+    )
+    log.info("rejected order submission %s:%s with %d field error(s)", channel_name, external_id, len(errors))
+    return True
+
+
+# -- routing and inventory ----------------------------------------------------------------------------------------
+
+
+async def on_fulfillment_plans(tx: Transaction, messages: list[Incoming[routing.FulfillmentPlanned]]) -> None:
+    """Routing's plans: a planned fulfillment per shipment; backordered and unfulfillable lines marked."""
+    await _apply(tx, messages, lambda m: m.event.data.order_id, _on_plan)
+
+
+def _on_plan(message: Incoming, order: Order | None, _orders, _outgoing: list[CloudEvent]) -> Order:
+    plan = message.event.data
+    order = _known(order, plan.order_id)
+    order.apply_plan(
+        plan.plan_id,
+        [
+            domain.PlannedShipment(
+                shipment_id=s.shipment_id,
+                source_code=s.source_code,
+                lines=[domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in s.lines],
+                ship_by=s.estimated_ship_date,
+                estimated_delivery=s.estimated_delivery_date,
+                reason=s.reason,
+            )
+            for s in plan.shipments
+        ],
+        [domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in plan.backordered_lines],
+        [domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in plan.unfulfillable_lines],
+        _cause(message, "service:routing", order),
+    )
+    return order
+
+
+async def on_inventory_allocations(tx: Transaction, messages: list[Incoming[CloudEvent]]) -> None:
+    """A reserved shipment becomes a fulfillment request on its source's own topic (and the order awaits
+    fulfillment); a refused reservation waits for routing's re-plan."""
+    relevant = [m for m in messages if isinstance(m.event, inventory.ShipmentReserved | inventory.ReservationRejected)]
+    # backorder_queued repeats what the plan already said; backorder_allocated belongs to the FIFO release, which
+    # inventory does not perform yet. Neither changes an order today.
+    await _apply(tx, relevant, lambda m: m.event.data.order_id, _on_allocation)
+
+
+def _on_allocation(message: Incoming, order: Order | None, _orders, outgoing: list[CloudEvent]) -> Order:
+    event, data = message.event, message.event.data
+    order = _known(order, data.order_id)
+    cause = _cause(message, "service:inventory", order)
+    if isinstance(event, inventory.ShipmentReserved):
+        requested = order.request_fulfillment(data.shipment_id, cause)
+        if requested is not None:
+            outgoing.append(_request(order, requested))
+    else:
+        short = ", ".join(f"{s.sku} {s.available}/{s.requested}" for s in data.shortages)
+        order.reject_fulfillment(data.shipment_id, f"{data.source_code} short: {short}", cause)
+    return order
+
+
+def _request(order: Order, f: domain.Fulfillment) -> fulfillment.FulfillmentRequested:
+    address = Address.model_validate(order.shipping_address)
+    customer = Customer.model_validate(order.customer)
+    return fulfillment.FulfillmentRequested(
+        source=SOURCE,
+        subject=str(order.order_id),
+        data=fulfillment.FulfillmentRequestedData(
+            fulfillment_id=f.fulfillment_id,
+            order_id=order.order_id,
+            source_code=f.source_code,
+            lines=[Line(line_id=x.line_id, sku=x.sku, quantity=x.quantity) for x in f.lines],
+            ship_to=address,
+            recipient=Recipient(name=address.name, phone=customer.phone),
+            shipping_method=order.shipping_method,
+            requested_at=f.requested_at,
+            ship_by=f.ship_by or date.today(),
+        ),
+    )
+
+
+# -- sources ----------------------------------------------------------------------------------------------------
+
+
+async def on_fulfillment_updates(tx: Transaction, messages: list[Incoming[CloudEvent]]) -> None:
+    """What sources report: accepted, rejected (routing re-plans), shipped (the order becomes partially fulfilled
+    or fulfilled), delivered."""
+    await _apply(tx, messages, lambda m: m.event.data.order_id, _on_fulfillment_update)
+
+
+def _on_fulfillment_update(message: Incoming, order: Order | None, _orders, _outgoing: list[CloudEvent]) -> Order:
+    event, data = message.event, message.event.data
+    order = _known(order, data.order_id)
+    requested = order.fulfillments.get(data.fulfillment_id)
+    if requested is None:
+        raise OrderRefusal(f"order {order.order_id} has no fulfillment {data.fulfillment_id}")
+    if requested.source_code != data.source_code:
+        raise OrderRefusal(
+            f"fulfillment {data.fulfillment_id} was requested from {requested.source_code}, not {data.source_code}"
+        )
+    cause = _cause(message, f"source:{data.source_code}", order)
+    match event:
+        case fulfillment.FulfillmentAccepted():
+            order.accept_fulfillment(data.fulfillment_id)
+        case fulfillment.FulfillmentRejected():
+            order.reject_fulfillment(data.fulfillment_id, data.reason, cause)
+        case fulfillment.FulfillmentShipped():
+            shipped = {x.line_id: x.quantity for x in data.lines}
+            expected = {x.line_id: x.quantity for x in requested.lines}
+            if shipped != expected:
+                raise OrderRefusal(
+                    f"fulfillment {data.fulfillment_id} shipped {shipped} but was requested as {expected}; "
+                    "partial shipments of one fulfillment are not supported yet"
+                )
+            order.ship_fulfillment(
+                data.fulfillment_id,
+                domain.Shipment(
+                    data.carrier,
+                    data.service,
+                    data.tracking_number,
+                    str(data.tracking_url) if data.tracking_url else None,
+                    data.shipped_at,
+                ),
+                cause,
+            )
+        case fulfillment.FulfillmentDelivered():
+            order.deliver_fulfillment(data.fulfillment_id, data.delivered_at, cause)
+        case fulfillment.FulfillmentCancelled():
+            raise OrderRefusal("a source cancelling lines needs re-planning and refunds, not in this version yet")
+    return order
+
+
+def _known(order: Order | None, order_id: uuid.UUID) -> Order:
+    if order is None:
+        raise OrderRefusal(f"unknown order {order_id}")
+    return order
