@@ -1,0 +1,78 @@
+# The two commands: `make run` (the whole system, locally, with a demo network) and `make test` (every test).
+# Both do all set-up on a fresh machine: uv, the Python environment, Kafka and PostgreSQL.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# uv from PATH, else installed for this user from PyPI.
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+export UV
+
+# Tests get their own broker and database (other ports, own state), so `make run` and benchmarks never see
+# test traffic and tests never see theirs.
+TEST_KAFKA_PORT ?= 19092
+TEST_PG_PORT ?= 15432
+TEST_ENV := OMS_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
+	OMS_TEST_POSTGRES_URL=postgresql://oms:oms@127.0.0.1:$(TEST_PG_PORT)/postgres
+PYTEST_ARGS ?=
+
+.PHONY: help setup run stop test test-infra test-infra-down infra infra-down migrate topics schemas asyncapi lint clean
+
+help:
+	@echo "make run         the whole OMS locally (Kafka, PostgreSQL, four services, demo network); Ctrl-C stops"
+	@echo "make stop        stop what make run started (from another terminal)"
+	@echo "make test        every test, against a real Kafka broker and PostgreSQL started for the tests"
+	@echo "make schemas     regenerate contracts/schemas/ (JSON Schema of every event)"
+	@echo "make asyncapi    regenerate docs/asyncapi/ from the services' FastStream apps"
+	@echo "make lint        ruff"
+
+$(UV):
+	python3 -m pip install --user --quiet uv || python3 -m pip install --user --quiet --break-system-packages uv
+
+.venv/.synced: $(UV) uv.lock pyproject.toml */pyproject.toml services/*/pyproject.toml
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+setup: .venv/.synced
+
+run: setup
+	deploy/run.sh start
+
+stop:
+	deploy/run.sh stop
+
+infra:
+	deploy/kafka/kafka.sh start
+	deploy/postgres/postgres.sh start
+
+infra-down:
+	deploy/kafka/kafka.sh stop
+	deploy/postgres/postgres.sh stop
+
+migrate: setup
+	for s in order routing inventory notifications; do $(UV) run alembic -c services/$$s/alembic.ini upgrade head; done
+
+topics: setup
+	$(UV) run oms topics create
+
+test-infra:
+	OMS_KAFKA_PORT=$(TEST_KAFKA_PORT) deploy/kafka/kafka.sh start
+	OMS_PG_PORT=$(TEST_PG_PORT) deploy/postgres/postgres.sh start
+
+test-infra-down:
+	OMS_KAFKA_PORT=$(TEST_KAFKA_PORT) deploy/kafka/kafka.sh stop
+	OMS_PG_PORT=$(TEST_PG_PORT) deploy/postgres/postgres.sh stop
+
+test: setup test-infra
+	$(TEST_ENV) $(UV) run --frozen pytest $(PYTEST_ARGS)
+
+schemas: setup
+	$(UV) run python -m oms_contracts.schemas
+
+asyncapi: setup
+	$(UV) run python -m oms_tools.asyncapi
+
+lint: setup
+	$(UV) run ruff check . && $(UV) run ruff format --check .
+
+clean:
+	rm -rf .venv .cache/run
