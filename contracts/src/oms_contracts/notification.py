@@ -22,7 +22,7 @@ class NotificationData(Contract):
     order_id: uuid.UUID | None = None
     template: NonEmptyStr
     channel: NotificationChannel
-    recipient: NonEmptyStr
+    recipient: str = Field(min_length=1, max_length=320, description="An email address or a webhook URL")
     subject: str | None = Field(default=None, max_length=300)
     cause_event_id: uuid.UUID
     attempts: int = Field(ge=1)

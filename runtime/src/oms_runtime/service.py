@@ -56,6 +56,7 @@ class Service:
         )
         self.consumers: list[BatchConsumer] = []
         self._startup: list[Callable[[], Awaitable[None]]] = []
+        self._after_commit: list[Callable[[], None]] = [self.relay.wake]
         self._workers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.http: FastAPI = http.create_app(self, description)
@@ -71,7 +72,7 @@ class Service:
                 handler=handler,
                 database=self.database,
                 service=self.name,
-                on_commit=self.relay.wake,
+                on_commit=self._committed,
                 on_invalid=on_invalid,
             )
             self.consumers.append(consumer)
@@ -101,6 +102,15 @@ class Service:
     def publishes(self, topic: Topic, description: str | None = None) -> None:
         """Declare, for the AsyncAPI document, a topic this service publishes on (through its outbox)."""
         self.broker.publisher(topic.name, schema=topic.union, description=description or topic.description)
+
+    def after_commit(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` after every batch a consumer commits (the relay is always woken)."""
+        self._after_commit.append(callback)
+        return callback
+
+    def _committed(self) -> None:
+        for callback in self._after_commit:
+            callback()
 
     def on_startup(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         self._startup.append(hook)

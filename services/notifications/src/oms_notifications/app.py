@@ -1,0 +1,30 @@
+"""Wiring of the notifications service: its consumer, its sender, its HTTP endpoints."""
+
+from __future__ import annotations
+
+from oms_contracts.topics import NOTIFICATIONS, ORDER_EVENTS
+from oms_runtime import Service
+
+from . import handlers
+from .api import router
+from .sender import Sender
+from .settings import NotificationsSettings
+
+
+def create_service(settings: NotificationsSettings) -> Service:
+    service = Service(
+        settings,
+        description="Tells customers and operators what happened to their orders: email over SMTP, each message "
+        "recorded with its delivery state.",
+    )
+    sender = Sender.from_settings(service.database, settings, after_commit=service.relay.wake)
+    service.consumer(ORDER_EVENTS)(handlers.on_order_event)
+    # A committed batch may have queued mail: wake the sender instead of waiting for its tick.
+    service.after_commit(sender.wake)
+    service.worker(sender.run)
+    service.publishes(NOTIFICATIONS)
+    service.http.include_router(router)
+    return service
+
+
+service = create_service(NotificationsSettings())

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from oms_contracts.notification import NotificationFailed, NotificationSent
+from oms_contracts.topics import NOTIFICATIONS, ORDER_EVENTS
+from oms_notifications.domain import RetryPolicy
+from oms_notifications.sender import Sender, SmtpServer
+from oms_runtime.testing import deliver, take_outbox
+
+
+def sender_for(service, port: int, **options) -> Sender:
+    return Sender(service.database, SmtpServer(port=port, timeout=5.0), after_commit=service.relay.wake, **options)
+
+
+async def test_confirmation_reaches_the_customer_over_smtp_and_is_recorded_as_sent(
+    service, pg, order_accepted, smtp_server
+):
+    mail, port = smtp_server()
+    event = order_accepted("WEB-1001", email="ada@example.com", name="Ada Lovelace")
+    await deliver(service, ORDER_EVENTS, event)
+
+    assert await sender_for(service, port).send_due() == 1
+
+    assert mail.recipients == [["ada@example.com"]]
+    [message] = mail.received
+    assert message["To"] == "Ada Lovelace <ada@example.com>"
+    assert message["From"] == "OMS <orders@oms.local>"
+    assert message["Subject"] == "Your order WEB-1001 is confirmed"
+    assert message.get_content_type() == "multipart/alternative"
+    text = message.get_body(("plain",)).get_content()
+    html = message.get_body(("html",)).get_content()
+    for body in (text, html):
+        assert "WEB-1001" in body
+        assert "SKU-RED-MUG" in body and "SKU-TEA-500G" in body
+        assert "52.47 EUR" in body
+    assert "- 2 x SKU-RED-MUG at 19.99 EUR = 39.98 EUR" in text
+
+    row = await pg.fetchrow("SELECT * FROM notifications")
+    assert row["status"] == "sent"
+    assert row["attempts"] == 1
+    assert row["sent_at"] is not None
+    assert message["Message-ID"] == f"<{row['id']}@oms.local>"
+
+    [emitted] = await take_outbox(service)
+    assert emitted.topic == NOTIFICATIONS.name
+    assert emitted.key == str(event.data.order_id)
+    sent = emitted.event
+    assert isinstance(sent, NotificationSent)
+    assert sent.subject == str(event.data.order_id)
+    assert sent.data.notification_id == row["id"]
+    assert sent.data.order_id == event.data.order_id
+    assert sent.data.cause_event_id == event.id
+    assert (sent.data.template, sent.data.recipient, sent.data.attempts) == ("order_confirmation", "ada@example.com", 1)
+    assert sent.data.subject == "Your order WEB-1001 is confirmed"
+
+
+async def test_a_sent_notification_is_not_sent_again(service, pg, order_accepted, smtp_server):
+    mail, port = smtp_server()
+    await deliver(service, ORDER_EVENTS, order_accepted())
+    sender = sender_for(service, port)
+
+    await sender.send_due()
+    assert await sender.send_due() == 0
+
+    assert len(mail.received) == 1
+
+
+async def test_smtp_down_keeps_the_message_pending_for_a_later_try(service, pg, order_accepted, closed_port):
+    await deliver(service, ORDER_EVENTS, order_accepted())
+    before = datetime.now(UTC)
+
+    assert await sender_for(service, closed_port).send_due() == 1
+
+    row = await pg.fetchrow("SELECT * FROM notifications")
+    assert row["status"] == "pending"
+    assert row["attempts"] == 1
+    assert row["next_attempt_at"] > before
+    assert f"127.0.0.1:{closed_port}" in row["last_error"]
+    assert await take_outbox(service) == []
+    # Not due yet: the next pass leaves it alone.
+    assert await sender_for(service, closed_port).send_due() == 0
+
+
+async def test_a_temporary_refusal_is_retried_later(service, pg, order_accepted, smtp_server):
+    _, port = smtp_server(refuse_with="451 4.3.0 Mailbox temporarily unavailable")
+    await deliver(service, ORDER_EVENTS, order_accepted())
+
+    await sender_for(service, port).send_due()
+
+    row = await pg.fetchrow("SELECT * FROM notifications")
+    assert (row["status"], row["attempts"]) == ("pending", 1)
+    assert "451" in row["last_error"]
+    assert await take_outbox(service) == []
+
+
+async def test_a_permanent_refusal_fails_the_message_at_once_and_says_so(service, pg, order_accepted, smtp_server):
+    _, port = smtp_server(refuse_with="550 5.1.1 No such user here")
+    event = order_accepted(email="nobody@example.com")
+    await deliver(service, ORDER_EVENTS, event)
+
+    await sender_for(service, port, policy=RetryPolicy(max_attempts=8)).send_due()
+
+    row = await pg.fetchrow("SELECT * FROM notifications")
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+    assert "550" in row["last_error"]
+    [emitted] = await take_outbox(service)
+    failed = emitted.event
+    assert isinstance(failed, NotificationFailed)
+    assert emitted.key == str(event.data.order_id)
+    assert failed.data.recipient == "nobody@example.com"
+    assert failed.data.attempts == 1
+    assert "550" in failed.data.error
+
+
+async def test_a_message_fails_after_max_attempts_of_smtp_down(service, pg, order_accepted, closed_port, clock):
+    await deliver(service, ORDER_EVENTS, order_accepted())
+    clock.now = datetime.now(UTC)
+    sender = sender_for(service, closed_port, policy=RetryPolicy(max_attempts=3), clock=clock)
+
+    tries = 0
+    while await sender.send_due():
+        tries += 1
+        clock.now += timedelta(minutes=20)
+
+    assert tries == 3
+    row = await pg.fetchrow("SELECT * FROM notifications")
+    assert (row["status"], row["attempts"]) == ("failed", 3)
+    [emitted] = await take_outbox(service)
+    assert isinstance(emitted.event, NotificationFailed)
+    assert emitted.event.data.attempts == 3
+
+
+async def test_a_message_gets_through_once_the_smtp_server_is_back(
+    service, pg, order_accepted, smtp_server, closed_port, clock
+):
+    await deliver(service, ORDER_EVENTS, order_accepted())
+    clock.now = datetime.now(UTC)
+    assert await sender_for(service, closed_port, clock=clock).send_due() == 1
+    mail, port = smtp_server(port=closed_port)
+
+    clock.now += timedelta(seconds=1)
+    assert await sender_for(service, port, clock=clock).send_due() == 0  # its backoff has not passed yet
+    clock.now += timedelta(seconds=2)
+    assert await sender_for(service, port, clock=clock).send_due() == 1
+
+    assert len(mail.received) == 1
+    row = await pg.fetchrow("SELECT * FROM notifications")
+    assert (row["status"], row["attempts"]) == ("sent", 2)
+    [emitted] = await take_outbox(service)
+    assert emitted.event.data.attempts == 2
+
+
+async def test_one_refused_recipient_does_not_hold_back_the_others_on_the_same_connection(
+    service, pg, order_accepted, smtp_server
+):
+    mail, port = smtp_server(refuse_with="550 5.1.1 No such user here", refused={"c3@example.com", "c7@example.com"})
+    await deliver(service, ORDER_EVENTS, *(order_accepted(str(n), email=f"c{n}@example.com") for n in range(10)))
+
+    await sender_for(service, port, connections=1).send_due()
+
+    assert sorted(r[0] for r in mail.recipients) == sorted(f"c{n}@example.com" for n in range(10) if n not in (3, 7))
+    rows = await pg.fetch("SELECT recipient, status FROM notifications")
+    assert {r["recipient"] for r in rows if r["status"] == "failed"} == {"c3@example.com", "c7@example.com"}
+    assert sum(r["status"] == "sent" for r in rows) == 8
+    events = [e.event for e in await take_outbox(service)]
+    assert sum(isinstance(e, NotificationSent) for e in events) == 8
+    assert {e.data.recipient for e in events if isinstance(e, NotificationFailed)} == {
+        "c3@example.com",
+        "c7@example.com",
+    }
+
+
+async def test_two_senders_never_send_the_same_notification(service, pg, order_accepted, smtp_server):
+    mail, port = smtp_server(delay=0.02)
+    await deliver(service, ORDER_EVENTS, *(order_accepted(str(n), email=f"c{n}@example.com") for n in range(40)))
+    first = sender_for(service, port, batch_size=10, connections=2)
+    second = sender_for(service, port, batch_size=10, connections=2)
+
+    async def drain(sender: Sender) -> int:
+        sent = 0
+        while tried := await sender.send_due():
+            sent += tried
+        return sent
+
+    by_first, by_second = await asyncio.gather(drain(first), drain(second))
+
+    assert by_first > 0 and by_second > 0  # they really did work side by side
+
+    ids = [m["Message-ID"] for m in mail.received]
+    assert len(ids) == len(set(ids)) == 40
+    assert await pg.fetchval("SELECT count(*) FROM notifications WHERE status = 'sent' AND attempts = 1") == 40
+    sent = await take_outbox(service)
+    assert len({e.event.data.notification_id for e in sent}) == len(sent) == 40
+
+
+async def test_a_woken_sender_sends_without_waiting_for_its_tick(service, pg, order_accepted, smtp_server):
+    mail, port = smtp_server()
+    sender = sender_for(service, port, interval=60.0)
+    running = asyncio.create_task(sender.run())
+    try:
+        await asyncio.sleep(0.1)  # the first pass found nothing; the next tick is a minute away
+        await deliver(service, ORDER_EVENTS, order_accepted())
+        sender.wake()
+        for _ in range(100):
+            if mail.received:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+    assert len(mail.received) == 1
