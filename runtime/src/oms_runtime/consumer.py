@@ -73,7 +73,8 @@ Message = Incoming[Any] | Invalid
 class Refused(Exception):
     """A domain decision that a message cannot be applied (an impossible transition, an unknown source).
 
-    Raised by a handler for one message, it dead-letters that message with this error."""
+    Raised by a handler, it dead-letters the message it was about with this error (and nothing the handler wrote
+    for it is kept)."""
 
 
 class Transaction:
@@ -285,18 +286,10 @@ class BatchConsumer:
                     elif not (self.on_invalid and await self.on_invalid(tx, message)):
                         tx.dead_letter(message, message.error)
                 if valid:
-                    await self._handle(tx, valid)
+                    # Any exception, Refused included, rolls back the whole transaction; the batch is then replayed
+                    # one message at a time and the culprit dead-lettered in a transaction of its own.
+                    await self.handler(tx, valid)
             await append(conn, tx.outbox)
-
-    async def _handle(self, tx: Transaction, valid: list[Incoming[Any]]) -> None:
-        try:
-            await self.handler(tx, valid)
-        except Refused as refusal:
-            # Refusals are per message: when the whole batch was refused at once, re-run singly.
-            if len(valid) > 1:
-                raise
-            valid[0].span.set_status(Status(StatusCode.ERROR, "refused"))
-            tx.dead_letter(valid[0], refusal)
 
     async def _claim(self, tx: Transaction, messages: list[Message]) -> list[Message]:
         """Record the batch in the inbox; return the messages not seen before, each id once."""

@@ -16,7 +16,9 @@ class ServiceSettings(BaseSettings):
     (OMS_ORDER_DATABASE_URL, OMS_ORDER_HTTP_PORT), so one environment file can configure all four services.
     """
 
-    model_config = SettingsConfigDict(env_prefix="OMS_", extra="ignore")
+    # populate_by_name: `OrderSettings(database_url=...)` (tests, tools) sets the field; without it the keyword is
+    # silently ignored, because per-service fields are read through their OMS_<SERVICE>_<NAME> aliases.
+    model_config = SettingsConfigDict(env_prefix="OMS_", extra="ignore", populate_by_name=True)
 
     service: ClassVar[str]
 

@@ -1,0 +1,13 @@
+from typing import ClassVar
+
+from oms_runtime import ServiceSettings, service_field
+
+
+class InventorySettings(ServiceSettings):
+    service: ClassVar[str] = "inventory"
+    database_url: str = service_field(
+        "inventory", "database_url", "postgresql+asyncpg://oms:oms@127.0.0.1:5432/oms_inventory"
+    )
+    http_port: int = service_field("inventory", "http_port", 8083)
+    # `inventory.low_stock.v1` goes out when a (sku, source)'s available units drop below this, from at or above it.
+    low_stock_threshold: int = service_field("inventory", "low_stock_threshold", 5)
