@@ -1,0 +1,19 @@
+from typing import Annotated, ClassVar
+
+from pydantic import Field
+
+from oms_runtime import ServiceSettings, service_field
+
+
+class RoutingSettings(ServiceSettings):
+    service: ClassVar[str] = "routing"
+    database_url: str = service_field(
+        "routing", "database_url", "postgresql+asyncpg://oms:oms@127.0.0.1:5432/oms_routing"
+    )
+    http_port: int = service_field("routing", "http_port", 8082)
+    # Plans that may pick a source for an order; the re-plan after the last of them backorders what is left
+    # (or makes it unfulfillable when the order denies backorders).
+    max_plan_attempts: Annotated[int, Field(ge=1)] = service_field("routing", "max_plan_attempts", 3)
+    # How a new source's fulfillment-request topic is created.
+    request_topic_partitions: Annotated[int, Field(ge=1)] = service_field("routing", "request_topic_partitions", 6)
+    request_topic_replication: Annotated[int, Field(ge=1)] = service_field("routing", "request_topic_replication", 1)

@@ -1,0 +1,323 @@
+"""Routing's database: the fulfillment network, the availability projection, planned orders, plans and their
+shipments. Every SQL statement of the service lives here; batch writes are one set-based statement each."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+import sqlalchemy as sa
+from pydantic import TypeAdapter
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+
+from oms_contracts.common import Line
+from oms_contracts.inventory import StockLevelChangedData
+from oms_contracts.order import OrderPaidData
+from oms_contracts.routing import FulfillmentPlannedData, Source
+from oms_runtime import add_messaging_tables
+
+from .domain import Availability, RoutedOrder
+
+metadata = sa.MetaData()
+outbox, inbox = add_messaging_tables(metadata)
+
+sources = sa.Table(
+    "sources",
+    metadata,
+    sa.Column("code", sa.Text, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("lat", sa.Double, nullable=False),
+    sa.Column("lon", sa.Double, nullable=False),
+    sa.Column("countries", ARRAY(sa.Text), nullable=False),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("cost_per_shipment", sa.Numeric(), nullable=False),
+    sa.Column("cost_per_unit", sa.Numeric(), nullable=False),
+    sa.Column("handling_days", sa.Integer, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# Inventory's stock levels as routing last heard them; `changed_at` keeps an older report from overwriting a newer.
+availability = sa.Table(
+    "availability",
+    metadata,
+    sa.Column("sku", sa.Text, primary_key=True),
+    sa.Column("source_code", sa.Text, primary_key=True),
+    sa.Column("on_hand", sa.Integer, nullable=False),
+    sa.Column("reserved", sa.Integer, nullable=False),
+    sa.Column("available", sa.Integer, nullable=False),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# One row per paid order: what a re-plan needs. The order id is the business key that keeps a redelivered
+# `order.paid` from being planned twice.
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("order_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("paid", JSONB, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("excluded", ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'::text[]")),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+plans = sa.Table(
+    "plans",
+    metadata,
+    sa.Column("plan_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("order_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("plan", JSONB, nullable=False),
+    sa.Column("planned_at", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("order_id", "attempt", name="plans_order_id_attempt_key"),
+)
+
+# A planned shipment's lines, for re-planning them when the source or inventory rejects it (a fulfillment
+# rejection names only the shipment). `rejected_at` is set once: a shipment is re-planned at most once.
+shipments = sa.Table(
+    "shipments",
+    metadata,
+    sa.Column("shipment_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("order_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("plan_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("source_code", sa.Text, nullable=False),
+    sa.Column("lines", JSONB, nullable=False),
+    sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+# jsonb columns are read as text (`::text`) and parsed by Pydantic straight from the JSON.
+_LINES = TypeAdapter(list[Line])
+
+_SOURCE_COLUMNS = (
+    "code, name, type, lat, lon, countries, priority, cost_per_shipment, cost_per_unit, handling_days, active"
+)
+
+
+def _source(row: asyncpg.Record) -> Source:
+    return Source.model_validate(dict(row))
+
+
+# --- the network ---------------------------------------------------------------------------------------------------
+
+
+async def active_network(pg: asyncpg.Connection) -> list[Source]:
+    rows = await pg.fetch(f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE active ORDER BY code")
+    return [_source(row) for row in rows]
+
+
+async def network(pg: asyncpg.Connection) -> list[Source]:
+    rows = await pg.fetch(f"SELECT {_SOURCE_COLUMNS} FROM sources ORDER BY code")
+    return [_source(row) for row in rows]
+
+
+async def lock_network(pg: asyncpg.Connection) -> list[Source]:
+    """The whole network, with every later change of it by another transaction held until this one ends."""
+    # An advisory lock also covers sources that do not exist yet, which row locks cannot.
+    await pg.execute("SELECT pg_advisory_xact_lock(hashtext('oms_routing.network'))")
+    return await network(pg)
+
+
+async def upsert_sources(pg: asyncpg.Connection, changed: Sequence[Source]) -> None:
+    if not changed:
+        return
+    await pg.execute(
+        f"""
+        INSERT INTO sources ({_SOURCE_COLUMNS})
+        SELECT {_SOURCE_COLUMNS} FROM jsonb_to_recordset($1::jsonb) AS s(
+            code text, name text, type text, lat float8, lon float8, countries text[], priority int,
+            cost_per_shipment numeric, cost_per_unit numeric, handling_days int, active bool)
+        ON CONFLICT (code) DO UPDATE SET
+            name = EXCLUDED.name, type = EXCLUDED.type, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
+            countries = EXCLUDED.countries, priority = EXCLUDED.priority,
+            cost_per_shipment = EXCLUDED.cost_per_shipment, cost_per_unit = EXCLUDED.cost_per_unit,
+            handling_days = EXCLUDED.handling_days, active = EXCLUDED.active, updated_at = now()
+        """,
+        "[" + ",".join(s.model_dump_json() for s in changed) + "]",
+    )
+
+
+async def deactivate_sources(pg: asyncpg.Connection, codes: Sequence[str]) -> None:
+    if codes:
+        await pg.execute(
+            "UPDATE sources SET active = false, updated_at = now() WHERE code = ANY($1::text[])", list(codes)
+        )
+
+
+# --- the availability projection ----------------------------------------------------------------------------------
+
+
+async def availability_of(pg: asyncpg.Connection, skus: Iterable[str]) -> Availability:
+    rows = await pg.fetch(
+        "SELECT source_code, sku, available FROM availability WHERE sku = ANY($1::text[]) AND available > 0",
+        list(set(skus)),
+    )
+    return Availability({(row["source_code"], row["sku"]): row["available"] for row in rows})
+
+
+async def record_stock_levels(pg: asyncpg.Connection, levels: Sequence[StockLevelChangedData]) -> None:
+    """Upsert stock levels, at most one per (sku, source); a level older than the one held is ignored."""
+    if not levels:
+        return
+    # Sorted, so that two instances upserting overlapping keys take the row locks in the same order.
+    levels = sorted(levels, key=lambda level: (level.sku, level.source_code))
+    await pg.execute(
+        """
+        INSERT INTO availability AS a (sku, source_code, on_hand, reserved, available, changed_at)
+        SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[], $6::timestamptz[])
+        ON CONFLICT (sku, source_code) DO UPDATE SET
+            on_hand = EXCLUDED.on_hand, reserved = EXCLUDED.reserved, available = EXCLUDED.available,
+            changed_at = EXCLUDED.changed_at
+        WHERE a.changed_at <= EXCLUDED.changed_at
+        """,
+        [level.sku for level in levels],
+        [level.source_code for level in levels],
+        [level.on_hand for level in levels],
+        [level.reserved for level in levels],
+        [level.available for level in levels],
+        [level.changed_at for level in levels],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReportedShortage:
+    """Inventory refused a reservation: `available` units of `sku` were left at `source_code` at time `at`."""
+
+    sku: str
+    source_code: str
+    available: int
+    at: datetime
+
+
+async def record_shortages(pg: asyncpg.Connection, shortages: Sequence[ReportedShortage]) -> None:
+    """Lower the projection to what inventory reported when it refused a reservation, unless a newer stock level
+    has arrived since; at most one per (sku, source)."""
+    if not shortages:
+        return
+    shortages = sorted(shortages, key=lambda s: (s.sku, s.source_code))
+    await pg.execute(
+        """
+        UPDATE availability AS a SET available = u.available, changed_at = u.at
+        FROM unnest($1::text[], $2::text[], $3::int[], $4::timestamptz[]) AS u(sku, source_code, available, at)
+        WHERE a.sku = u.sku AND a.source_code = u.source_code AND a.changed_at <= u.at
+        """,
+        [s.sku for s in shortages],
+        [s.source_code for s in shortages],
+        [s.available for s in shortages],
+        [s.at for s in shortages],
+    )
+
+
+# --- orders, plans and shipments ------------------------------------------------------------------------------------
+
+
+async def claim_orders(pg: asyncpg.Connection, paid: Sequence[OrderPaidData]) -> set[uuid.UUID]:
+    """Record paid orders not seen before (attempt 1); return their ids. An order already here is not planned
+    again, however its `order.paid` came back."""
+    if not paid:
+        return set()
+    rows = await pg.fetch(
+        """
+        INSERT INTO orders (order_id, paid, attempts)
+        SELECT o, p, 1 FROM unnest($1::uuid[], $2::jsonb[]) AS u(o, p)
+        ON CONFLICT (order_id) DO NOTHING
+        RETURNING order_id
+        """,
+        [order.order_id for order in paid],
+        [order.model_dump_json() for order in paid],
+    )
+    return {row["order_id"] for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedShipmentRow:
+    """A shipment routing planned, with the order it belongs to as it stands."""
+
+    shipment_id: uuid.UUID
+    source_code: str
+    lines: list[Line]
+    rejected: bool
+    order: RoutedOrder
+
+
+async def lock_shipments(
+    pg: asyncpg.Connection, shipment_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, PlannedShipmentRow]:
+    """The shipments (those routing planned) and their orders, row-locked until the transaction ends, so that two
+    rejections of one order, arriving on different topics or instances, re-plan one after the other."""
+    rows = await pg.fetch(
+        """
+        SELECT s.shipment_id, s.source_code, s.lines::text, s.rejected_at IS NOT NULL AS rejected,
+               o.paid::text, o.attempts, o.excluded
+        FROM shipments s JOIN orders o ON o.order_id = s.order_id
+        WHERE s.shipment_id = ANY($1::uuid[])
+        ORDER BY s.order_id, s.shipment_id
+        FOR UPDATE
+        """,
+        list(set(shipment_ids)),
+    )
+    return {
+        row["shipment_id"]: PlannedShipmentRow(
+            shipment_id=row["shipment_id"],
+            source_code=row["source_code"],
+            lines=_LINES.validate_json(row["lines"]),
+            rejected=row["rejected"],
+            order=RoutedOrder(
+                OrderPaidData.model_validate_json(row["paid"]), row["attempts"], frozenset(row["excluded"])
+            ),
+        )
+        for row in rows
+    }
+
+
+async def save_plans(
+    pg: asyncpg.Connection,
+    made: Sequence[FulfillmentPlannedData],
+    *,
+    rejected: Iterable[uuid.UUID] = (),
+    routed: Iterable[RoutedOrder] = (),
+) -> None:
+    """Store plans with their shipments, mark the shipments they re-plan as rejected and the orders' attempts and
+    exclusions as they now stand: one statement."""
+    planned = [(p, s) for p in made for s in p.shipments]
+    routed = list(routed)
+    await pg.execute(
+        """
+        WITH new_plans AS (
+            INSERT INTO plans (plan_id, order_id, attempt, plan, planned_at)
+            SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::jsonb[], $5::timestamptz[])
+        ), new_shipments AS (
+            INSERT INTO shipments (shipment_id, order_id, plan_id, source_code, lines)
+            SELECT * FROM unnest($6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::jsonb[])
+        ), rejected AS (
+            UPDATE shipments SET rejected_at = now() WHERE shipment_id = ANY($11::uuid[]) AND rejected_at IS NULL
+        )
+        UPDATE orders AS o
+        SET attempts = u.attempts, excluded = ARRAY(SELECT jsonb_array_elements_text(u.excluded))
+        FROM unnest($12::uuid[], $13::int[], $14::jsonb[]) AS u(order_id, attempts, excluded)
+        WHERE o.order_id = u.order_id
+        """,
+        [p.plan_id for p in made],
+        [p.order_id for p in made],
+        [p.attempt for p in made],
+        [p.model_dump_json() for p in made],
+        [p.planned_at for p in made],
+        [s.shipment_id for _, s in planned],
+        [p.order_id for p, _ in planned],
+        [p.plan_id for p, _ in planned],
+        [s.source_code for _, s in planned],
+        [_LINES.dump_json(s.lines).decode() for _, s in planned],
+        list(rejected),
+        [r.paid.order_id for r in routed],
+        [r.attempts for r in routed],
+        [json.dumps(sorted(r.excluded)) for r in routed],
+    )
+
+
+async def plans_of(pg: asyncpg.Connection, order_id: uuid.UUID) -> list[FulfillmentPlannedData]:
+    rows = await pg.fetch("SELECT plan::text FROM plans WHERE order_id = $1 ORDER BY attempt", order_id)
+    return [FulfillmentPlannedData.model_validate_json(row["plan"]) for row in rows]

@@ -1,0 +1,231 @@
+"""Routing's HTTP surface over ASGI, on a real PostgreSQL and, for topic creation, a real Kafka broker."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+
+import httpx
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from oms_contracts import fulfillment_requests
+from oms_contracts.inventory import StockLevelChanged
+from oms_contracts.order import OrderPaid
+from oms_contracts.routing import SourceDeactivated, SourceUpserted
+from oms_contracts.topics import INVENTORY_STOCK, ORDER_EVENTS, ROUTING_NETWORK
+from oms_routing.app import create_service
+from oms_routing.settings import RoutingSettings
+from oms_runtime import Service
+from oms_runtime.testing import deliver, take_outbox
+
+TOKEN = "routing-api-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def api_database(service_database) -> str:
+    # Its own database: replacing the network here must not deactivate the handler tests' sources.
+    return service_database("routing", "api")
+
+
+@pytest.fixture(scope="module")
+async def api_service(api_database: str, kafka_bootstrap: str) -> AsyncIterator[Service]:
+    service = create_service(
+        RoutingSettings(
+            database_url=api_database,
+            kafka_bootstrap=kafka_bootstrap,
+            api_tokens={TOKEN: "tester"},
+            request_topic_partitions=2,
+        )
+    )
+    yield service
+    await service.database.dispose()
+
+
+@pytest.fixture
+async def client(api_service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=api_service.http)
+    async with httpx.AsyncClient(transport=transport, base_url="http://routing") as client:
+        yield client
+
+
+async def topics_on(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+def source_json(code: str, **fields) -> dict:
+    return {
+        "code": code,
+        "name": f"{code} site",
+        "type": "warehouse",
+        "lat": 52.5,
+        "lon": 13.4,
+        "countries": ["DE"],
+        "priority": 100,
+        "cost_per_shipment": "4.99",
+        "cost_per_unit": "0.5",
+        "handling_days": 1,
+        "active": True,
+    } | fields
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/network"),
+        ("PUT", "/network"),
+        ("GET", f"/plans/{uuid.uuid4()}"),
+        ("POST", "/simulate"),
+    ],
+)
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-token"}], ids=["no-token", "wrong-token"])
+async def test_every_endpoint_answers_401_without_a_known_token(client, method, path, headers):
+    response = await client.request(method, path, headers=headers, json={})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_health_needs_no_token(client):
+    response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "service": "routing"}
+
+
+async def test_put_network_creates_request_topics_then_announces_the_sources(client, api_service, kafka_bootstrap):
+    suffix = uuid.uuid4().hex[:6].upper()
+    east, west, drop = f"WH-EAST-{suffix}", f"WH-WEST-{suffix}", f"DS-{suffix}"
+    await take_outbox(api_service)
+
+    response = await client.put(
+        "/network",
+        headers=AUTH,
+        json={"sources": [source_json(west), source_json(east), source_json(drop, type="dropship")]},
+    )
+
+    assert response.status_code == 200, response.text
+    assert [s["code"] for s in response.json()["sources"]] == sorted([east, west, drop])
+    assert {fulfillment_requests(code).name for code in (east, west, drop)} <= await topics_on(kafka_bootstrap)
+    emitted = await take_outbox(api_service)
+    assert {e.topic for e in emitted} == {ROUTING_NETWORK.name}
+    assert sorted((type(e.event), e.key) for e in emitted) == sorted(
+        (SourceUpserted, code) for code in (east, west, drop)
+    )
+    assert emitted[0].event.data.cost_per_shipment == Decimal("4.99")
+
+    # West changes, the dropship supplier is left out, east stands as it was.
+    response = await client.put(
+        "/network", headers=AUTH, json={"sources": [source_json(east), source_json(west, priority=1)]}
+    )
+
+    assert response.status_code == 200, response.text
+    emitted = await take_outbox(api_service)
+    assert sorted((e.event.type, e.key) for e in emitted) == sorted(
+        [(SourceUpserted.TYPE, west), (SourceDeactivated.TYPE, drop)]
+    )
+    network = (await client.get("/network", headers=AUTH)).json()["sources"]
+    assert {s["code"]: (s["active"], s["priority"]) for s in network} == {
+        east: (True, 100),
+        west: (True, 1),
+        drop: (False, 100),
+    }
+    assert next(s for s in network if s["code"] == east) == source_json(east)
+
+
+async def test_put_network_with_a_duplicate_code_is_422_naming_it_and_changes_nothing(client):
+    before = (await client.get("/network", headers=AUTH)).json()
+    code = f"WH-{uuid.uuid4().hex[:6]}"
+    response = await client.put(
+        "/network", headers=AUTH, json={"sources": [source_json(code), source_json("OTHER"), source_json(code)]}
+    )
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "sources"]
+    assert repr(code) in error["msg"]
+    assert (await client.get("/network", headers=AUTH)).json() == before
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "loc"),
+    [
+        ("countries", ["XX"], ["body", "sources", 0, "countries", 0]),
+        ("type", "warehouse-ish", ["body", "sources", 0, "type"]),
+        ("code", "has space", ["body", "sources", 0, "code"]),
+        ("cost_per_unit", 0.5, ["body", "sources", 0, "cost_per_unit"]),
+    ],
+)
+async def test_put_network_with_an_invalid_source_is_422_with_the_field(client, field, value, loc):
+    response = await client.put("/network", headers=AUTH, json={"sources": [source_json("WH-X") | {field: value}]})
+    assert response.status_code == 422
+    assert [e["loc"] for e in response.json()["detail"]] == [loc]
+
+
+async def test_plans_of_an_unknown_order_is_404(client):
+    order_id = uuid.uuid4()
+    response = await client.get(f"/plans/{order_id}", headers=AUTH)
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"no plan for order {order_id}"}
+
+
+async def test_plans_of_a_planned_order_in_attempt_order(client, api_service, make_order):
+    sku = f"SKU-{uuid.uuid4().hex[:8]}"
+    order = make_order(uuid.uuid4(), [("1", sku, 1)])
+    await deliver(api_service, ORDER_EVENTS, OrderPaid(source="/oms/order", subject=str(order.order_id), data=order))
+
+    response = await client.get(f"/plans/{order.order_id}", headers=AUTH)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["order_id"] == str(order.order_id)
+    assert [p["attempt"] for p in body["plans"]] == [1]
+    assert body["plans"][0]["backordered_lines"][0]["reason"] == "no source has the item"
+
+
+async def test_simulate_answers_the_plan_without_storing_or_publishing_it(client, api_service, make_order):
+    suffix = uuid.uuid4().hex[:6].upper()
+    code, sku = f"WH-SIM-{suffix}", f"SKU-{suffix}"
+    current = (await client.get("/network", headers=AUTH)).json()["sources"]
+    await client.put("/network", headers=AUTH, json={"sources": [*current, source_json(code)]})
+    await deliver(
+        api_service,
+        INVENTORY_STOCK,
+        StockLevelChanged.model_validate(
+            {
+                "source": "/oms/inventory",
+                "subject": sku,
+                "data": {
+                    "sku": sku,
+                    "source_code": code,
+                    "on_hand": 3,
+                    "reserved": 0,
+                    "available": 3,
+                    "changed_at": "2026-11-22T12:00:00Z",
+                },
+            }
+        ),
+    )
+    await take_outbox(api_service)
+    order = make_order(uuid.uuid4(), [("1", sku, 2)])
+
+    response = await client.post("/simulate", headers=AUTH, json=order.model_dump(mode="json"))
+
+    assert response.status_code == 200, response.text
+    plan = response.json()
+    assert plan["attempt"] == 1
+    assert [s["source_code"] for s in plan["shipments"]] == [code]
+    assert (await client.get(f"/plans/{order.order_id}", headers=AUTH)).status_code == 404
+    assert await take_outbox(api_service) == []
+
+
+async def test_simulate_with_an_invalid_order_is_422(client, make_order):
+    body = make_order(uuid.uuid4(), [("1", "SKU-1", 1)]).model_dump(mode="json")
+    body["lines"][0]["quantity"] = 0
+    response = await client.post("/simulate", headers=AUTH, json=body)
+    assert response.status_code == 422
+    assert [e["loc"] for e in response.json()["detail"]] == [["body", "lines", 0, "quantity"]]

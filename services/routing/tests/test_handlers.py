@@ -1,0 +1,409 @@
+"""Routing's consumers on a real PostgreSQL, through the runtime's consumer path (inbox, handler, outbox)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from oms_contracts.common import Line, OrderOptions, SourceType
+from oms_contracts.fulfillment import FulfillmentRejected, FulfillmentRejectedData, FulfillmentShipped
+from oms_contracts.inventory import (
+    LowStock,
+    LowStockData,
+    ReservationRejected,
+    ReservationRejectedData,
+    Shortage,
+    StockLevelChanged,
+    StockLevelChangedData,
+)
+from oms_contracts.order import OrderPaid, StatusChanged, StatusChangedData
+from oms_contracts.routing import FulfillmentPlanned, FulfillmentPlannedData, PlannedShipment
+from oms_contracts.topics import (
+    DEAD_LETTERS,
+    FULFILLMENT_UPDATES,
+    INVENTORY_ALLOCATIONS,
+    INVENTORY_STOCK,
+    ORDER_EVENTS,
+    ROUTING_PLANS,
+)
+from oms_routing import store
+from oms_routing.app import create_service
+from oms_runtime.database import driver
+from oms_runtime.testing import deliver
+
+T0 = datetime(2026, 11, 22, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+def sku() -> str:
+    # Every test plans its own SKUs, so sources and stock of other tests are never candidates.
+    return f"SKU-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def codes() -> dict[str, str]:
+    suffix = uuid.uuid4().hex[:6].upper()
+    return {name: f"{name}-{suffix}" for name in ("WH-A", "WH-B", "WH-C", "DS-A")}
+
+
+async def add_sources(routing, *sources) -> None:
+    async with routing.database.transaction() as conn:
+        await store.upsert_sources(await driver(conn), list(sources))
+
+
+def level(sku: str, source_code: str, available: int, at: datetime = T0, on_hand: int | None = None):
+    on_hand = available if on_hand is None else on_hand
+    return StockLevelChanged(
+        source="/oms/inventory",
+        subject=sku,
+        data=StockLevelChangedData(
+            sku=sku,
+            source_code=source_code,
+            on_hand=on_hand,
+            reserved=on_hand - available,
+            available=available,
+            changed_at=at,
+        ),
+    )
+
+
+async def stock_at(routing, sku: str) -> dict[str, tuple[int, int, int]]:
+    async with routing.database.connect() as conn:
+        rows = await (await driver(conn)).fetch(
+            "SELECT source_code, on_hand, reserved, available FROM availability WHERE sku = $1", sku
+        )
+    return {r["source_code"]: (r["on_hand"], r["reserved"], r["available"]) for r in rows}
+
+
+async def plans_in_db(routing, order_id) -> list[FulfillmentPlannedData]:
+    async with routing.database.connect() as conn:
+        return await store.plans_of(await driver(conn), order_id)
+
+
+def paid(order) -> OrderPaid:
+    return OrderPaid(source="/oms/order", subject=str(order.order_id), data=order)
+
+
+def plan_of(emitted) -> FulfillmentPlannedData:
+    assert len(emitted) == 1, emitted
+    (out,) = emitted
+    assert out.topic == ROUTING_PLANS.name
+    assert isinstance(out.event, FulfillmentPlanned)
+    assert out.key == out.event.subject == str(out.event.data.order_id)
+    return out.event.data
+
+
+def reservation_rejected(plan: FulfillmentPlannedData, shipment: PlannedShipment, available: int = 0):
+    return ReservationRejected(
+        source="/oms/inventory",
+        subject=str(plan.order_id),
+        time=T0 + timedelta(minutes=1),
+        data=ReservationRejectedData(
+            order_id=plan.order_id,
+            shipment_id=shipment.shipment_id,
+            source_code=shipment.source_code,
+            lines=shipment.lines,
+            plan_id=plan.plan_id,
+            shortages=[Shortage(sku=ln.sku, requested=ln.quantity, available=available) for ln in shipment.lines],
+        ),
+    )
+
+
+def fulfillment_rejected(plan: FulfillmentPlannedData, shipment: PlannedShipment):
+    return FulfillmentRejected(
+        source=f"/sources/{shipment.source_code}",
+        subject=str(plan.order_id),
+        data=FulfillmentRejectedData(
+            fulfillment_id=shipment.shipment_id,
+            order_id=plan.order_id,
+            source_code=shipment.source_code,
+            reason="damaged in the warehouse",
+        ),
+    )
+
+
+async def test_paid_order_is_planned_from_the_own_warehouse_not_the_nearer_dropship(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(
+        routing,
+        make_source(codes["WH-A"], lat=48.137, lon=11.575),
+        make_source(codes["DS-A"], SourceType.dropship),
+    )
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(sku, codes["DS-A"], 5))
+    order = make_order(uuid.uuid4(), [("1", sku, 2), ("2", sku, 1)])
+
+    plan = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+
+    assert (plan.order_id, plan.attempt) == (order.order_id, 1)
+    (shipment,) = plan.shipments
+    assert shipment.source_code == codes["WH-A"]
+    assert shipment.lines == order.lines
+    assert shipment.reason == f"{codes['WH-A']}: own warehouse with all 2 items, 504 km"
+    assert await plans_in_db(routing, order.order_id) == [plan]
+
+
+async def test_order_events_other_than_paid_are_skipped(routing, make_order):
+    order_id = uuid.uuid4()
+    changed = StatusChanged(
+        source="/oms/order",
+        subject=str(order_id),
+        data=StatusChangedData(
+            order_id=order_id, from_status="paid", to_status="awaiting_fulfillment", actor="x", at=T0
+        ),
+    )
+    assert await deliver(routing, ORDER_EVENTS, changed) == []
+    assert await plans_in_db(routing, order_id) == []
+
+
+async def test_a_redelivered_or_resent_paid_order_is_planned_once(routing, make_source, make_order, sku, codes):
+    await add_sources(routing, make_source(codes["WH-A"]))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 10))
+    order = make_order(uuid.uuid4(), [("1", sku, 1)])
+    event = paid(order)
+
+    first = await deliver(routing, ORDER_EVENTS, event, paid(order))  # the same order twice in one batch
+    again = await deliver(routing, ORDER_EVENTS, event)  # redelivered: the inbox has it
+    resent = await deliver(routing, ORDER_EVENTS, paid(order))  # a new event id for the same order
+
+    assert plan_of(first).attempt == 1
+    assert again == resent == []
+    assert len(await plans_in_db(routing, order.order_id)) == 1
+
+
+async def test_paid_orders_of_one_batch_do_not_both_count_on_the_last_unit(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 1))
+    early, late = (make_order(uuid.uuid4(), [("1", sku, 1)]) for _ in range(2))
+
+    emitted = await deliver(routing, ORDER_EVENTS, paid(early), paid(late))
+
+    plans = {e.event.data.order_id: e.event.data for e in emitted}
+    assert [s.source_code for s in plans[early.order_id].shipments] == [codes["WH-A"]]
+    assert plans[late.order_id].shipments == []
+    assert plans[late.order_id].backordered_lines[0].reason == "no source has the item"
+
+
+async def test_reservation_rejected_replans_without_that_source_and_lowers_its_availability(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"], lat=53.55, lon=9.99))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(sku, codes["WH-B"], 5))
+    order = make_order(uuid.uuid4(), [("1", sku, 3)])
+    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    assert first.shipments[0].source_code == codes["WH-A"]
+
+    second = plan_of(await deliver(routing, INVENTORY_ALLOCATIONS, reservation_rejected(first, first.shipments[0], 1)))
+
+    assert second.attempt == 2
+    assert second.plan_id != first.plan_id
+    (shipment,) = second.shipments
+    assert shipment.source_code == codes["WH-B"]
+    assert shipment.lines == order.lines
+    assert shipment.reason.endswith(f"; rejected by {codes['WH-A']}")
+    assert (await stock_at(routing, sku))[codes["WH-A"]] == (5, 0, 1)
+    assert [p.attempt for p in await plans_in_db(routing, order.order_id)] == [1, 2]
+
+
+async def test_a_stock_level_newer_than_the_shortage_report_is_not_overwritten(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5))
+    order = make_order(uuid.uuid4(), [("1", sku, 3)])
+    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 9, at=T0 + timedelta(hours=1)))
+
+    await deliver(routing, INVENTORY_ALLOCATIONS, reservation_rejected(first, first.shipments[0], 0))
+
+    assert (await stock_at(routing, sku))[codes["WH-A"]][2] == 9
+
+
+async def test_fulfillment_rejected_by_the_source_replans_without_it(routing, make_source, make_order, sku, codes):
+    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["DS-A"], SourceType.dropship))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(sku, codes["DS-A"], 5))
+    order = make_order(uuid.uuid4(), [("1", sku, 1)])
+    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+
+    second = plan_of(await deliver(routing, FULFILLMENT_UPDATES, fulfillment_rejected(first, first.shipments[0])))
+
+    assert second.attempt == 2
+    assert [s.source_code for s in second.shipments] == [codes["DS-A"]]
+    assert (await stock_at(routing, sku))[codes["WH-A"]][2] == 5  # a source's rejection says nothing about stock
+
+
+async def test_a_shipment_rejected_by_inventory_and_by_its_source_is_replanned_once(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"]), make_source(codes["WH-C"]))
+    await deliver(routing, INVENTORY_STOCK, *(level(sku, codes[c], 5) for c in ("WH-A", "WH-B", "WH-C")))
+    order = make_order(uuid.uuid4(), [("1", sku, 1)])
+    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    shipment = first.shipments[0]
+
+    replanned = await deliver(routing, INVENTORY_ALLOCATIONS, reservation_rejected(first, shipment))
+    again = await deliver(routing, FULFILLMENT_UPDATES, fulfillment_rejected(first, shipment))
+
+    assert plan_of(replanned).attempt == 2
+    assert again == []
+    assert [p.attempt for p in await plans_in_db(routing, order.order_id)] == [1, 2]
+
+
+async def test_after_max_attempts_the_rejected_lines_are_backordered(routing, make_source, make_order, sku, codes):
+    await add_sources(routing, *(make_source(code) for code in codes.values()))
+    await deliver(routing, INVENTORY_STOCK, *(level(sku, code, 5) for code in codes.values()))
+    order = make_order(uuid.uuid4(), [("1", sku, 1), ("2", sku, 1)])
+    plan = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    rejected_by = []
+
+    for attempt in (2, 3, 4):
+        rejected_by.append(plan.shipments[0].source_code)
+        rejection = (
+            reservation_rejected(plan, plan.shipments[0], 5)
+            if attempt % 2
+            else fulfillment_rejected(plan, plan.shipments[0])
+        )
+        topic = INVENTORY_ALLOCATIONS if attempt % 2 else FULFILLMENT_UPDATES
+        plan = plan_of(await deliver(routing, topic, rejection))
+        assert plan.attempt == attempt
+        assert not {s.source_code for s in plan.shipments} & set(rejected_by)
+
+    assert plan.shipments == []
+    assert [ln.line_id for ln in plan.backordered_lines] == ["1", "2"]
+    assert plan.backordered_lines[0].reason == (
+        f"no source left for all 2 items after 3 attempts; rejected by {', '.join(sorted(rejected_by))}"
+    )
+    assert len(await plans_in_db(routing, order.order_id)) == 4
+
+
+async def test_with_backorders_denied_exhausted_lines_become_unfulfillable(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5))
+    order = make_order(uuid.uuid4(), [("1", sku, 1)], options=OrderOptions(backorder_policy="deny"))
+    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+
+    second = plan_of(await deliver(routing, FULFILLMENT_UPDATES, fulfillment_rejected(first, first.shipments[0])))
+
+    assert second.backordered_lines == []
+    assert [(ln.line_id, ln.sku, ln.quantity) for ln in second.unfulfillable_lines] == [("1", sku, 1)]
+
+
+async def test_rejection_of_a_shipment_routing_never_planned_is_dead_lettered_alone(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"]))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(sku, codes["WH-B"], 5))
+    order = make_order(uuid.uuid4(), [("1", sku, 1)])
+    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    stranger = FulfillmentPlannedData(
+        order_id=uuid.uuid4(), plan_id=uuid.uuid4(), attempt=1, planned_at=T0, shipments=[first.shipments[0]]
+    )
+    stranger_shipment = first.shipments[0].model_copy(update={"shipment_id": uuid.uuid4()})
+
+    emitted = await deliver(
+        routing,
+        FULFILLMENT_UPDATES,
+        fulfillment_rejected(stranger, stranger_shipment),
+        fulfillment_rejected(first, first.shipments[0]),
+    )
+
+    by_topic = {e.topic: e for e in emitted}
+    assert set(by_topic) == {DEAD_LETTERS.name, ROUTING_PLANS.name}
+    assert "was not planned by routing" in by_topic[DEAD_LETTERS.name].headers["oms-error-message"]
+    assert by_topic[DEAD_LETTERS.name].headers["oms-error-class"] == "Refused"
+    assert by_topic[ROUTING_PLANS.name].event.data.attempt == 2
+
+
+async def test_other_fulfillment_updates_and_allocations_are_skipped(routing, make_source, make_order, sku, codes):
+    shipped = FulfillmentShipped.model_validate(
+        {
+            "source": "/sources/x",
+            "subject": str(uuid.uuid4()),
+            "data": {
+                "fulfillment_id": str(uuid.uuid4()),
+                "order_id": str(uuid.uuid4()),
+                "source_code": "X",
+                "carrier": "DHL",
+                "tracking_number": "1",
+                "shipped_at": "2026-11-23T10:00:00Z",
+                "lines": [{"line_id": "1", "quantity": 1}],
+            },
+        }
+    )
+    assert await deliver(routing, FULFILLMENT_UPDATES, shipped) == []
+
+
+async def test_stock_levels_upsert_the_projection_keeping_the_last_level_per_key(routing, sku, codes):
+    a, b = codes["WH-A"], codes["WH-B"]
+    low = LowStock(
+        source="/oms/inventory", subject=sku, data=LowStockData(sku=sku, source_code=a, available=0, threshold=2)
+    )
+    await deliver(routing, INVENTORY_STOCK, level(sku, a, 4, T0), level(sku, b, 2, T0), low)
+    assert await stock_at(routing, sku) == {a: (4, 0, 4), b: (2, 0, 2)}
+
+    emitted = await deliver(
+        routing,
+        INVENTORY_STOCK,
+        level(sku, a, 3, T0 + timedelta(seconds=1), on_hand=4),
+        level(sku, a, 1, T0 + timedelta(seconds=2), on_hand=4),
+        level(sku, b, 7, T0 + timedelta(seconds=1), on_hand=9),
+    )
+    assert emitted == []
+    assert await stock_at(routing, sku) == {a: (4, 3, 1), b: (9, 2, 7)}
+
+    await deliver(routing, INVENTORY_STOCK, level(sku, a, 99, T0))  # older than what the projection holds
+    assert (await stock_at(routing, sku))[a] == (4, 3, 1)
+
+
+async def test_an_inactive_source_is_never_planned(routing, make_source, make_order, sku, codes):
+    await add_sources(
+        routing, make_source(codes["WH-A"], active=False), make_source(codes["DS-A"], SourceType.dropship)
+    )
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(sku, codes["DS-A"], 5))
+    order = make_order(uuid.uuid4(), [("1", sku, 1)])
+
+    plan = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+
+    assert [s.source_code for s in plan.shipments] == [codes["DS-A"]]
+    assert plan.shipments[0].lines == [Line(line_id="1", sku=sku, quantity=1)]
+
+
+async def test_concurrent_rejections_of_one_shipment_on_two_topics_replan_it_once(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"]), make_source(codes["WH-C"]))
+    await deliver(routing, INVENTORY_STOCK, *(level(sku, codes[c], 5) for c in ("WH-A", "WH-B", "WH-C")))
+    order = make_order(uuid.uuid4(), [("1", sku, 1)])
+    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    shipment = first.shipments[0]
+
+    # Two consumers, two database connections: the shipment's row lock orders them.
+    emitted = await asyncio.gather(
+        deliver(routing, INVENTORY_ALLOCATIONS, reservation_rejected(first, shipment)),
+        deliver(routing, FULFILLMENT_UPDATES, fulfillment_rejected(first, shipment)),
+    )
+
+    assert len([e for batch in emitted for e in batch if e.topic == ROUTING_PLANS.name]) == 1
+    assert [p.attempt for p in await plans_in_db(routing, order.order_id)] == [1, 2]
+
+
+async def test_one_order_paid_twice_on_two_consumers_at_once_is_planned_once(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5))
+    order = make_order(uuid.uuid4(), [("1", sku, 1)])
+    twin = create_service(routing.settings)
+    try:
+        await asyncio.gather(deliver(routing, ORDER_EVENTS, paid(order)), deliver(twin, ORDER_EVENTS, paid(order)))
+    finally:
+        await twin.database.dispose()
+
+    assert len(await plans_in_db(routing, order.order_id)) == 1
