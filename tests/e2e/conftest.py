@@ -1,0 +1,189 @@
+"""The running system: the four services as separate processes on a real Kafka broker and real PostgreSQL, a real
+SMTP server (aiosmtpd), and the test playing channel, WMS and 3PL with a real Kafka client.
+
+The services start once per module (fresh databases, free ports, their own trace files) and stop after it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiosmtpd.controller import Controller
+from oms_contracts import CloudEvent
+
+SERVICES = ("order", "routing", "inventory", "notifications")
+TOKEN = "e2e-token"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mailbox:
+    """An aiosmtpd handler that keeps every message it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, object]] = []
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+        self.messages.append(
+            {"from": envelope.mail_from, "to": list(envelope.rcpt_tos), "data": envelope.content.decode("utf-8")}
+        )
+        return "250 Message accepted for delivery"
+
+
+@dataclass
+class System:
+    kafka: str
+    ports: dict[str, int]
+    trace_dir: Path
+    log_dir: Path
+    mailbox: Mailbox
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def url(self, service: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}{path}"
+
+    def http(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+
+    async def publish(
+        self,
+        topic: str,
+        *messages: CloudEvent | bytes,
+        key: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.kafka, acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            for message in messages:
+                if isinstance(message, CloudEvent):
+                    value, record_key = message.to_bytes(), (key or message.key()).encode()
+                else:
+                    value, record_key = message, key.encode() if key else None
+                await producer.send_and_wait(topic, value, key=record_key, headers=headers)
+        finally:
+            await producer.stop()
+
+    def consumer(self, *topics: str) -> AIOKafkaConsumer:
+        """A consumer that reads these topics from the beginning, in a group of its own."""
+        return AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=self.kafka,
+            group_id=f"e2e-{uuid.uuid4().hex[:8]}",
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+
+    def spans(self) -> list[dict]:
+        found = []
+        for path in self.trace_dir.glob("*.jsonl"):
+            found += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return found
+
+    def log(self, service: str) -> str:
+        return (self.log_dir / f"{service}.log").read_text()
+
+
+async def eventually(check, *, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
+    """Poll an async check until it returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+
+
+async def read_until(consumer: AIOKafkaConsumer, predicate, *, timeout: float = 30.0):
+    """The first record the predicate accepts."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for records in (await consumer.getmany(timeout_ms=500)).values():
+            for record in records:
+                if predicate(record):
+                    return record
+    pytest.fail(f"no matching record on {consumer.subscription()} within {timeout}s")
+
+
+@pytest.fixture(scope="module")
+def system(oms_topics: str, service_database, tmp_path_factory) -> Iterator[System]:
+    label = uuid.uuid4().hex[:6]
+    databases = {service: service_database(service, f"e2e{label}") for service in SERVICES}
+    ports = {service: free_port() for service in SERVICES}
+    trace_dir = tmp_path_factory.mktemp("traces")
+    log_dir = tmp_path_factory.mktemp("logs")
+    mailbox = Mailbox()
+    smtp = Controller(mailbox, hostname="127.0.0.1", port=free_port())
+    smtp.start()
+    running = System(oms_topics, ports, trace_dir, log_dir, mailbox)
+    try:
+        for service in SERVICES:
+            env = {
+                **os.environ,
+                "OMS_KAFKA_BOOTSTRAP": oms_topics,
+                f"OMS_{service.upper()}_DATABASE_URL": databases[service],
+                f"OMS_{service.upper()}_HTTP_PORT": str(ports[service]),
+                "OMS_API_TOKENS": json.dumps({TOKEN: "e2e-tester"}),
+                "OMS_TRACE_FILE": str(trace_dir / f"{service}.jsonl"),
+                "OMS_NOTIFICATIONS_SMTP_HOST": "127.0.0.1",
+                "OMS_NOTIFICATIONS_SMTP_PORT": str(smtp.port),
+                "OMS_LOG_LEVEL": "INFO",
+            }
+            running.processes[service] = subprocess.Popen(
+                [sys.executable, "-m", f"oms_{service}"],
+                env=env,
+                cwd=ROOT,
+                stdout=(log_dir / f"{service}.log").open("w"),
+                stderr=subprocess.STDOUT,
+            )
+        for service in SERVICES:
+            _wait_ready(running, service)
+        yield running
+    finally:
+        for process in running.processes.values():
+            process.terminate()
+        for service, process in running.processes.items():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                print(f"{service} did not stop within 30 s; killed")
+        smtp.stop()
+        for service in SERVICES:
+            log = log_dir / f"{service}.log"
+            if log.exists():
+                print(f"---- {service} log (last 40 lines) ----")
+                print("\n".join(log.read_text().splitlines()[-40:]))
+
+
+def _wait_ready(system: System, service: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if system.processes[service].poll() is not None:
+            pytest.fail(f"{service} exited during start-up:\n{system.log(service)[-3000:]}")
+        try:
+            if httpx.get(system.url(service, "/readyz"), timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"{service} not ready after {timeout}s:\n{system.log(service)[-3000:]}")

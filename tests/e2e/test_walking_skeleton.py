@@ -1,0 +1,284 @@
+"""One order through all four services, on the real broker and databases, with the test as channel, WMS and 3PL."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+from oms_contracts import fulfillment
+from oms_contracts.topics import (
+    CHANNEL_ORDERS,
+    DEAD_LETTERS,
+    FULFILLMENT_UPDATES,
+    INVENTORY_RECEIPTS,
+    ORDER_EVENTS,
+    fulfillment_requests,
+)
+from oms_tools import samples
+
+from .conftest import System, eventually, read_until
+
+pytestmark = pytest.mark.timeout(180)
+
+NETWORK = {
+    "sources": [
+        {
+            "code": "WH-EAST",
+            "name": "Berlin warehouse",
+            "type": "warehouse",
+            "lat": 52.52,
+            "lon": 13.40,
+            "countries": ["DE", "AT", "PL"],
+            "priority": 10,
+            "cost_per_shipment": "4.50",
+            "cost_per_unit": "0.20",
+            "handling_days": 1,
+        },
+        {
+            "code": "3PL-NL",
+            "name": "Venlo 3PL",
+            "type": "3pl",
+            "lat": 51.37,
+            "lon": 6.17,
+            "countries": ["NL", "BE", "DE"],
+            "priority": 20,
+            "cost_per_shipment": "6.00",
+            "cost_per_unit": "0.35",
+            "handling_days": 2,
+        },
+    ]
+}
+
+
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="module")
+async def network(system: System) -> dict:
+    """The demo network in routing and, through oms.routing.network.v1, in inventory; stock received at the
+    warehouse and visible in routing's availability projection."""
+    async with system.http() as http:
+        response = await http.put(system.url("routing", "/network"), json=NETWORK)
+        assert response.status_code == 200, response.text
+        await system.publish(
+            INVENTORY_RECEIPTS.name,
+            samples.stock_received("SKU-A", "WH-EAST", 10),
+            samples.stock_received("SKU-B", "WH-EAST", 5),
+            samples.stock_received("SKU-A", "3PL-NL", 3),
+        )
+
+        async def stocked():
+            r = await http.get(system.url("inventory", "/stock/SKU-B"))
+            return r.status_code == 200 and r.json()
+
+        await eventually(stocked, what="inventory to receive the stock")
+
+        probe = samples.order_submitted("probe", [("SKU-A", 2, "10.00"), ("SKU-B", 1, "5.00")])
+        paid = {
+            "order_id": str(probe.data.order_id),
+            "channel": "web-eu",
+            "placed_at": "2026-11-25T10:00:00Z",
+            "currency": "EUR",
+            "amount": str(probe.data.grand_total),
+            "lines": [{"line_id": x.line_id, "sku": x.sku, "quantity": x.quantity} for x in probe.data.lines],
+            "shipping_address": probe.data.shipping_address.model_dump(mode="json"),
+            "shipping_method": "standard",
+            "options": {"ship_complete": False, "backorder_policy": "allow"},
+        }
+
+        async def routable():
+            r = await http.post(system.url("routing", "/simulate"), json=paid)
+            return r.status_code == 200 and r.json()["shipments"] and r.json()["shipments"][0]["source_code"]
+
+        assert await eventually(routable, what="routing to see the stock") == "WH-EAST"
+    return NETWORK
+
+
+async def test_an_order_goes_from_submission_to_fulfilled_through_all_four_services(system: System, network):
+    submitted = samples.order_submitted(f"e2e-{run_id()}", [("SKU-A", 2, "10.00"), ("SKU-B", 1, "5.00")])
+    order_id = submitted.data.order_id
+    source = system.consumer(fulfillment_requests("WH-EAST").name)
+    await source.start()
+    try:
+        await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
+
+        # The warehouse receives the request on its own topic, with only what a shipper needs.
+        record = await read_until(source, lambda r: json.loads(r.value)["data"]["order_id"] == str(order_id))
+        request = fulfillment.FulfillmentRequested.model_validate_json(record.value)
+        assert request.data.source_code == "WH-EAST"
+        assert sorted((x.sku, x.quantity) for x in request.data.lines) == [("SKU-A", 2), ("SKU-B", 1)]
+        assert request.data.ship_to.city == "Berlin" and request.data.recipient.name == "Ada Lovelace"
+        assert dict(record.headers).get("traceparent")
+    finally:
+        await source.stop()
+
+    # ...ships it, passing the trace context on as a well-behaved source does.
+    traceparent = [(k, v) for k, v in record.headers if k == "traceparent"]
+    await system.publish(FULFILLMENT_UPDATES.name, samples.shipped(request), headers=traceparent)
+
+    async with system.http() as http:
+
+        async def fulfilled():
+            r = await http.get(system.url("order", f"/orders/{order_id}"))
+            return r.json() if r.status_code == 200 and r.json()["status"] == "fulfilled" else None
+
+        order = await eventually(fulfilled, what="the order to be fulfilled")
+        [shipment] = order["fulfillments"]
+        assert shipment["status"] == "shipped" and shipment["carrier"] == "DHL" and shipment["tracking_number"]
+        assert {line["state"] for line in order["lines"]} == {"shipped"}
+
+        timeline = (await http.get(system.url("order", f"/orders/{order_id}/timeline"))).json()
+        assert [(t["from_status"], t["to_status"]) for t in timeline] == [
+            (None, "pending"),
+            ("pending", "payment_processing"),
+            ("payment_processing", "paid"),
+            ("paid", "awaiting_fulfillment"),
+            ("awaiting_fulfillment", "fulfilled"),
+        ]
+        assert [t["actor"] for t in timeline] == [
+            "channel:web-eu",
+            "channel:web-eu",
+            "channel:web-eu",
+            "service:inventory",
+            "source:WH-EAST",
+        ]
+
+        stock = (await http.get(system.url("inventory", "/stock/SKU-A"))).json()
+        warehouse = next(s for s in stock["sources"] if s["source_code"] == "WH-EAST")
+        assert warehouse["reserved"] == 0 and warehouse["on_hand"] <= 8
+
+        # The customer got the order confirmation over SMTP, and notifications recorded it.
+        async def confirmation():
+            return [m for m in system.mailbox.messages if submitted.data.external_order_id in m["data"]]
+
+        [mail] = await eventually(confirmation, what="the confirmation mail")
+        assert mail["to"] == ["ada@example.com"]
+
+        async def recorded():
+            r = await http.get(system.url("notifications", "/notifications"), params={"order_id": str(order_id)})
+            return [n for n in r.json() if n["status"] == "sent"] if r.status_code == 200 else None
+
+        [sent] = await eventually(recorded, what="the notification record")
+        assert sent["template"] == "order_confirmation" and sent["recipient"] == "ada@example.com"
+
+    # One trace follows the order through every service.
+    trace_ids = {t["trace_id"] for t in timeline}
+    assert len(trace_ids) == 1
+    trace_id = trace_ids.pop()
+
+    async def traced_services():
+        spans = [s for s in system.spans() if s["context"]["trace_id"] == f"0x{trace_id}"]
+        services = {s["resource"]["attributes"]["service.name"] for s in spans}
+        return services if len(services) == 4 else None
+
+    services = await eventually(traced_services, timeout=10, what="spans of all four services in one trace")
+    assert services == {"oms-order", "oms-routing", "oms-inventory", "oms-notifications"}
+
+
+async def test_the_same_submission_delivered_twice_makes_one_order(system: System, network):
+    submitted = samples.order_submitted(f"twice-{run_id()}", [("SKU-A", 1, "10.00")])
+    order_id = submitted.data.order_id
+    await system.publish(CHANNEL_ORDERS.name, submitted, submitted)
+    # and once more as a channel retry would: same order, new event id
+    retried = samples.order_submitted(submitted.data.external_order_id, [("SKU-A", 1, "10.00")])
+    await system.publish(CHANNEL_ORDERS.name, retried)
+
+    events = system.consumer(ORDER_EVENTS.name)
+    await events.start()
+    try:
+        marker = samples.order_submitted(f"marker-{run_id()}", [("SKU-A", 1, "1.00")])
+        await system.publish(CHANNEL_ORDERS.name, marker)
+        accepted = []
+
+        def collect(record):
+            event = json.loads(record.value)
+            if event["type"] == "oms.order.accepted.v1" and event["data"]["order_id"] == str(order_id):
+                accepted.append(event)
+            return event["type"] == "oms.order.accepted.v1" and event["data"]["order_id"] == str(marker.data.order_id)
+
+        await read_until(events, collect)
+    finally:
+        await events.stop()
+    assert len(accepted) == 1
+
+    async with system.http() as http:
+        timeline = (await http.get(system.url("order", f"/orders/{order_id}/timeline"))).json()
+        assert [(t["from_status"], t["to_status"]) for t in timeline] == [(None, "pending")]
+
+        async def notified():
+            r = await http.get(system.url("notifications", "/notifications"), params={"order_id": str(order_id)})
+            return r.json() if r.status_code == 200 and r.json() else None
+
+        assert len(await eventually(notified, what="the confirmation record")) == 1
+
+
+async def test_a_malformed_message_lands_on_the_dlq_with_its_error_and_the_next_one_is_processed(system: System):
+    after = samples.order_submitted(f"after-junk-{run_id()}", [("SKU-A", 1, "10.00")])
+    dlq = system.consumer(DEAD_LETTERS.name)
+    await dlq.start()
+    try:
+        # Same key as the valid order, so both sit in one partition, the garbage first.
+        await system.publish(CHANNEL_ORDERS.name, b"{not json at all", key=after.key())
+        await system.publish(CHANNEL_ORDERS.name, after)
+        dead = await read_until(dlq, lambda r: r.key == after.key().encode())
+    finally:
+        await dlq.stop()
+    headers = {k: v.decode() for k, v in dead.headers}
+    assert dead.value == b"{not json at all"
+    assert headers["oms-original-topic"] == CHANNEL_ORDERS.name
+    assert headers["oms-error-class"] == "ValidationError"
+    assert "Invalid JSON" in headers["oms-error-message"]
+    assert headers["oms-service"] == "order"
+    assert {"oms-original-partition", "oms-original-offset"} <= headers.keys()
+
+    async with system.http() as http:
+
+        async def accepted():
+            r = await http.get(system.url("order", f"/orders/{after.data.order_id}"))
+            return r.status_code == 200
+
+        await eventually(accepted, what="the valid order after the garbage")
+
+
+async def test_an_invalid_submission_is_rejected_with_field_errors_and_creates_no_order(system: System):
+    submitted = samples.order_submitted(f"invalid-{run_id()}", [("SKU-A", 2, "10.00")])
+    document = submitted.model_dump(mode="json")
+    document["data"]["lines"][0]["quantity"] = -2
+    document["data"]["currency"] = "EURO"
+    events = system.consumer(ORDER_EVENTS.name)
+    await events.start()
+    try:
+        await system.publish(CHANNEL_ORDERS.name, json.dumps(document).encode(), key=submitted.key())
+        record = await read_until(
+            events,
+            lambda r: (
+                json.loads(r.value)["type"] == "oms.order.rejected.v1"
+                and json.loads(r.value)["data"]["order_id"] == str(submitted.data.order_id)
+            ),
+        )
+    finally:
+        await events.stop()
+    rejection = json.loads(record.value)["data"]
+    fields = {e["field"] for e in rejection["errors"]}
+    assert {"data.lines.0.quantity", "data.currency"} <= fields
+    assert rejection["rejected_event_id"] == str(submitted.id)
+    async with system.http() as http:
+        assert (await http.get(system.url("order", f"/orders/{submitted.data.order_id}"))).status_code == 404
+
+
+async def test_a_receipt_for_a_source_inventory_does_not_know_is_refused(system: System, network):
+    sku = f"SKU-GHOST-{run_id()}"
+    dlq = system.consumer(DEAD_LETTERS.name)
+    await dlq.start()
+    try:
+        await system.publish(INVENTORY_RECEIPTS.name, samples.stock_received(sku, "NOWHERE", 5))
+        dead = await read_until(dlq, lambda r: r.key == sku.encode())
+    finally:
+        await dlq.stop()
+    headers = {k: v.decode() for k, v in dead.headers}
+    assert headers["oms-service"] == "inventory"
+    assert "NOWHERE" in headers["oms-error-message"]
+    async with system.http() as http:
+        assert (await http.get(system.url("inventory", f"/stock/{sku}"))).status_code == 404
