@@ -8,6 +8,7 @@ type version instead).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ def write(directory: Path = SCHEMA_DIR) -> list[Path]:
 
 # What must not change under a field that readers and writers already rely on.
 _SHAPE_KEYS = ("type", "const", "format", "pattern", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+# Length limits may be relaxed, never tightened or added: what validated against the old schema must still validate.
+_UPPER_LIMITS = ("maxLength", "maxItems")
+_LOWER_LIMITS = ("minLength", "minItems")
 
 
 def incompatibilities(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -54,7 +58,7 @@ def incompatibilities(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
     Compatible: a new optional field, a relaxed length limit, a new enum value.
     Breaking: a removed or renamed field, a new required field, a field no longer required, a changed type,
-    format, pattern, or bound, a removed enum value.
+    format, pattern, or bound, a tightened length limit, a removed enum value.
     """
     problems: list[str] = []
     _compare(old, new, old, new, "", problems)
@@ -76,22 +80,32 @@ def _variants(node: dict[str, Any], root: dict[str, Any]) -> list[dict[str, Any]
     return [node]
 
 
+def _kind(variant: dict[str, Any]) -> str:
+    return json.dumps({k: variant.get(k) for k in _SHAPE_KEYS if k in variant})
+
+
 def _compare(old: dict, new: dict, old_root: dict, new_root: dict, path: str, problems: list[str]) -> None:
     old_variants, new_variants = _variants(old, old_root), _variants(new, new_root)
     if len(old_variants) != 1 or len(new_variants) != 1:
-        old_kinds = sorted(json.dumps({k: v.get(k) for k in _SHAPE_KEYS if k in v}) for v in old_variants)
-        new_kinds = sorted(json.dumps({k: v.get(k) for k in _SHAPE_KEYS if k in v}) for v in new_variants)
+        old_kinds = sorted(_kind(v) for v in old_variants)
+        new_kinds = sorted(_kind(v) for v in new_variants)
         if old_kinds != new_kinds:
             problems.append(f"{path or '/'}: the alternatives changed from {old_kinds} to {new_kinds}")
             return
-        for o, n in zip(old_variants, new_variants, strict=True):
-            if "properties" in o or "items" in o:
-                _compare(o, n, old_root, new_root, path, problems)
+        # Pair the alternatives by kind, so that e.g. the string of a nullable string is compared with its successor.
+        for o, n in zip(sorted(old_variants, key=_kind), sorted(new_variants, key=_kind), strict=True):
+            _compare(o, n, old_root, new_root, path, problems)
         return
     o, n = old_variants[0], new_variants[0]
     for key in _SHAPE_KEYS:
         if o.get(key) != n.get(key):
             problems.append(f"{path or '/'}: {key} changed from {o.get(key)!r} to {n.get(key)!r}")
+    for key in _UPPER_LIMITS:
+        if key in n and n[key] < o.get(key, math.inf):
+            problems.append(f"{path or '/'}: {key} tightened from {o.get(key)!r} to {n[key]!r}")
+    for key in _LOWER_LIMITS:
+        if n.get(key, 0) > o.get(key, 0):
+            problems.append(f"{path or '/'}: {key} tightened from {o.get(key)!r} to {n[key]!r}")
     if "enum" in o and not set(o["enum"]) <= set(n.get("enum", o["enum"])):
         removed = sorted(set(o["enum"]) - set(n.get("enum", [])))
         problems.append(f"{path or '/'}: enum values removed: {removed}")

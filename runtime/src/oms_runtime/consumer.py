@@ -122,6 +122,11 @@ class Transaction:
             ("oms-service", self.service),
         ]
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
+        # The outbox's text and jsonb columns cannot hold NUL; a dead letter that cannot be written would stop the
+        # partition for good.
+        if key is not None:
+            key = key.replace("\x00", "\ufffd")
+        headers = [(name, value.replace("\x00", "\ufffd")) for name, value in headers]
         self.outbox.append(OutboxMessage(DEAD_LETTERS.name, key, record.value or b"", headers))
         log.warning(
             "dead-lettered %s[%d]@%d: %s",
@@ -244,6 +249,9 @@ class BatchConsumer:
         except asyncio.CancelledError:
             raise
         except Exception as error:
+            if is_transient(error):
+                # Only a stopping consumer gives up on a transient failure: leave the batch for redelivery.
+                raise
             if len(messages) == 1:
                 await self._retrying(lambda e=error: self._apply(messages, poison=e))
                 return
@@ -254,6 +262,8 @@ class BatchConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
+                if is_transient(error):
+                    raise
                 await self._retrying(lambda m=message, e=error: self._apply([m], poison=e))
 
     async def _retrying(self, attempt: Callable[[], Awaitable[None]]) -> None:

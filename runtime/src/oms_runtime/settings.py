@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ServiceSettings(BaseSettings):
@@ -18,7 +18,11 @@ class ServiceSettings(BaseSettings):
 
     # populate_by_name: `OrderSettings(database_url=...)` (tests, tools) sets the field; without it the keyword is
     # silently ignored, because per-service fields are read through their OMS_<SERVICE>_<NAME> aliases.
-    model_config = SettingsConfigDict(env_prefix="OMS_", extra="ignore", populate_by_name=True)
+    # hide_input_in_errors: a mistyped value may hold secrets (API tokens, a database password); errors name the
+    # field and the problem, never the value.
+    model_config = SettingsConfigDict(
+        env_prefix="OMS_", extra="ignore", populate_by_name=True, hide_input_in_errors=True
+    )
 
     service: ClassVar[str]
 
@@ -27,7 +31,8 @@ class ServiceSettings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int
     # token -> principal, e.g. {"demo-cs-token": "cs-demo"}; empty means every authenticated endpoint answers 401.
-    api_tokens: dict[str, str] = Field(default_factory=dict)
+    # NoDecode: the validator below parses the JSON, so that a mistake is reported by name and an empty value is {}.
+    api_tokens: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     log_level: str = "INFO"
     # Largest batch a consumer takes at once, and how long it waits to fill one.
     batch_max_records: int = Field(default=500, ge=1)

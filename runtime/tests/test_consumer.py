@@ -1,0 +1,172 @@
+"""The batch consumer's guarantees, on a real PostgreSQL without a broker: every event applied once (inbox), every
+record that can never be applied dead-lettered with its error while the rest of its batch goes through, and
+transient failures retried rather than dropped."""
+
+import json
+
+import pytest
+
+from oms_contracts import DEAD_LETTERS
+from oms_runtime.testing import deliver, record
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+@pytest.fixture
+def service(make_service, database_url, topic, probe):
+    return make_service(database_url, topic, probe)
+
+
+def dead_letters(emitted):
+    return [e for e in emitted if e.topic == DEAD_LETTERS.name]
+
+
+async def test_a_redelivered_event_id_is_skipped(service, topic, probe, receipt, applied):
+    event = receipt("r1")
+    assert await deliver(service, topic, event) == []
+    assert await deliver(service, topic, event) == []
+    assert await applied(service) == ["r1"]
+    assert probe.batches == [["r1"]], "the handler never sees a redelivered event"
+
+
+async def test_the_same_event_twice_in_one_batch_is_applied_once(service, topic, probe, receipt, applied):
+    first, second = receipt("r1"), receipt("r2")
+    assert await deliver(service, topic, first, second, first) == []
+    assert await applied(service) == ["r1", "r2"]
+    assert probe.batches == [["r1", "r2"]]
+
+
+async def test_an_invalid_record_is_dead_lettered_with_its_error_and_the_rest_of_its_batch_is_applied(
+    service, topic, probe, receipt, applied, consume
+):
+    undecodable = b'{"specversion": "1.0", "type": "oms.inventory.stock_received.v1", "data": {'
+    zero = json.loads(receipt("zero").to_bytes())
+    zero["data"]["quantity"] = 0
+    schema_invalid = json.dumps(zero).encode()
+    records = [
+        record(topic.name, receipt("r1").to_bytes(), "SKU-1"),
+        record(topic.name, undecodable, "SKU-9", headers=[("traceparent", TRACEPARENT.encode())]),
+        record(topic.name, schema_invalid, "SKU-1"),
+        record(topic.name, receipt("r2").to_bytes(), "SKU-1"),
+    ]
+
+    emitted = await consume(service, topic, records)
+
+    assert await applied(service) == ["r1", "r2"]
+    assert probe.batches == [["r1", "r2"]], "valid records of the batch are applied together"
+    assert [e.topic for e in emitted] == [DEAD_LETTERS.name, DEAD_LETTERS.name]
+    garbage, invalid = emitted
+    assert garbage.payload == undecodable and garbage.key == "SKU-9"
+    assert invalid.payload == schema_invalid and invalid.key == "SKU-1"
+    for letter, original in ((garbage, records[1]), (invalid, records[2])):
+        assert letter.headers["oms-original-topic"] == topic.name
+        assert letter.headers["oms-original-partition"] == str(original.partition)
+        assert letter.headers["oms-original-offset"] == str(original.offset)
+        assert letter.headers["oms-error-class"] == "ValidationError"
+        assert letter.headers["oms-service"] == "probe"
+    assert "Invalid JSON" in garbage.headers["oms-error-message"]
+    assert "data.quantity: Input should be greater than 0" in invalid.headers["oms-error-message"]
+    assert garbage.headers["traceparent"] == TRACEPARENT, "the dead letter stays in the trace of the original"
+
+
+async def test_an_unexpected_error_for_one_message_of_a_batch_dead_letters_only_that_message(
+    service, topic, probe, receipt, applied
+):
+    events = [receipt("r1"), receipt("r2"), receipt("boom"), receipt("r4"), receipt("r5")]
+
+    emitted = await deliver(service, topic, *events)
+
+    assert await applied(service) == ["r1", "r2", "r4", "r5"]
+    # The batch failed as a whole, rolled back, and was replayed one message at a time.
+    assert probe.batches == [["r1", "r2", "boom", "r4", "r5"], ["r1"], ["r2"], ["boom"], ["r4"], ["r5"]]
+    [letter] = emitted
+    assert letter.topic == DEAD_LETTERS.name
+    assert letter.payload == events[2].to_bytes() and letter.key == events[2].key()
+    assert letter.headers["oms-error-class"] == "RuntimeError"
+    assert letter.headers["oms-error-message"] == "cannot apply boom"
+
+
+async def test_a_refused_message_is_dead_lettered_alone(service, topic, receipt, applied):
+    events = [receipt("r1"), receipt("refuse-1"), receipt("r3")]
+
+    emitted = await deliver(service, topic, *events)
+
+    assert await applied(service) == ["r1", "r3"]
+    [letter] = emitted
+    assert letter.payload == events[1].to_bytes()
+    assert letter.headers["oms-error-class"] == "Refused"
+    assert letter.headers["oms-error-message"] == "source WH-1 does not take refuse-1"
+
+
+async def test_a_transient_failure_is_retried_and_then_applied_exactly_once(service, topic, probe, receipt, applied):
+    probe.transient_failures = 2
+
+    emitted = await deliver(service, topic, receipt("r1"), receipt("r2"))
+
+    assert emitted == [], "nothing is dead-lettered for a failure that a retry cures"
+    assert await applied(service) == ["r1", "r2"]
+    assert probe.batches == [["r1", "r2"]] * 3
+
+
+async def test_a_redelivered_dead_letter_is_not_dead_lettered_twice(service, topic, receipt, consume):
+    garbage = record(topic.name, b"not json at all", "SKU-1")
+    refused = record(topic.name, receipt("refuse-1").to_bytes(), "SKU-1")
+
+    assert len(await consume(service, topic, [garbage, refused])) == 2
+    assert await consume(service, topic, [garbage, refused]) == []
+    assert await consume(service, topic, [refused]) == []
+    assert await consume(service, topic, [garbage]) == []
+
+
+async def test_a_transient_failure_while_stopping_leaves_the_message_for_redelivery(
+    service, topic, probe, receipt, applied
+):
+    """A shutdown stops the retries; the message must then be left for the next consumer, not dead-lettered."""
+    consumer = service.consumers[0]
+    event = receipt("r1")
+    consumer.stopping = True
+    probe.transient_failures = 1
+
+    assert await deliver(service, topic, event) == []
+    assert await applied(service) == []
+
+    consumer.stopping = False
+    assert await deliver(service, topic, event) == []
+    assert await applied(service) == ["r1"], "not claimed by the inbox, so the redelivery is applied"
+
+
+async def test_a_record_whose_key_cannot_be_stored_as_text_is_still_dead_lettered(
+    service, topic, receipt, applied, consume
+):
+    # PostgreSQL text and jsonb cannot hold NUL: were the dead letter not writable, the batch would be redelivered
+    # forever and the partition would never move on.
+    garbage = record(topic.name, b"\x00\x01", "WH-1\x00SKU-1", headers=[("traceparent", b"\x00bad")])
+    [letter] = await consume(service, topic, [garbage, record(topic.name, receipt("r1").to_bytes(), "SKU-1")])
+    assert letter.topic == DEAD_LETTERS.name
+    assert letter.payload == b"\x00\x01"
+    assert letter.key == "WH-1\ufffdSKU-1"
+    assert await applied(service) == ["r1"]
+
+
+async def test_an_invalid_record_the_service_handles_itself_is_not_dead_lettered(
+    make_service, database_url, topic, probe, receipt, applied, consume
+):
+    handled = []
+
+    async def reject(tx, invalid):
+        handled.append(invalid.record.offset)
+        return invalid.record.key == b"handled"
+
+    service = make_service(database_url, topic, probe, on_invalid=reject)
+    valid = receipt("r1")
+    records = [
+        record(topic.name, b"{}", "handled"),
+        record(topic.name, b"{}", "other"),
+        record(topic.name, valid.to_bytes(), valid.key()),
+    ]
+
+    emitted = await consume(service, topic, records)
+
+    assert handled == [records[0].offset, records[1].offset]
+    assert [e.key for e in dead_letters(emitted)] == ["other"]
+    assert await applied(service) == ["r1"]
