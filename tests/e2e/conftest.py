@@ -21,7 +21,10 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiosmtpd.controller import Controller
+
 from oms_contracts import CloudEvent
+from oms_contracts.topics import INVENTORY_RECEIPTS
+from oms_tools import samples
 
 SERVICES = ("order", "routing", "inventory", "notifications")
 TOKEN = "e2e-token"
@@ -40,7 +43,7 @@ class Mailbox:
     def __init__(self) -> None:
         self.messages: list[dict[str, object]] = []
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: N802 - aiosmtpd's hook name
+    async def handle_DATA(self, server, session, envelope) -> str:
         self.messages.append(
             {"from": envelope.mail_from, "to": list(envelope.rcpt_tos), "data": envelope.content.decode("utf-8")}
         )
@@ -54,7 +57,23 @@ class System:
     trace_dir: Path
     log_dir: Path
     mailbox: Mailbox
+    environments: dict[str, dict[str, str]] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def start(self, service: str) -> None:
+        log = (self.log_dir / f"{service}.log").open("a")
+        self.processes[service] = subprocess.Popen(
+            [sys.executable, "-m", f"oms_{service}"],
+            env=self.environments[service],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self, service: str) -> None:
+        """SIGKILL: no shutdown hook runs, nothing is flushed — a crash."""
+        self.processes[service].kill()
+        self.processes[service].wait(timeout=10)
 
     def url(self, service: str, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}{path}"
@@ -137,7 +156,7 @@ def system(oms_topics: str, service_database, tmp_path_factory) -> Iterator[Syst
     running = System(oms_topics, ports, trace_dir, log_dir, mailbox)
     try:
         for service in SERVICES:
-            env = {
+            running.environments[service] = {
                 **os.environ,
                 "OMS_KAFKA_BOOTSTRAP": oms_topics,
                 f"OMS_{service.upper()}_DATABASE_URL": databases[service],
@@ -148,15 +167,9 @@ def system(oms_topics: str, service_database, tmp_path_factory) -> Iterator[Syst
                 "OMS_NOTIFICATIONS_SMTP_PORT": str(smtp.port),
                 "OMS_LOG_LEVEL": "INFO",
             }
-            running.processes[service] = subprocess.Popen(
-                [sys.executable, "-m", f"oms_{service}"],
-                env=env,
-                cwd=ROOT,
-                stdout=(log_dir / f"{service}.log").open("w"),
-                stderr=subprocess.STDOUT,
-            )
+            running.start(service)
         for service in SERVICES:
-            _wait_ready(running, service)
+            wait_ready(running, service)
         yield running
     finally:
         for process in running.processes.values():
@@ -175,7 +188,7 @@ def system(oms_topics: str, service_database, tmp_path_factory) -> Iterator[Syst
                 print("\n".join(log.read_text().splitlines()[-40:]))
 
 
-def _wait_ready(system: System, service: str, timeout: float = 60.0) -> None:
+def wait_ready(system: System, service: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if system.processes[service].poll() is not None:
@@ -187,3 +200,86 @@ def _wait_ready(system: System, service: str, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.3)
     pytest.fail(f"{service} not ready after {timeout}s:\n{system.log(service)[-3000:]}")
+
+
+NETWORK = {
+    "sources": [
+        {
+            "code": "WH-EAST",
+            "name": "Berlin warehouse",
+            "type": "warehouse",
+            "lat": 52.52,
+            "lon": 13.40,
+            "countries": ["DE", "AT", "PL"],
+            "priority": 10,
+            "cost_per_shipment": "4.50",
+            "cost_per_unit": "0.20",
+            "handling_days": 1,
+        },
+        {
+            "code": "3PL-NL",
+            "name": "Venlo 3PL",
+            "type": "3pl",
+            "lat": 51.37,
+            "lon": 6.17,
+            "countries": ["NL", "BE", "DE"],
+            "priority": 20,
+            "cost_per_shipment": "6.00",
+            "cost_per_unit": "0.35",
+            "handling_days": 2,
+        },
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+async def network(system: System) -> dict:
+    """The demo network in routing and, through oms.routing.network.v1, in inventory; stock received at the
+    warehouse and visible in routing's availability projection."""
+    async with system.http() as http:
+        response = await http.put(system.url("routing", "/network"), json=NETWORK)
+        assert response.status_code == 200, response.text
+
+        # Inventory learns the network from routing's topic; a receipt before that would rightly be refused.
+        async def inventory_knows_the_network():
+            r = await http.get(system.url("inventory", "/sources"))
+            codes = {s["code"] for s in r.json() if s["active"]} if r.status_code == 200 else set()
+            return codes >= {s["code"] for s in NETWORK["sources"]}
+
+        await eventually(inventory_knows_the_network, what="inventory to know the network")
+        await system.publish(
+            INVENTORY_RECEIPTS.name,
+            samples.stock_received("SKU-A", "WH-EAST", 10),
+            samples.stock_received("SKU-B", "WH-EAST", 5),
+            samples.stock_received("SKU-A", "3PL-NL", 3),
+        )
+
+        async def stocked():
+            r = await http.get(system.url("inventory", "/stock/SKU-B"))
+            return r.status_code == 200 and r.json()
+
+        await eventually(stocked, what="inventory to receive the stock")
+
+        probe = samples.order_submitted("probe", [("SKU-A", 2, "10.00"), ("SKU-B", 1, "5.00")])
+        paid = {
+            "order_id": str(probe.data.order_id),
+            "channel": "web-eu",
+            "placed_at": "2026-11-25T10:00:00Z",
+            "currency": "EUR",
+            "amount": str(probe.data.grand_total),
+            "lines": [{"line_id": x.line_id, "sku": x.sku, "quantity": x.quantity} for x in probe.data.lines],
+            "shipping_address": probe.data.shipping_address.model_dump(mode="json"),
+            "shipping_method": "standard",
+            "options": {"ship_complete": False, "backorder_policy": "allow"},
+        }
+
+        async def routable():
+            r = await http.post(system.url("routing", "/simulate"), json=paid)
+            return r.status_code == 200 and r.json()["shipments"] and r.json()["shipments"][0]["source_code"]
+
+        assert await eventually(routable, what="routing to see the stock") == "WH-EAST"
+    return NETWORK
+
+
+def run_id() -> str:
+    return uuid.uuid4().hex[:8]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 import pytest
+
 from oms_contracts import fulfillment
 from oms_contracts.topics import (
     CHANNEL_ORDERS,
@@ -17,83 +17,9 @@ from oms_contracts.topics import (
 )
 from oms_tools import samples
 
-from .conftest import System, eventually, read_until
+from .conftest import System, eventually, read_until, run_id
 
 pytestmark = pytest.mark.timeout(180)
-
-NETWORK = {
-    "sources": [
-        {
-            "code": "WH-EAST",
-            "name": "Berlin warehouse",
-            "type": "warehouse",
-            "lat": 52.52,
-            "lon": 13.40,
-            "countries": ["DE", "AT", "PL"],
-            "priority": 10,
-            "cost_per_shipment": "4.50",
-            "cost_per_unit": "0.20",
-            "handling_days": 1,
-        },
-        {
-            "code": "3PL-NL",
-            "name": "Venlo 3PL",
-            "type": "3pl",
-            "lat": 51.37,
-            "lon": 6.17,
-            "countries": ["NL", "BE", "DE"],
-            "priority": 20,
-            "cost_per_shipment": "6.00",
-            "cost_per_unit": "0.35",
-            "handling_days": 2,
-        },
-    ]
-}
-
-
-def run_id() -> str:
-    return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture(scope="module")
-async def network(system: System) -> dict:
-    """The demo network in routing and, through oms.routing.network.v1, in inventory; stock received at the
-    warehouse and visible in routing's availability projection."""
-    async with system.http() as http:
-        response = await http.put(system.url("routing", "/network"), json=NETWORK)
-        assert response.status_code == 200, response.text
-        await system.publish(
-            INVENTORY_RECEIPTS.name,
-            samples.stock_received("SKU-A", "WH-EAST", 10),
-            samples.stock_received("SKU-B", "WH-EAST", 5),
-            samples.stock_received("SKU-A", "3PL-NL", 3),
-        )
-
-        async def stocked():
-            r = await http.get(system.url("inventory", "/stock/SKU-B"))
-            return r.status_code == 200 and r.json()
-
-        await eventually(stocked, what="inventory to receive the stock")
-
-        probe = samples.order_submitted("probe", [("SKU-A", 2, "10.00"), ("SKU-B", 1, "5.00")])
-        paid = {
-            "order_id": str(probe.data.order_id),
-            "channel": "web-eu",
-            "placed_at": "2026-11-25T10:00:00Z",
-            "currency": "EUR",
-            "amount": str(probe.data.grand_total),
-            "lines": [{"line_id": x.line_id, "sku": x.sku, "quantity": x.quantity} for x in probe.data.lines],
-            "shipping_address": probe.data.shipping_address.model_dump(mode="json"),
-            "shipping_method": "standard",
-            "options": {"ship_complete": False, "backorder_policy": "allow"},
-        }
-
-        async def routable():
-            r = await http.post(system.url("routing", "/simulate"), json=paid)
-            return r.status_code == 200 and r.json()["shipments"] and r.json()["shipments"][0]["source_code"]
-
-        assert await eventually(routable, what="routing to see the stock") == "WH-EAST"
-    return NETWORK
 
 
 async def test_an_order_goes_from_submission_to_fulfilled_through_all_four_services(system: System, network):
@@ -179,36 +105,39 @@ async def test_an_order_goes_from_submission_to_fulfilled_through_all_four_servi
 
 async def test_the_same_submission_delivered_twice_makes_one_order(system: System, network):
     submitted = samples.order_submitted(f"twice-{run_id()}", [("SKU-A", 1, "10.00")])
-    order_id = submitted.data.order_id
-    await system.publish(CHANNEL_ORDERS.name, submitted, submitted)
-    # and once more as a channel retry would: same order, new event id
+    order_id = str(submitted.data.order_id)
+    # Twice as is, once more as a channel retry would (same order, new event id), then the payment: all on one
+    # partition, so once the order is paid every submission has been handled.
     retried = samples.order_submitted(submitted.data.external_order_id, [("SKU-A", 1, "10.00")])
-    await system.publish(CHANNEL_ORDERS.name, retried)
-
     events = system.consumer(ORDER_EVENTS.name)
     await events.start()
     try:
-        marker = samples.order_submitted(f"marker-{run_id()}", [("SKU-A", 1, "1.00")])
-        await system.publish(CHANNEL_ORDERS.name, marker)
-        accepted = []
+        await system.publish(CHANNEL_ORDERS.name, submitted, submitted, retried, samples.payment_captured(submitted))
+        seen: list[str] = []
 
-        def collect(record):
+        def until_paid(record) -> bool:
             event = json.loads(record.value)
-            if event["type"] == "oms.order.accepted.v1" and event["data"]["order_id"] == str(order_id):
-                accepted.append(event)
-            return event["type"] == "oms.order.accepted.v1" and event["data"]["order_id"] == str(marker.data.order_id)
+            if event["data"].get("order_id") != order_id:
+                return False
+            seen.append(event["type"])
+            return event["type"] == "oms.order.paid.v1"
 
-        await read_until(events, collect)
+        await read_until(events, until_paid)
     finally:
         await events.stop()
-    assert len(accepted) == 1
+    assert seen.count("oms.order.accepted.v1") == 1
+    assert seen.count("oms.order.paid.v1") == 1
 
     async with system.http() as http:
         timeline = (await http.get(system.url("order", f"/orders/{order_id}/timeline"))).json()
-        assert [(t["from_status"], t["to_status"]) for t in timeline] == [(None, "pending")]
+        assert [(t["from_status"], t["to_status"]) for t in timeline][:3] == [
+            (None, "pending"),
+            ("pending", "payment_processing"),
+            ("payment_processing", "paid"),
+        ]
 
         async def notified():
-            r = await http.get(system.url("notifications", "/notifications"), params={"order_id": str(order_id)})
+            r = await http.get(system.url("notifications", "/notifications"), params={"order_id": order_id})
             return r.json() if r.status_code == 200 and r.json() else None
 
         assert len(await eventually(notified, what="the confirmation record")) == 1

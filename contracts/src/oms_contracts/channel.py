@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -20,12 +20,13 @@ from .common import (
 from .envelope import CloudEvent
 from .types import Contract, CurrencyCode, Money, NonEmptyStr, SourceCode, Text, UtcDatetime
 
-ChannelName = NonEmptyStr
+ChannelName = Annotated[str, Field(min_length=1, max_length=64)]
+ExternalOrderId = Annotated[str, Field(min_length=1, max_length=100)]
 
 
 class ChannelOrderRef(Contract):
-    channel: ChannelName = Field(max_length=64)
-    external_order_id: NonEmptyStr = Field(max_length=100)
+    channel: ChannelName
+    external_order_id: ExternalOrderId
 
     @property
     def order_id(self) -> uuid.UUID:

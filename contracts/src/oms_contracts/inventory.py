@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import date
 from enum import StrEnum
 from typing import Literal
 
@@ -22,6 +23,9 @@ class ShipmentRef(OrderRef):
 
 class ShipmentReservedData(ShipmentRef):
     plan_id: uuid.UUID
+    # Copied from the plan, so that a reader can request the fulfillment even when this event overtakes the plan
+    # (they travel on different topics).
+    ship_by: date = Field(description="The plan's estimated ship date: when the source should ship by")
 
 
 class Shortage(Contract):

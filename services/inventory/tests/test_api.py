@@ -23,7 +23,7 @@ async def client(inventory) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest.mark.parametrize("path", ["/stock/SKU-1", "/backorders/SKU-1"])
+@pytest.mark.parametrize("path", ["/stock/SKU-1", "/backorders/SKU-1", "/sources"])
 async def test_without_a_known_token_the_api_answers_401(client, path):
     assert (await client.get(path, headers={"Authorization": ""})).status_code == 401
     assert (await client.get(path, headers={"Authorization": "Bearer not-a-token"})).status_code == 401
@@ -106,3 +106,13 @@ async def test_a_sku_known_only_from_its_backorders_has_stock_nowhere(inventory,
 
     assert response.status_code == 200
     assert response.json() == {"sku": fresh_sku, "sources": [], "available": 0}
+
+
+async def test_the_sources_are_those_the_network_topic_announced(inventory, client, events, fresh_source):
+    await deliver(inventory, ROUTING_NETWORK, events.source_upserted(fresh_source))
+
+    response = await client.get("/sources")
+
+    assert response.status_code == 200
+    [known] = [s for s in response.json() if s["code"] == fresh_source]
+    assert known == {"code": fresh_source, "name": f"Source {fresh_source}", "type": "warehouse", "active": True}

@@ -67,6 +67,16 @@ def plan_everything(order: domain.Order, source: str = "WH-EAST") -> uuid.UUID:
     return shipment_id
 
 
+def reserved(order: domain.Order, shipment_id: uuid.UUID) -> domain.Reservation:
+    """Inventory's reservation of a planned shipment, as its event describes it."""
+    planned = order.fulfillments[shipment_id]
+    return domain.Reservation(shipment_id, planned.source_code, list(planned.lines), uuid.uuid4(), date(2026, 11, 26))
+
+
+def everything(order: domain.Order) -> list[domain.ShipmentLine]:
+    return [domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in order.lines.values()]
+
+
 def shipment(tracking: str = "T1") -> domain.Shipment:
     return domain.Shipment("DHL", None, tracking, None, NOW)
 
@@ -139,17 +149,66 @@ def test_reserving_a_planned_shipment_requests_it_and_the_order_awaits_fulfillme
     order = paid_order()
     shipment_id = plan_everything(order)
     assert order.fulfillments[shipment_id].status is FulfillmentStatus.planned
-    requested = order.request_fulfillment(shipment_id, CAUSE)
+    requested = order.request_fulfillment(reserved(order, shipment_id), CAUSE)
     assert requested is not None and requested.status is FulfillmentStatus.requested
     assert order.status is S.awaiting_fulfillment
     assert all(line.state is LineState.requested for line in order.lines.values())
-    assert order.request_fulfillment(shipment_id, CAUSE) is None  # a redelivered reservation asks once
+    assert order.request_fulfillment(reserved(order, shipment_id), CAUSE) is None  # a redelivered reservation asks once
+
+
+def test_a_reservation_that_overtakes_its_plan_requests_the_fulfillment_and_the_late_plan_adds_its_reason():
+    order = paid_order()
+    shipment_id = uuid.uuid4()
+    reservation = domain.Reservation(shipment_id, "WH-EAST", everything(order), uuid.uuid4(), date(2026, 11, 26))
+    requested = order.request_fulfillment(reservation, CAUSE)
+    assert requested is not None and requested.status is FulfillmentStatus.requested
+    assert requested.ship_by == date(2026, 11, 26) and order.status is S.awaiting_fulfillment
+    order.apply_plan(
+        reservation.plan_id,
+        [
+            domain.PlannedShipment(
+                shipment_id, "WH-EAST", everything(order), date(2026, 11, 26), date(2026, 11, 29), "why"
+            )
+        ],
+        [],
+        [],
+        CAUSE,
+    )
+    assert order.fulfillments[shipment_id].status is FulfillmentStatus.requested
+    assert order.fulfillments[shipment_id].reason == "why"
+    assert order.fulfillments[shipment_id].estimated_delivery == date(2026, 11, 29)
+
+
+def test_a_rejection_that_overtakes_its_plan_leaves_the_fulfillment_rejected_when_the_plan_arrives():
+    order = paid_order()
+    shipment_id = uuid.uuid4()
+    reservation = domain.Reservation(shipment_id, "WH-EAST", everything(order), uuid.uuid4())
+    order.reject_reservation(reservation, "short", CAUSE)
+    order.apply_plan(
+        reservation.plan_id,
+        [
+            domain.PlannedShipment(
+                shipment_id, "WH-EAST", everything(order), date(2026, 11, 26), date(2026, 11, 29), "x"
+            )
+        ],
+        [],
+        [],
+        CAUSE,
+    )
+    assert order.fulfillments[shipment_id].status is FulfillmentStatus.rejected
+    assert order.status is S.paid
+
+
+def test_a_reservation_for_an_unpaid_order_is_refused():
+    order = new_order()
+    with pytest.raises(OrderRefusal, match="takes no fulfillment"):
+        order.request_fulfillment(domain.Reservation(uuid.uuid4(), "WH", everything(order), uuid.uuid4()), CAUSE)
 
 
 def test_shipping_every_line_fulfils_the_order_and_delivery_delivers_it():
     order = paid_order()
     shipment_id = plan_everything(order)
-    order.request_fulfillment(shipment_id, CAUSE)
+    order.request_fulfillment(reserved(order, shipment_id), CAUSE)
     order.ship_fulfillment(shipment_id, shipment(), CAUSE)
     assert order.status is S.fulfilled
     assert order.fulfillments[shipment_id].tracking_number == "T1"
@@ -179,8 +238,8 @@ def test_shipping_one_of_two_fulfillments_leaves_the_order_partially_fulfilled()
         [],
         CAUSE,
     )
-    order.request_fulfillment(first, CAUSE)
-    order.request_fulfillment(second, CAUSE)
+    order.request_fulfillment(reserved(order, first), CAUSE)
+    order.request_fulfillment(reserved(order, second), CAUSE)
     order.ship_fulfillment(first, shipment("T1"), CAUSE)
     assert order.status is S.partially_fulfilled
     assert [line.state for line in lines] == [LineState.shipped, LineState.requested]
@@ -221,7 +280,7 @@ def test_a_plan_naming_a_line_the_order_does_not_have_is_refused():
 
 
 def test_a_plan_for_an_unpaid_order_is_refused():
-    with pytest.raises(OrderRefusal, match="takes no fulfillment plan"):
+    with pytest.raises(OrderRefusal, match="takes no fulfillment"):
         new_order().apply_plan(uuid.uuid4(), [], [], [], CAUSE)
 
 
@@ -240,7 +299,7 @@ def _step(order: domain.Order, action: str, shipments: list[uuid.UUID]) -> None:
     elif shipments:
         target = shipments[-1]
         {
-            "reserve": lambda: order.request_fulfillment(target, CAUSE),
+            "reserve": lambda: order.request_fulfillment(reserved(order, target), CAUSE),
             "reject": lambda: order.reject_fulfillment(target, "x", CAUSE),
             "accept": lambda: order.accept_fulfillment(target),
             "ship": lambda: order.ship_fulfillment(target, shipment(), CAUSE),

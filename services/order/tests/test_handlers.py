@@ -62,6 +62,7 @@ def reserved(plan):
             plan_id=plan.data.plan_id,
             source_code=s.source_code,
             lines=s.lines,
+            ship_by=s.estimated_ship_date,
         ),
     )
 

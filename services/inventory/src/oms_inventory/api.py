@@ -36,12 +36,25 @@ class WaitingLine(BaseModel):
     queued_at: datetime
 
 
+class KnownSource(BaseModel):
+    code: str
+    name: str
+    type: str
+    active: bool
+
+
 def _database(request: Request) -> Database:
     return request.app.state.service.database
 
 
 def _unknown(sku: str) -> HTTPException:
     return HTTPException(status.HTTP_404_NOT_FOUND, f"inventory has never heard of sku {sku!r}")
+
+
+@router.get("/sources", summary="The sources inventory knows from the network topic; receipts for others are refused")
+async def get_sources(who: Principal, request: Request) -> list[KnownSource]:
+    async with _database(request).connect() as conn:
+        return [KnownSource(**row) for row in await store.known_sources(conn)]
 
 
 # `:path` because a SKU may contain a slash.

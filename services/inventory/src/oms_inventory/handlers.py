@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from oms_contracts.common import Line as LineData
@@ -140,8 +140,10 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
         plan_of_shipment: dict[uuid.UUID, Incoming[Any]] = {}
         for s, cause in zip(shipments, cause_of_shipment, strict=True):
             plan_of_shipment.setdefault(s.shipment_id, cause)
+        ship_by = {s.shipment_id: s.estimated_ship_date for m in messages for s in m.event.data.shipments}
         for decision in result.decisions:
-            tx.emit(_allocation(decision), cause=plan_of_shipment[decision.shipment.shipment_id])
+            shipment_id = decision.shipment.shipment_id
+            tx.emit(_allocation(decision, ship_by[shipment_id]), cause=plan_of_shipment[shipment_id])
         for m in messages:
             plan = m.event.data
             joined = [line for line in plan.backordered_lines if (plan.order_id, line.line_id) in newly_queued]
@@ -225,12 +227,12 @@ def _line_units(lines: Sequence[Any]) -> list[tuple[str, int]]:
     return [(line.line_id, line.quantity) for line in lines]
 
 
-def _allocation(decision: ReservationDecision) -> ShipmentReserved | ReservationRejected:
+def _allocation(decision: ReservationDecision, ship_by: date) -> ShipmentReserved | ReservationRejected:
     s = decision.shipment
     lines = [LineData(line_id=line.line_id, sku=line.sku, quantity=line.quantity) for line in s.lines]
     ref = {"order_id": s.order_id, "shipment_id": s.shipment_id, "source_code": s.source_code, "lines": lines}
     if decision.reserved:
-        data = ShipmentReservedData(**ref, plan_id=s.plan_id)
+        data = ShipmentReservedData(**ref, plan_id=s.plan_id, ship_by=ship_by)
         return ShipmentReserved(source=SOURCE, subject=str(s.order_id), data=data)
     shortages = [ShortageData(sku=x.sku, requested=x.requested, available=x.available) for x in decision.shortages]
     data = ReservationRejectedData(**ref, plan_id=s.plan_id, shortages=shortages)

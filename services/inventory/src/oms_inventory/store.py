@@ -316,6 +316,13 @@ async def queue_backorders(
 # --- reads for the HTTP API --------------------------------------------------------------------------------------
 
 
+async def known_sources(conn: AsyncConnection) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        sa.select(sources.c.code, sources.c.name, sources.c.type, sources.c.active).order_by(sources.c.code)
+    )
+    return [dict(row) for row in rows.mappings()]
+
+
 async def stock_of_sku(conn: AsyncConnection, sku: str) -> list[Stock]:
     rows = await conn.execute(
         sa.select(stock.c.sku, stock.c.source_code, stock.c.on_hand, stock.c.reserved)

@@ -224,23 +224,16 @@ class Order:
         cause: Cause,
     ) -> None:
         """Record routing's plan: a planned fulfillment per shipment; backordered and unfulfillable lines marked."""
-        if self.status not in (S.paid, S.awaiting_fulfillment, S.partially_fulfilled):
-            raise OrderRefusal(f"order {self.order_id} is {self.status}; it takes no fulfillment plan")
+        self._takes_fulfillment()
         for shipment in shipments:
-            if shipment.shipment_id in self.fulfillments:
-                continue
             self._known_lines(shipment.lines)
-            self.fulfillments[shipment.shipment_id] = Fulfillment(
-                fulfillment_id=shipment.shipment_id,
-                order_id=self.order_id,
-                source_code=shipment.source_code,
-                lines=tuple(shipment.lines),
-                status=FulfillmentStatus.planned,
-                plan_id=plan_id,
-                ship_by=shipment.ship_by,
-                estimated_delivery=shipment.estimated_delivery,
-                reason=shipment.reason,
-            )
+            known = self.fulfillments.get(shipment.shipment_id)
+            if known is None:
+                known = self._add_fulfillment(shipment.shipment_id, shipment.source_code, shipment.lines, plan_id)
+            # Inventory's answer travels on another topic and may have arrived first: keep its status, add the plan's
+            # dates and reason.
+            known.ship_by = known.ship_by or shipment.ship_by
+            known.estimated_delivery, known.reason = shipment.estimated_delivery, shipment.reason
             self.changed_fulfillments.add(shipment.shipment_id)
         for line in self._known_lines(backordered):
             line.state = LineState.backordered
@@ -253,22 +246,40 @@ class Order:
             else:
                 self.transition(S.awaiting_fulfillment, cause, "every line backordered until stock arrives")
 
-    def request_fulfillment(self, fulfillment_id: uuid.UUID, cause: Cause) -> Fulfillment | None:
-        """Inventory reserved a planned shipment: it becomes a request to its source. None when already requested."""
-        fulfillment = self._fulfillment(fulfillment_id)
+    def request_fulfillment(self, reservation: Reservation, cause: Cause) -> Fulfillment | None:
+        """Inventory reserved a planned shipment: it becomes a request to its source. None when already requested.
+
+        The reservation may overtake the plan (another topic); it carries what the request needs."""
+        fulfillment = self.fulfillments.get(reservation.fulfillment_id)
+        if fulfillment is None:
+            self._takes_fulfillment()
+            self._known_lines(reservation.lines)
+            fulfillment = self._add_fulfillment(
+                reservation.fulfillment_id, reservation.source_code, reservation.lines, reservation.plan_id
+            )
         if fulfillment.status is not FulfillmentStatus.planned:
             return None
+        fulfillment.ship_by = fulfillment.ship_by or reservation.ship_by
         fulfillment.status = FulfillmentStatus.requested
         fulfillment.requested_at = cause.at
-        self.changed_fulfillments.add(fulfillment_id)
+        self.changed_fulfillments.add(fulfillment.fulfillment_id)
         for line in self._known_lines(fulfillment.lines):
             line.state = LineState.requested
         self.changed = True
         if self.status is S.paid:
-            self.transition(
-                S.awaiting_fulfillment, cause, f"fulfillment {fulfillment_id} requested from {fulfillment.source_code}"
-            )
+            note = f"fulfillment {fulfillment.fulfillment_id} requested from {fulfillment.source_code}"
+            self.transition(S.awaiting_fulfillment, cause, note)
         return fulfillment
+
+    def reject_reservation(self, reservation: Reservation, reason: str, cause: Cause) -> None:
+        """Inventory could not reserve a shipment (possibly before the plan arrived): routing re-plans its lines."""
+        if reservation.fulfillment_id not in self.fulfillments:
+            self._takes_fulfillment()
+            self._known_lines(reservation.lines)
+            self._add_fulfillment(
+                reservation.fulfillment_id, reservation.source_code, reservation.lines, reservation.plan_id
+            )
+        self.reject_fulfillment(reservation.fulfillment_id, reason, cause)
 
     def reject_fulfillment(self, fulfillment_id: uuid.UUID, reason: str, cause: Cause) -> None:
         """Inventory could not reserve, or the source refused: the lines wait for routing's re-plan."""
@@ -329,6 +340,26 @@ class Order:
         if self.status is S.fulfilled and all(f.status is FulfillmentStatus.delivered for f in shipped):
             self.transition(S.delivered, cause, "every shipment delivered")
 
+    def _takes_fulfillment(self) -> None:
+        if self.status not in (S.paid, S.awaiting_fulfillment, S.partially_fulfilled):
+            raise OrderRefusal(f"order {self.order_id} is {self.status}; it takes no fulfillment")
+
+    def _add_fulfillment(
+        self, fulfillment_id: uuid.UUID, source_code: str, lines: Any, plan_id: uuid.UUID | None
+    ) -> Fulfillment:
+        fulfillment = Fulfillment(
+            fulfillment_id=fulfillment_id,
+            order_id=self.order_id,
+            source_code=source_code,
+            lines=tuple(lines),
+            status=FulfillmentStatus.planned,
+            plan_id=plan_id,
+        )
+        self.fulfillments[fulfillment_id] = fulfillment
+        self.changed_fulfillments.add(fulfillment_id)
+        self.changed = True
+        return fulfillment
+
     def _fulfillment(self, fulfillment_id: uuid.UUID) -> Fulfillment:
         try:
             return self.fulfillments[fulfillment_id]
@@ -353,6 +384,17 @@ class PlannedShipment:
     ship_by: date
     estimated_delivery: date
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Inventory's answer for one planned shipment, with what is needed to act on it without the plan."""
+
+    fulfillment_id: uuid.UUID
+    source_code: str
+    lines: list[ShipmentLine]
+    plan_id: uuid.UUID
+    ship_by: date | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -290,13 +290,20 @@ def _on_allocation(message: Incoming, order: Order | None, _orders, outgoing: li
     event, data = message.event, message.event.data
     order = _known(order, data.order_id)
     cause = _cause(message, "service:inventory", order)
+    reservation = domain.Reservation(
+        fulfillment_id=data.shipment_id,
+        source_code=data.source_code,
+        lines=[domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in data.lines],
+        plan_id=data.plan_id,
+        ship_by=getattr(data, "ship_by", None),
+    )
     if isinstance(event, inventory.ShipmentReserved):
-        requested = order.request_fulfillment(data.shipment_id, cause)
+        requested = order.request_fulfillment(reservation, cause)
         if requested is not None:
             outgoing.append(_request(order, requested))
     else:
         short = ", ".join(f"{s.sku} {s.available}/{s.requested}" for s in data.shortages)
-        order.reject_fulfillment(data.shipment_id, f"{data.source_code} short: {short}", cause)
+        order.reject_reservation(reservation, f"{data.source_code} short: {short}", cause)
     return order
 
 
