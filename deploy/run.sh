@@ -102,7 +102,7 @@ start() {
   Mail goes to a local catcher: $RUN/mail.log. Traces: $OMS_TRACE_FILE.
 
   Submit and pay a demo order:
-      uv run oms demo order --sku TSHIRT-BLK-M:2 --sku MUG-OMS:1
+      uv run oms demo order --sku TENT-2P:1 --sku LAMP-HEAD:2
   Read it back (local demo token; never use it elsewhere):
       curl -s -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:8081/orders/<order_id>
       curl -s -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:8081/orders/<order_id>/timeline

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -18,6 +20,88 @@ BERLIN = Address(
     lat=52.517,
     lon=13.389,
 )
+
+# One plausible customer address per country the demo ships to; no demo source serves CH, so nothing there can
+# ship.
+DEMO_ADDRESSES: dict[str, Address] = {
+    "DE": BERLIN,
+    "AT": Address(
+        name="Lise Meitner",
+        line1="Stephansplatz 1",
+        city="Wien",
+        postal_code="1010",
+        country="AT",
+        lat=48.2085,
+        lon=16.3731,
+    ),
+    "NL": Address(
+        name="Aletta Jacobs",
+        line1="Dam 1",
+        city="Amsterdam",
+        postal_code="1012 JS",
+        country="NL",
+        lat=52.3731,
+        lon=4.8926,
+    ),
+    "BE": Address(
+        name="Marie Popelin",
+        line1="Grand-Place 1",
+        city="Bruxelles",
+        postal_code="1000",
+        country="BE",
+        lat=50.8467,
+        lon=4.3525,
+    ),
+    "FR": Address(
+        name="Marie Curie",
+        line1="1 Rue de Rivoli",
+        city="Paris",
+        postal_code="75001",
+        country="FR",
+        lat=48.8559,
+        lon=2.3580,
+    ),
+    "LU": Address(
+        name="Anne Beffort",
+        line1="Place Guillaume II 1",
+        city="Luxembourg",
+        postal_code="1648",
+        country="LU",
+        lat=49.6101,
+        lon=6.1310,
+    ),
+    "PL": Address(
+        name="Irena Sendler",
+        line1="Plac Zamkowy 1",
+        city="Warszawa",
+        postal_code="00-277",
+        country="PL",
+        lat=52.2477,
+        lon=21.0137,
+    ),
+    "DK": Address(
+        name="Karen Blixen",
+        line1="Rådhuspladsen 1",
+        city="København",
+        postal_code="1550",
+        country="DK",
+        lat=55.6761,
+        lon=12.5683,
+    ),
+    "CH": Address(
+        name="Emilie Kempin",
+        line1="Bahnhofstrasse 1",
+        city="Zürich",
+        postal_code="8001",
+        country="CH",
+        lat=47.3667,
+        lon=8.5393,
+    ),
+}
+
+
+def demo_email(address: Address) -> str:
+    return f"{address.name.split()[0].lower()}@example.com"
 
 
 def order_submitted(
@@ -73,20 +157,75 @@ def payment_captured(submitted: channel.OrderSubmitted, *, amount: Decimal | Non
     )
 
 
-def stock_received(sku: str, source_code: str, quantity: int) -> inventory.StockReceived:
+def stock_received(
+    sku: str, source_code: str, quantity: int, *, reason: str = "restock", reference: str = "demo"
+) -> inventory.StockReceived:
+    """A receipt of `quantity` units of `sku` at a source, as its WMS (or the returns desk) reports it."""
     return inventory.StockReceived(
         source=f"/wms/{source_code}",
         subject=sku,
         data=inventory.StockReceivedData(
-            sku=sku, source_code=source_code, quantity=quantity, reason="restock", reference="demo"
+            sku=sku, source_code=source_code, quantity=quantity, reason=reason, reference=reference
         ),
     )
 
 
-def shipped(request: fulfillment.FulfillmentRequested, *, carrier: str = "DHL") -> fulfillment.FulfillmentShipped:
-    """The source's answer to a fulfillment request: everything shipped in one parcel."""
+@dataclass(frozen=True)
+class Carrier:
+    name: str
+    service: str
+    prefix: str
+    url: str  # with {tracking}
+
+    def tracking_number(self, fulfillment_id: uuid.UUID) -> str:
+        return f"{self.prefix}{fulfillment_id.int % 10**13:013d}"
+
+    def tracking_url(self, tracking: str) -> str:
+        return self.url.format(tracking=tracking)
+
+
+DHL = Carrier("DHL", "Paket", "00340", "https://www.dhl.de/en/privatkunden.html?piececode={tracking}")
+# The carrier a demo source hands a parcel to, by destination country (DHL elsewhere).
+CARRIERS: dict[str, Carrier] = {
+    "DE": DHL,
+    "AT": Carrier(
+        "Österreichische Post", "Paket Premium", "1000", "https://www.post.at/s/sendungssuche?snr={tracking}"
+    ),
+    "NL": Carrier("PostNL", "Pakket", "3SOMS", "https://jouw.postnl.nl/track-and-trace/{tracking}"),
+    "BE": Carrier("bpost", "bpack 24h", "3232", "https://track.bpost.cloud/btr/web/#/search?itemCode={tracking}"),
+    "FR": Carrier(
+        "Colissimo", "Colissimo Domicile", "6A", "https://www.laposte.fr/outils/suivre-vos-envois?code={tracking}"
+    ),
+}
+
+
+def accepted(request: fulfillment.FulfillmentRequested) -> fulfillment.FulfillmentAccepted:
+    """The source's first answer to a fulfillment request: it will ship."""
     d = request.data
-    tracking = f"00340{d.fulfillment_id.int % 10**13:013d}"
+    return fulfillment.FulfillmentAccepted(
+        source=f"/sources/{d.source_code}",
+        subject=str(d.order_id),
+        data=fulfillment.FulfillmentAcceptedData(
+            fulfillment_id=d.fulfillment_id, order_id=d.order_id, source_code=d.source_code
+        ),
+    )
+
+
+def shipped(
+    request: fulfillment.FulfillmentRequested, *, carrier: str | Carrier | None = None
+) -> fulfillment.FulfillmentShipped:
+    """The source's answer to a fulfillment request: everything shipped in one parcel.
+
+    `carrier` defaults to the demo carrier of the destination country (DHL for Germany and anywhere unlisted); a
+    plain name keeps DHL's tracking scheme under that name."""
+    d = request.data
+    if carrier is None:
+        chosen = CARRIERS.get(d.ship_to.country, DHL)
+    elif isinstance(carrier, str):
+        chosen = Carrier(carrier, DHL.service, DHL.prefix, DHL.url)
+    else:
+        chosen = carrier
+    tracking = chosen.tracking_number(d.fulfillment_id)
     return fulfillment.FulfillmentShipped(
         source=f"/sources/{d.source_code}",
         subject=str(d.order_id),
@@ -94,10 +233,10 @@ def shipped(request: fulfillment.FulfillmentRequested, *, carrier: str = "DHL") 
             fulfillment_id=d.fulfillment_id,
             order_id=d.order_id,
             source_code=d.source_code,
-            carrier=carrier,
-            service="Paket",
+            carrier=chosen.name,
+            service=chosen.service,
             tracking_number=tracking,
-            tracking_url=f"https://www.dhl.de/en/privatkunden.html?piececode={tracking}",
+            tracking_url=chosen.tracking_url(tracking),
             shipped_at=datetime.now(UTC),
             lines=[LineQuantity(line_id=x.line_id, quantity=x.quantity) for x in d.lines],
         ),

@@ -1,0 +1,594 @@
+"""The `oms` command: topics, the demo network, stock and orders, a 3PL simulator and the dead letters.
+
+Every command is asynchronous inside and ends with one of these exit codes: 0 done, 1 failed (an error answer
+from Kafka or a service), 2 invalid input (options, demo files), 3 Kafka or a service unreachable. Expected
+failures print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import signal
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+from pydantic import TypeAdapter, ValidationError
+
+from oms_contracts import FIXED_TOPICS
+from oms_contracts.common import BackorderPolicy
+from oms_contracts.topics import CHANNEL_ORDERS, INVENTORY_RECEIPTS
+from oms_contracts.types import SourceCode
+from oms_runtime.topics import ensure_topics
+
+from . import demo, samples
+from .dlq import tail
+from .errors import FAILED, INVALID, UNREACHABLE, ToolError
+from .kafka import new_traceparent, producer, require_topics, send, talking_to, trace_id_of
+from .readiness import wait_until_inventory_knows
+from .ship import Shipper
+
+T = TypeVar("T")
+
+EXIT_CODES = "Exit codes: 0 done, 1 failed, 2 invalid input, 3 Kafka or a service unreachable."
+
+app = typer.Typer(
+    name="oms",
+    help="Operate and demo the OMS: create its Kafka topics, load the demo network and stock, place demo orders, "
+    "play a 3PL, read the dead letters.",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+topics_app = typer.Typer(help="The OMS's Kafka topics.", no_args_is_help=True, rich_markup_mode="markdown")
+demo_app = typer.Typer(
+    help="The demo: network, stock, orders and a shipping simulator. Typical order: `oms topics create`, start the "
+    "services, `oms demo network`, `oms demo stock`, `oms demo ship` (in another terminal), `oms demo order`.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+dlq_app = typer.Typer(
+    help="Dead letters on oms.dlq.v1: messages a service could never process.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+app.add_typer(topics_app, name="topics")
+app.add_typer(demo_app, name="demo")
+app.add_typer(dlq_app, name="dlq")
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the Kafka client's own log messages (connection retries).")
+    ] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    # Without --verbose the Kafka client's retries would bury the one line that says what went wrong.
+    logging.getLogger("aiokafka").setLevel(logging.INFO if verbose else logging.CRITICAL + 1)
+
+
+# Options and their validation ------------------------------------------------------------------------------------
+
+
+def _check_bootstrap(value: str) -> str:
+    servers = [part.strip() for part in value.split(",")]
+    for server in servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise typer.BadParameter(f"{server!r} is not host:port (e.g. 127.0.0.1:9092)")
+    return ",".join(servers)
+
+
+def _check_url(value: str) -> str:
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError) as error:
+        raise typer.BadParameter(f"{value!r} is not a URL: {error}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise typer.BadParameter(f"{value!r} is not an http(s) URL such as http://127.0.0.1:8082")
+    return value.rstrip("/")
+
+
+def _check_token(value: str) -> str:
+    if not value.strip() or any(c.isspace() for c in value):
+        raise typer.BadParameter("a bearer token is one word with no spaces")
+    return value
+
+
+_SOURCE_CODE: TypeAdapter[str] = TypeAdapter(SourceCode)
+
+
+def _check_sources(values: list[str] | None) -> list[str] | None:
+    for value in values or ():
+        try:
+            _SOURCE_CODE.validate_python(value)
+        except ValidationError:
+            raise typer.BadParameter(f"{value!r} is not a source code (letters, digits, '-' and '_')") from None
+    return values
+
+
+Bootstrap = Annotated[
+    str,
+    typer.Option(
+        "--bootstrap",
+        "-b",
+        envvar="OMS_KAFKA_BOOTSTRAP",
+        callback=_check_bootstrap,
+        help="Kafka bootstrap servers, host:port[,host:port...].",
+    ),
+]
+Token = Annotated[
+    str,
+    typer.Option(
+        "--token",
+        envvar="OMS_TOKEN",
+        callback=_check_token,
+        help="Bearer token for the OMS HTTP APIs (demo-cs-token is the local demo's; never use it elsewhere).",
+    ),
+]
+NetworkPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--network",
+        dir_okay=False,
+        show_default=f"{demo.DEFAULT_DIR_SHOWN}/{demo.NETWORK_FILE}",
+        help="The demo network (JSON, the body of PUT /network).",
+    ),
+]
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+DEFAULT_TOKEN = "demo-cs-token"
+
+
+# Running a command -------------------------------------------------------------------------------------------------
+
+
+def _fail(error: ToolError) -> typer.Exit:
+    typer.secho(f"error: {error.message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(error.exit_code)
+
+
+def _run(make: Callable[[], Awaitable[T]], *, bootstrap: str | None = None, stoppable: bool = False) -> T | None:
+    """Run one command's coroutine; expected failures end the process with a message and an exit code.
+
+    A `stoppable` command (one that runs until stopped) ends normally on Ctrl-C or SIGTERM and returns None; any
+    other command interrupted exits with code 130."""
+
+    async def main() -> T | None:
+        if stoppable:
+            task = asyncio.current_task()
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers on this platform
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        try:
+            if bootstrap is None:
+                return await make()
+            async with talking_to(bootstrap):
+                return await make()
+        except asyncio.CancelledError:
+            if stoppable:
+                return None
+            raise
+
+    try:
+        return asyncio.run(main())
+    except ToolError as error:
+        raise _fail(error) from None
+    except KeyboardInterrupt:
+        if stoppable:
+            return None
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130) from None
+
+
+def _load(loader: Callable[[], T]) -> T:
+    try:
+        return loader()
+    except ToolError as error:
+        raise _fail(error) from None
+
+
+# oms topics create -------------------------------------------------------------------------------------------------
+
+
+@topics_app.callback()
+def _topics() -> None:
+    """The OMS's Kafka topics."""
+
+
+@topics_app.command("create", epilog=EXIT_CODES)
+def topics_create(
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    partitions: Annotated[
+        int, typer.Option("--partitions", "-p", min=1, max=10_000, help="Partitions of each topic created.")
+    ] = 6,
+    replication_factor: Annotated[
+        int,
+        typer.Option("--replication-factor", "-r", min=1, max=32, help="Replicas of each topic created."),
+    ] = 1,
+) -> None:
+    """Create the OMS's fixed topics (oms_contracts.FIXED_TOPICS) that do not exist yet.
+
+    Idempotent: existing topics are left as they are and reported as existing. A source's request topic is not one
+    of them: the routing service creates it when the source joins the network."""
+    topics = FIXED_TOPICS
+    created = _run(
+        lambda: ensure_topics(bootstrap, topics, partitions=partitions, replication_factor=replication_factor),
+        bootstrap=bootstrap,
+    )
+    for topic in topics:
+        typer.echo(f"{'created' if topic.name in created else 'exists '}  {topic.name}")
+    typer.echo(
+        f"{len(topics)} topics on {bootstrap}: {len(created)} created, {len(topics) - len(created)} already existed"
+    )
+
+
+# oms demo network --------------------------------------------------------------------------------------------------
+
+
+@demo_app.callback()
+def _demo() -> None:
+    """The demo: network, stock, orders and a shipping simulator."""
+
+
+def _body_of(response: httpx.Response) -> str:
+    try:
+        text = json.dumps(response.json(), indent=2, ensure_ascii=False)
+    except ValueError:
+        text = response.text
+    text = text.strip() or "(empty body)"
+    return text if len(text) <= 4000 else text[:4000] + "…"
+
+
+@demo_app.command("network", epilog=EXIT_CODES)
+def demo_network(
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            dir_okay=False,
+            show_default=f"{demo.DEFAULT_DIR_SHOWN}/{demo.NETWORK_FILE}",
+            help='The network to load: {"sources": [...]}, each a routing Source.',
+        ),
+    ] = None,
+    url: Annotated[
+        str,
+        typer.Option("--url", envvar="OMS_ROUTING_URL", callback=_check_url, help="The routing service's base URL."),
+    ] = "http://127.0.0.1:8082",
+    token: Token = DEFAULT_TOKEN,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the answer.")] = 30.0,
+) -> None:
+    """Load the demo fulfillment network into the routing service (PUT /network).
+
+    The file is validated against the contracts first. Routing creates each source's request topic, then announces
+    the sources on oms.routing.network.v1; sources it knows that are missing from the file are deactivated."""
+    network, path = _load(lambda: demo.load_network(file))
+    endpoint = f"{url}/network"
+
+    async def put() -> httpx.Response:
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as client:
+                return await client.put(endpoint, json=network.body(), headers={"Authorization": f"Bearer {token}"})
+        except httpx.TimeoutException:
+            raise ToolError(f"the routing service at {url} did not answer within {timeout:g}s", UNREACHABLE) from None
+        except httpx.TransportError as error:
+            raise ToolError(
+                f"cannot reach the routing service at {url} ({error or type(error).__name__})", UNREACHABLE
+            ) from None
+
+    response = _run(put)
+    if not response.is_success:
+        raise _fail(
+            ToolError(
+                f"PUT {endpoint} answered {response.status_code} {response.reason_phrase}:\n{_body_of(response)}",
+                FAILED,
+            )
+        )
+    typer.echo(
+        f"PUT {endpoint}: {response.status_code} {response.reason_phrase}, {len(network.sources)} sources from {path}"
+    )
+    try:
+        sources = response.json()["sources"]
+    except (ValueError, KeyError, TypeError):
+        return
+    for s in sources:
+        state = "active" if s.get("active", True) else "inactive"
+        countries = ",".join(s.get("countries", []))
+        typer.echo(
+            f"  {s.get('code', '?'):<10} {s.get('type', '?'):<9} {state:<8} {s.get('name', '')} (ships to {countries})"
+        )
+
+
+# oms demo stock ----------------------------------------------------------------------------------------------------
+
+
+@demo_app.command("stock", epilog=EXIT_CODES)
+def demo_stock(
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            dir_okay=False,
+            show_default=f"{demo.DEFAULT_DIR_SHOWN}/{demo.STOCK_FILE}",
+            help='The stock to receive: {"stock": [{"sku", "source_code", "quantity"}, ...]}.',
+        ),
+    ] = None,
+    network_file: NetworkPath = None,
+    reference: Annotated[str, typer.Option("--reference", help="The delivery reference the receipts carry.")] = (
+        "demo-stock"
+    ),
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="First wait until inventory knows every source of the network (it refuses receipts otherwise).",
+        ),
+    ] = True,
+    wait_timeout: Annotated[
+        float, typer.Option("--wait-timeout", min=0, help="Seconds to wait for inventory before giving up.")
+    ] = 60.0,
+    inventory_url: Annotated[
+        str,
+        typer.Option(
+            "--inventory-url", envvar="OMS_INVENTORY_URL", callback=_check_url, help="The inventory service's base URL."
+        ),
+    ] = "http://127.0.0.1:8083",
+    token: Token = DEFAULT_TOKEN,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+) -> None:
+    """Receive the demo stock: one inventory.stock_received.v1 per (sku, source) on oms.inventory.receipts.v1.
+
+    Keyed by sku, published with the OMS producer settings (idempotent, acks=all). Inventory refuses receipts for
+    sources it does not know (they go to the dead letters), so this first waits until inventory lists every source
+    the stock names (GET /sources): run it after `oms demo network`. Each run is a new delivery and adds the
+    quantities again."""
+    stock, _ = _load(lambda: demo.load_stock(file))
+    network, network_path = _load(lambda: demo.load_network(network_file))
+    _load(lambda: stock.check_sources(network, network_path))
+    if not reference.strip() or len(reference) > 200:
+        raise typer.BadParameter("1 to 200 characters", param_hint="--reference")
+    receipts = [samples.stock_received(s.sku, s.source_code, s.quantity, reference=reference) for s in stock.stock]
+
+    async def publish() -> None:
+        await require_topics(bootstrap, [INVENTORY_RECEIPTS.name], "run `oms topics create` first")
+        if wait:
+            sources = {line.source_code for line in stock.stock}
+            await wait_until_inventory_knows(inventory_url, token, sources, seconds=wait_timeout, echo=typer.echo)
+        async with producer(bootstrap, "oms-demo-stock") as client:
+            await asyncio.gather(*(send(client, INVENTORY_RECEIPTS.name, receipt) for receipt in receipts))
+
+    _run(publish, bootstrap=bootstrap)
+    by_sku: dict[str, list[str]] = {}
+    for line in stock.stock:
+        by_sku.setdefault(line.sku, []).append(f"{line.source_code} {line.quantity}")
+    typer.echo(
+        f"published {len(receipts)} receipt(s) ({len(by_sku)} SKU(s)) on {INVENTORY_RECEIPTS.name}, "
+        f"reference {reference}"
+    )
+    for sku, where in by_sku.items():
+        typer.echo(f"  {sku:<12} {', '.join(where)}")
+    for sku in stock.nowhere_in_stock:
+        typer.echo(f"  {sku:<12} nowhere in stock: an order of it is backordered")
+
+
+# oms demo order ----------------------------------------------------------------------------------------------------
+
+
+def _parse_lines(values: list[str], catalogue: demo.Catalogue) -> list[tuple[str, int, str]]:
+    lines = []
+    for value in values:
+        sku, sep, qty = value.partition(":")
+        sku = sku.strip()
+        if sep and not qty.strip().isdigit():
+            raise typer.BadParameter(f"{value!r}: the quantity after ':' must be a whole number", param_hint="--sku")
+        quantity = int(qty) if sep else 1
+        if quantity < 1:
+            raise typer.BadParameter(f"{value!r}: quantity must be at least 1", param_hint="--sku")
+        if sku not in catalogue.skus:
+            known = ", ".join(catalogue.skus)
+            raise typer.BadParameter(f"{sku!r} is not in the demo catalogue ({known})", param_hint="--sku")
+        lines.append((sku, quantity, format(catalogue.price(sku), "f")))
+    return lines
+
+
+@demo_app.command("order", epilog=EXIT_CODES)
+def demo_order(
+    external_id: Annotated[
+        str | None,
+        typer.Option(
+            "--external-id",
+            show_default="demo-<time>-<random>",
+            help="The channel's order number. The same id again is a duplicate submission of the same order.",
+        ),
+    ] = None,
+    channel: Annotated[str, typer.Option("--channel", help="The sales channel publishing the order.")] = "web-eu",
+    skus: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sku",
+            metavar="SKU[:QTY]",
+            show_default="the catalogue's default_order",
+            help="An order line (repeatable); the price comes from the demo catalogue.",
+        ),
+    ] = None,
+    country: Annotated[
+        str,
+        typer.Option(
+            "--country",
+            help=f"Ship-to country, one of {', '.join(samples.DEMO_ADDRESSES)} (a demo address in each; no demo source "
+            "serves CH).",
+        ),
+    ] = "DE",
+    pay: Annotated[
+        bool, typer.Option("--pay/--no-pay", help="Also publish payment_captured for the grand total.")
+    ] = True,
+    ship_complete: Annotated[
+        bool, typer.Option("--ship-complete", help="Ask for one shipment only (never split).")
+    ] = False,
+    backorder_policy: Annotated[
+        BackorderPolicy,
+        typer.Option("--backorder-policy", help="deny: lines nowhere in stock are cancelled and refunded."),
+    ] = BackorderPolicy.allow,
+    catalogue_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalogue",
+            dir_okay=False,
+            show_default=f"{demo.DEFAULT_DIR_SHOWN}/{demo.CATALOGUE_FILE}",
+            help="The demo catalogue: SKUs with names and prices.",
+        ),
+    ] = None,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    order_url: Annotated[
+        str,
+        typer.Option(
+            "--order-url",
+            envvar="OMS_ORDER_URL",
+            callback=_check_url,
+            help="The order service's base URL (for the read-back line printed).",
+        ),
+    ] = "http://127.0.0.1:8081",
+    token: Token = DEFAULT_TOKEN,
+) -> None:
+    """Place a demo order as a sales channel: order_submitted, then payment_captured (unless --no-pay).
+
+    Both go to oms.channel.orders.v1 keyed "{channel}:{external_order_id}", in one new trace. Prints the order_id
+    (UUIDv5 of that key) and how to read the order back."""
+    catalogue, _ = _load(lambda: demo.load_catalogue(catalogue_file))
+    country = country.strip().upper()
+    if country not in samples.DEMO_ADDRESSES:
+        raise typer.BadParameter(
+            f"no demo address in {country!r}; one of {', '.join(samples.DEMO_ADDRESSES)}", param_hint="--country"
+        )
+    lines = _parse_lines(skus or catalogue.default_order or list(catalogue.skus)[:1], catalogue)
+    external = external_id or f"demo-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    address = samples.DEMO_ADDRESSES[country]
+    try:
+        submitted = samples.order_submitted(
+            external,
+            lines,
+            channel_name=channel,
+            currency=catalogue.currency,
+            address=address,
+            email=samples.demo_email(address),
+            ship_complete=ship_complete,
+            backorder_policy=backorder_policy.value,
+        )
+    except ValidationError as error:
+        raise _fail(ToolError(f"the order would not be valid:\n{demo.describe(error)}", INVALID)) from None
+    events: list[Any] = [submitted]
+    if pay:
+        events.append(samples.payment_captured(submitted))
+    first = new_traceparent()
+    traces = [first, *(new_traceparent(trace_id_of(first)) for _ in events[1:])]
+
+    async def publish() -> None:
+        await require_topics(bootstrap, [CHANNEL_ORDERS.name], "run `oms topics create` first")
+        async with producer(bootstrap, f"oms-demo-channel-{channel}"[:100]) as client:
+            for event, traceparent in zip(events, traces, strict=True):
+                await send(client, CHANNEL_ORDERS.name, event, [("traceparent", traceparent.encode())])
+
+    _run(publish, bootstrap=bootstrap)
+    d = submitted.data
+    names = {sku: item.name for sku, item in catalogue.skus.items()}
+    typer.echo(f"order_id     {d.order_id}")
+    typer.echo(f"channel      {d.channel}, external order id {d.external_order_id}")
+    for line in d.lines:
+        typer.echo(f"line {line.line_id:<7} {line.quantity} x {line.sku} ({names[line.sku]}) at {line.unit_price}")
+    typer.echo(f"total        {d.currency} {d.grand_total} (shipping {d.shipping_total})")
+    a = d.shipping_address
+    typer.echo(f"ship to      {a.name}, {a.line1}, {a.postal_code} {a.city}, {a.country}")
+    published = " + ".join(e.type.removeprefix("oms.channel.").removesuffix(".v1") for e in events)
+    typer.echo(f"published    {published} on {CHANNEL_ORDERS.name}, key {submitted.key()}")
+    typer.echo(f"trace_id     {trace_id_of(first)}")
+    typer.echo("read it back:")
+    typer.echo(f"  curl -H 'Authorization: Bearer {token}' {order_url}/orders/{d.order_id}")
+
+
+# oms demo ship -----------------------------------------------------------------------------------------------------
+
+
+@demo_app.command("ship", epilog=EXIT_CODES)
+def demo_ship(
+    sources: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source",
+            "-s",
+            metavar="CODE",
+            callback=_check_sources,
+            show_default="every source in the demo network",
+            help="A source to play (repeatable).",
+        ),
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="Stop after answering one fulfillment request.")] = False,
+    delay: Annotated[
+        float, typer.Option("--delay", min=0, max=3600, help="Seconds between accepting and shipping.")
+    ] = 0.0,
+    timeout: Annotated[
+        float,
+        typer.Option(
+            "--timeout",
+            min=0,
+            help="Stop after this many seconds (0: never); with --once, no request by then is an error.",
+        ),
+    ] = 0.0,
+    network_file: NetworkPath = None,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+) -> None:
+    """Play the WMS/3PL of fulfillment sources: answer each fulfillment request with accepted, then shipped.
+
+    Each source reads oms.fulfillment.requests.{code}.v1 in its own consumer group (oms-demo-ship-{code}, from the
+    earliest request not yet answered) and publishes fulfillment.accepted.v1 and fulfillment.shipped.v1 (carrier,
+    tracking number and URL, every line) on oms.fulfillment.updates.v1 keyed by order_id, carrying the request's
+    traceparent. Cancel requests are ignored: everything ships at once. Runs until Ctrl-C."""
+    codes = list(dict.fromkeys(sources or ())) or _load(lambda: demo.load_network(network_file))[0].codes
+    shipper = Shipper(bootstrap, codes, typer.echo, once=once, delay=delay, stop_after=timeout or None)
+    _run(shipper.run, bootstrap=bootstrap, stoppable=True)
+    typer.echo(f"answered {shipper.handled} fulfillment request(s)")
+
+
+# oms dlq tail ------------------------------------------------------------------------------------------------------
+
+
+@dlq_app.callback()
+def _dlq() -> None:
+    """Dead letters on oms.dlq.v1."""
+
+
+@dlq_app.command("tail", epilog=EXIT_CODES)
+def dlq_tail(
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start with the oldest dead letter kept, not with new ones.")
+    ] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Keep waiting for new dead letters (until Ctrl-C).")
+    ] = True,
+    full: Annotated[bool, typer.Option("--full", help="Print whole payloads, not their first 600 characters.")] = False,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+) -> None:
+    """Print dead letters, one block each: where the message came from (original topic, partition, offset), the
+    service that gave up on it, the error class and message, its key, event type and payload.
+
+    Reads without a consumer group, so tailing never moves anyone's offsets."""
+    count = 0
+
+    async def run() -> None:
+        nonlocal count
+        count = await tail(bootstrap, typer.echo, from_beginning=from_beginning, follow=follow, full=full)
+
+    _run(run, bootstrap=bootstrap, stoppable=True)
+    if not follow:
+        typer.echo(f"{count} dead letter(s)", err=True)
