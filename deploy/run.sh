@@ -45,6 +45,7 @@ stop_process() {
 
 stop() {
   for name in sources "${SERVICES[@]}" mail; do stop_process "$name"; done
+  rm -f "$RUN/run.pid"
   # Only what this script started: a broker or database that was already running stays up.
   if [[ -f "$RUN/started-kafka" ]]; then "$REPO/deploy/kafka/kafka.sh" stop; rm -f "$RUN/started-kafka"; fi
   if [[ -f "$RUN/started-postgres" ]]; then "$REPO/deploy/postgres/postgres.sh" stop; rm -f "$RUN/started-postgres"; fi
@@ -64,6 +65,7 @@ wait_ready() {
 start() {
   mkdir -p "$RUN"
   if alive order; then say "already running (make stop first)"; exit 1; fi
+  echo $$ >"$RUN/run.pid"
   if ! "$REPO/deploy/kafka/kafka.sh" status >/dev/null 2>&1; then
     "$REPO/deploy/kafka/kafka.sh" start && touch "$RUN/started-kafka"
   fi
@@ -72,7 +74,8 @@ start() {
   else
     "$REPO/deploy/postgres/postgres.sh" createdb oms_order oms_routing oms_inventory oms_notifications
   fi
-  trap 'stop; exit 130' INT TERM
+  trap 'stop; exit 130' INT
+  trap 'stop; exit 0' TERM
 
   for service in "${SERVICES[@]}"; do
     say "migrating $service"
@@ -107,7 +110,7 @@ start() {
       curl -s -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:8081/orders/<order_id>
       curl -s -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:8081/orders/<order_id>/timeline
   Or publish as a channel would, with kcat:
-      kcat -P -b $OMS_KAFKA_BOOTSTRAP -t oms.channel.orders.v1 -k 'web-eu:1001' deploy/demo/order.json
+      python3 -m json.tool --compact deploy/demo/order.json | kcat -P -b $OMS_KAFKA_BOOTSTRAP -t oms.channel.orders.v1 -k 'web-eu:1001'
 
   Ctrl-C (or make stop) stops everything this started.
 
@@ -115,12 +118,23 @@ EOF
   local logs=()
   for service in "${SERVICES[@]}"; do logs+=("$RUN/$service.log"); done
   tail -n 0 -F "${logs[@]}" --pid="$(cat "$RUN/order.pid")" 2>/dev/null | sed -u 's/^/  /' &
-  while alive order; do sleep 1; done
+  while alive order; do sleep 1 & wait $!; done
+  stop
+}
+
+# `make stop` from another terminal: let the foreground `make run` stop what it started, and wait for it.
+stop_from_outside() {
+  local pid
+  if [[ -f "$RUN/run.pid" ]] && pid=$(cat "$RUN/run.pid") && kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid"
+    for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.5; done
+    say "make run (pid $pid) did not stop within 60 s; stopping its processes directly"
+  fi
   stop
 }
 
 case "${1:-start}" in
   start) start ;;
-  stop) stop ;;
+  stop) stop_from_outside ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac
