@@ -95,6 +95,8 @@ class _OmsFields(logging.Filter):
 
 def setup_logging(service: str, level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stdout)
+    # Topics are created by `oms topics create`, by design; FastStream warns about that at every subscriber start.
+    handler.addFilter(lambda record: "Auto create topics is disabled" not in record.getMessage())
     handler.addFilter(_OmsFields(service))
     handler.setFormatter(
         JsonFormatter(
@@ -107,6 +109,10 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # FastStream gives its logger a coloured stderr handler of its own at import; route it through ours instead.
+    framework = logging.getLogger("faststream")
+    framework.handlers.clear()
+    framework.propagate = True
     # Per-message framework chatter would drown the lines that matter.
     for noisy in ("aiokafka", "faststream", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
