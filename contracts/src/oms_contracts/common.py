@@ -95,11 +95,3 @@ class OrderOptions(Contract):
     ship_complete: bool = False
     backorder_policy: BackorderPolicy = BackorderPolicy.allow
 
-
-class OrderTotals(Contract):
-    currency: str
-    subtotal: Money
-    shipping_total: Money
-    tax_total: Money
-    discount_total: Money
-    grand_total: Money
