@@ -40,8 +40,12 @@ def setup_tracing(service: str, trace_file: str | None) -> TracerProvider:
     return provider
 
 
+# A proxy until setup_tracing installs the provider, then the real tracer; get_tracer itself is costly per call.
+_tracer = trace.get_tracer("oms")
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer("oms")
+    return _tracer
 
 
 def extract(headers: Headers | None) -> otel_context.Context:
