@@ -9,7 +9,6 @@ per-key order of the rows when two instances of a service run.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -20,7 +19,8 @@ from aiokafka import AIOKafkaProducer
 from opentelemetry import trace
 
 from . import telemetry
-from .database import Database, driver, is_transient
+from .database import Database, driver
+from .loop import run_when_woken
 
 log = logging.getLogger(__name__)
 
@@ -101,29 +101,22 @@ class Relay:
             pass
 
     async def _run(self) -> None:
-        backoff = 0.1
-        while not self._stopping:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=_SWEEP_SECONDS)
-            self._wake.clear()
-            try:
-                sweep = time.monotonic() - self._last_sweep >= _SWEEP_SECONDS
-                if sweep:
-                    self._last_sweep = time.monotonic()
-                after = 0 if sweep else self._last_id
-                while await self._publish_batch(after_id=after) == _BATCH:
-                    after = self._last_id
-                backoff = 0.1
-            except Exception as error:
-                level = logging.WARNING if is_transient(error) else logging.ERROR
-                log.log(level, "outbox relay failed, retrying in %.1fs: %r", backoff, error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                self._wake.set()
+        await run_when_woken(
+            self._wake, self._publish, interval=_SWEEP_SECONDS, what="outbox relay", running=lambda: not self._stopping
+        )
         try:
             await self.drain()
         except Exception as error:
             log.warning("outbox not drained at shutdown (the next start publishes it): %r", error)
+
+    async def _publish(self) -> None:
+        """Publish forward from the last id sent; once a second, sweep from the start."""
+        sweep = time.monotonic() - self._last_sweep >= _SWEEP_SECONDS
+        if sweep:
+            self._last_sweep = time.monotonic()
+        after = 0 if sweep else self._last_id
+        while await self._publish_batch(after_id=after) == _BATCH:
+            after = self._last_id
 
     async def _publish_batch(self, after_id: int) -> int:
         async with self.database.transaction() as conn:

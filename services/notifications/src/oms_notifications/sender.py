@@ -32,7 +32,8 @@ from oms_contracts.notification import (
     NotificationSentData,
 )
 from oms_runtime import Database, Transaction
-from oms_runtime.database import driver, is_transient
+from oms_runtime.database import driver
+from oms_runtime.loop import run_when_woken
 from oms_runtime.outbox import append
 from oms_runtime.telemetry import context_from_traceparent, traceparent_of, tracer
 
@@ -131,23 +132,13 @@ class Sender:
         self._wake.set()
 
     async def run(self) -> None:
-        """Send what is due whenever woken, and at least every `interval` seconds, until cancelled."""
-        backoff = 0.1
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.interval)
-            self._wake.clear()
-            try:
-                while await self.send_due() == self.batch_size:
-                    pass
-                backoff = 0.1
-            except Exception as error:
-                # The database is what can fail here (SMTP failures are outcomes): wait and try again.
-                level = logging.WARNING if is_transient(error) else logging.ERROR
-                log.log(level, "notification sender failed, retrying in %.1fs: %r", backoff, error)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                self._wake.set()
+        """Send what is due whenever woken, and at least every `interval` seconds, until cancelled. The database is
+        what can fail a pass (SMTP failures are outcomes of a send): it is retried."""
+        await run_when_woken(self._wake, self._send_all_due, interval=self.interval, what="notification sender")
+
+    async def _send_all_due(self) -> None:
+        while await self.send_due() == self.batch_size:
+            pass
 
     async def send_due(self) -> int:
         """One pass: send the notifications due now (at most a batch) and record how each try ended. Returns how
