@@ -167,3 +167,25 @@ def test_the_order_id_is_the_uuid5_of_the_design_namespace_and_channel_and_exter
     assert order_id.version == 5
     # Pinned (computed by hand from RFC 4122's SHA-1 recipe): channels compute it themselves, so it never changes.
     assert str(order_id) == "bc97adcc-58cb-526a-b32f-78fb722e49e3"
+
+
+def test_an_order_may_bring_its_own_routing_rule_chain(submitted):
+    submitted["data"]["options"]["routing_rules"] = ["fewest_shipments", "lowest_cost", "nearest"]
+    event = CHANNEL_ORDERS.parse(json.dumps(submitted))
+    assert [rule.value for rule in event.data.options.routing_rules] == ["fewest_shipments", "lowest_cost", "nearest"]
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        (["nearest", "teleport"], "Input should be"),
+        (["nearest", "nearest"], "repeated: nearest"),
+        (["nearest", "fewest_shipments"], "fewest_shipments always comes first"),
+        ([], "at least 1 item"),
+    ],
+)
+def test_a_routing_rule_chain_names_known_rules_once_with_fewest_shipments_first(submitted, rules, message):
+    submitted["data"]["options"]["routing_rules"] = rules
+    errors = refusals(submitted)
+    assert all(e.field.startswith("data.options.routing_rules") for e in errors)
+    assert message in " ".join(e.message for e in errors)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from enum import StrEnum
 
-from pydantic import EmailStr, Field
+from pydantic import EmailStr, Field, field_validator
 
 from .types import (
     Contract,
@@ -37,6 +37,19 @@ class ShippingMethod(StrEnum):
 class BackorderPolicy(StrEnum):
     allow = "allow"
     deny = "deny"
+
+
+class RoutingRule(StrEnum):
+    """One rule of a routing rule chain. A chain ranks candidate plans by its rules in order, each breaking the ties
+    of the ones before; `fewest_shipments` always comes first (an order is split only when it must be)."""
+
+    fewest_shipments = "fewest_shipments"
+    source_type = "source_type"  # own warehouse, then store, then 3PL, then dropship
+    nearest = "nearest"
+    lowest_cost = "lowest_cost"
+    fastest_delivery = "fastest_delivery"  # handling days + cut-off + transit
+    priority = "priority"
+    daily_capacity = "daily_capacity"  # a source that reached its daily capacity is not a candidate
 
 
 class SourceType(StrEnum):
@@ -94,4 +107,25 @@ class LineQuantity(Contract):
 class OrderOptions(Contract):
     ship_complete: bool = False
     backorder_policy: BackorderPolicy = BackorderPolicy.allow
+    routing_rules: list[RoutingRule] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(RoutingRule),
+        description="This order's own routing rule chain, overriding its channel's; null uses the channel's",
+    )
 
+    @field_validator("routing_rules")
+    @classmethod
+    def _each_rule_once(cls, rules: list[RoutingRule] | None) -> list[RoutingRule] | None:
+        return check_rule_chain(rules) if rules is not None else None
+
+
+def check_rule_chain(rules: list[RoutingRule]) -> list[RoutingRule]:
+    """A rule chain names each rule at most once, and `fewest_shipments`, when named, first: splitting an order
+    is never traded for a nearer or cheaper source."""
+    repeated = sorted({rule.value for rule in rules if rules.count(rule) > 1})
+    if repeated:
+        raise ValueError(f"a rule chain names each rule once; repeated: {', '.join(repeated)}")
+    if RoutingRule.fewest_shipments in rules[1:]:
+        raise ValueError("fewest_shipments always comes first in a rule chain: an order is split only when it must be")
+    return rules

@@ -39,12 +39,25 @@ class ReservationRejectedData(ShipmentRef):
     shortages: list[Shortage] = Field(min_length=1)
 
 
+class BackorderedLine(Line):
+    """A line waiting in its SKU's queue."""
+
+    position: int | None = Field(
+        default=None, ge=1, description="Place in the SKU's queue when it joined; 1 is served next"
+    )
+    expected_date: date | None = Field(
+        default=None, description="When announced receipts should serve it (receipt_expected); null: not known"
+    )
+
+
 class BackorderQueuedData(OrderRef):
-    lines: list[Line] = Field(min_length=1)
+    lines: list[BackorderedLine] = Field(min_length=1)
 
 
 class BackorderAllocatedData(ShipmentRef):
-    pass
+    """Stock that arrived went to waiting lines: a new shipment, reserved at `source_code`, to be requested."""
+
+    ship_by: date | None = Field(default=None, description="When the source should ship by (its handling days)")
 
 
 class ReceiptReason(StrEnum):
@@ -59,6 +72,18 @@ class StockReceivedData(Contract):
     quantity: Quantity
     reason: ReceiptReason
     reference: str | None = Field(default=None, max_length=200)
+
+
+class ReceiptExpectedData(Contract):
+    """Stock announced by a purchasing system or WMS: not available yet, but it dates the lines waiting for it."""
+
+    sku: Sku
+    source_code: SourceCode
+    quantity: Quantity
+    expected_date: date
+    reference: str | None = Field(
+        default=None, max_length=200, description="E.g. the purchase order; a stock_received with it settles this"
+    )
 
 
 class StockCountedData(Contract):
@@ -112,7 +137,7 @@ class BackorderAllocated(_AllocationEvent):
 
 
 class _SkuEvent(CloudEvent):
-    data: StockReceivedData | StockCountedData | StockLevelChangedData | LowStockData
+    data: StockReceivedData | StockCountedData | ReceiptExpectedData | StockLevelChangedData | LowStockData
 
     def key(self) -> str:
         return self.data.sku
@@ -126,6 +151,11 @@ class StockReceived(_SkuEvent):
 class StockCounted(_SkuEvent):
     type: Literal["oms.inventory.stock_counted.v1"] = "oms.inventory.stock_counted.v1"
     data: StockCountedData
+
+
+class ReceiptExpected(_SkuEvent):
+    type: Literal["oms.inventory.receipt_expected.v1"] = "oms.inventory.receipt_expected.v1"
+    data: ReceiptExpectedData
 
 
 class StockLevelChanged(_SkuEvent):

@@ -6,7 +6,7 @@ import uuid
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, HttpUrl, ValidationError
 
 from .common import Address, Customer, Line, LineQuantity, OrderOptions, PricedLine, ShippingMethod
 from .envelope import CloudEvent
@@ -122,6 +122,34 @@ class OrderStuckData(OrderRef):
     age_hours: float = Field(ge=0)
 
 
+class OrderFulfillmentShippedData(OrderRef):
+    """A parcel left a source, as the order service checked and recorded it: what is in it and what is still to come.
+
+    A fulfillment may leave in several parcels (a partial shipment); each is announced once."""
+
+    fulfillment_id: uuid.UUID
+    source_code: SourceCode
+    carrier: NonEmptyStr
+    service: str | None = Field(default=None, max_length=100)
+    tracking_number: NonEmptyStr
+    tracking_url: HttpUrl | None = None
+    shipped_at: UtcDatetime
+    lines: list[Line] = Field(min_length=1, description="What is in this parcel")
+    to_come: list[Line] = Field(
+        default_factory=list, description="Ordered units of the whole order not shipped yet and not cancelled"
+    )
+    status: OrderStatus = Field(description="The order's status after this parcel")
+
+
+class OrderFulfillmentDeliveredData(OrderRef):
+    fulfillment_id: uuid.UUID
+    source_code: SourceCode
+    delivered_at: UtcDatetime
+    lines: list[Line] = Field(min_length=1, description="What the fulfillment delivered")
+    tracking_numbers: list[str] = Field(default_factory=list)
+    status: OrderStatus = Field(description="The order's status after this delivery")
+
+
 class _OrderEvent(CloudEvent):
     data: OrderRef | OrderRejectedData
 
@@ -162,3 +190,13 @@ class RefundIssued(_OrderEvent):
 class OrderStuck(_OrderEvent):
     type: Literal["oms.order.stuck.v1"] = "oms.order.stuck.v1"
     data: OrderStuckData
+
+
+class OrderFulfillmentShipped(_OrderEvent):
+    type: Literal["oms.order.fulfillment_shipped.v1"] = "oms.order.fulfillment_shipped.v1"
+    data: OrderFulfillmentShippedData
+
+
+class OrderFulfillmentDelivered(_OrderEvent):
+    type: Literal["oms.order.fulfillment_delivered.v1"] = "oms.order.fulfillment_delivered.v1"
+    data: OrderFulfillmentDeliveredData

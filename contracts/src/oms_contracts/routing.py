@@ -4,15 +4,38 @@ compacted `oms.routing.network.v1` (keyed by source code)."""
 from __future__ import annotations
 
 import uuid
-from datetime import date
-from typing import Literal
+import zoneinfo
+from datetime import date, time
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, WithJsonSchema, field_validator
 
-from .common import Line, SourceType
+from .common import Line, RoutingRule, SourceType, check_rule_chain
 from .envelope import CloudEvent
 from .order import OrderRef
 from .types import Contract, CountryCode, Latitude, Longitude, Money, NonEmptyStr, SourceCode, Text, UtcDatetime
+
+
+def _zone(name: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as error:
+        raise ValueError(f"{name!r} is not an IANA time zone such as 'Europe/Berlin'") from error
+    return name
+
+
+TimeZone = Annotated[
+    str,
+    AfterValidator(_zone),
+    WithJsonSchema({"type": "string", "maxLength": 64, "description": "IANA time zone, e.g. Europe/Berlin"}),
+]
+
+
+class TransitDays(Contract):
+    """Days from handing a parcel to the carrier to the customer having it, per shipping method."""
+
+    standard: int = Field(default=3, ge=0, le=60)
+    express: int = Field(default=1, ge=0, le=60)
 
 
 class Source(Contract):
@@ -29,6 +52,14 @@ class Source(Contract):
     cost_per_unit: Money
     handling_days: int = Field(default=1, ge=0, le=365)
     active: bool = True
+    timezone: TimeZone = Field(default="UTC", description="Where the source's cut-off time is read")
+    cutoff_time: time | None = Field(
+        default=None, description="Local time after which a new shipment leaves one day later; null: no cut-off"
+    )
+    transit_days: TransitDays = Field(default_factory=TransitDays)
+    daily_capacity: int | None = Field(
+        default=None, ge=1, description="Shipments the source can take per day; null: unlimited"
+    )
 
 
 class PlannedShipment(Contract):
@@ -39,6 +70,8 @@ class PlannedShipment(Contract):
     estimated_ship_date: date
     estimated_delivery_date: date
     reason: Text = Field(description="Why this source, in words a person reads")
+    distance_km: float | None = Field(default=None, ge=0, description="From the source to the ship-to address")
+    cost: Money | None = Field(default=None, description="The source's cost for this shipment")
 
 
 class UnplannedLine(Line):
@@ -52,11 +85,32 @@ class FulfillmentPlannedData(OrderRef):
     backordered_lines: list[UnplannedLine] = Field(default_factory=list)
     unfulfillable_lines: list[UnplannedLine] = Field(default_factory=list)
     planned_at: UtcDatetime
+    rules: list[RoutingRule] = Field(default_factory=list, description="The rule chain that ranked this plan")
+    # What a backordered line's release must respect, so that inventory can serve it without asking.
+    ship_to_country: CountryCode | None = None
+    pickup_source: SourceCode | None = None
+    ship_complete: bool = False
 
 
 class SourceDeactivatedData(Contract):
     code: SourceCode
     deactivated_at: UtcDatetime
+
+
+class RuleChainData(Contract):
+    """The rule chain routing ranks a channel's orders by (an order may still bring its own)."""
+
+    channel: str | None = Field(
+        default=None, min_length=1, max_length=64, description="The sales channel; null for the default chain"
+    )
+    rules: list[RoutingRule] = Field(min_length=1, max_length=len(RoutingRule))
+    set_by: NonEmptyStr
+    set_at: UtcDatetime
+
+    @field_validator("rules")
+    @classmethod
+    def _chain(cls, rules: list[RoutingRule]) -> list[RoutingRule]:
+        return check_rule_chain(rules)
 
 
 class FulfillmentPlanned(CloudEvent):
@@ -82,3 +136,13 @@ class SourceUpserted(_NetworkEvent):
 class SourceDeactivated(_NetworkEvent):
     type: Literal["oms.routing.source_deactivated.v1"] = "oms.routing.source_deactivated.v1"
     data: SourceDeactivatedData
+
+
+class RuleChainSet(CloudEvent):
+    """Published on the network topic beside the sources, keyed so that compaction keeps each channel's latest."""
+
+    type: Literal["oms.routing.rule_chain_set.v1"] = "oms.routing.rule_chain_set.v1"
+    data: RuleChainData
+
+    def key(self) -> str:
+        return f"rule-chain:{self.data.channel or '*'}"

@@ -63,6 +63,8 @@ ORDER_EVENTS = Topic(
         order.LinesCancelled,
         order.RefundIssued,
         order.OrderStuck,
+        order.OrderFulfillmentShipped,
+        order.OrderFulfillmentDelivered,
     ),
     key="order_id",
     description="Everything that happens to an order, from the order service",
@@ -86,9 +88,9 @@ INVENTORY_ALLOCATIONS = Topic(
 )
 INVENTORY_RECEIPTS = Topic(
     "oms.inventory.receipts.v1",
-    (inventory.StockReceived, inventory.StockCounted),
+    (inventory.StockReceived, inventory.StockCounted, inventory.ReceiptExpected),
     key="sku",
-    description="Stock arriving at or counted in a source: WMS feeds, purchasing, the returns desk",
+    description="Stock arriving at, counted in or announced to a source: WMS feeds, purchasing, the returns desk",
 )
 INVENTORY_STOCK = Topic(
     "oms.inventory.stock.v1",
@@ -110,9 +112,9 @@ FULFILLMENT_UPDATES = Topic(
 )
 ROUTING_NETWORK = Topic(
     "oms.routing.network.v1",
-    (routing.SourceUpserted, routing.SourceDeactivated),
-    key="source code",
-    description="The fulfillment network: the latest state of every source (compacted)",
+    (routing.SourceUpserted, routing.SourceDeactivated, routing.RuleChainSet),
+    key="source code; rule-chain:{channel} for rule chains",
+    description="The fulfillment network: the latest state of every source and every channel's rule chain (compacted)",
     config={"cleanup.policy": "compact"},
 )
 NOTIFICATIONS = Topic(
