@@ -63,7 +63,9 @@ test-infra-down:
 	OMS_PG_PORT=$(TEST_PG_PORT) deploy/postgres/postgres.sh stop
 
 test: setup test-infra
-	$(TEST_ENV) $(UV) run --frozen pytest $(PYTEST_ARGS)
+	@$(TEST_ENV) $(UV) run --frozen pytest $(PYTEST_ARGS); status=$$?; \
+	echo "The test broker (127.0.0.1:$(TEST_KAFKA_PORT)) and database (127.0.0.1:$(TEST_PG_PORT)) keep running for the next run; \
+	stop them with: make test-infra-down"; exit $$status
 
 schemas: setup
 	$(UV) run python -m oms_contracts.schemas

@@ -2,34 +2,88 @@
 # `make run`: the whole OMS on this machine, without Docker. Starts Kafka and PostgreSQL when they are not
 # running, applies every service's migrations, creates the topics, starts the four services, a mail catcher and
 # the demo sources (a WMS/3PL simulator), loads the demo network and stock, and stays in the foreground with the
-# services' logs until Ctrl-C or `make stop`, which stop everything it started.
+# services' logs. It supervises what it started: a process that exits is restarted with backoff (and says so),
+# while the others, Kafka and PostgreSQL keep running. Only Ctrl-C or `make stop` stops everything it started.
 #
 #   run.sh start | stop
+#
+# Environment (the defaults are the local demo): OMS_RUN_DIR (.cache/run); OMS_KAFKA_PORT and OMS_PG_PORT (also
+# read by deploy/kafka and deploy/postgres); OMS_<SERVICE>_HTTP_PORT (8081-8084); OMS_DEMO (1: load the demo
+# network and stock); OMS_DEMO_SOURCES (1: run the demo sources); OMS_RESTART_MAX_DELAY (30 seconds).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
-RUN="$REPO/.cache/run"
+RUN="${OMS_RUN_DIR:-$REPO/.cache/run}"
 UV="${UV:-uv}"
 SERVICES=(order routing inventory notifications)
-declare -A PORT=([order]=8081 [routing]=8082 [inventory]=8083 [notifications]=8084)
+declare -A PORT=(
+  [order]="${OMS_ORDER_HTTP_PORT:-8081}"
+  [routing]="${OMS_ROUTING_HTTP_PORT:-8082}"
+  [inventory]="${OMS_INVENTORY_HTTP_PORT:-8083}"
+  [notifications]="${OMS_NOTIFICATIONS_HTTP_PORT:-8084}"
+)
 TOKEN="demo-cs-token"
+MAX_DELAY="${OMS_RESTART_MAX_DELAY:-30}"
+# A process that ran this long before it exited starts its backoff afresh: one crash is news, not a crash loop.
+STABLE_AFTER=60
 
 # Local demo configuration only: the token below is documented in README.md and must never be used elsewhere.
-export OMS_KAFKA_BOOTSTRAP="${OMS_KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
+export OMS_KAFKA_BOOTSTRAP="${OMS_KAFKA_BOOTSTRAP:-127.0.0.1:${OMS_KAFKA_PORT:-9092}}"
 export OMS_API_TOKENS="${OMS_API_TOKENS:-{\"$TOKEN\": \"cs-demo\"\}}"
 export OMS_NOTIFICATIONS_SMTP_HOST="${OMS_NOTIFICATIONS_SMTP_HOST:-127.0.0.1}"
 export OMS_NOTIFICATIONS_SMTP_PORT="${OMS_NOTIFICATIONS_SMTP_PORT:-1025}"
 export OMS_TRACE_FILE="${OMS_TRACE_FILE:-$RUN/traces.jsonl}"
+export OMS_ROUTING_URL="http://127.0.0.1:${PORT[routing]}" OMS_INVENTORY_URL="http://127.0.0.1:${PORT[inventory]}"
 
 say() { echo "oms: $*" >&2; }
 
-spawn() { # name command...: a background process with its log and pid file
+declare -A STARTED_AT=() FAILURES=() RETRY_AT=()
+SUPERVISED=()
+
+spawn() { # name command...: a background process in a session of its own, appending to its log
   local name=$1; shift
-  setsid nohup "$@" >"$RUN/$name.log" 2>&1 &
+  setsid nohup "$@" >>"$RUN/$name.log" 2>&1 &
   echo $! >"$RUN/$name.pid"
+  STARTED_AT[$name]=$SECONDS
+}
+
+# The environment's own interpreter (make run syncs it first), not `uv run`: the pid file then names the process
+# itself, so its exit is the service's exit.
+PYTHON="$REPO/.venv/bin/python"
+
+launch() { # name: start one of the processes this script supervises
+  case $1 in
+    mail) spawn mail "$PYTHON" -m aiosmtpd -n -l "$OMS_NOTIFICATIONS_SMTP_HOST:$OMS_NOTIFICATIONS_SMTP_PORT" ;;
+    sources) spawn sources "$REPO/.venv/bin/oms" demo ship ;;
+    *) spawn "$1" "$PYTHON" -m "oms_$1" ;;
+  esac
 }
 
 alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+supervise() { # restart what exited after 1 s, then 2, 4 ... MAX_DELAY seconds while it keeps crashing
+  local name pid status delay
+  for name in "${SUPERVISED[@]}"; do
+    alive "$name" && continue
+    if [[ -n "${RETRY_AT[$name]:-}" ]]; then
+      if ((SECONDS >= RETRY_AT[$name])); then
+        unset "RETRY_AT[$name]"
+        say "restarting $name"
+        launch "$name"
+      fi
+      continue
+    fi
+    pid=$(cat "$RUN/$name.pid" 2>/dev/null || echo 0)
+    status=0
+    wait "$pid" 2>/dev/null || status=$?
+    if ((SECONDS - STARTED_AT[$name] >= STABLE_AFTER)); then FAILURES[$name]=0; fi
+    delay=$((1 << ${FAILURES[$name]:-0}))
+    if ((delay > MAX_DELAY)); then delay=$MAX_DELAY; fi
+    FAILURES[$name]=$((${FAILURES[$name]:-0} + 1))
+    RETRY_AT[$name]=$((SECONDS + delay))
+    say "$name exited (status $status); restarting in ${delay} s (restart ${FAILURES[$name]}); log: $RUN/$name.log"
+  done
+}
 
 stop_process() {
   local name=$1 pid
@@ -44,6 +98,7 @@ stop_process() {
 }
 
 stop() {
+  SUPERVISED=()
   for name in sources "${SERVICES[@]}" mail; do stop_process "$name"; done
   rm -f "$RUN/run.pid"
   # Only what this script started: a broker or database that was already running stays up.
@@ -83,32 +138,36 @@ start() {
   done
   "$UV" run --frozen oms topics create
 
-  spawn mail "$UV" run --frozen python -m aiosmtpd -n -l "$OMS_NOTIFICATIONS_SMTP_HOST:$OMS_NOTIFICATIONS_SMTP_PORT"
-  for service in "${SERVICES[@]}"; do
-    spawn "$service" "$UV" run --frozen python -m "oms_$service"
-  done
+  for name in mail "${SERVICES[@]}" sources; do : >"$RUN/$name.log"; done
+  for name in mail "${SERVICES[@]}"; do launch "$name"; done
   for service in "${SERVICES[@]}"; do
     wait_ready "$service" "http://127.0.0.1:${PORT[$service]}/readyz" || { stop; exit 1; }
     say "$service ready on http://127.0.0.1:${PORT[$service]}"
   done
+  SUPERVISED=(mail "${SERVICES[@]}")
 
-  "$UV" run --frozen oms demo network --token "$TOKEN"
-  "$UV" run --frozen oms demo stock
+  if [[ "${OMS_DEMO:-1}" == 1 ]]; then
+    "$UV" run --frozen oms demo network --token "$TOKEN"
+    "$UV" run --frozen oms demo stock
+  fi
   if [[ "${OMS_DEMO_SOURCES:-1}" == 1 ]]; then
-    spawn sources "$UV" run --frozen oms demo ship
+    launch sources
+    SUPERVISED+=(sources)
   fi
 
+  # Printed as they work in a fresh shell in this folder: .venv/bin/oms needs nothing on PATH.
   cat >&2 <<EOF
 
-  The OMS is running: order :8081, routing :8082, inventory :8083, notifications :8084 (OpenAPI at /docs).
-  Demo sources ship every fulfillment request (OMS_DEMO_SOURCES=0 to play them yourself: uv run oms demo ship).
+  The OMS is running: order :${PORT[order]}, routing :${PORT[routing]}, inventory :${PORT[inventory]}, notifications :${PORT[notifications]} (OpenAPI at /docs).
+  A process that exits is restarted (with backoff); Kafka, PostgreSQL and the others keep running.
+  Demo sources ship every fulfillment request (OMS_DEMO_SOURCES=0 to play them yourself: .venv/bin/oms demo ship).
   Mail goes to a local catcher: $RUN/mail.log. Traces: $OMS_TRACE_FILE.
 
   Submit and pay a demo order:
-      uv run oms demo order --sku TENT-2P:1 --sku LAMP-HEAD:2
+      .venv/bin/oms demo order --sku TENT-2P:1 --sku LAMP-HEAD:2
   Read it back (local demo token; never use it elsewhere):
-      curl -s -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:8081/orders/<order_id>
-      curl -s -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:8081/orders/<order_id>/timeline
+      curl -s -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:${PORT[order]}/orders/<order_id>
+      curl -s -H 'Authorization: Bearer $TOKEN' http://127.0.0.1:${PORT[order]}/orders/<order_id>/timeline
   Or publish as a channel would, with kcat:
       python3 -m json.tool --compact deploy/demo/order.json | kcat -P -b $OMS_KAFKA_BOOTSTRAP -t oms.channel.orders.v1 -k 'web-eu:1001'
 
@@ -117,9 +176,11 @@ start() {
 EOF
   local logs=()
   for service in "${SERVICES[@]}"; do logs+=("$RUN/$service.log"); done
-  tail -n 0 -F "${logs[@]}" --pid="$(cat "$RUN/order.pid")" 2>/dev/null | sed -u 's/^/  /' &
-  while alive order; do sleep 1 & wait $!; done
-  stop
+  tail -n 0 -F "${logs[@]}" --pid=$$ 2>/dev/null | sed -u 's/^/  /' &
+  while true; do
+    supervise
+    sleep 1 & wait $!
+  done
 }
 
 # `make stop` from another terminal: let the foreground `make run` stop what it started, and wait for it.
