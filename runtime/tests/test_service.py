@@ -39,25 +39,48 @@ async def group_offsets(kafka_bootstrap):
     await admin.close()
 
 
+@pytest.fixture
+def probe_service(make_service, database_url, probe, oms_topics):
+    """A probe service on the real broker, its handler the test's `probe`, subscribed to `topic`."""
+    return lambda topic: make_service(database_url, topic, probe, bootstrap=oms_topics)
+
+
+@pytest.fixture
+def caught_up(applied, group_offsets, topic_reader, wait_until):
+    """Wait until a probe service has applied `count` records and its consumer group's offsets stand at the end of
+    the topic as it is when called (publish first); return those end offsets."""
+
+    async def wait(service, topic, count: int) -> dict[TopicPartition, int]:
+        async with topic_reader(topic.name) as records:
+            ends = {tp: offset for tp, offset in (await records.end_offsets()).items() if offset > 0}
+        group = f"oms-probe.{topic.name}"
+
+        async def done() -> bool:
+            return len(await applied(service)) == count and await group_offsets(group) == ends
+
+        await wait_until(done, f"{count} records applied and the group's offsets at the end of the topic")
+        return ends
+
+    return wait
+
+
 async def test_a_service_applies_each_record_once_dead_letters_garbage_and_commits_offsets_after_the_database(
-    oms_topics,
     kafka_topic,
-    make_service,
-    database_url,
+    probe_service,
     probe,
     receipt,
     applied,
     producer,
     group_offsets,
+    caught_up,
     topic_reader,
     header_of,
-    wait_until,
 ):
     topic = await kafka_topic(partitions=3)
     group = f"oms-probe.{topic.name}"
     events = [receipt(f"r{i}", sku=f"SKU-{i % 7}") for i in range(30)]
     probe.gate = asyncio.Event()
-    service = make_service(database_url, topic, probe, bootstrap=oms_topics)
+    service = probe_service(topic)
 
     async with topic_reader(DEAD_LETTERS.name, from_end=True) as dead_letters:
         await publish(producer, topic, events[:20])
@@ -68,8 +91,6 @@ async def test_a_service_applies_each_record_once_dead_letters_garbage_and_commi
             headers=[("traceparent", TRACEPARENT.encode())],
         )
         await publish(producer, topic, events[20:])
-        async with topic_reader(topic.name) as records:
-            ends = {tp: offset for tp, offset in (await records.end_offsets()).items() if offset > 0}
 
         async with service.lifespan(service.http):
             try:
@@ -84,10 +105,7 @@ async def test_a_service_applies_each_record_once_dead_letters_garbage_and_commi
             finally:
                 probe.gate.set()
 
-            async def caught_up() -> bool:
-                return len(await applied(service)) == len(events) and await group_offsets(group) == ends
-
-            await wait_until(caught_up, "every record applied and the group's offsets at the end of the topic")
+            ends = await caught_up(service, topic, len(events))
             [letter] = await dead_letters.take(1, where=lambda r: header_of(r, "oms-original-topic") == topic.name)
 
     assert sorted(await applied(service)) == sorted(e.data.reference for e in events)
@@ -127,3 +145,55 @@ async def test_a_restarted_service_does_not_apply_anything_twice(
 
     assert after_restart.seen == ["after-restart"]
     assert sorted(await applied(second)) == sorted([*(e.data.reference for e in events), "after-restart"])
+
+
+async def test_records_whose_headers_are_not_text_are_applied_or_dead_lettered_and_none_is_skipped(
+    kafka_topic,
+    probe_service,
+    receipt,
+    applied,
+    producer,
+    caught_up,
+    topic_reader,
+    header_of,
+):
+    """Kafka header values are bytes or null, text or not; FastStream's own batch parser decoded them as UTF-8 and
+    dropped the whole batch when one was not. Headers are not part of the contract (a CloudEvent in structured mode
+    carries everything in its body), so a valid body is applied whatever its headers; only the trace context is lost
+    when its header cannot be read."""
+    topic = await kafka_topic(partitions=1)
+    odd = {
+        "binary": [("x", b"\xff\xfe")],
+        "null": [("x", None)],
+        "binary-traceparent": [("traceparent", b"\xff\xfe"), ("tracestate", b"\xff")],
+        "null-traceparent": [("traceparent", None)],
+        "garbled-traceparent": [("traceparent", b"00-not-a-trace-01"), ("x", b"\x00")],
+        "fine-traceparent": [("traceparent", TRACEPARENT.encode()), ("x", b"\xff\xfe"), ("y", None)],
+    }
+    garbage = {
+        b"not json, binary trace": [("traceparent", b"\xff\xfe")],
+        b"not json, null trace": [("traceparent", None)],
+    }
+    before, after = receipt("before"), receipt("after")
+    odd_events = {name: receipt(name) for name in odd}
+    service = probe_service(topic)
+
+    async with topic_reader(DEAD_LETTERS.name, from_end=True) as dead_letters:
+        await publish(producer, topic, [before])
+        for name, headers in odd.items():
+            event = odd_events[name]
+            await producer.send_and_wait(topic.name, event.to_bytes(), key=event.key().encode(), headers=headers)
+        for body, headers in garbage.items():
+            await producer.send_and_wait(topic.name, body, key=b"SKU-X", headers=headers)
+        await publish(producer, topic, [after])
+
+        async with service.lifespan(service.http):
+            await caught_up(service, topic, len(odd) + 2)
+            letters = await dead_letters.take(2, where=lambda r: header_of(r, "oms-original-topic") == topic.name)
+
+    assert sorted(await applied(service)) == sorted(["before", "after", *odd])
+    assert sorted(letter.value for letter in letters) == sorted(garbage)
+    for letter in letters:
+        assert header_of(letter, "oms-error-class") == "ValidationError"
+        # Nothing of the original's unreadable trace headers was passed on: every header is text.
+        assert [value.decode() for _, value in letter.headers]

@@ -112,7 +112,7 @@ class Transaction:
 
     def dead_letter(self, message: Message, error: BaseException) -> None:
         record = message.record
-        headers = [(k, v.decode("latin-1")) for k, v in record.headers or () if k in ("traceparent", "tracestate")]
+        headers = list(telemetry.trace_headers(record.headers).items())
         headers += [
             ("oms-original-topic", record.topic),
             ("oms-original-partition", str(record.partition)),
@@ -186,11 +186,15 @@ class BatchConsumer:
         if not records:
             return
         self.consumer = consumer
-        messages = [self._open(record) for record in records]
-        links = [Link(m.span.get_span_context()) for m in messages]
+        messages: list[Message] = []
         try:
+            # Inside the try: whatever a record holds, an error here is a redelivery, never a batch that the
+            # framework logs and drops while the next offset commit moves past it.
+            messages.extend(self._open(record) for record in records)
             with telemetry.tracer().start_as_current_span(
-                f"{self.name} batch", links=links, attributes={"oms.batch.size": len(messages)}
+                f"{self.name} batch",
+                links=[Link(m.span.get_span_context()) for m in messages],
+                attributes={"oms.batch.size": len(messages)},
             ):
                 await self._apply_batch(messages)
         except asyncio.CancelledError:
