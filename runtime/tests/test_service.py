@@ -6,6 +6,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import RequestTimedOutError
 
 from oms_contracts import DEAD_LETTERS
 
@@ -197,3 +198,86 @@ async def test_records_whose_headers_are_not_text_are_applied_or_dead_lettered_a
         assert header_of(letter, "oms-error-class") == "ValidationError"
         # Nothing of the original's unreadable trace headers was passed on: every header is text.
         assert [value.decode() for _, value in letter.headers]
+
+
+async def test_an_offset_commit_that_fails_is_retried_until_the_group_stands_at_the_end_of_the_topic(
+    kafka_topic, probe_service, probe, receipt, producer, caught_up
+):
+    """No later batch comes to carry the offsets along: a failed commit that were dropped would leave the group
+    behind for as long as the topic stays quiet, and a restart would redeliver all of it."""
+    topic = await kafka_topic(partitions=1)
+    events = [receipt(f"r{i}") for i in range(5)]
+    probe.gate = asyncio.Event()
+    service = probe_service(topic)
+    await publish(producer, topic, events)
+    attempts = []
+
+    async with service.lifespan(service.http):
+        try:
+            await asyncio.wait_for(probe.entered.wait(), 30)
+            kafka = service.consumers[0].consumer
+            commit = kafka.commit
+
+            async def fails_once(offsets):
+                attempts.append(offsets)
+                if len(attempts) == 1:
+                    raise RequestTimedOutError()
+                await commit(offsets)
+
+            kafka.commit = fails_once
+        finally:
+            probe.gate.set()
+        ends = await caught_up(service, topic, len(events))
+
+    assert len(attempts) >= 2, "the failed commit was tried again"
+    assert attempts[-1] == ends
+
+
+@pytest.mark.parametrize("in_flight", ["offset commit", "batch"])
+async def test_a_stopping_service_commits_its_offsets_before_its_kafka_consumer_stops(
+    in_flight, kafka_topic, probe_service, probe, receipt, producer, applied, group_offsets, wait_until
+):
+    """A consumer that has left its group cannot commit for partitions that another instance now owns; what it
+    applied last would be redelivered there. Shutdown begins with an offset commit or a whole batch in flight."""
+    topic = await kafka_topic(partitions=1)
+    events = [receipt(f"r{i}") for i in range(5)]
+    probe.gate = asyncio.Event()
+    service = probe_service(topic)
+    await publish(producer, topic, events)
+    consumer, closing, order = service.consumers[0], asyncio.Event(), []
+
+    async with service.lifespan(service.http):
+        try:
+            await asyncio.wait_for(probe.entered.wait(), 30)
+            kafka = consumer.consumer
+            close, commit, stop = consumer.close, kafka.commit, kafka.stop
+
+            async def close_begins():
+                closing.set()
+                probe.gate.set()
+                await close()
+
+            async def committing(offsets):
+                if in_flight == "offset commit":
+                    await closing.wait()
+                await commit(offsets)
+                order.append("offsets committed")
+
+            async def stopped():
+                order.append("Kafka consumer stopped")
+                await stop()
+
+            consumer.close, kafka.commit, kafka.stop = close_begins, committing, stopped
+        finally:
+            if in_flight == "offset commit":
+                probe.gate.set()
+        if in_flight == "offset commit":
+
+            async def all_applied() -> bool:
+                return len(await applied(service)) == len(events)
+
+            await wait_until(all_applied, "every record applied before the shutdown")
+
+    assert await applied(service) == [e.data.reference for e in events]
+    assert order == ["offsets committed", "Kafka consumer stopped"]
+    assert await group_offsets(f"oms-probe.{topic.name}") == {TopicPartition(topic.name, 0): len(events)}

@@ -156,11 +156,13 @@ class Service:
         try:
             yield
         finally:
+            # Offsets first, while the Kafka consumers still run. A batch still being applied commits its own
+            # offsets before it returns, and the broker's stop waits for it before stopping its consumer.
             for consumer in self.consumers:
                 consumer.stopping = True
-            await self.broker.stop()
             for consumer in self.consumers:
                 await consumer.close()
+            await self.broker.stop()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
