@@ -148,6 +148,26 @@ async def test_a_record_whose_key_cannot_be_stored_as_text_is_still_dead_lettere
     assert await applied(service) == ["r1"]
 
 
+async def test_a_record_with_null_or_binary_headers_is_applied_or_dead_lettered_with_only_readable_trace_headers(
+    service, topic, receipt, applied, consume
+):
+    odd = [("x", b"\xff\xfe"), ("y", None)]
+    records = [
+        record(topic.name, receipt("r1").to_bytes(), "SKU-1", headers=[*odd, ("traceparent", None)]),
+        record(topic.name, b"{}", "SKU-1", headers=[*odd, ("traceparent", None), ("tracestate", b"\xff")]),
+        record(topic.name, b"[]", "SKU-1", headers=[*odd, ("traceparent", b"\xff\xfe")]),
+        record(topic.name, b"null", "SKU-1", headers=[*odd, ("traceparent", TRACEPARENT.encode())]),
+    ]
+
+    null_trace, binary_trace, readable_trace = await consume(service, topic, records)
+
+    assert await applied(service) == ["r1"]
+    assert [letter.payload for letter in (null_trace, binary_trace, readable_trace)] == [b"{}", b"[]", b"null"]
+    assert "traceparent" not in null_trace.headers and "tracestate" not in null_trace.headers
+    assert "traceparent" not in binary_trace.headers
+    assert readable_trace.headers["traceparent"] == TRACEPARENT, "other odd headers do not cost the trace"
+
+
 async def test_an_invalid_record_the_service_handles_itself_is_not_dead_lettered(
     make_service, database_url, topic, probe, receipt, applied, consume
 ):

@@ -1,17 +1,19 @@
 """The outbox relay on a real broker and PostgreSQL: rows are published in order, intact, once, and only then
-deleted; nothing is lost when the broker cannot take them."""
+deleted; nothing is lost when the broker cannot take them, and a producer that can no longer publish is replaced."""
 
 import contextlib
 import json
+import logging
 import time
 from collections import defaultdict
 
 import pytest
 import sqlalchemy as sa
-from aiokafka.errors import KafkaConnectionError
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError, NotLeaderForPartitionError
 
 from oms_runtime.database import Database
-from oms_runtime.outbox import OutboxMessage, Relay, append
+from oms_runtime.outbox import _FAILURES_BEFORE_RESTART, OutboxMessage, Relay, append
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
@@ -186,30 +188,119 @@ async def test_rows_stay_in_the_outbox_while_the_broker_is_unreachable(database,
     assert sorted(r.value for r in records) == [f"kept {i}".encode() for i in range(3)]
 
 
-async def test_rows_whose_publication_failed_stay_in_the_outbox_until_the_broker_takes_them(
+async def test_rows_whose_publication_failed_stay_in_the_outbox_and_a_passing_fault_is_retried_with_the_same_producer(
     database, relays, kafka_topic, topic_reader, wait_until
 ):
     topic = await kafka_topic()
     async with topic_reader(topic.name) as reader:
         relay = await relays(database)
-        send, failures = relay.producer.send, []
+        producer = relay.producer
+        send, failures = producer.send, []
 
-        async def broker_gone(*args, **kwargs):
-            failures.append(args)
-            raise KafkaConnectionError("broker connection lost")
+        async def broker_gone_twice(*args, **kwargs):
+            if len(failures) < 2:
+                failures.append(args)
+                # Both failed passes have left every row in the outbox.
+                assert await outbox_size(database) == 3
+                raise KafkaConnectionError("broker connection lost")
+            return await send(*args, **kwargs)
 
-        relay.producer.send = broker_gone
+        producer.send = broker_gone_twice
         await write(database, [OutboxMessage(topic.name, f"k{i}", f"held {i}".encode()) for i in range(3)])
-        relay.wake()
-
-        async def retried() -> bool:
-            return len(failures) >= 2
-
-        await wait_until(retried, "the relay retrying the failed publication")
-        assert await outbox_size(database) == 3
-
-        relay.producer.send = send
         relay.wake()
         records = await reader.take(3)
         await wait_until(lambda: _is_empty(database), "the published rows deleted from the outbox")
+
+    assert len(failures) == 2
     assert [r.value for r in records] == [f"held {i}".encode() for i in range(3)]
+    assert relay.producer is producer and relay.producer_restarts == 0, "a connection lost is no reason for a new one"
+
+
+def _restart_warnings(caplog) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "oms_runtime.outbox" and r.levelno == logging.WARNING and "new one" in r.getMessage()
+    ]
+
+
+async def _read_distinct(reader, count: int) -> list:
+    """Read until `count` distinct payloads have arrived (a resent batch may repeat some); return every record."""
+    while len({r.value for r in reader.records}) < count:
+        await reader.take(len(reader.records) + 1)
+    return reader.records
+
+
+async def test_a_producer_whose_idempotent_session_died_is_replaced_and_every_row_arrives(
+    make_service, database_url, kafka_bootstrap, kafka_topic, topic_reader, wait_until, caplog
+):
+    """Seen in production: a leader change, then OutOfOrderSequenceNumber on every retry until a restart. aiokafka
+    spends a sequence number on a batch it gives up unsent (a partition without a leader for request_timeout_ms);
+    from then on the broker refuses every batch of that producer to that partition. The sequence numbers are spent
+    here directly, and the real broker refuses what follows."""
+    topic = await kafka_topic(partitions=3)
+    service = make_service(database_url, bootstrap=kafka_bootstrap)
+    relay = service.relay
+    keys = [f"order-{k}" for k in range(6)]
+
+    def rows(start: int, stop: int) -> list[OutboxMessage]:
+        return [
+            OutboxMessage(topic.name, keys[n % len(keys)], json.dumps({"key": keys[n % len(keys)], "n": n}).encode())
+            for n in range(start, stop)
+        ]
+
+    await relay.start()
+    try:
+        async with topic_reader(topic.name) as reader:
+            await write(service.database, rows(0, 30))
+            relay.wake()
+            await reader.take(30)
+            dead = relay.producer
+            dead_id = dead._txn_manager.producer_id
+            for partition in range(3):
+                dead._txn_manager.increment_sequence_number(TopicPartition(topic.name, partition), 1)
+
+            with caplog.at_level(logging.WARNING):
+                await write(service.database, rows(30, 90))
+                relay.wake()
+                records = await _read_distinct(reader, 90)
+                await wait_until(lambda: _is_empty(service.database), "every row deleted from the outbox")
+            assert await service.readiness() == {}, "readiness asks the producer that replaced the dead one"
+    finally:
+        await relay.stop()
+
+    assert relay.producer is not dead and relay.producer._txn_manager.producer_id != dead_id
+    [warning] = _restart_warnings(caplog)
+    assert "OutOfOrderSequenceNumber" in warning
+    seen = defaultdict(list)
+    for r in records:
+        body = json.loads(r.value)
+        if body["n"] not in seen[body["key"]]:
+            seen[body["key"]].append(body["n"])
+    assert seen == {key: list(range(k, 90, len(keys))) for k, key in enumerate(keys)}, "every row, in per-key order"
+
+
+async def test_a_send_error_that_persists_on_one_producer_ends_in_a_new_producer(
+    database, relays, kafka_topic, topic_reader, wait_until, caplog
+):
+    topic = await kafka_topic()
+    async with topic_reader(topic.name) as reader:
+        relay = await relays(database)
+        stuck, failures = relay.producer, []
+
+        async def expired_without_a_leader(*args, **kwargs):
+            failures.append(args)
+            raise NotLeaderForPartitionError()
+
+        stuck.send = expired_without_a_leader
+        with caplog.at_level(logging.WARNING):
+            await write(database, [OutboxMessage(topic.name, "k", f"held {i}".encode()) for i in range(3)])
+            relay.wake()
+            records = await reader.take(3)
+            await wait_until(lambda: _is_empty(database), "the published rows deleted from the outbox")
+
+    assert [r.value for r in records] == [f"held {i}".encode() for i in range(3)]
+    assert relay.producer is not stuck and relay.producer_restarts == 1
+    assert len(failures) == _FAILURES_BEFORE_RESTART, "retried with the same producer first"
+    [warning] = _restart_warnings(caplog)
+    assert "NotLeaderForPartitionError" in warning

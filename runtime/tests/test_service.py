@@ -6,6 +6,7 @@ import asyncio
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import RequestTimedOutError
 
 from oms_contracts import DEAD_LETTERS
 
@@ -39,25 +40,48 @@ async def group_offsets(kafka_bootstrap):
     await admin.close()
 
 
+@pytest.fixture
+def probe_service(make_service, database_url, probe, oms_topics):
+    """A probe service on the real broker, its handler the test's `probe`, subscribed to `topic`."""
+    return lambda topic: make_service(database_url, topic, probe, bootstrap=oms_topics)
+
+
+@pytest.fixture
+def caught_up(applied, group_offsets, topic_reader, wait_until):
+    """Wait until a probe service has applied `count` records and its consumer group's offsets stand at the end of
+    the topic as it is when called (publish first); return those end offsets."""
+
+    async def wait(service, topic, count: int) -> dict[TopicPartition, int]:
+        async with topic_reader(topic.name) as records:
+            ends = {tp: offset for tp, offset in (await records.end_offsets()).items() if offset > 0}
+        group = f"oms-probe.{topic.name}"
+
+        async def done() -> bool:
+            return len(await applied(service)) == count and await group_offsets(group) == ends
+
+        await wait_until(done, f"{count} records applied and the group's offsets at the end of the topic")
+        return ends
+
+    return wait
+
+
 async def test_a_service_applies_each_record_once_dead_letters_garbage_and_commits_offsets_after_the_database(
-    oms_topics,
     kafka_topic,
-    make_service,
-    database_url,
+    probe_service,
     probe,
     receipt,
     applied,
     producer,
     group_offsets,
+    caught_up,
     topic_reader,
     header_of,
-    wait_until,
 ):
     topic = await kafka_topic(partitions=3)
     group = f"oms-probe.{topic.name}"
     events = [receipt(f"r{i}", sku=f"SKU-{i % 7}") for i in range(30)]
     probe.gate = asyncio.Event()
-    service = make_service(database_url, topic, probe, bootstrap=oms_topics)
+    service = probe_service(topic)
 
     async with topic_reader(DEAD_LETTERS.name, from_end=True) as dead_letters:
         await publish(producer, topic, events[:20])
@@ -68,8 +92,6 @@ async def test_a_service_applies_each_record_once_dead_letters_garbage_and_commi
             headers=[("traceparent", TRACEPARENT.encode())],
         )
         await publish(producer, topic, events[20:])
-        async with topic_reader(topic.name) as records:
-            ends = {tp: offset for tp, offset in (await records.end_offsets()).items() if offset > 0}
 
         async with service.lifespan(service.http):
             try:
@@ -84,10 +106,7 @@ async def test_a_service_applies_each_record_once_dead_letters_garbage_and_commi
             finally:
                 probe.gate.set()
 
-            async def caught_up() -> bool:
-                return len(await applied(service)) == len(events) and await group_offsets(group) == ends
-
-            await wait_until(caught_up, "every record applied and the group's offsets at the end of the topic")
+            ends = await caught_up(service, topic, len(events))
             [letter] = await dead_letters.take(1, where=lambda r: header_of(r, "oms-original-topic") == topic.name)
 
     assert sorted(await applied(service)) == sorted(e.data.reference for e in events)
@@ -127,3 +146,138 @@ async def test_a_restarted_service_does_not_apply_anything_twice(
 
     assert after_restart.seen == ["after-restart"]
     assert sorted(await applied(second)) == sorted([*(e.data.reference for e in events), "after-restart"])
+
+
+async def test_records_whose_headers_are_not_text_are_applied_or_dead_lettered_and_none_is_skipped(
+    kafka_topic,
+    probe_service,
+    receipt,
+    applied,
+    producer,
+    caught_up,
+    topic_reader,
+    header_of,
+):
+    """Kafka header values are bytes or null, text or not; FastStream's own batch parser decoded them as UTF-8 and
+    dropped the whole batch when one was not. Headers are not part of the contract (a CloudEvent in structured mode
+    carries everything in its body), so a valid body is applied whatever its headers; only the trace context is lost
+    when its header cannot be read."""
+    topic = await kafka_topic(partitions=1)
+    odd = {
+        "binary": [("x", b"\xff\xfe")],
+        "null": [("x", None)],
+        "binary-traceparent": [("traceparent", b"\xff\xfe"), ("tracestate", b"\xff")],
+        "null-traceparent": [("traceparent", None)],
+        "garbled-traceparent": [("traceparent", b"00-not-a-trace-01"), ("x", b"\x00")],
+        "fine-traceparent": [("traceparent", TRACEPARENT.encode()), ("x", b"\xff\xfe"), ("y", None)],
+    }
+    garbage = {
+        b"not json, binary trace": [("traceparent", b"\xff\xfe")],
+        b"not json, null trace": [("traceparent", None)],
+    }
+    before, after = receipt("before"), receipt("after")
+    odd_events = {name: receipt(name) for name in odd}
+    service = probe_service(topic)
+
+    async with topic_reader(DEAD_LETTERS.name, from_end=True) as dead_letters:
+        await publish(producer, topic, [before])
+        for name, headers in odd.items():
+            event = odd_events[name]
+            await producer.send_and_wait(topic.name, event.to_bytes(), key=event.key().encode(), headers=headers)
+        for body, headers in garbage.items():
+            await producer.send_and_wait(topic.name, body, key=b"SKU-X", headers=headers)
+        await publish(producer, topic, [after])
+
+        async with service.lifespan(service.http):
+            await caught_up(service, topic, len(odd) + 2)
+            letters = await dead_letters.take(2, where=lambda r: header_of(r, "oms-original-topic") == topic.name)
+
+    assert sorted(await applied(service)) == sorted(["before", "after", *odd])
+    assert sorted(letter.value for letter in letters) == sorted(garbage)
+    for letter in letters:
+        assert header_of(letter, "oms-error-class") == "ValidationError"
+        # Nothing of the original's unreadable trace headers was passed on: every header is text.
+        assert [value.decode() for _, value in letter.headers]
+
+
+async def test_an_offset_commit_that_fails_is_retried_until_the_group_stands_at_the_end_of_the_topic(
+    kafka_topic, probe_service, probe, receipt, producer, caught_up
+):
+    """No later batch comes to carry the offsets along: a failed commit that were dropped would leave the group
+    behind for as long as the topic stays quiet, and a restart would redeliver all of it."""
+    topic = await kafka_topic(partitions=1)
+    events = [receipt(f"r{i}") for i in range(5)]
+    probe.gate = asyncio.Event()
+    service = probe_service(topic)
+    await publish(producer, topic, events)
+    attempts = []
+
+    async with service.lifespan(service.http):
+        try:
+            await asyncio.wait_for(probe.entered.wait(), 30)
+            kafka = service.consumers[0].consumer
+            commit = kafka.commit
+
+            async def fails_once(offsets):
+                attempts.append(offsets)
+                if len(attempts) == 1:
+                    raise RequestTimedOutError()
+                await commit(offsets)
+
+            kafka.commit = fails_once
+        finally:
+            probe.gate.set()
+        ends = await caught_up(service, topic, len(events))
+
+    assert len(attempts) >= 2, "the failed commit was tried again"
+    assert attempts[-1] == ends
+
+
+@pytest.mark.parametrize("in_flight", ["offset commit", "batch"])
+async def test_a_stopping_service_commits_its_offsets_before_its_kafka_consumer_stops(
+    in_flight, kafka_topic, probe_service, probe, receipt, producer, applied, group_offsets, wait_until
+):
+    """A consumer that has left its group cannot commit for partitions that another instance now owns; what it
+    applied last would be redelivered there. Shutdown begins with an offset commit or a whole batch in flight."""
+    topic = await kafka_topic(partitions=1)
+    events = [receipt(f"r{i}") for i in range(5)]
+    probe.gate = asyncio.Event()
+    service = probe_service(topic)
+    await publish(producer, topic, events)
+    consumer, closing, order = service.consumers[0], asyncio.Event(), []
+
+    async with service.lifespan(service.http):
+        try:
+            await asyncio.wait_for(probe.entered.wait(), 30)
+            kafka = consumer.consumer
+            close, commit, stop = consumer.close, kafka.commit, kafka.stop
+
+            async def close_begins():
+                closing.set()
+                probe.gate.set()
+                await close()
+
+            async def committing(offsets):
+                if in_flight == "offset commit":
+                    await closing.wait()
+                await commit(offsets)
+                order.append("offsets committed")
+
+            async def stopped():
+                order.append("Kafka consumer stopped")
+                await stop()
+
+            consumer.close, kafka.commit, kafka.stop = close_begins, committing, stopped
+        finally:
+            if in_flight == "offset commit":
+                probe.gate.set()
+        if in_flight == "offset commit":
+
+            async def all_applied() -> bool:
+                return len(await applied(service)) == len(events)
+
+            await wait_until(all_applied, "every record applied before the shutdown")
+
+    assert await applied(service) == [e.data.reference for e in events]
+    assert order == ["offsets committed", "Kafka consumer stopped"]
+    assert await group_offsets(f"oms-probe.{topic.name}") == {TopicPartition(topic.name, 0): len(events)}

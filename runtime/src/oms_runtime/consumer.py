@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=CloudEvent)
 
+# How long a stopping consumer waits for its offsets to be committed; then they are left for redelivery.
+_FLUSH_SECONDS = 10.0
+
 # Records that never validated have no event id of their own; their inbox key is derived from where they sit.
 _UNDECODABLE = uuid.UUID("3d0bf7c6-94a4-4c52-9a0b-9a7e0e3c6a11")
 
@@ -112,7 +115,7 @@ class Transaction:
 
     def dead_letter(self, message: Message, error: BaseException) -> None:
         record = message.record
-        headers = [(k, v.decode("latin-1")) for k, v in record.headers or () if k in ("traceparent", "tracestate")]
+        headers = list(telemetry.trace_headers(record.headers).items())
         headers += [
             ("oms-original-topic", record.topic),
             ("oms-original-partition", str(record.partition)),
@@ -186,11 +189,15 @@ class BatchConsumer:
         if not records:
             return
         self.consumer = consumer
-        messages = [self._open(record) for record in records]
-        links = [Link(m.span.get_span_context()) for m in messages]
+        messages: list[Message] = []
         try:
+            # Inside the try: whatever a record holds, an error here is a redelivery, never a batch that the
+            # framework logs and drops while the next offset commit moves past it.
+            messages.extend(self._open(record) for record in records)
             with telemetry.tracer().start_as_current_span(
-                f"{self.name} batch", links=links, attributes={"oms.batch.size": len(messages)}
+                f"{self.name} batch",
+                links=[Link(m.span.get_span_context()) for m in messages],
+                attributes={"oms.batch.size": len(messages)},
             ):
                 await self._apply_batch(messages)
         except asyncio.CancelledError:
@@ -208,6 +215,9 @@ class BatchConsumer:
                 m.span.end()
         self.on_commit()
         self._commit(records)
+        if self.stopping:
+            # The framework stops the Kafka consumer once this batch returns: commit its offsets while it can.
+            await self._flush()
 
     def _rewind(self, records: Sequence[ConsumerRecord]) -> None:
         first: dict[TopicPartition, int] = {}
@@ -328,18 +338,39 @@ class BatchConsumer:
             self._commit_task = asyncio.create_task(self._flush_offsets())
 
     async def _flush_offsets(self) -> None:
+        delay = 0.05
         while self._pending_offsets:
             offsets, self._pending_offsets = self._pending_offsets, {}
+            # A revoked partition's offsets are its new owner's business; it redelivers from its last commit.
             assigned = self.consumer.assignment()
             offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
             if not offsets:
                 continue
             try:
                 await self.consumer.commit(offsets)
+                delay = 0.05
             except Exception as error:
-                log.warning("offset commit failed for %s (redelivered records will be skipped): %r", self.name, error)
+                # Kept, merged with what later batches add: dropped, they would leave the group's position behind
+                # until the next batch of that partition, and a restart would redeliver everything since.
+                for tp, offset in offsets.items():
+                    self._pending_offsets[tp] = max(self._pending_offsets.get(tp, 0), offset)
+                log.warning("offset commit failed for %s, retrying in %.2fs: %r", self.name, delay, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _flush(self) -> None:
+        if self._commit_task is None:
+            return
+        try:
+            await asyncio.wait_for(self._commit_task, _FLUSH_SECONDS)
+        except Exception as error:
+            log.warning(
+                "offsets of %s not committed at shutdown (%r); their records will be redelivered, the inbox skips them",
+                self.name,
+                error,
+            )
 
     async def close(self) -> None:
+        """Commit what is applied before the Kafka consumer stops (call it before stopping the broker)."""
         self.stopping = True
-        if self._commit_task is not None:
-            await asyncio.gather(self._commit_task, return_exceptions=True)
+        await self._flush()

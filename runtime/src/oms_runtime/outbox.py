@@ -4,11 +4,17 @@ The relay is woken in-process after each commit and reads forward from the last 
 catches rows that committed out of id order or were left by a crashed instance. Sent rows are deleted so the
 index it scans holds only work. An advisory lock lets one relay per database publish at a time, which keeps the
 per-key order of the rows when two instances of a service run.
+
+A failed publication rolls its batch back: every row stays in the outbox and is sent again, in id order. Most send
+errors are retried with the same producer. Some leave the idempotent producer's session unable to publish ever again
+(the broker refuses its sequence numbers, or its producer id or epoch), so the relay starts a fresh producer, with a
+new producer id, and resends from the outbox; consumers' inboxes absorb the copies the broker already had.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -16,6 +22,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 from opentelemetry import trace
 
 from . import telemetry
@@ -27,6 +41,22 @@ log = logging.getLogger(__name__)
 _RELAY_LOCK = 0x6F6D735F72656C61  # "oms_rela": one publishing relay per database at a time
 _BATCH = 1000
 _SWEEP_SECONDS = 1.0
+
+# Errors after which the producer's idempotent session cannot publish again: its sequence numbers, producer id or
+# epoch are refused by the broker (aiokafka spends a sequence number on a batch it gives up without sending, e.g.
+# when a partition had no leader for request_timeout_ms: every later batch to that partition is then out of order),
+# or the producer is closed. Only a new producer, with a new producer id, publishes again.
+_SESSION_ERRORS = (
+    OutOfOrderSequenceNumber,
+    InvalidProducerEpoch,
+    ProducerFenced,
+    UnknownProducerId,
+    InvalidProducerIdMapping,
+    ProducerClosed,
+)
+# Any other error is retried with the same producer (aiokafka already retries leader changes, timeouts and lost
+# connections itself), but one that keeps failing this many passes in a row is not trusted to heal in that session.
+_FAILURES_BEFORE_RESTART = 3
 
 
 @dataclass(slots=True)
@@ -72,19 +102,23 @@ class Relay:
         self.database = database
         self.service = service
         self.bootstrap = bootstrap
+        # Replaced when its session dies (readiness asks the current one).
         self.producer: AIOKafkaProducer | None = None
         self._wake = asyncio.Event()
         self._last_id = 0
         self._last_sweep = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._failures = 0
+        self._dead_session: BaseException | None = None
         self.published = 0
+        self.producer_restarts = 0
 
     def wake(self) -> None:
         self._wake.set()
 
     async def start(self) -> None:
-        self.producer = kafka_producer(self.bootstrap, f"oms-{self.service}-relay")
+        self.producer = self._new_producer()
         await self.producer.start()
         self._task = asyncio.create_task(self._run(), name=f"{self.service}-outbox-relay")
 
@@ -99,6 +133,9 @@ class Relay:
         """Publish everything committed so far (used at shutdown and by tests)."""
         while await self._publish_batch(after_id=0) == _BATCH:
             pass
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return kafka_producer(self.bootstrap, f"oms-{self.service}-relay")
 
     async def _run(self) -> None:
         await run_when_woken(
@@ -119,6 +156,9 @@ class Relay:
             after = self._last_id
 
     async def _publish_batch(self, after_id: int) -> int:
+        if self._dead_session is not None:
+            # Outside the transaction: the advisory lock is not held while a producer connects.
+            await self._replace_producer()
         async with self.database.transaction() as conn:
             pg = await driver(conn)
             await pg.execute("SELECT pg_advisory_xact_lock($1)", _RELAY_LOCK)
@@ -129,14 +169,55 @@ class Relay:
             )
             if not rows:
                 return 0
-            pending = [await self._send(row) for row in rows]
-            await asyncio.gather(*pending)
+            await self._send_all(rows)
             await pg.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
         self._last_id = max(self._last_id, rows[-1]["id"])
         self.published += len(rows)
         return len(rows)
 
-    async def _send(self, row) -> asyncio.Future:
+    async def _send_all(self, rows) -> None:
+        """Send the rows in id order and wait for every acknowledgement; raise the first failure (in id order), after
+        every send has settled, so that nothing of this batch is still in flight when the producer is replaced."""
+        producer = self.producer
+        pending: list[asyncio.Future] = []
+        try:
+            try:
+                for row in rows:
+                    pending.append(await self._send(producer, row))
+            finally:
+                outcomes = await asyncio.gather(*pending, return_exceptions=True)
+            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
+            if isinstance(failed, asyncio.CancelledError):
+                # Only a producer being torn down cancels a delivery; the row was not acknowledged.
+                raise ProducerClosed() from failed
+            if failed is not None:
+                raise failed
+        except Exception as error:
+            self._failures += 1
+            if isinstance(error, _SESSION_ERRORS) or self._failures >= _FAILURES_BEFORE_RESTART:
+                self._dead_session = error
+            raise
+        self._failures = 0
+
+    async def _replace_producer(self) -> None:
+        fresh = self._new_producer()
+        try:
+            await fresh.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await fresh.stop()
+            raise
+        old, self.producer = self.producer, fresh
+        log.warning(
+            "outbox relay: its Kafka producer cannot publish any more (%r); a new one resends from the outbox",
+            self._dead_session,
+        )
+        self._dead_session, self._failures = None, 0
+        self.producer_restarts += 1
+        with contextlib.suppress(Exception):
+            await old.stop()
+
+    async def _send(self, producer: AIOKafkaProducer, row) -> asyncio.Future:
         stored = row["headers"]
         headers = [(name, value) for name, value in (json.loads(stored) if isinstance(stored, str) else stored)]
         parent = telemetry.context_from_traceparent(dict(headers).get("traceparent"))
@@ -148,7 +229,7 @@ class Relay:
         ):
             carried = telemetry.inject()
         headers = [(n, v) for n, v in headers if n not in ("traceparent", "tracestate")] + list(carried.items())
-        return await self.producer.send(
+        return await producer.send(
             row["topic"],
             value=row["payload"],
             key=row["key"].encode() if row["key"] is not None else None,

@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import uvicorn
+from aiokafka import ConsumerRecord
 from fastapi import FastAPI
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from faststream.kafka.message import KafkaAckableMessage
 from faststream.specification import AsyncAPI
 
 from oms_contracts import Topic
@@ -31,6 +33,23 @@ async def _undecoded(message: Any) -> Any:
     # The runtime validates each record itself (so an invalid one is dead-lettered, not dropped by the framework):
     # hand the framework's message, with its raw records and consumer, straight to the subscriber.
     return message
+
+
+def _raw_batch(records: tuple[ConsumerRecord, ...], consumer: Any) -> KafkaAckableMessage:
+    """The framework's message for a batch, with the records as aiokafka returned them.
+
+    FastStream's batch parser decodes every header value as UTF-8 (and the first record's headers again for
+    `correlation_id` and `content-type`): one record with a binary or null header value fails the whole batch, which
+    the framework logs and drops, and the next offset commit moves past it. Headers are not part of the contract (a
+    structured CloudEvent carries everything in its body), so nothing here reads them; the runtime reads only the
+    trace headers, and tolerates any value."""
+    first, last = records[0], records[-1]
+    return KafkaAckableMessage(
+        raw_message=records,
+        body=[record.value or b"" for record in records],
+        message_id=f"{first.offset}-{last.offset}-{first.timestamp}",
+        consumer=consumer,
+    )
 
 
 class Service:
@@ -80,11 +99,14 @@ class Service:
             async def subscriber(events: Any) -> None:
                 await consumer.consume(events.raw_message, events.consumer)
 
+            async def parse(records: tuple[ConsumerRecord, ...]) -> KafkaAckableMessage:
+                return _raw_batch(records, subscription.consumer)
+
             # What AsyncAPI documents: the topic's events, described by the handler.
             subscriber.__annotations__ = {"events": list[topic.union], "return": None}
             subscriber.__name__ = handler.__name__
             subscriber.__doc__ = handler.__doc__
-            self.broker.subscriber(
+            subscription = self.broker.subscriber(
                 topic.name,
                 batch=True,
                 group_id=group,
@@ -92,9 +114,11 @@ class Service:
                 batch_timeout_ms=self.settings.batch_timeout_ms,
                 ack_policy=AckPolicy.MANUAL,
                 auto_offset_reset="earliest",
+                parser=parse,
                 decoder=_undecoded,
                 description=handler.__doc__,
-            )(subscriber)
+            )
+            subscription(subscriber)
             return handler
 
         return register
@@ -132,11 +156,13 @@ class Service:
         try:
             yield
         finally:
+            # Offsets first, while the Kafka consumers still run. A batch still being applied commits its own
+            # offsets before it returns, and the broker's stop waits for it before stopping its consumer.
             for consumer in self.consumers:
                 consumer.stopping = True
-            await self.broker.stop()
             for consumer in self.consumers:
                 await consumer.close()
+            await self.broker.stop()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)

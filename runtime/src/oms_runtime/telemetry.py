@@ -23,7 +23,10 @@ from pythonjsonlogger.json import JsonFormatter
 
 _order_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("oms_order_id", default=None)
 
-Headers = Sequence[tuple[str, bytes]]
+# As aiokafka hands them over: a header's value may be null, and its bytes need not be text.
+Headers = Sequence[tuple[str, bytes | None]]
+
+_TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 def setup_tracing(service: str, trace_file: str | None) -> TracerProvider:
@@ -48,10 +51,15 @@ def tracer() -> trace.Tracer:
     return _tracer
 
 
+def trace_headers(headers: Headers | None) -> dict[str, str]:
+    """The W3C trace headers of a Kafka message, as text. W3C allows only ASCII in them: a null or non-ASCII value
+    is left out, so a sender's mangled header costs the link to its trace and nothing else."""
+    return {k: v.decode("ascii") for k, v in headers or () if k in _TRACE_HEADERS and v is not None and v.isascii()}
+
+
 def extract(headers: Headers | None) -> otel_context.Context:
     """The trace context a Kafka message carries, or an empty one."""
-    carrier = {k: v.decode("latin-1") for k, v in headers or () if k in ("traceparent", "tracestate")}
-    return propagate.extract(carrier)
+    return propagate.extract(trace_headers(headers))
 
 
 def inject(ctx: otel_context.Context | None = None) -> dict[str, str]:
