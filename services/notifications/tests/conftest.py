@@ -223,7 +223,7 @@ async def pg(service: Service) -> AsyncIterator[Any]:
     """A clean database (every test starts without notifications) and a connection to look into it."""
     async with service.database.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
-        await raw.execute("TRUNCATE notifications, order_contacts, outbox, inbox")
+        await raw.execute("TRUNCATE notifications, notices_awaiting_contact, order_contacts, outbox, inbox")
         yield raw
 
 
