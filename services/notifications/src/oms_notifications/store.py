@@ -267,16 +267,25 @@ class Outgoing:
 
 async def lock_due(pg: asyncpg.Connection, now: datetime, limit: int) -> list[Outgoing]:
     """Lock up to `limit` pending notifications due by `now`, oldest due first. Rows another sender holds are
-    skipped, so two instances never send the same message."""
+    skipped, so two instances never send the same message.
+
+    An order's messages go out one at a time, in (stage, cause_at) order: a message is not due while an earlier
+    message of its order is still pending (waiting for its next try, or being sent by another sender), so the
+    customer never reads the pre-warning before the confirmation, nor a parcel's delivery before its shipping."""
     rows = await pg.fetch(
         """
         SELECT id, order_id, cause_event_id, template, channel, recipient, recipient_name, subject, body_text,
                body_html, traceparent, attempts, next_attempt_at, last_error
-        FROM notifications
+        FROM notifications AS n
         WHERE status = 'pending' AND next_attempt_at <= $1
+          AND NOT EXISTS (
+              SELECT 1 FROM notifications AS earlier
+              WHERE earlier.order_id = n.order_id AND earlier.status = 'pending'
+                AND (earlier.stage, earlier.cause_at, earlier.id) < (n.stage, n.cause_at, n.id)
+          )
         ORDER BY next_attempt_at
         LIMIT $2
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF n SKIP LOCKED
         """,
         now,
         limit,
