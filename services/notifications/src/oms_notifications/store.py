@@ -207,6 +207,13 @@ async def take_awaiting_contact(pg: asyncpg.Connection, order_ids: Collection[uu
     ]
 
 
+async def count_awaiting_contact(conn: AsyncConnection, order_id: uuid.UUID) -> int:
+    """How many messages about an order wait for its contact."""
+    a = notices_awaiting_contact
+    result = await conn.execute(sa.select(sa.func.count()).select_from(a).where(a.c.order_id == order_id))
+    return result.scalar_one()
+
+
 async def queue(
     pg: asyncpg.Connection, messages: Sequence[Rendered], traceparents: Sequence[str | None], due: datetime
 ) -> list[uuid.UUID]:
@@ -339,23 +346,28 @@ async def record_deliveries(pg: asyncpg.Connection, deliveries: Sequence[tuple[u
 
 
 async def notifications_of_order(conn: AsyncConnection, order_id: uuid.UUID) -> list[sa.Row]:
-    """Every notification about an order, oldest first."""
+    """Every notification about an order, in the order they go out to the customer."""
     n = notifications
     result = await conn.execute(
         sa.select(
             n.c.id,
             n.c.template,
             n.c.channel,
+            n.c.locale,
             n.c.recipient,
+            n.c.recipient_name,
             n.c.subject,
+            n.c.body_text,
             n.c.status,
             n.c.attempts,
+            n.c.cause_event_id,
             n.c.created_at,
             n.c.sent_at,
+            n.c.failed_at,
             n.c.next_attempt_at,
             n.c.last_error,
         )
         .where(n.c.order_id == order_id)
-        .order_by(n.c.created_at, n.c.id)
+        .order_by(n.c.stage, n.c.cause_at, n.c.id)
     )
     return list(result)
