@@ -2,18 +2,21 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiosmtpd.controller import Controller
 
-from oms_contracts import order_id_for
-from oms_contracts.order import OrderAccepted
+from oms_contracts import CloudEvent, order_id_for
+from oms_contracts.inventory import BackorderQueued
+from oms_contracts.order import OrderAccepted, OrderFulfillmentDelivered, OrderFulfillmentShipped
+from oms_contracts.routing import FulfillmentPlanned
 from oms_notifications.app import create_service
 from oms_notifications.settings import NotificationsSettings
 from oms_runtime import Service
@@ -26,6 +29,7 @@ def accepted_order(
     *,
     email: str = "ada@example.com",
     name: str = "Ada Lovelace",
+    locale: str = "en",
     lines: list[dict[str, Any]] | None = None,
     shipping_method: str = "standard",
     pickup_source: str | None = None,
@@ -49,7 +53,7 @@ def accepted_order(
                 "external_order_id": external_order_id,
                 "placed_at": "2026-11-22T10:00:00Z",
                 "currency": "EUR",
-                "customer": {"id": "c-1", "email": email, "name": name, "locale": "en"},
+                "customer": {"id": "c-1", "email": email, "name": name, "locale": locale},
                 "shipping_address": {
                     "name": name,
                     "line1": "Unter den Linden 1",
@@ -71,6 +75,137 @@ def accepted_order(
     )
 
 
+E = TypeVar("E", bound=CloudEvent)
+
+# Items as (sku, quantity); line ids are made up from their place.
+Items = Sequence[tuple[str, int]]
+
+PLANNED_AT = datetime(2026, 11, 28, 9, 0, tzinfo=UTC)
+
+
+def _lines(items: Items, first_line: int = 1) -> list[dict[str, Any]]:
+    return [{"line_id": str(first_line + n), "sku": sku, "quantity": q} for n, (sku, q) in enumerate(items)]
+
+
+def _event(model: type[E], source: str, order_id: uuid.UUID, at: datetime, data: dict[str, Any]) -> E:
+    return model.model_validate(
+        {
+            "source": source,
+            "subject": str(order_id),
+            "time": at.isoformat(),
+            "data": {"order_id": str(order_id), **data},
+        }
+    )
+
+
+def planned(
+    order_id: uuid.UUID,
+    shipments: Sequence[Items] = ((("SKU-RED-MUG", 2),), (("SKU-TEA-500G", 1),)),
+    *,
+    backordered: Items = (),
+    unfulfillable: Items = (),
+    attempt: int = 1,
+    deliveries: Sequence[date] | None = None,
+    time: datetime | None = None,
+) -> FulfillmentPlanned:
+    """`oms.routing.fulfillment_planned.v1`: one shipment per entry of `shipments`, the n-th delivered on
+    `deliveries[n]` (by default 1 December 2026 plus n days)."""
+    deliveries = deliveries or [date(2026, 12, 1) + timedelta(days=n) for n in range(len(shipments))]
+    line = 1
+    planned_shipments = []
+    for n, items in enumerate(shipments):
+        planned_shipments.append(
+            {
+                "shipment_id": str(uuid.uuid4()),
+                "source_code": f"WH-{n + 1}",
+                "source_type": "warehouse",
+                "lines": _lines(items, line),
+                "estimated_ship_date": str(deliveries[n] - timedelta(days=2)),
+                "estimated_delivery_date": str(deliveries[n]),
+                "reason": f"WH-{n + 1}: the nearest with these items",
+            }
+        )
+        line += len(items)
+    unplanned = [{**entry, "reason": "not in stock"} for entry in _lines(backordered, line)]
+    line += len(backordered)
+    data = {
+        "plan_id": str(uuid.uuid4()),
+        "attempt": attempt,
+        "shipments": planned_shipments,
+        "backordered_lines": unplanned,
+        "unfulfillable_lines": [{**e, "reason": "no source"} for e in _lines(unfulfillable, line)],
+        "planned_at": PLANNED_AT.isoformat(),
+        "ship_to_country": "DE",
+    }
+    return _event(FulfillmentPlanned, "/oms/routing", order_id, time or PLANNED_AT, data)
+
+
+def backorder_queued(
+    order_id: uuid.UUID, items: Sequence[tuple[str, int, date | None]] = (("SKU-TEA-500G", 1, None),)
+) -> BackorderQueued:
+    """`oms.inventory.backorder_queued.v1`: (sku, quantity, expected date or None) per waiting line."""
+    lines = [
+        {
+            "line_id": str(n + 1),
+            "sku": sku,
+            "quantity": q,
+            "position": n + 1,
+            "expected_date": expected and str(expected),
+        }
+        for n, (sku, q, expected) in enumerate(items)
+    ]
+    return _event(BackorderQueued, "/oms/inventory", order_id, PLANNED_AT + timedelta(seconds=1), {"lines": lines})
+
+
+def parcel_shipped(
+    order_id: uuid.UUID,
+    items: Items = (("SKU-RED-MUG", 2),),
+    to_come: Items = (("SKU-TEA-500G", 1),),
+    *,
+    carrier: str = "DHL",
+    service: str | None = "Paket",
+    tracking_number: str = "00340434161094042557",
+    tracking_url: str | None = "https://www.dhl.de/track?piececode=00340434161094042557",
+    at: datetime | None = None,
+) -> OrderFulfillmentShipped:
+    """`oms.order.fulfillment_shipped.v1`: a parcel with `items`, and `to_come` still to ship."""
+    at = at or PLANNED_AT + timedelta(days=1)
+    data = {
+        "fulfillment_id": str(uuid.uuid4()),
+        "source_code": "WH-1",
+        "carrier": carrier,
+        "service": service,
+        "tracking_number": tracking_number,
+        "tracking_url": tracking_url,
+        "shipped_at": at.isoformat(),
+        "lines": _lines(items),
+        "to_come": _lines(to_come, len(items) + 1),
+        "status": "partially_fulfilled" if to_come else "fulfilled",
+    }
+    return _event(OrderFulfillmentShipped, "/oms/order", order_id, at, data)
+
+
+def parcel_delivered(
+    order_id: uuid.UUID,
+    items: Items = (("SKU-RED-MUG", 2),),
+    *,
+    status: str = "delivered",
+    tracking_numbers: Sequence[str] = ("00340434161094042557",),
+    at: datetime | None = None,
+) -> OrderFulfillmentDelivered:
+    """`oms.order.fulfillment_delivered.v1`: a fulfillment with `items` delivered; `status` is the order's after."""
+    at = at or PLANNED_AT + timedelta(days=3)
+    data = {
+        "fulfillment_id": str(uuid.uuid4()),
+        "source_code": "WH-1",
+        "delivered_at": at.isoformat(),
+        "lines": _lines(items),
+        "tracking_numbers": list(tracking_numbers),
+        "status": status,
+    }
+    return _event(OrderFulfillmentDelivered, "/oms/order", order_id, at, data)
+
+
 @pytest.fixture(scope="session")
 def settings(service_database: Callable[[str], str]) -> NotificationsSettings:
     return NotificationsSettings(database_url=service_database("notifications"), api_tokens={TOKEN: "cs-test"})
@@ -88,7 +223,7 @@ async def pg(service: Service) -> AsyncIterator[Any]:
     """A clean database (every test starts without notifications) and a connection to look into it."""
     async with service.database.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
-        await raw.execute("TRUNCATE notifications, order_contacts, outbox, inbox")
+        await raw.execute("TRUNCATE notifications, notices_awaiting_contact, order_contacts, outbox, inbox")
         yield raw
 
 
@@ -163,7 +298,30 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
+# Builders of the events the service consumes (session-scoped: hypothesis tests use them too).
+
+
+@pytest.fixture(scope="session")
 def order_accepted() -> Callable[..., OrderAccepted]:
-    """Build an `oms.order.accepted.v1` event: `order_accepted("1001", email=..., lines=[...])`."""
+    """Build an `oms.order.accepted.v1` event: `order_accepted("1001", email=..., locale="de", lines=[...])`."""
     return accepted_order
+
+
+@pytest.fixture(scope="session")
+def fulfillment_planned() -> Callable[..., FulfillmentPlanned]:
+    return planned
+
+
+@pytest.fixture(scope="session")
+def inventory_backorder_queued() -> Callable[..., BackorderQueued]:
+    return backorder_queued
+
+
+@pytest.fixture(scope="session")
+def fulfillment_shipped() -> Callable[..., OrderFulfillmentShipped]:
+    return parcel_shipped
+
+
+@pytest.fixture(scope="session")
+def fulfillment_delivered() -> Callable[..., OrderFulfillmentDelivered]:
+    return parcel_delivered

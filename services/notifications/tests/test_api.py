@@ -5,7 +5,7 @@ import uuid
 import httpx
 import pytest
 
-from oms_contracts.topics import ORDER_EVENTS
+from oms_contracts.topics import INVENTORY_ALLOCATIONS, ORDER_EVENTS, ROUTING_PLANS
 from oms_notifications.sender import Sender, SmtpServer
 from oms_runtime.testing import deliver
 
@@ -48,11 +48,26 @@ async def test_an_order_id_that_is_not_a_uuid_is_refused(client):
     assert response.json()["detail"][0]["loc"] == ["query", "order_id"]
 
 
-async def test_an_order_without_notifications_has_an_empty_list(client, pg):
-    response = await client.get("/notifications", params={"order_id": str(uuid.uuid4())}, headers=auth())
+async def test_an_order_without_a_message_is_not_found(client, pg):
+    order_id = uuid.uuid4()
 
-    assert response.status_code == 200
-    assert response.json() == []
+    response = await client.get("/notifications", params={"order_id": str(order_id)}, headers=auth())
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": f"no message about order {order_id} yet"}
+
+
+async def test_an_order_whose_messages_wait_for_its_contact_is_not_found_and_says_so(
+    service, client, pg, order_accepted, fulfillment_planned, inventory_backorder_queued
+):
+    order_id = order_accepted("1001").data.order_id
+    await deliver(service, ROUTING_PLANS, fulfillment_planned(order_id))
+    await deliver(service, INVENTORY_ALLOCATIONS, inventory_backorder_queued(order_id))
+
+    response = await client.get("/notifications", params={"order_id": str(order_id)}, headers=auth())
+
+    assert response.status_code == 404
+    assert "2 wait for the customer's contact" in response.json()["detail"]
 
 
 async def test_every_notification_of_an_order_is_listed_oldest_first(
@@ -92,3 +107,45 @@ async def test_every_notification_of_an_order_is_listed_oldest_first(
     assert "Connect" in pending["last_error"] or "connect" in pending["last_error"]
     assert pending["next_attempt_at"] is not None
     assert sent["created_at"] <= pending["created_at"]
+
+
+async def test_customer_service_sees_word_for_word_what_the_customer_was_told_at_every_step(
+    service, client, pg, order_accepted, fulfillment_planned, fulfillment_shipped, smtp_server
+):
+    acceptance = order_accepted("1001", email="erika@example.de", name="Erika", locale="de-DE")
+    order_id = acceptance.data.order_id
+    plan = fulfillment_planned(order_id)
+    await deliver(service, ROUTING_PLANS, plan)  # before the acceptance: it waits for the contact
+    await deliver(service, ORDER_EVENTS, acceptance)
+    await deliver(service, ORDER_EVENTS, fulfillment_shipped(order_id))
+    _, port = smtp_server()
+    await Sender(service.database, SmtpServer(port=port)).send_due()
+
+    response = await client.get("/notifications", params={"order_id": str(order_id)}, headers=auth())
+
+    assert response.status_code == 200
+    listed = response.json()
+    assert [n["template"] for n in listed] == ["order_confirmation", "split_prewarning", "shipped"]
+    assert [n["status"] for n in listed] == ["sent", "pending", "pending"]
+    prewarning = listed[1]
+    assert (prewarning["locale"], prewarning["recipient"], prewarning["recipient_name"]) == (
+        "de-DE",
+        "erika@example.de",
+        "Erika",
+    )
+    assert prewarning["cause_event_id"] == str(plan.id)
+    assert prewarning["subject"] == "Ihre Bestellung 1001 kommt in 2 Paketen"
+    row = await pg.fetchrow("SELECT body_text FROM notifications WHERE template = 'split_prewarning'")
+    assert prewarning["body_text"] == row["body_text"]
+    assert "Paket 1 von 2, voraussichtliche Zustellung am Dienstag, 1. Dezember 2026:" in prewarning["body_text"]
+    assert (prewarning["attempts"], prewarning["sent_at"], prewarning["failed_at"]) == (0, None, None)
+    assert listed[0]["sent_at"] is not None
+
+
+async def test_the_openapi_document_names_every_answer_of_the_notifications_list(client):
+    document = (await client.get("/openapi.json")).json()
+
+    operation = document["paths"]["/notifications"]["get"]
+    assert {"200", "401", "404", "422"} <= set(operation["responses"])
+    view = document["components"]["schemas"]["NotificationView"]["properties"]
+    assert {"template", "locale", "recipient", "subject", "body_text", "status", "attempts", "created_at"} <= set(view)

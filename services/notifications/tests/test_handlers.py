@@ -1,9 +1,17 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+import uuid
+from datetime import UTC, date, datetime
 
+import pytest
+
+from oms_contracts.inventory import ShipmentReserved, ShipmentReservedData
 from oms_contracts.order import StatusChanged, StatusChangedData
-from oms_contracts.topics import ORDER_EVENTS
+from oms_contracts.topics import INVENTORY_ALLOCATIONS, ORDER_EVENTS, ROUTING_PLANS
+from oms_notifications import store
+from oms_notifications.domain import tell
+from oms_runtime.database import driver
 from oms_runtime.testing import deliver
 
 
@@ -92,3 +100,184 @@ async def test_an_invalid_order_event_goes_to_the_dead_letter_topic(service, pg)
 
     assert [e.topic for e in emitted] == ["oms.dlq.v1"]
     assert await pg.fetchval("SELECT count(*) FROM notifications") == 0
+
+
+# Every step of an order: each event queues exactly one message to the contact from the order's acceptance.
+
+
+async def accepted(service, order_accepted, number: str = "2001", **customer):
+    event = order_accepted(number, **customer)
+    await deliver(service, ORDER_EVENTS, event)
+    return event.data.order_id
+
+
+async def queued(pg, template: str) -> list:
+    return await pg.fetch("SELECT * FROM notifications WHERE template = $1", template)
+
+
+@pytest.mark.parametrize(
+    ("topic", "builder", "template"),
+    [
+        (ROUTING_PLANS, "fulfillment_planned", "split_prewarning"),
+        (INVENTORY_ALLOCATIONS, "inventory_backorder_queued", "backorder_notice"),
+        (ORDER_EVENTS, "fulfillment_shipped", "shipped"),
+        (ORDER_EVENTS, "fulfillment_delivered", "delivered"),
+    ],
+)
+async def test_each_step_queues_exactly_one_message_to_the_orders_contact_and_a_redelivery_none(
+    service, pg, order_accepted, request, topic, builder, template
+):
+    build = request.getfixturevalue(builder)
+    order_id = await accepted(service, order_accepted, email="erika@example.de", name="Erika", locale="de-DE")
+    event = build(order_id)
+
+    emitted = await deliver(service, topic, event)
+    await deliver(service, topic, event)
+    await deliver(service, topic, event, event)
+
+    assert emitted == []
+    [row] = await queued(pg, template)
+    assert (row["recipient"], row["recipient_name"], row["locale"]) == ("erika@example.de", "Erika", "de-DE")
+    assert (row["status"], row["attempts"], row["order_id"], row["cause_event_id"]) == (
+        "pending",
+        0,
+        order_id,
+        event.id,
+    )
+    assert "2001" in row["subject"]
+    assert row["cause_at"] == event.time
+    assert row["body_text"] and row["body_html"].startswith("<!DOCTYPE html>")
+    assert await pg.fetchval("SELECT count(*) FROM notifications") == 2  # and the confirmation
+
+
+async def test_a_plan_with_one_shipment_or_a_replan_queues_nothing(service, pg, order_accepted, fulfillment_planned):
+    order_id = await accepted(service, order_accepted)
+
+    await deliver(
+        service,
+        ROUTING_PLANS,
+        fulfillment_planned(order_id, [[("A", 1), ("B", 1)]], backordered=[("C", 1)]),
+        fulfillment_planned(order_id, [[("A", 1)], [("B", 1)]], attempt=2),
+    )
+
+    assert await queued(pg, "split_prewarning") == []
+    assert await pg.fetchval("SELECT count(*) FROM notices_awaiting_contact") == 0
+
+
+async def test_allocations_other_than_a_queued_backorder_are_skipped_not_dead_lettered(service, pg, order_accepted):
+    order_id = await accepted(service, order_accepted)
+    reserved = ShipmentReserved(
+        source="/oms/inventory",
+        subject=str(order_id),
+        data=ShipmentReservedData(
+            order_id=order_id,
+            shipment_id=uuid.uuid4(),
+            source_code="WH-1",
+            lines=[{"line_id": "1", "sku": "A", "quantity": 1}],
+            plan_id=uuid.uuid4(),
+            ship_by=date(2026, 12, 1),
+        ),
+    )
+
+    assert await deliver(service, INVENTORY_ALLOCATIONS, reserved) == []
+    assert await pg.fetchval("SELECT count(*) FROM notifications") == 1  # the confirmation only
+
+
+@pytest.mark.parametrize(
+    ("topic", "builder", "template"),
+    [
+        (ROUTING_PLANS, "fulfillment_planned", "split_prewarning"),
+        (INVENTORY_ALLOCATIONS, "inventory_backorder_queued", "backorder_notice"),
+        (ORDER_EVENTS, "fulfillment_shipped", "shipped"),
+    ],
+)
+async def test_an_event_before_its_orders_acceptance_waits_and_is_queued_once_the_contact_arrives(
+    service, pg, order_accepted, request, topic, builder, template
+):
+    build = request.getfixturevalue(builder)
+    acceptance = order_accepted("3001", email="erika@example.de", name="Erika", locale="de_AT")
+    order_id = acceptance.data.order_id
+    early = build(order_id)
+
+    emitted = await deliver(service, topic, early)
+    await deliver(service, topic, early)  # redelivered while it waits
+
+    # Kept, not dead-lettered, and nothing to send yet.
+    assert emitted == []
+    assert await pg.fetchval("SELECT count(*) FROM notifications") == 0
+    [waiting] = await pg.fetch("SELECT * FROM notices_awaiting_contact")
+    assert (waiting["event_id"], waiting["template"], waiting["order_id"]) == (early.id, template, order_id)
+
+    await deliver(service, ORDER_EVENTS, acceptance)
+
+    rows = await pg.fetch("SELECT * FROM notifications ORDER BY stage")
+    assert [r["template"] for r in rows] == ["order_confirmation", template]
+    late = rows[1]
+    assert (late["recipient"], late["locale"], late["cause_event_id"]) == ("erika@example.de", "de_AT", early.id)
+    assert "3001" in late["subject"]
+    assert late["status"] == "pending"
+    assert await pg.fetchval("SELECT count(*) FROM notices_awaiting_contact") == 0
+
+    # Delivered again after it was sent on its way: still one message.
+    await pg.execute("DELETE FROM inbox")
+    await deliver(service, topic, early)
+    assert len(await queued(pg, template)) == 1
+    assert await pg.fetchval("SELECT count(*) FROM notices_awaiting_contact") == 0
+
+
+async def test_an_acceptance_and_a_parcel_of_the_same_order_in_one_batch_both_queue(
+    service, pg, order_accepted, fulfillment_shipped, fulfillment_delivered
+):
+    acceptance = order_accepted("4001")
+    order_id = acceptance.data.order_id
+
+    await deliver(service, ORDER_EVENTS, acceptance, fulfillment_shipped(order_id), fulfillment_delivered(order_id))
+
+    assert sorted(r["template"] for r in await pg.fetch("SELECT template FROM notifications")) == [
+        "delivered",
+        "order_confirmation",
+        "shipped",
+    ]
+    assert await pg.fetchval("SELECT count(*) FROM notices_awaiting_contact") == 0
+
+
+async def test_an_acceptance_consumed_while_a_plan_for_its_order_is_being_kept_waits_for_it_and_queues_both(
+    service, pg, order_accepted, fulfillment_planned
+):
+    # The race the order locks exist for: the plans consumer keeps a pre-warning (no contact yet) while the order
+    # events consumer stores the contact. Neither sees the other's uncommitted rows; without the lock the
+    # pre-warning would wait forever.
+    acceptance = order_accepted("5001")
+    order_id = acceptance.data.order_id
+    plan = fulfillment_planned(order_id)
+    async with service.database.transaction() as conn:
+        raw = await driver(conn)
+        await store.lock_orders(raw, [order_id])
+        told = tell([plan], {})
+        await store.await_contact(raw, told.awaiting_contact, [None])
+
+        acceptance_consumed = asyncio.create_task(deliver(service, ORDER_EVENTS, acceptance))
+        while not await pg.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"):
+            assert not acceptance_consumed.done()
+            await asyncio.sleep(0.01)
+    await acceptance_consumed
+
+    assert sorted(r["template"] for r in await pg.fetch("SELECT template FROM notifications")) == [
+        "order_confirmation",
+        "split_prewarning",
+    ]
+    assert await pg.fetchval("SELECT count(*) FROM notices_awaiting_contact") == 0
+
+
+async def test_a_batch_of_plans_for_many_orders_queues_one_prewarning_each_and_keeps_the_rest(
+    service, pg, order_accepted, fulfillment_planned
+):
+    known = [await accepted(service, order_accepted, str(n), email=f"c{n}@example.com") for n in range(6000, 6020)]
+    unknown = [order_accepted(str(n)).data.order_id for n in range(7000, 7020)]
+
+    await deliver(service, ROUTING_PLANS, *(fulfillment_planned(order_id) for order_id in known + unknown))
+
+    rows = await queued(pg, "split_prewarning")
+    assert sorted(r["order_id"] for r in rows) == sorted(known)
+    waiting = await pg.fetch("SELECT order_id FROM notices_awaiting_contact")
+    assert sorted(r["order_id"] for r in waiting) == sorted(unknown)

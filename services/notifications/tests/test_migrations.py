@@ -27,4 +27,11 @@ async def test_migrations_create_exactly_the_tables_the_service_uses(migrated):
         await engine.dispose()
 
     assert differences == []
-    assert tables == {"alembic_version", "order_contacts", "notifications", "outbox", "inbox"}
+    assert tables == {
+        "alembic_version",
+        "order_contacts",
+        "notifications",
+        "notices_awaiting_contact",
+        "outbox",
+        "inbox",
+    }

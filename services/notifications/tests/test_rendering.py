@@ -1,9 +1,16 @@
 from __future__ import annotations
 
+import re
+import uuid
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from oms_notifications.domain import order_confirmation
-from oms_notifications.rendering import MAX_SUBJECT_LENGTH, money, render
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from oms_notifications.domain import Contact, Language, Notice, Template, contact_of, order_confirmation, tell
+from oms_notifications.rendering import MAX_SUBJECT_LENGTH, long_date, money, render
 
 
 def test_confirmation_subject_names_the_order_number(order_accepted):
@@ -80,3 +87,300 @@ def test_money_shows_cents_groups_thousands_and_keeps_extra_precision():
     assert money(Decimal("19.9"), "USD") == "19.90 USD"
     assert money(Decimal("1234.5"), "EUR") == "1,234.50 EUR"
     assert money(Decimal("0.1234"), "EUR") == "0.1234 EUR"
+
+
+def test_money_is_written_the_german_way_in_german():
+    assert money(Decimal("1234.5"), "EUR", Language.de) == "1.234,50 EUR"
+    assert money(Decimal("19.99"), "EUR", Language.de) == "19,99 EUR"
+
+
+def test_dates_are_written_out_in_the_customers_language():
+    assert long_date(date(2026, 12, 1), Language.en) == "Tuesday, 1 December 2026"
+    assert long_date(date(2026, 12, 1), Language.de) == "Dienstag, 1. Dezember 2026"
+    assert long_date(date(2027, 3, 7), Language.de) == "Sonntag, 7. März 2027"
+    assert long_date(datetime(2026, 11, 22, 23, 59, tzinfo=UTC), Language.en) == "Sunday, 22 November 2026"
+
+
+# One notice of every template, for an order whose customer typed markup into their name.
+ORDER = uuid.uuid4()
+NAME = "Ada <b>&</b> Co"
+
+
+@pytest.fixture(scope="session")
+def every_notice(
+    order_accepted, fulfillment_planned, inventory_backorder_queued, fulfillment_shipped, fulfillment_delivered
+):
+    """`every_notice("de")`: a notice of every template, by template, for a customer writing in that language."""
+
+    def write(language: str) -> dict[Template, Notice]:
+        locale = {"en": "en-GB", "de": "de_AT"}[language]
+        accepted = order_accepted("WEB-1001", name=NAME, locale=locale)
+        contact = contact_of(accepted.data)
+        order_id = contact.order_id
+        events = [
+            accepted,
+            fulfillment_planned(order_id, backordered=[("SKU-<i>", 1)], unfulfillable=[("SKU-GONE", 1)]),
+            inventory_backorder_queued(order_id, [("SKU-<i>", 1, date(2026, 12, 1)), ("SKU-LATER", 2, None)]),
+            fulfillment_shipped(order_id),
+            fulfillment_delivered(order_id),
+        ]
+        return {n.template: n for n in tell(events, {order_id: contact}).notices}
+
+    return write
+
+
+@pytest.fixture(params=["en", "de"])
+def notices(request, every_notice) -> dict[Template, Notice]:
+    return every_notice(request.param)
+
+
+def test_there_is_a_message_of_every_template(notices):
+    assert set(notices) == set(Template)
+
+
+@pytest.mark.parametrize("template", list(Template))
+def test_every_subject_names_the_order_number_on_one_line(notices, template):
+    subject = render(notices[template]).subject
+
+    assert "WEB-1001" in subject
+    assert "\n" not in subject
+
+
+@pytest.mark.parametrize("template", list(Template))
+def test_every_html_body_is_a_complete_document_in_its_language_that_escapes_what_came_from_outside(notices, template):
+    notice = notices[template]
+    html = render(notice).html
+
+    assert html.startswith("<!DOCTYPE html>")
+    assert f'<html lang="{notice.language.value}">' in html
+    assert html.rstrip().endswith("</html>")
+    assert "<b>" not in html and "<i>" not in html
+    assert "Ada &lt;b&gt;&amp;&lt;/b&gt; Co" in html
+    assert "WEB-1001" in html
+
+
+@pytest.mark.parametrize("template", list(Template))
+def test_every_plain_text_body_is_readable_text_with_what_came_from_outside_as_is(notices, template):
+    text = render(notices[template]).text
+
+    assert NAME in text
+    assert "WEB-1001" in text
+    assert not re.search(r"&[a-z]+;|&#\d+;|</?(p|ul|li|h\d|strong|br|a)\b", text)
+    assert "\n\n\n" not in text
+    assert text.endswith("\n")
+
+
+@pytest.mark.parametrize("language", ["en", "de"])
+def test_the_confirmation_greets_in_the_customers_language(every_notice, language):
+    notice = every_notice(language)[Template.order_confirmation]
+
+    rendered = render(notice)
+
+    if language == "de":
+        assert rendered.subject == "Ihre Bestellung WEB-1001 ist bestätigt"
+        assert f"Hallo {NAME}," in rendered.text
+        assert "- 2 x SKU-RED-MUG zu je 19,99 EUR = 39,98 EUR" in rendered.text
+        assert "Gesamt: 52,47 EUR" in rendered.text
+        assert "vom Sonntag, 22. November 2026" in rendered.text
+        assert "Standardversand an" in rendered.text
+    else:
+        assert rendered.subject == "Your order WEB-1001 is confirmed"
+        assert f"Hello {NAME}," in rendered.text
+        assert "placed on Sunday, 22 November 2026" in rendered.text
+        assert "Total: 52.47 EUR" in rendered.text
+
+
+def test_german_pickup_confirmation_names_the_store(order_accepted):
+    rendered = render(
+        order_confirmation(order_accepted(shipping_method="pickup", pickup_source="STORE-BERLIN", locale="de"))
+    )
+
+    for body in (rendered.text, rendered.html):
+        assert "Abholung im Geschäft in STORE-BERLIN" in body
+
+
+def test_english_prewarning_counts_the_parcels_and_dates_each_then_lists_what_follows(every_notice):
+    rendered = render(every_notice("en")[Template.split_prewarning])
+
+    assert rendered.subject == "Your order WEB-1001 will arrive in 2 parcels"
+    assert "Parcel 1 of 2, expected to arrive on Tuesday, 1 December 2026:\n- 2 x SKU-RED-MUG\n" in rendered.text
+    assert "Parcel 2 of 2, expected to arrive on Wednesday, 2 December 2026:\n- 1 x SKU-TEA-500G\n" in rendered.text
+    assert "To follow later (not in stock right now; we will ship them as soon as they arrive):\n- 1 x SKU-<i>\n" in (
+        rendered.text
+    )
+    assert "Cannot be supplied" in rendered.text and "- 1 x SKU-GONE" in rendered.text
+    assert "Tuesday, 1 December 2026" in rendered.html
+
+
+def test_german_prewarning_counts_the_parcels_and_dates_each_then_lists_what_follows(every_notice):
+    rendered = render(every_notice("de")[Template.split_prewarning])
+
+    assert rendered.subject == "Ihre Bestellung WEB-1001 kommt in 2 Paketen"
+    assert "Paket 1 von 2, voraussichtliche Zustellung am Dienstag, 1. Dezember 2026:\n- 2 x SKU-RED-MUG\n" in (
+        rendered.text
+    )
+    assert "Folgt später (derzeit nicht vorrätig; wir versenden diese Artikel, sobald sie eintreffen):\n" in (
+        rendered.text
+    )
+    assert "Nicht lieferbar" in rendered.text
+    assert "Mittwoch, 2. Dezember 2026" in rendered.html
+
+
+def test_backorder_notice_dates_what_is_expected_promises_to_ship_on_arrival_and_says_how_to_cancel(notices):
+    notice = notices[Template.backorder_notice]
+    rendered = render(notice)
+
+    if notice.language is Language.de:
+        assert rendered.subject == "Einige Artikel Ihrer Bestellung WEB-1001 kommen später"
+        assert "- 1 x SKU-<i>: voraussichtlich vorrätig ab Dienstag, 1. Dezember 2026\n" in rendered.text
+        assert "- 2 x SKU-LATER: Eingangsdatum noch offen\n" in rendered.text
+        assert "Wir versenden sie, sobald sie eintreffen" in rendered.text
+        assert "stornieren: Antworten Sie einfach auf diese E-Mail oder" in rendered.text
+        assert "Kundenservice" in rendered.html
+    else:
+        assert rendered.subject == "Some items of your order WEB-1001 will ship later"
+        assert "- 1 x SKU-<i>: expected in stock by Tuesday, 1 December 2026\n" in rendered.text
+        assert "- 2 x SKU-LATER: arrival date not known yet\n" in rendered.text
+        assert "We will ship them as soon as they arrive" in rendered.text
+        assert "you may cancel these items: reply to this email or contact our customer service" in rendered.text
+        assert "customer service" in rendered.html
+    assert "SKU-&lt;i&gt;" in rendered.html
+
+
+def test_shipped_mail_links_the_tracking_page_and_names_carrier_and_tracking_number(notices):
+    notice = notices[Template.shipped]
+    rendered = render(notice)
+    url = "https://www.dhl.de/track?piececode=00340434161094042557"
+
+    assert f'<a href="{url}">' in rendered.html
+    assert url in rendered.text
+    assert "00340434161094042557" in rendered.text and "00340434161094042557" in rendered.html
+    assert "DHL (Paket)" in rendered.text
+    if notice.language is Language.de:
+        assert rendered.subject == "Ein Teil Ihrer Bestellung WEB-1001 ist unterwegs"
+        assert "In diesem Paket:\n- 2 x SKU-RED-MUG\n" in rendered.text
+        assert "Noch ausstehend:\n- 1 x SKU-TEA-500G\n" in rendered.text
+    else:
+        assert rendered.subject == "Part of your order WEB-1001 is on its way"
+        assert "In this parcel:\n- 2 x SKU-RED-MUG\n" in rendered.text
+        assert "Still to come:\n- 1 x SKU-TEA-500G\n" in rendered.text
+
+
+@pytest.mark.parametrize("locale", ["en", "de"])
+def test_the_last_parcel_says_it_completes_the_order_and_a_parcel_without_a_link_still_names_its_number(
+    fulfillment_shipped, locale
+):
+    contact = Contact(ORDER, "ada@example.com", "Ada", locale, "web-eu", "WEB-1001")
+    [notice] = tell([fulfillment_shipped(ORDER, to_come=(), tracking_url=None)], {ORDER: contact}).notices
+
+    rendered = render(notice)
+
+    assert "<a href" not in rendered.html
+    assert "00340434161094042557" in rendered.text
+    if locale == "de":
+        assert rendered.subject == "Ihre Bestellung WEB-1001 ist unterwegs"
+        assert "Mit diesem Paket ist Ihre Bestellung vollständig." in rendered.text
+        assert "Noch ausstehend" not in rendered.text
+    else:
+        assert rendered.subject == "Your order WEB-1001 is on its way"
+        assert "this parcel completes your order" in rendered.text
+        assert "Still to come" not in rendered.text
+
+
+@pytest.mark.parametrize(
+    ("status", "english", "german"),
+    [
+        ("delivered", "That completes your order.", "Damit ist Ihre Bestellung vollständig geliefert."),
+        ("fulfilled", "The rest of your order is on its way.", "Der Rest Ihrer Bestellung ist unterwegs zu Ihnen."),
+        (
+            "partially_fulfilled",
+            "We will let you know when the rest of your order ships.",
+            "Wir sagen Ihnen Bescheid, sobald der Rest Ihrer Bestellung versandt wird.",
+        ),
+    ],
+)
+def test_delivered_mail_lists_what_arrived_and_says_what_is_left(fulfillment_delivered, status, english, german):
+    for locale, words in (("en", english), ("de", german)):
+        contact = Contact(ORDER, "ada@example.com", "Ada", locale, "web-eu", "WEB-1001")
+        [notice] = tell([fulfillment_delivered(ORDER, status=status)], {ORDER: contact}).notices
+
+        rendered = render(notice)
+
+        assert words in rendered.text
+        assert "- 2 x SKU-RED-MUG\n" in rendered.text
+        assert "00340434161094042557" in rendered.text
+        complete = status == "delivered"
+        if locale == "de":
+            assert rendered.subject == (
+                "Ihre Bestellung WEB-1001 wurde zugestellt"
+                if complete
+                else "Ein Paket Ihrer Bestellung WEB-1001 wurde zugestellt"
+            )
+        else:
+            assert rendered.subject == (
+                "Your order WEB-1001 has been delivered"
+                if complete
+                else "A parcel of your order WEB-1001 has been delivered"
+            )
+
+
+# Properties: whatever the parcel or plan, the plain text lists exactly its items under the right heading.
+
+skus = st.from_regex(r"[A-Z0-9<>&'-]([A-Z0-9 <>&'-]{0,14}[A-Z0-9<>&'-])?", fullmatch=True)
+items = st.lists(st.tuples(skus, st.integers(min_value=1, max_value=999)), min_size=1, max_size=6)
+languages = st.sampled_from(["en", "de-DE"])
+
+
+def listed(text: str) -> dict[str, list[tuple[str, int]]]:
+    """The items of a plain-text body by the heading they stand under: `Heading:` then `- 3 x SKU` lines."""
+    sections: dict[str, list[tuple[str, int]]] = {}
+    heading = None
+    for line in text.splitlines():
+        item = re.fullmatch(r"- (\d+) x (.+)", line)
+        if item and heading is not None:
+            sections[heading].append((item[2], int(item[1])))
+        elif line.endswith(":"):
+            heading = line
+            sections[heading] = []
+        else:
+            heading = None
+    return sections
+
+
+@given(parcel=items, to_come=st.lists(st.tuples(skus, st.integers(1, 999)), max_size=6), locale=languages)
+def test_a_shipped_mail_lists_exactly_the_parcels_items_and_the_items_to_come(
+    fulfillment_shipped, parcel, to_come, locale
+):
+    contact = Contact(ORDER, "ada@example.com", "Ada", locale, "web-eu", "1001")
+    [notice] = tell([fulfillment_shipped(ORDER, parcel, to_come)], {ORDER: contact}).notices
+
+    text = render(notice).text
+
+    sections = listed(text)
+    in_parcel, still_to_come = ("In diesem Paket:", "Noch ausstehend:") if locale == "de-DE" else (
+        "In this parcel:", "Still to come:")  # fmt: skip
+    assert sections[in_parcel] == list(parcel)
+    assert sections.get(still_to_come, []) == list(to_come)
+    assert sum(len(found) for found in sections.values()) == len(parcel) + len(to_come)
+
+
+@given(
+    shipments=st.lists(items, min_size=2, max_size=5),
+    backordered=st.lists(st.tuples(skus, st.integers(1, 999)), max_size=4),
+    locale=languages,
+)
+def test_a_prewarning_lists_exactly_each_parcels_items_and_what_follows(
+    fulfillment_planned, shipments, backordered, locale
+):
+    contact = Contact(ORDER, "ada@example.com", "Ada", locale, "web-eu", "1001")
+    # Distinct delivery dates, so that the parcels' order in the mail is the plan's.
+    deliveries = [date(2026, 12, 1 + n) for n in range(len(shipments))]
+    plan = fulfillment_planned(ORDER, shipments, backordered=backordered, deliveries=deliveries)
+    [notice] = tell([plan], {ORDER: contact}).notices
+
+    sections = listed(render(notice).text)
+
+    parcels = [found for heading, found in sections.items() if heading.startswith(("Parcel ", "Paket "))]
+    assert parcels == [list(s) for s in shipments]
+    follows = [found for heading, found in sections.items() if heading.startswith(("To follow", "Folgt später"))]
+    assert follows == ([list(backordered)] if backordered else [])

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from oms_contracts.notification import NotificationFailed, NotificationSent
-from oms_contracts.topics import NOTIFICATIONS, ORDER_EVENTS
+from oms_contracts.topics import INVENTORY_ALLOCATIONS, NOTIFICATIONS, ORDER_EVENTS, ROUTING_PLANS
 from oms_notifications.domain import RetryPolicy
 from oms_notifications.sender import Sender, SmtpServer
 from oms_runtime.testing import deliver, take_outbox
@@ -212,3 +212,195 @@ async def test_a_woken_sender_sends_without_waiting_for_its_tick(service, pg, or
         await asyncio.gather(running, return_exceptions=True)
 
     assert len(mail.received) == 1
+
+
+# The messages of every later step, and the order in which one order's messages reach the customer.
+
+
+async def drain(sender: Sender) -> int:
+    """Send until nothing is due; returns how many passes sent something."""
+    passes = 0
+    while await sender.send_due():
+        passes += 1
+    return passes
+
+
+async def test_an_orders_mails_reach_the_customer_in_the_order_of_its_story(
+    service,
+    pg,
+    order_accepted,
+    fulfillment_planned,
+    inventory_backorder_queued,
+    fulfillment_shipped,
+    fulfillment_delivered,
+    smtp_server,
+):
+    mail, port = smtp_server()
+    acceptance = order_accepted("8001", email="ada@example.com")
+    order_id = acceptance.data.order_id
+    # The plan and the backorder overtake the acceptance (other topics); the parcels follow it on its own topic.
+    await deliver(service, ROUTING_PLANS, fulfillment_planned(order_id, backordered=[("SKU-LATER", 1)]))
+    await deliver(service, INVENTORY_ALLOCATIONS, inventory_backorder_queued(order_id, [("SKU-LATER", 1, None)]))
+    await deliver(service, ORDER_EVENTS, acceptance)
+    await deliver(service, ORDER_EVENTS, fulfillment_shipped(order_id), fulfillment_delivered(order_id))
+
+    # One message of an order per pass, each once the one before it is sent.
+    assert await drain(sender_for(service, port)) == 5
+
+    assert [m["Subject"] for m in mail.received] == [
+        "Your order 8001 is confirmed",
+        "Your order 8001 will arrive in 2 parcels",
+        "Some items of your order 8001 will ship later",
+        "Part of your order 8001 is on its way",
+        "Your order 8001 has been delivered",
+    ]
+    assert mail.recipients == [["ada@example.com"]] * 5
+    sent = [e.event for e in await take_outbox(service)]
+    assert [e.data.template for e in sent] == [
+        "order_confirmation",
+        "split_prewarning",
+        "backorder_notice",
+        "shipped",
+        "delivered",
+    ]
+    assert all(isinstance(e, NotificationSent) and e.data.order_id == order_id for e in sent)
+
+
+async def test_a_later_mail_of_an_order_waits_while_an_earlier_one_is_retried(
+    service, pg, order_accepted, fulfillment_planned, smtp_server, closed_port, clock
+):
+    acceptance = order_accepted("8002")
+    await deliver(service, ORDER_EVENTS, acceptance)
+    await deliver(service, ROUTING_PLANS, fulfillment_planned(acceptance.data.order_id))
+    clock.now = datetime.now(UTC)
+
+    assert await sender_for(service, closed_port, clock=clock).send_due() == 1
+
+    rows = {r["template"]: r for r in await pg.fetch("SELECT template, status, attempts FROM notifications")}
+    assert (rows["order_confirmation"]["status"], rows["order_confirmation"]["attempts"]) == ("pending", 1)
+    assert (rows["split_prewarning"]["status"], rows["split_prewarning"]["attempts"]) == ("pending", 0)
+
+    mail, port = smtp_server(port=closed_port)
+    clock.now += timedelta(seconds=3)
+    assert await drain(sender_for(service, port, clock=clock)) == 2
+
+    assert [m["Subject"] for m in mail.received] == [
+        "Your order 8002 is confirmed",
+        "Your order 8002 will arrive in 2 parcels",
+    ]
+
+
+async def test_a_mail_that_failed_for_good_no_longer_holds_back_the_next(
+    service, pg, order_accepted, fulfillment_planned, smtp_server
+):
+    _, port = smtp_server(refuse_with="550 5.1.1 No such user here")
+    acceptance = order_accepted("8003", email="gone@example.com")
+    await deliver(service, ORDER_EVENTS, acceptance)
+    await deliver(service, ROUTING_PLANS, fulfillment_planned(acceptance.data.order_id))
+
+    assert await drain(sender_for(service, port)) == 2
+
+    rows = await pg.fetch("SELECT template, status, attempts FROM notifications ORDER BY stage")
+    assert [(r["template"], r["status"], r["attempts"]) for r in rows] == [
+        ("order_confirmation", "failed", 1),
+        ("split_prewarning", "failed", 1),
+    ]
+
+
+async def test_one_orders_waiting_mail_does_not_hold_back_another_orders(
+    service, pg, order_accepted, fulfillment_planned, smtp_server
+):
+    mail, port = smtp_server(refuse_with="452 4.2.2 Mailbox full", refused={"full@example.com"})
+    held_up, free = order_accepted("8004", email="full@example.com"), order_accepted("8005", email="ada@example.com")
+    await deliver(service, ORDER_EVENTS, held_up, free)
+    await deliver(
+        service,
+        ROUTING_PLANS,
+        fulfillment_planned(held_up.data.order_id),
+        fulfillment_planned(free.data.order_id),
+    )
+
+    await drain(sender_for(service, port))
+
+    assert [m["Subject"] for m in mail.received] == [
+        "Your order 8005 is confirmed",
+        "Your order 8005 will arrive in 2 parcels",
+    ]
+    rows = await pg.fetch("SELECT template, attempts FROM notifications WHERE recipient = 'full@example.com'")
+    assert {r["template"]: r["attempts"] for r in rows} == {"order_confirmation": 1, "split_prewarning": 0}
+
+
+async def test_a_german_backorder_notice_reaches_the_customer_in_german(
+    service, pg, order_accepted, inventory_backorder_queued, smtp_server
+):
+    mail, port = smtp_server()
+    acceptance = order_accepted("8006", email="erika@example.de", name="Erika Müller", locale="de-DE")
+    await deliver(service, ORDER_EVENTS, acceptance)
+    await deliver(
+        service,
+        INVENTORY_ALLOCATIONS,
+        inventory_backorder_queued(acceptance.data.order_id, [("SKU-ZELT", 1, date(2026, 12, 1))]),
+    )
+
+    await drain(sender_for(service, port))
+
+    confirmation, notice = mail.received
+    assert confirmation["Subject"] == "Ihre Bestellung 8006 ist bestätigt"
+    assert notice["Subject"] == "Einige Artikel Ihrer Bestellung 8006 kommen später"
+    assert notice["To"] == "Erika Müller <erika@example.de>"
+    text = notice.get_body(("plain",)).get_content()
+    html = notice.get_body(("html",)).get_content()
+    assert "- 1 x SKU-ZELT: voraussichtlich vorrätig ab Dienstag, 1. Dezember 2026" in text
+    assert "Dienstag, 1. Dezember 2026" in html
+    assert '<html lang="de">' in html
+
+
+async def test_a_shipped_mail_carries_the_parcels_items_what_is_to_come_and_its_tracking_link(
+    service, pg, order_accepted, fulfillment_shipped, smtp_server
+):
+    mail, port = smtp_server()
+    acceptance = order_accepted("8007")
+    parcel = fulfillment_shipped(
+        acceptance.data.order_id,
+        [("SKU-RED-MUG", 2)],
+        [("SKU-TEA-500G", 1)],
+        tracking_url="https://track.example/00340434161094042557",
+    )
+    await deliver(service, ORDER_EVENTS, acceptance, parcel)
+
+    await drain(sender_for(service, port))
+
+    shipped = mail.received[1]
+    assert shipped["Subject"] == "Part of your order 8007 is on its way"
+    text = shipped.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    html = shipped.get_body(("html",)).get_content()
+    assert "In this parcel:\n- 2 x SKU-RED-MUG\n" in text
+    assert "Still to come:\n- 1 x SKU-TEA-500G\n" in text
+    assert "https://track.example/00340434161094042557" in text
+    assert '<a href="https://track.example/00340434161094042557">' in html
+
+
+async def test_a_woken_sender_sends_an_orders_mails_one_after_another_without_waiting_for_its_tick(
+    service, pg, order_accepted, fulfillment_planned, smtp_server
+):
+    mail, port = smtp_server()
+    sender = sender_for(service, port, interval=60.0)
+    running = asyncio.create_task(sender.run())
+    try:
+        await asyncio.sleep(0.1)  # the first pass found nothing; the next tick is a minute away
+        acceptance = order_accepted("8008")
+        await deliver(service, ORDER_EVENTS, acceptance)
+        await deliver(service, ROUTING_PLANS, fulfillment_planned(acceptance.data.order_id))
+        sender.wake()
+        for _ in range(100):
+            if len(mail.received) == 2:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+    assert [m["Subject"] for m in mail.received] == [
+        "Your order 8008 is confirmed",
+        "Your order 8008 will arrive in 2 parcels",
+    ]

@@ -1,8 +1,8 @@
-"""Wiring of the notifications service: its consumer, its sender, its HTTP endpoints."""
+"""Wiring of the notifications service: its consumers, its sender, its HTTP endpoints."""
 
 from __future__ import annotations
 
-from oms_contracts.topics import NOTIFICATIONS, ORDER_EVENTS
+from oms_contracts.topics import NOTIFICATIONS
 from oms_runtime import Service
 
 from . import handlers
@@ -18,7 +18,7 @@ def create_service(settings: NotificationsSettings) -> Service:
         "recorded with its delivery state.",
     )
     sender = Sender.from_settings(service.database, settings, after_commit=service.relay.wake)
-    service.consumer(ORDER_EVENTS)(handlers.on_order_event)
+    handlers.register(service)
     # A committed batch may have queued mail: wake the sender instead of waiting for its tick.
     service.after_commit(sender.wake)
     service.worker(sender.run)

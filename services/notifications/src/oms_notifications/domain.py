@@ -1,5 +1,19 @@
 """What the notifications service decides, without I/O: which message an event calls for and to whom, what goes
-into it, and how one message moves from pending to sent or failed (with retries on a capped exponential schedule).
+into it, in which language, in which order an order's messages go out, and how one message moves from pending to
+sent or failed (with retries on a capped exponential schedule).
+
+Which event calls for which message (`template_for`):
+- `order.accepted` -> the order confirmation, to the customer the order names;
+- the FIRST plan of an order (attempt 1) with more than one shipment -> the split pre-warning (how many parcels,
+  what is in each, when each should arrive, what follows later); a re-plan never warns again;
+- `inventory.backorder_queued` -> the backorder notice (which items wait, when they are expected, that the
+  customer may cancel them);
+- `order.fulfillment_shipped` -> a shipped mail for that parcel (its items, what is still to come, tracking);
+- `order.fulfillment_delivered` -> a delivered mail.
+
+Every message but the confirmation goes to the contact remembered from the order's acceptance. Topics overtake each
+other (a plan may be consumed before its order's acceptance), so an event whose order has no contact yet is not a
+refusal: it waits for the contact (`tell` says which) and makes its message when the contact arrives.
 """
 
 from __future__ import annotations
@@ -11,9 +25,17 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from oms_contracts.common import ShippingMethod
+from oms_contracts.common import Line
+from oms_contracts.inventory import BackorderQueued
 from oms_contracts.notification import NotificationChannel
-from oms_contracts.order import OrderAccepted, OrderAcceptedData
+from oms_contracts.order import (
+    OrderAccepted,
+    OrderAcceptedData,
+    OrderFulfillmentDelivered,
+    OrderFulfillmentShipped,
+    OrderStatus,
+)
+from oms_contracts.routing import FulfillmentPlanned
 
 # notification_id = UUIDv5(NOTIFICATION_NAMESPACE, "{cause_event_id}:{template}"): the same event never yields two
 # messages with the same template, and a resent mail keeps its Message-ID so a mail system can drop the copy.
@@ -25,6 +47,35 @@ MAX_ERROR_LENGTH = 2000
 
 class Template(StrEnum):
     order_confirmation = "order_confirmation"
+    split_prewarning = "split_prewarning"
+    backorder_notice = "backorder_notice"
+    shipped = "shipped"
+    delivered = "delivered"
+
+
+# Where each message stands in the story of one order. An order's messages go out in this order, and within a
+# stage in the order their causes happened (`Notice.sequence`): the confirmation always first, even when the plan
+# was consumed before the acceptance; a pre-warning before the backorder notice of the same plan, whatever the
+# clocks of routing and inventory say; parcels shipped and delivered as they happened.
+STAGES: Mapping[Template, int] = {
+    Template.order_confirmation: 0,
+    Template.split_prewarning: 1,
+    Template.backorder_notice: 2,
+    Template.shipped: 3,
+    Template.delivered: 3,
+}
+
+
+class Language(StrEnum):
+    en = "en"
+    de = "de"
+
+
+def language_of(locale: str) -> Language:
+    """German for a German locale (`de`, `de-DE`, `de_AT`), English for every other: the languages we write in."""
+    if locale[:2].lower() == "de" and locale[2:3] in ("", "-", "_"):
+        return Language.de
+    return Language.en
 
 
 class Status(StrEnum):
@@ -53,6 +104,10 @@ class Contact:
     external_order_id: str
 
 
+# The events that may call for a message to a customer.
+Cause = OrderAccepted | FulfillmentPlanned | BackorderQueued | OrderFulfillmentShipped | OrderFulfillmentDelivered
+
+
 @dataclass(frozen=True, slots=True)
 class Notice:
     """A message decided on but not rendered yet: which template, to whom, about what, with which values."""
@@ -66,6 +121,36 @@ class Notice:
     recipient_name: str
     locale: str
     values: Mapping[str, Any]
+    # When the cause happened: orders the messages of one stage (see STAGES).
+    cause_at: datetime
+
+    @property
+    def stage(self) -> int:
+        return STAGES[self.template]
+
+    @property
+    def language(self) -> Language:
+        return language_of(self.locale)
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitingContact:
+    """An event that calls for a message about an order whose contact is not known yet."""
+
+    event: Cause
+    template: Template
+
+    @property
+    def order_id(self) -> uuid.UUID:
+        return self.event.data.order_id
+
+
+@dataclass(frozen=True, slots=True)
+class Told:
+    """What a batch of events calls for: messages ready to render, and events that wait for their order's contact."""
+
+    notices: list[Notice]
+    awaiting_contact: list[AwaitingContact]
 
 
 def notification_id(cause_event_id: uuid.UUID, template: Template) -> uuid.UUID:
@@ -88,11 +173,59 @@ def latest_contacts(contacts: Iterable[Contact]) -> list[Contact]:
     return list({contact.order_id: contact for contact in contacts}.values())
 
 
-_SHIPPING = {
-    ShippingMethod.standard: "Standard delivery",
-    ShippingMethod.express: "Express delivery",
-    ShippingMethod.pickup: "Pickup in store",
-}
+def template_for(event: object) -> Template | None:
+    """The message an event calls for, if any (see the module's docstring)."""
+    match event:
+        case OrderAccepted():
+            return Template.order_confirmation
+        case FulfillmentPlanned(data=plan) if plan.attempt == 1 and len(plan.shipments) > 1:
+            return Template.split_prewarning
+        case BackorderQueued():
+            return Template.backorder_notice
+        case OrderFulfillmentShipped():
+            return Template.shipped
+        case OrderFulfillmentDelivered():
+            return Template.delivered
+    return None
+
+
+def tell(events: Iterable[Cause], contacts: Mapping[uuid.UUID, Contact]) -> Told:
+    """The messages `events` call for, each to its order's contact in `contacts`; the confirmation goes to the
+    customer its acceptance names. An event about an order without a known contact waits for it (never dropped)."""
+    notices: list[Notice] = []
+    awaiting: list[AwaitingContact] = []
+    for event in events:
+        template = template_for(event)
+        if template is None:
+            continue
+        if isinstance(event, OrderAccepted):
+            notices.append(order_confirmation(event))
+            continue
+        contact = contacts.get(event.data.order_id)
+        if contact is None:
+            awaiting.append(AwaitingContact(event, template))
+        else:
+            notices.append(_WRITERS[template](event, contact))
+    return Told(notices, awaiting)
+
+
+def _notice(event: Cause, template: Template, contact: Contact, values: Mapping[str, Any]) -> Notice:
+    return Notice(
+        notification_id=notification_id(event.id, template),
+        order_id=contact.order_id,
+        cause_event_id=event.id,
+        template=template,
+        channel=NotificationChannel.email,
+        recipient=contact.email,
+        recipient_name=contact.name,
+        locale=contact.locale,
+        values={"order_number": contact.external_order_id, "customer_name": contact.name, **values},
+        cause_at=event.time,
+    )
+
+
+def _items(lines: Iterable[Line]) -> list[dict[str, Any]]:
+    return [{"sku": line.sku, "quantity": line.quantity} for line in lines]
 
 
 def order_confirmation(event: OrderAccepted) -> Notice:
@@ -100,11 +233,9 @@ def order_confirmation(event: OrderAccepted) -> Notice:
     order = event.data
     address = order.shipping_address
     values = {
-        "order_number": order.external_order_id,
         "order_id": str(order.order_id),
         "channel": order.channel,
         "placed_at": order.placed_at,
-        "customer_name": order.customer.name,
         "currency": order.currency,
         "lines": [
             {
@@ -120,7 +251,8 @@ def order_confirmation(event: OrderAccepted) -> Notice:
         "tax_total": order.tax_total,
         "discount_total": order.discount_total,
         "grand_total": order.grand_total,
-        "shipping_method": _SHIPPING[order.shipping_method],
+        # The method's name is the templates' business: each language says it in its own words.
+        "shipping_method": order.shipping_method.value,
         "pickup_source": order.pickup_source,
         "shipping_address": {
             "name": address.name,
@@ -137,17 +269,77 @@ def order_confirmation(event: OrderAccepted) -> Notice:
             ],
         },
     }
-    return Notice(
-        notification_id=notification_id(event.id, Template.order_confirmation),
-        order_id=order.order_id,
-        cause_event_id=event.id,
-        template=Template.order_confirmation,
-        channel=NotificationChannel.email,
-        recipient=str(order.customer.email),
-        recipient_name=order.customer.name,
-        locale=order.customer.locale,
-        values=values,
-    )
+    return _notice(event, Template.order_confirmation, contact_of(order), values)
+
+
+def split_prewarning(event: FulfillmentPlanned, contact: Contact) -> Notice:
+    """Before the first parcel leaves: the order comes in several parcels, what is in each and when each should
+    arrive (earliest first), what follows later, and what cannot be supplied at all."""
+    plan = event.data
+    shipments = sorted(plan.shipments, key=lambda s: s.estimated_delivery_date)
+    values = {
+        "parcels": [{"contents": _items(s.lines), "estimated_delivery": s.estimated_delivery_date} for s in shipments],
+        "to_follow": _items(plan.backordered_lines),
+        "not_supplied": _items(plan.unfulfillable_lines),
+    }
+    return _notice(event, Template.split_prewarning, contact, values)
+
+
+def backorder_notice(event: BackorderQueued, contact: Contact) -> Notice:
+    """Items wait for stock: which, when they are expected (when known), and that the customer may cancel them."""
+    values = {
+        "items": [
+            {"sku": line.sku, "quantity": line.quantity, "expected": line.expected_date} for line in event.data.lines
+        ]
+    }
+    return _notice(event, Template.backorder_notice, contact, values)
+
+
+def shipped(event: OrderFulfillmentShipped, contact: Contact) -> Notice:
+    """A parcel left: what is in it, what is still to come, and how to follow it."""
+    parcel = event.data
+    values = {
+        "items": _items(parcel.lines),
+        "to_come": _items(parcel.to_come),
+        "carrier": parcel.carrier,
+        "service": parcel.service,
+        "tracking_number": parcel.tracking_number,
+        "tracking_url": str(parcel.tracking_url) if parcel.tracking_url else None,
+    }
+    return _notice(event, Template.shipped, contact, values)
+
+
+class Rest(StrEnum):
+    """What is left of an order after a delivery, as the delivered mail tells it."""
+
+    nothing = "nothing"  # every unit delivered: the order is complete
+    on_its_way = "on_its_way"  # everything shipped, other parcels still travelling
+    to_ship = "to_ship"  # some units have not shipped yet
+
+
+def delivered(event: OrderFulfillmentDelivered, contact: Contact) -> Notice:
+    """A shipment arrived: what was in it, and whether the rest of the order is still on its way or to ship."""
+    delivery = event.data
+    if delivery.status is OrderStatus.delivered:
+        rest = Rest.nothing
+    elif delivery.status is OrderStatus.fulfilled:
+        rest = Rest.on_its_way
+    else:
+        rest = Rest.to_ship
+    values = {
+        "items": _items(delivery.lines),
+        "tracking_numbers": list(delivery.tracking_numbers),
+        "rest": rest.value,
+    }
+    return _notice(event, Template.delivered, contact, values)
+
+
+_WRITERS = {
+    Template.split_prewarning: split_prewarning,
+    Template.backorder_notice: backorder_notice,
+    Template.shipped: shipped,
+    Template.delivered: delivered,
+}
 
 
 def outcome_of_reply(code: int | None) -> Outcome:

@@ -1,5 +1,9 @@
 """What the notifications service consumes, and what each event queues. Queued messages are sent by the sender
-(sender.py) after the batch commits, so a slow or unreachable mail server never holds up a consumer."""
+(sender.py) after the batch commits, so a slow or unreachable mail server never holds up a consumer.
+
+Every topic goes through the same steps, in one transaction per batch: lock the batch's orders, remember the contacts
+of accepted orders, take the events that waited for those contacts, decide (domain.tell), then queue the messages
+and keep the events whose order has no contact yet."""
 
 from __future__ import annotations
 
@@ -7,22 +11,62 @@ from datetime import UTC, datetime
 from typing import Any
 
 from oms_contracts.order import OrderAccepted
-from oms_runtime import Incoming, Transaction
+from oms_contracts.topics import INVENTORY_ALLOCATIONS, ORDER_EVENTS, ROUTING_PLANS
+from oms_runtime import Incoming, Service, Transaction
 from oms_runtime.telemetry import traceparent_of
 
 from . import domain, store
 from .rendering import render
 
 
-async def on_order_event(tx: Transaction, messages: list[Incoming[Any]]) -> None:
-    """Order accepted: remember the customer's contact for the order's later notifications, and queue the order
-    confirmation email (once per accepted event, however often it is delivered)."""
-    # Only acceptance calls for a message so far; the other order events (rejected, status changed, paid, lines
-    # cancelled, refund issued, stuck) are skipped on purpose until their notifications exist.
-    accepted = [m for m in messages if isinstance(m.event, OrderAccepted)]
-    if not accepted:
+def register(service: Service) -> None:
+    service.consumer(ORDER_EVENTS)(on_order_events)
+    service.consumer(ROUTING_PLANS)(on_fulfillment_plans)
+    service.consumer(INVENTORY_ALLOCATIONS)(on_inventory_allocations)
+
+
+async def on_order_events(tx: Transaction, messages: list[Incoming[Any]]) -> None:
+    """Order accepted: remember the customer's contact, queue the order confirmation and the messages that waited
+    for this contact. A parcel shipped or delivered: its mail. Once per event, however often it is delivered."""
+    # Rejected, status changed, paid, lines cancelled, refund issued and stuck are skipped on purpose until their
+    # notifications exist.
+    await _tell(tx, messages)
+
+
+async def on_fulfillment_plans(tx: Transaction, messages: list[Incoming[Any]]) -> None:
+    """The first plan of an order with more than one shipment: the split pre-warning. Other plans call for nothing."""
+    await _tell(tx, messages)
+
+
+async def on_inventory_allocations(tx: Transaction, messages: list[Incoming[Any]]) -> None:
+    """Backorder queued: the backorder notice. Reservations, rejections and allocations call for nothing (the
+    shipped mail follows them)."""
+    await _tell(tx, messages)
+
+
+async def _tell(tx: Transaction, messages: list[Incoming[Any]]) -> None:
+    causes = [m for m in messages if domain.template_for(m.event) is not None]
+    if not causes:
         return
-    confirmations = [render(domain.order_confirmation(m.event)) for m in accepted]
     pg = await tx.pg()
-    await store.remember_contacts(pg, domain.latest_contacts(domain.contact_of(m.event.data) for m in accepted))
-    await store.queue(pg, confirmations, [traceparent_of(m.span) for m in accepted], due=datetime.now(UTC))
+    order_ids = {m.event.data.order_id for m in causes}
+    await store.lock_orders(pg, order_ids)
+    arrived = domain.latest_contacts(
+        domain.contact_of(m.event.data) for m in causes if isinstance(m.event, OrderAccepted)
+    )
+    await store.remember_contacts(pg, arrived)
+    waited = await store.take_awaiting_contact(pg, [c.order_id for c in arrived])
+    contacts = await store.contacts_of(pg, order_ids - {c.order_id for c in arrived})
+    contacts.update((c.order_id, c) for c in arrived)
+
+    told = domain.tell([w.awaiting.event for w in waited] + [m.event for m in causes], contacts)
+
+    traceparents = {w.awaiting.event.id: w.traceparent for w in waited}
+    traceparents.update((m.event.id, traceparent_of(m.span)) for m in causes)
+    await store.await_contact(pg, told.awaiting_contact, [traceparents[a.event.id] for a in told.awaiting_contact])
+    await store.queue(
+        pg,
+        [render(notice) for notice in told.notices],
+        [traceparents[notice.cause_event_id] for notice in told.notices],
+        due=datetime.now(UTC),
+    )

@@ -1,33 +1,72 @@
-"""Turning a Notice into the words a person reads: Jinja2 templates in templates/<template>/, one file each for the
-subject, the plain-text body and the HTML body. HTML is autoescaped (customer names and addresses are input from
-the outside); a value a template names but the notice lacks is an error, never a silent blank.
+"""Turning a Notice into the words a person reads, in the customer's language: Jinja2 templates in
+templates/<language>/<template>/, one file each for the subject, the plain-text body and the HTML body. HTML is
+autoescaped (customer names, addresses and SKUs are input from the outside); a value a template names but the notice
+lacks is an error, never a silent blank. Dates and amounts are written the way each language writes them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 import jinja2
 
-from .domain import Notice
+from .domain import Language, Notice
 
 # The longest subject notification events can carry.
 MAX_SUBJECT_LENGTH = 300
 
 _CENTS = Decimal("0.01")
 
+# Written out here rather than taken from the process's locale (which is usually C, and never ours to change).
+_WEEKDAYS = {
+    Language.en: ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    Language.de: ("Montag", "Dienstag", "Mittwoch", "Donnerstag", "Freitag", "Samstag", "Sonntag"),
+}
+_MONTHS = {
+    Language.en: (
+        "January", "February", "March", "April", "May", "June",
+        "July", "August", "September", "October", "November", "December",
+    ),
+    Language.de: (
+        "Januar", "Februar", "März", "April", "Mai", "Juni",
+        "Juli", "August", "September", "Oktober", "November", "Dezember",
+    ),
+}  # fmt: skip
 
-def money(amount: Decimal, currency: str) -> str:
-    """`19.99 EUR`: two decimals at least, every decimal the OMS holds at most (it keeps up to four)."""
+
+def money(amount: Decimal, currency: str, language: Language = Language.en) -> str:
+    """`1,234.50 EUR` in English, `1.234,50 EUR` in German: two decimals at least, every decimal the OMS holds at
+    most (it keeps up to four)."""
     if amount.as_tuple().exponent > -2:  # type: ignore[operator]
         amount = amount.quantize(_CENTS)
-    return f"{amount:,f} {currency}"
+    written = f"{amount:,f}"
+    if language is Language.de:
+        written = written.translate(str.maketrans(",.", ".,"))
+    return f"{written} {currency}"
 
 
-def timestamp(at: datetime) -> str:
-    return at.strftime("%Y-%m-%d %H:%M UTC")
+def long_date(day: date, language: Language = Language.en) -> str:
+    """`Tuesday, 1 December 2026` in English, `Dienstag, 1. Dezember 2026` in German. A time is shown by its
+    (UTC) date."""
+    if isinstance(day, datetime):
+        day = day.date()
+    weekday, month = _WEEKDAYS[language][day.weekday()], _MONTHS[language][day.month - 1]
+    if language is Language.de:
+        return f"{weekday}, {day.day}. {month} {day.year}"
+    return f"{weekday}, {day.day} {month} {day.year}"
+
+
+@jinja2.pass_context
+def _money_filter(context: jinja2.runtime.Context, amount: Decimal, currency: str) -> str:
+    return money(amount, currency, Language(context["language"]))
+
+
+@jinja2.pass_context
+def _date_filter(context: jinja2.runtime.Context, day: date) -> str:
+    return long_date(day, Language(context["language"]))
 
 
 _environment = jinja2.Environment(
@@ -40,8 +79,8 @@ _environment = jinja2.Environment(
     # Templates ship with the package: no need to stat their files on every render.
     auto_reload=False,
 )
-_environment.filters["money"] = money
-_environment.filters["timestamp"] = timestamp
+_environment.filters["money"] = _money_filter
+_environment.filters["long_date"] = _date_filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +92,14 @@ class Rendered:
 
 
 def render(notice: Notice) -> Rendered:
-    values = {**notice.values, "recipient_name": notice.recipient_name, "locale": notice.locale}
-    subject = _environment.get_template(f"{notice.template.value}/subject.txt").render(values)
+    language = notice.language
+    values: dict[str, Any] = {**notice.values, "recipient_name": notice.recipient_name, "language": language}
+    folder = f"{language.value}/{notice.template.value}"
+    subject = _environment.get_template(f"{folder}/subject.txt").render(values)
     return Rendered(
         notice=notice,
         # A header is one line: whatever the template's layout, the subject is folded into single spaces.
         subject=" ".join(subject.split())[:MAX_SUBJECT_LENGTH],
-        text=_environment.get_template(f"{notice.template.value}/body.txt").render(values),
-        html=_environment.get_template(f"{notice.template.value}/body.html").render(values),
+        text=_environment.get_template(f"{folder}/body.txt").render(values),
+        html=_environment.get_template(f"{folder}/body.html").render(values),
     )

@@ -6,6 +6,9 @@ notification.sent.v1 or notification.failed.v1 through the outbox. If the proces
 "250" and the commit, the message is sent again on the next pass with the same Message-ID, so a mail system that
 deduplicates drops the copy: at most once per (event, template) as far as we can know, and never lost.
 
+An order's messages go out one at a time and in the order of its story (store.lock_due): the next one is due only
+once the one before it is sent or has failed for good, so the confirmation always comes first.
+
 The sender is woken after each commit of the consumer and runs every second in any case, for retries that come due.
 """
 
@@ -137,7 +140,8 @@ class Sender:
         await run_when_woken(self._wake, self._send_all_due, interval=self.interval, what="notification sender")
 
     async def _send_all_due(self) -> None:
-        while await self.send_due() == self.batch_size:
+        # Until a pass finds nothing: a message sent may have been what the next message of its order waited for.
+        while await self.send_due():
             pass
 
     async def send_due(self) -> int:

@@ -1,22 +1,25 @@
-"""The notifications database: order contacts, every notification with its content and delivery state, and the
-outbox and inbox. Every SQL statement of the service lives here; batches are written as sets (one statement each).
+"""The notifications database: order contacts, every notification with its content and delivery state, the events
+that wait for their order's contact, and the outbox and inbox. Every SQL statement of the service lives here;
+batches are written as sets (one statement each).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import UUID
+from pydantic import Field, TypeAdapter
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from oms_runtime import add_messaging_tables
 
-from .domain import Contact, Delivery, Status
+from .domain import AwaitingContact, Cause, Contact, Delivery, Status, Template
 from .rendering import Rendered
 
 metadata = sa.MetaData()
@@ -43,6 +46,7 @@ notifications = sa.Table(
     sa.Column("channel", sa.Text, nullable=False),
     sa.Column("recipient", sa.Text, nullable=False),
     sa.Column("recipient_name", sa.Text, nullable=True),
+    sa.Column("locale", sa.Text, nullable=False),
     sa.Column("subject", sa.Text, nullable=False),
     sa.Column("body_text", sa.Text, nullable=False),
     sa.Column("body_html", sa.Text, nullable=False),
@@ -55,6 +59,10 @@ notifications = sa.Table(
     sa.Column("failed_at", sa.DateTime(timezone=True), nullable=True),
     # The trace of the event that caused the message, so that sending it continues the order's trace.
     sa.Column("traceparent", sa.Text, nullable=True),
+    # Where the message stands in its order's story (domain.STAGES) and when its cause happened: an order's messages
+    # go out in (stage, cause_at) order, one at a time.
+    sa.Column("stage", sa.SmallInteger, nullable=False),
+    sa.Column("cause_at", sa.DateTime(timezone=True), nullable=False),
     sa.UniqueConstraint("cause_event_id", "template", name="notifications_once_per_event_and_template"),
     sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name="notifications_status"),
     sa.CheckConstraint("status <> 'pending' OR next_attempt_at IS NOT NULL", name="notifications_pending_is_due"),
@@ -65,6 +73,28 @@ notifications = sa.Table(
         postgresql_where=sa.text("status = 'pending'"),
     ),
     sa.Index("notifications_by_order", "order_id", "created_at"),
+    # What the sender asks before sending a message: does an earlier one of the same order still wait?
+    sa.Index(
+        "notifications_pending_by_order",
+        "order_id",
+        "stage",
+        "cause_at",
+        postgresql_where=sa.text("status = 'pending'"),
+    ),
+)
+
+# Events that call for a message about an order whose contact (from order.accepted) has not arrived yet: topics
+# overtake each other. Each is kept as it was published and becomes its message when the contact arrives.
+notices_awaiting_contact = sa.Table(
+    "notices_awaiting_contact",
+    metadata,
+    sa.Column("event_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("template", sa.Text, primary_key=True),
+    sa.Column("order_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("event", JSONB, nullable=False),
+    sa.Column("traceparent", sa.Text, nullable=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Index("notices_awaiting_contact_by_order", "order_id"),
 )
 
 outbox, inbox = add_messaging_tables(metadata)
@@ -91,6 +121,99 @@ async def remember_contacts(pg: asyncpg.Connection, contacts: Sequence[Contact])
     )
 
 
+async def lock_orders(pg: asyncpg.Connection, order_ids: Collection[uuid.UUID]) -> None:
+    """Serialize, per order, the batches that read an order's contact with those that write it, until commit.
+
+    A plan consumed while the order's acceptance is being consumed elsewhere would otherwise find no contact, and
+    the acceptance would find no waiting plan (neither sees the other's uncommitted rows): the pre-warning would
+    wait forever. Locks are taken in one statement, in key order, so two batches never deadlock. The two-key form
+    keeps these locks apart from the relay's one-key lock."""
+    if not order_ids:
+        return
+    await pg.execute(
+        """
+        SELECT pg_advisory_xact_lock($1, k)
+        FROM (SELECT DISTINCT hashtext(id::text) AS k FROM unnest($2::uuid[]) AS id ORDER BY k) AS keys
+        """,
+        _ORDER_LOCKS,
+        list(order_ids),
+    )
+
+
+# The first key of lock_orders' advisory locks: "one order's contact and the notices that wait for it".
+_ORDER_LOCKS = 0x6F6D7331
+
+
+async def contacts_of(pg: asyncpg.Connection, order_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Contact]:
+    """The known contacts of these orders, by order id."""
+    if not order_ids:
+        return {}
+    rows = await pg.fetch(
+        """
+        SELECT order_id, email, name, locale, channel, external_order_id
+        FROM order_contacts WHERE order_id = ANY($1::uuid[])
+        """,
+        list(order_ids),
+    )
+    return {row["order_id"]: Contact(**row) for row in rows}
+
+
+_CAUSE: TypeAdapter[Cause] = TypeAdapter(Annotated[Cause, Field(discriminator="type")])
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """An event that waited for its order's contact, with the trace it arrived in."""
+
+    awaiting: AwaitingContact
+    traceparent: str | None
+
+
+async def await_contact(
+    pg: asyncpg.Connection, awaiting: Sequence[AwaitingContact], traceparents: Sequence[str | None]
+) -> None:
+    """Keep events until their orders' contacts arrive; an (event, template) already kept is left as it is."""
+    if not awaiting:
+        return
+    await pg.execute(
+        """
+        INSERT INTO notices_awaiting_contact (event_id, template, order_id, event, traceparent)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::jsonb[], $5::text[])
+        ON CONFLICT (event_id, template) DO NOTHING
+        """,
+        [a.event.id for a in awaiting],
+        [a.template.value for a in awaiting],
+        [a.order_id for a in awaiting],
+        [a.event.to_bytes().decode() for a in awaiting],
+        list(traceparents),
+    )
+
+
+async def take_awaiting_contact(pg: asyncpg.Connection, order_ids: Collection[uuid.UUID]) -> list[Waiting]:
+    """Remove and return the events that waited for these orders' contacts, in the order they arrived."""
+    if not order_ids:
+        return []
+    rows = await pg.fetch(
+        """
+        DELETE FROM notices_awaiting_contact WHERE order_id = ANY($1::uuid[])
+        RETURNING event::text AS event, template, traceparent, received_at
+        """,
+        list(order_ids),
+    )
+    rows = sorted(rows, key=lambda row: row["received_at"])
+    return [
+        Waiting(AwaitingContact(_CAUSE.validate_json(row["event"]), Template(row["template"])), row["traceparent"])
+        for row in rows
+    ]
+
+
+async def count_awaiting_contact(conn: AsyncConnection, order_id: uuid.UUID) -> int:
+    """How many messages about an order wait for its contact."""
+    a = notices_awaiting_contact
+    result = await conn.execute(sa.select(sa.func.count()).select_from(a).where(a.c.order_id == order_id))
+    return result.scalar_one()
+
+
 async def queue(
     pg: asyncpg.Connection, messages: Sequence[Rendered], traceparents: Sequence[str | None], due: datetime
 ) -> list[uuid.UUID]:
@@ -101,13 +224,13 @@ async def queue(
     rows = await pg.fetch(
         """
         INSERT INTO notifications (
-            id, order_id, cause_event_id, template, channel, recipient, recipient_name, subject, body_text, body_html,
-            traceparent, status, attempts, next_attempt_at
+            id, order_id, cause_event_id, template, channel, recipient, recipient_name, locale, subject, body_text,
+            body_html, traceparent, stage, cause_at, status, attempts, next_attempt_at
         )
-        SELECT u.*, 'pending', 0, $12::timestamptz
+        SELECT u.*, 'pending', 0, $15::timestamptz
         FROM unnest(
             $1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::text[], $11::text[]
+            $9::text[], $10::text[], $11::text[], $12::text[], $13::smallint[], $14::timestamptz[]
         ) AS u
         ON CONFLICT (cause_event_id, template) DO NOTHING
         RETURNING id
@@ -119,10 +242,13 @@ async def queue(
         [m.notice.channel.value for m in messages],
         [m.notice.recipient for m in messages],
         [m.notice.recipient_name for m in messages],
+        [m.notice.locale for m in messages],
         [m.subject for m in messages],
         [m.text for m in messages],
         [m.html for m in messages],
         list(traceparents),
+        [m.notice.stage for m in messages],
+        [m.notice.cause_at for m in messages],
         due,
     )
     return [row["id"] for row in rows]
@@ -148,16 +274,25 @@ class Outgoing:
 
 async def lock_due(pg: asyncpg.Connection, now: datetime, limit: int) -> list[Outgoing]:
     """Lock up to `limit` pending notifications due by `now`, oldest due first. Rows another sender holds are
-    skipped, so two instances never send the same message."""
+    skipped, so two instances never send the same message.
+
+    An order's messages go out one at a time, in (stage, cause_at) order: a message is not due while an earlier
+    message of its order is still pending (waiting for its next try, or being sent by another sender), so the
+    customer never reads the pre-warning before the confirmation, nor a parcel's delivery before its shipping."""
     rows = await pg.fetch(
         """
         SELECT id, order_id, cause_event_id, template, channel, recipient, recipient_name, subject, body_text,
                body_html, traceparent, attempts, next_attempt_at, last_error
-        FROM notifications
+        FROM notifications AS n
         WHERE status = 'pending' AND next_attempt_at <= $1
+          AND NOT EXISTS (
+              SELECT 1 FROM notifications AS earlier
+              WHERE earlier.order_id = n.order_id AND earlier.status = 'pending'
+                AND (earlier.stage, earlier.cause_at, earlier.id) < (n.stage, n.cause_at, n.id)
+          )
         ORDER BY next_attempt_at
         LIMIT $2
-        FOR UPDATE SKIP LOCKED
+        FOR UPDATE OF n SKIP LOCKED
         """,
         now,
         limit,
@@ -211,23 +346,28 @@ async def record_deliveries(pg: asyncpg.Connection, deliveries: Sequence[tuple[u
 
 
 async def notifications_of_order(conn: AsyncConnection, order_id: uuid.UUID) -> list[sa.Row]:
-    """Every notification about an order, oldest first."""
+    """Every notification about an order, in the order they go out to the customer."""
     n = notifications
     result = await conn.execute(
         sa.select(
             n.c.id,
             n.c.template,
             n.c.channel,
+            n.c.locale,
             n.c.recipient,
+            n.c.recipient_name,
             n.c.subject,
+            n.c.body_text,
             n.c.status,
             n.c.attempts,
+            n.c.cause_event_id,
             n.c.created_at,
             n.c.sent_at,
+            n.c.failed_at,
             n.c.next_attempt_at,
             n.c.last_error,
         )
         .where(n.c.order_id == order_id)
-        .order_by(n.c.created_at, n.c.id)
+        .order_by(n.c.stage, n.c.cause_at, n.c.id)
     )
     return list(result)
