@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from oms_contracts import channel, fulfillment, inventory
-from oms_contracts.common import Address, Customer, LineQuantity, OrderOptions, PricedLine
+from oms_contracts.common import Address, Customer, Line, LineQuantity, OrderOptions, PricedLine
 from oms_contracts.types import utc_now
 
 BERLIN = Address(
@@ -239,5 +239,61 @@ def shipped(
             tracking_url=chosen.tracking_url(tracking),
             shipped_at=datetime.now(UTC),
             lines=[LineQuantity(line_id=x.line_id, quantity=x.quantity) for x in d.lines],
+        ),
+    )
+
+
+def parcel(
+    request: fulfillment.FulfillmentRequested, lines: dict[str, int], *, tracking_number: str, carrier: Carrier = DHL
+) -> fulfillment.FulfillmentShipped:
+    """Part of a fulfillment request leaves in one parcel: `lines` = {line_id: units}, under its own tracking."""
+    d = request.data
+    return fulfillment.FulfillmentShipped(
+        source=f"/sources/{d.source_code}",
+        subject=str(d.order_id),
+        data=fulfillment.FulfillmentShippedData(
+            fulfillment_id=d.fulfillment_id,
+            order_id=d.order_id,
+            source_code=d.source_code,
+            carrier=carrier.name,
+            service=carrier.service,
+            tracking_number=tracking_number,
+            tracking_url=carrier.tracking_url(tracking_number),
+            shipped_at=datetime.now(UTC),
+            lines=[LineQuantity(line_id=line_id, quantity=n) for line_id, n in lines.items()],
+        ),
+    )
+
+
+def delivered(request: fulfillment.FulfillmentRequested) -> fulfillment.FulfillmentDelivered:
+    """The carrier delivered what the source shipped of a fulfillment request."""
+    d = request.data
+    return fulfillment.FulfillmentDelivered(
+        source=f"/sources/{d.source_code}",
+        subject=str(d.order_id),
+        data=fulfillment.FulfillmentDeliveredData(
+            fulfillment_id=d.fulfillment_id, order_id=d.order_id, source_code=d.source_code, delivered_at=utc_now()
+        ),
+    )
+
+
+def backorder_allocated(
+    order_id: uuid.UUID,
+    lines: list[tuple[str, str, int]],
+    source_code: str,
+    *,
+    ship_by: date | None = None,
+    shipment_id: uuid.UUID | None = None,
+) -> inventory.BackorderAllocated:
+    """Stock that arrived at `source_code` went to an order's waiting lines: `lines` = [(line_id, sku, units)]."""
+    return inventory.BackorderAllocated(
+        source="/oms/inventory",
+        subject=str(order_id),
+        data=inventory.BackorderAllocatedData(
+            order_id=order_id,
+            shipment_id=shipment_id or uuid.uuid4(),
+            source_code=source_code,
+            lines=[Line(line_id=line_id, sku=sku, quantity=n) for line_id, sku, n in lines],
+            ship_by=ship_by,
         ),
     )
