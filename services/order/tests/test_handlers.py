@@ -8,10 +8,8 @@ from decimal import Decimal
 import pytest
 
 from oms_contracts import inventory, routing
-from oms_contracts.common import Line
 from oms_contracts.order import OrderStatus
 from oms_contracts.topics import CHANNEL_ORDERS, FULFILLMENT_UPDATES, INVENTORY_ALLOCATIONS, ROUTING_PLANS
-from oms_contracts.types import utc_now
 from oms_order import store
 from oms_runtime.testing import deliver
 from oms_tools import samples
@@ -28,23 +26,13 @@ async def timeline(service, order_id):
 
 def plan_for(submitted, source="WH-EAST"):
     """Every line in one shipment from `source`."""
-    return mixed_plan(submitted, [(x.line_id, x.quantity) for x in submitted.data.lines], [], source)
-
-
-def reserved(plan):
-    s = plan.data.shipments[0]
-    return inventory.ShipmentReserved(
-        source="/oms/inventory",
-        subject=str(plan.data.order_id),
-        data=inventory.ShipmentReservedData(
-            order_id=plan.data.order_id,
-            shipment_id=s.shipment_id,
-            plan_id=plan.data.plan_id,
-            source_code=s.source_code,
-            lines=s.lines,
-            ship_by=s.estimated_ship_date,
-        ),
+    return samples.fulfillment_planned(
+        submitted, [(x.line_id, x.quantity) for x in submitted.data.lines], source_code=source
     )
+
+
+reserved = samples.shipment_reserved
+mixed_plan = samples.fulfillment_planned
 
 
 async def test_the_walking_skeleton_from_submission_to_fulfilled(order_service):
@@ -191,39 +179,6 @@ async def test_a_rejected_reservation_leaves_the_order_paid_waiting_for_the_re_p
 
 
 # -- mixed orders: what is in stock ships now, the rest when it arrives --------------------------------------------
-
-
-def mixed_plan(submitted, in_stock: list[tuple[str, int]], waiting: list[tuple[str, int]], source="WH-EAST"):
-    """One shipment of `in_stock` [(line_id, units)] from `source`, `waiting` backordered."""
-    d = submitted.data
-    sku = {x.line_id: x.sku for x in d.lines}
-    return routing.FulfillmentPlanned(
-        source="/oms/routing",
-        subject=str(d.order_id),
-        data=routing.FulfillmentPlannedData(
-            order_id=d.order_id,
-            plan_id=uuid.uuid4(),
-            attempt=1,
-            shipments=[
-                routing.PlannedShipment(
-                    shipment_id=uuid.uuid4(),
-                    source_code=source,
-                    source_type="warehouse",
-                    lines=[Line(line_id=i, sku=sku[i], quantity=n) for i, n in in_stock],
-                    estimated_ship_date=date.today() + timedelta(days=1),
-                    estimated_delivery_date=date.today() + timedelta(days=3),
-                    reason=f"{source}: the items in stock",
-                )
-            ]
-            if in_stock
-            else [],
-            backordered_lines=[
-                routing.UnplannedLine(line_id=i, sku=sku[i], quantity=n, reason="out of stock") for i, n in waiting
-            ],
-            planned_at=utc_now(),
-            ship_to_country="DE",
-        ),
-    )
 
 
 async def view(service, order_id):

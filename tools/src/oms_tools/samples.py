@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from oms_contracts import channel, fulfillment, inventory
+from oms_contracts import channel, fulfillment, inventory, routing
 from oms_contracts.common import Address, Customer, Line, LineQuantity, OrderOptions, PricedLine
 from oms_contracts.types import utc_now
 
@@ -295,5 +296,63 @@ def backorder_allocated(
             source_code=source_code,
             lines=[Line(line_id=line_id, sku=sku, quantity=n) for line_id, sku, n in lines],
             ship_by=ship_by,
+        ),
+    )
+
+
+def fulfillment_planned(
+    submitted: channel.OrderSubmitted,
+    in_stock: list[tuple[str, int]],
+    waiting: Iterable[tuple[str, int]] = (),
+    *,
+    source_code: str = "WH-EAST",
+) -> routing.FulfillmentPlanned:
+    """Routing's plan for an order: one shipment of `in_stock` [(line_id, units)] from `source_code` (none when
+    empty), `waiting` [(line_id, units)] backordered."""
+    d = submitted.data
+    sku = {x.line_id: x.sku for x in d.lines}
+    shipments = []
+    if in_stock:
+        shipments.append(
+            routing.PlannedShipment(
+                shipment_id=uuid.uuid4(),
+                source_code=source_code,
+                source_type="warehouse",
+                lines=[Line(line_id=i, sku=sku[i], quantity=n) for i, n in in_stock],
+                estimated_ship_date=date.today() + timedelta(days=1),
+                estimated_delivery_date=date.today() + timedelta(days=3),
+                reason=f"{source_code}: the items in stock",
+            )
+        )
+    return routing.FulfillmentPlanned(
+        source="/oms/routing",
+        subject=str(d.order_id),
+        data=routing.FulfillmentPlannedData(
+            order_id=d.order_id,
+            plan_id=uuid.uuid4(),
+            attempt=1,
+            shipments=shipments,
+            backordered_lines=[
+                routing.UnplannedLine(line_id=i, sku=sku[i], quantity=n, reason="out of stock") for i, n in waiting
+            ],
+            planned_at=utc_now(),
+            ship_to_country=d.shipping_address.country,
+        ),
+    )
+
+
+def shipment_reserved(plan: routing.FulfillmentPlanned) -> inventory.ShipmentReserved:
+    """Inventory's reservation of a plan's (first) shipment."""
+    s = plan.data.shipments[0]
+    return inventory.ShipmentReserved(
+        source="/oms/inventory",
+        subject=str(plan.data.order_id),
+        data=inventory.ShipmentReservedData(
+            order_id=plan.data.order_id,
+            shipment_id=s.shipment_id,
+            plan_id=plan.data.plan_id,
+            source_code=s.source_code,
+            lines=s.lines,
+            ship_by=s.estimated_ship_date,
         ),
     )
