@@ -72,7 +72,7 @@ def planned(shipment_id: uuid.UUID, lines: list[domain.ShipmentLine], source: st
     return domain.PlannedShipment(shipment_id, source, lines, date(2026, 11, 26), date(2026, 11, 29), f"{source}: x")
 
 
-def plan(order: domain.Order, shipments=(), backordered=(), unfulfillable=()) -> list[uuid.UUID]:
+def plan(order: domain.Order, shipments=(), backordered=(), unfulfillable=(), attempt=1) -> list[uuid.UUID]:
     """Apply a plan of `shipments` (each a list of shipment lines); returns their ids."""
     ids = [uuid.uuid4() for _ in shipments]
     order.apply_plan(
@@ -81,6 +81,7 @@ def plan(order: domain.Order, shipments=(), backordered=(), unfulfillable=()) ->
         list(backordered),
         list(unfulfillable),
         CAUSE,
+        attempt,
     )
     return ids
 
@@ -186,7 +187,7 @@ def test_moving_more_units_than_a_state_holds_is_refused_and_moves_nothing():
     unchanged_by(
         order,
         lambda: order._move([(a, 2, L.open, L.backordered), (b, 1, L.open, L.reserved), (b, 1, L.open, L.cancelled)]),
-        "2 units of line 2 should leave open, but 1 are open",
+        "1 units of line 2 should leave open, but 0 are open",
     )
 
 
@@ -307,6 +308,42 @@ def test_a_rejection_that_overtakes_its_plan_leaves_the_fulfillment_rejected_whe
     order.apply_plan(reservation.plan_id, [planned(shipment_id, everything(order))], [], [], CAUSE)
     assert order.fulfillments[shipment_id].status is F.rejected
     assert order.status is S.paid and units(order, "1") == {L.open: 2}
+
+
+def test_a_re_plan_that_overtakes_the_rejection_of_a_planned_shipment_supersedes_it():
+    order = paid_order(("A", 2, "1.00"), ("B", 1, "1.00"))
+    first = plan_everything(order)
+    [second] = plan(order, [everything(order)], attempt=2)
+    assert (
+        order.fulfillments[first].status is F.rejected and "superseded by plan" in order.fulfillments[first].rejection
+    )
+    assert order.fulfillments[second].status is F.planned and units(order, "1") == {L.reserved: 2}
+    late = domain.Reservation(first, "WH-EAST", everything(order), uuid.uuid4())
+    order.reject_reservation(late, "short", CAUSE)  # the rejection that caused the re-plan, late: nothing changes
+    assert order.fulfillments[first].rejection.startswith("superseded") and units(order, "1") == {L.reserved: 2}
+    order.request_fulfillment(reserved(order, second), CAUSE)
+    assert order.status is S.awaiting_fulfillment and units(order, "2") == {L.requested: 1}
+
+
+def test_a_re_plan_that_backorders_a_requested_shipment_before_its_source_rejection_arrives_supersedes_it():
+    order, first = requested_everything(("A", 2, "1.00"))
+    plan(order, backordered=everything(order), attempt=2)
+    assert order.fulfillments[first].status is F.rejected and units(order, "1") == {L.backordered: 2}
+    order.reject_fulfillment(first, "WH-EAST", "no staff", CAUSE)
+    assert units(order, "1") == {L.backordered: 2}
+
+
+def test_a_first_plan_never_supersedes_anything():
+    order = paid_order(("A", 2, "1.00"))
+    first = plan_everything(order)
+    unchanged_by(order, lambda: plan(order, [everything(order)]), "2 units of line 1 should leave open, but 0 are open")
+    assert order.fulfillments[first].status is F.planned
+
+
+def test_a_re_plan_that_matches_no_single_earlier_shipment_supersedes_nothing_and_is_refused():
+    order = paid_order(("A", 3, "1.00"))
+    plan(order, [units_of(order, "1", 1), units_of(order, "1", 2)])
+    unchanged_by(order, lambda: plan(order, [units_of(order, "1", 3)], attempt=2), "should leave open")
 
 
 def test_a_reservation_for_an_unpaid_order_is_refused():
@@ -712,7 +749,7 @@ PAYING = ["capture", "capture", "capture", "authorize", "fail", "cancel"]
 # Weighted towards what moves an order forward, so that walks reach fulfilled and delivered; refusals come from
 # drawing fulfillments, lines and quantities that do not fit.
 FULFILLING = ["plan", "reserve", "reserve", "reject", "accept", "allocate", "allocate", "ship", "ship", "ship"]
-FULFILLING += ["resend", "deliver", "deliver"]
+FULFILLING += ["resend", "deliver", "deliver", "replan"]
 
 
 def _walk_step(order: domain.Order, data) -> None:
@@ -774,6 +811,14 @@ def _walk_step(order: domain.Order, data) -> None:
     elif action == "deliver":
         f = pick()
         order.deliver_fulfillment(f.fulfillment_id, f.source_code, NOW, CAUSE)
+    elif action == "replan":
+        # Routing re-plans a shipment's lines after its rejection, which may or may not have arrived yet.
+        f = pick()
+        if data.draw(st.booleans(), label="rejection first"):
+            order.reject_fulfillment(f.fulfillment_id, f.source_code, "x", CAUSE)
+        ship = [x for x in f.lines if data.draw(st.booleans())]
+        rest = [x for x in f.lines if x not in ship]
+        plan(order, [ship] if ship else [], rest, attempt=2)
 
 
 def _finish(order: domain.Order) -> None:

@@ -157,19 +157,7 @@ async def test_a_rejected_reservation_leaves_the_order_paid_waiting_for_the_re_p
     await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
     plan = plan_for(submitted)
     await deliver(order_service, ROUTING_PLANS, plan)
-    s = plan.data.shipments[0]
-    rejected = inventory.ReservationRejected(
-        source="/oms/inventory",
-        subject=str(plan.data.order_id),
-        data=inventory.ReservationRejectedData(
-            order_id=plan.data.order_id,
-            shipment_id=s.shipment_id,
-            plan_id=plan.data.plan_id,
-            source_code=s.source_code,
-            lines=s.lines,
-            shortages=[inventory.Shortage(sku="SKU-1", requested=1, available=0)],
-        ),
-    )
+    rejected = samples.reservation_rejected(plan)
     assert await deliver(order_service, INVENTORY_ALLOCATIONS, rejected) == []
     async with order_service.database.connect() as conn:
         view = await store.order_view(conn, submitted.data.order_id)
@@ -462,3 +450,24 @@ async def test_several_parcels_of_several_orders_in_one_batch(order_service):
         order = await view(order_service, submitted.data.order_id)
         assert order["status"] == "partially_fulfilled"
         assert sum(len(f["parcels"]) for f in order["fulfillments"]) == 1
+
+
+async def test_a_re_plan_that_overtakes_the_rejection_it_answers_is_applied_and_the_late_rejection_changes_nothing(
+    order_service,
+):
+    submitted = samples.order_submitted("replan-race", [("TENT", 2, "99.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    first = plan_for(submitted, "WH-EAST")
+    await deliver(order_service, ROUTING_PLANS, first)
+    second = with_data(plan_for(submitted, "WH-WEST"), attempt=2)
+    assert await deliver(order_service, ROUTING_PLANS, second) == []
+    [_, request] = await deliver(order_service, INVENTORY_ALLOCATIONS, reserved(second))
+    assert request.topic == "oms.fulfillment.requests.WH-WEST.v1"
+    late = samples.reservation_rejected(first)
+    assert await deliver(order_service, INVENTORY_ALLOCATIONS, late) == []
+    order = await view(order_service, submitted.data.order_id)
+    assert {f["source_code"]: f["status"] for f in order["fulfillments"]} == {
+        "WH-EAST": "rejected",
+        "WH-WEST": "requested",
+    }
+    assert quantities(order, "1") == ("requested", {"requested": 2})

@@ -356,3 +356,20 @@ def shipment_reserved(plan: routing.FulfillmentPlanned) -> inventory.ShipmentRes
             ship_by=s.estimated_ship_date,
         ),
     )
+
+
+def reservation_rejected(plan: routing.FulfillmentPlanned, *, available: int = 0) -> inventory.ReservationRejected:
+    """Inventory could not reserve a plan's (first) shipment: each of its SKUs had only `available` units."""
+    s = plan.data.shipments[0]
+    return inventory.ReservationRejected(
+        source="/oms/inventory",
+        subject=str(plan.data.order_id),
+        data=inventory.ReservationRejectedData(
+            order_id=plan.data.order_id,
+            shipment_id=s.shipment_id,
+            plan_id=plan.data.plan_id,
+            source_code=s.source_code,
+            lines=s.lines,
+            shortages=[inventory.Shortage(sku=x.sku, requested=x.quantity, available=available) for x in s.lines],
+        ),
+    )

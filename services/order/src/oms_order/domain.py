@@ -436,25 +436,45 @@ class Order:
         backordered: list[ShipmentLine],
         unfulfillable: list[ShipmentLine],
         cause: Cause,
+        attempt: int = 1,
     ) -> None:
         """Record routing's plan: a planned fulfillment per shipment, backordered units into the queue's care,
         unfulfillable units cancelled.
 
-        Inventory's answers travel on another topic and may have been applied first: a shipment it already reserved
-        keeps its status and gains the plan's dates and reason; units an allocation already took out of the backorder
-        are not backordered again (the plan may only backorder units still open)."""
+        Plans and inventory's answers travel on different topics, so either may be applied first:
+        - a shipment inventory already reserved keeps its status and gains the plan's dates and reason;
+        - units an allocation already took out of the backorder are not backordered again (the plan backorders only
+          units still open);
+        - a re-plan (attempt > 1) may arrive before the rejection that caused it. Routing re-plans exactly the lines
+          of the shipment that was rejected, so the one live fulfillment of an earlier plan holding exactly those
+          lines, with nothing shipped, is that shipment: it is rejected now ("superseded"), and its late rejection
+          changes nothing."""
         self._takes_fulfillment()
-        moves: list[Move] = []
-        new: list[PlannedShipment] = []
+        new = [s for s in shipments if s.shipment_id not in self.fulfillments]
         for shipment in shipments:
-            lines = self._known_lines(shipment.lines)
-            if shipment.shipment_id not in self.fulfillments:
-                new.append(shipment)
-                moves += [(line, x.quantity, L.open, L.reserved) for line, x in zip(lines, shipment.lines, strict=True)]
+            self._known_lines(shipment.lines)
+        self._known_lines([*backordered, *unfulfillable])
+        superseded = self._superseded(plan_id, attempt, [x for s in new for x in s.lines], backordered, unfulfillable)
+        moves: list[Move] = []
+        if superseded is not None:
+            held = L.reserved if superseded.status is F.planned else L.requested
+            moves += [(self.lines[x.line_id], x.quantity, held, L.open) for x in superseded.lines]
+        open_left = {x.line_id: x.units[L.open] for x in self.lines.values()}
+        for m in moves:
+            open_left[m[0].line_id] += m[1]
+        for x in (x for s in new for x in s.lines):
+            moves.append((self.lines[x.line_id], x.quantity, L.open, L.reserved))
+            open_left[x.line_id] -= x.quantity
         for target, items in ((L.backordered, backordered), (L.cancelled, unfulfillable)):
-            for line, item in zip(self._known_lines(items), items, strict=True):
-                moves.append((line, min(item.quantity, line.units[L.open]), L.open, target))
+            for x in items:
+                n = max(0, min(x.quantity, open_left[x.line_id]))
+                moves.append((self.lines[x.line_id], n, L.open, target))
+                open_left[x.line_id] -= n
         self._move(moves)
+        if superseded is not None:
+            superseded.move(F.rejected)
+            superseded.rejection = f"superseded by plan {plan_id} (attempt {attempt}); its rejection is on its way"
+            self.changed_fulfillments.add(superseded.fulfillment_id)
         for shipment in new:
             self._add_fulfillment(shipment.shipment_id, shipment.source_code, shipment.lines, plan_id, F.planned)
         for shipment in shipments:
@@ -468,6 +488,29 @@ class Order:
             self.transition(S.cancelled, cause, "no source can fulfil any line")
             return
         self._follow_units(cause, "every line backordered until stock arrives")
+
+    def _superseded(
+        self,
+        plan_id: uuid.UUID,
+        attempt: int,
+        placed: list[ShipmentLine],
+        backordered: list[ShipmentLine],
+        unfulfillable: list[ShipmentLine],
+    ) -> Fulfillment | None:
+        """The shipment a re-plan replaces, when its rejection has not arrived yet (see `apply_plan`)."""
+        replanned_lines = _merged([*placed, *backordered, *unfulfillable])
+        if attempt < 2 or all(x.quantity <= self.lines[x.line_id].units[L.open] for x in replanned_lines):
+            return None
+        replanned = sorted((x.line_id, x.quantity) for x in replanned_lines)
+        candidates = [
+            f
+            for f in self.fulfillments.values()
+            if f.status in (F.planned, *SHIPPABLE)
+            and not f.parcels
+            and f.plan_id != plan_id
+            and sorted((x.line_id, x.quantity) for x in _merged(f.lines)) == replanned
+        ]
+        return candidates[0] if len(candidates) == 1 else None
 
     def request_fulfillment(self, reservation: Reservation, cause: Cause) -> None:
         """Inventory reserved a planned shipment: it becomes a request to its source (`FulfillmentRequested`). A
@@ -654,25 +697,24 @@ class Order:
     # -- the rules every change goes through --------------------------------------------------------------------
 
     def _move(self, moves: list[Move]) -> None:
-        """The one guard of line units: every move along `UNIT_MOVES`, from units that are there. All moves are
-        checked before any is made, so a refusal changes nothing."""
-        needed: Counter[tuple[str, LineState]] = Counter()
+        """The one guard of line units: every move along `UNIT_MOVES`, in order, from units that are there. All
+        moves are made on a copy first, so a refusal changes nothing."""
+        after = {line.line_id: dict(line.units) for line, *_ in moves}
         for line, quantity, from_state, to_state in moves:
             if quantity < 0 or to_state not in UNIT_MOVES[from_state]:
                 raise OrderRefusal(
                     f"order {self.order_id}: units of line {line.line_id} cannot move from {from_state} to {to_state}"
                 )
-            needed[(line.line_id, from_state)] += quantity
-        for (line_id, from_state), quantity in needed.items():
-            there = self.lines[line_id].units[from_state]
-            if quantity > there:
+            units = after[line.line_id]
+            if quantity > units[from_state]:
                 raise OrderRefusal(
-                    f"order {self.order_id}: {quantity} units of line {line_id} should leave {from_state}, "
-                    f"but {there} are {from_state}"
+                    f"order {self.order_id}: {quantity} units of line {line.line_id} should leave {from_state}, "
+                    f"but {units[from_state]} are {from_state}"
                 )
-        for line, quantity, from_state, to_state in moves:
-            line.units[from_state] -= quantity
-            line.units[to_state] += quantity
+            units[from_state] -= quantity
+            units[to_state] += quantity
+        for line, *_ in moves:
+            line.units = after[line.line_id]
         self.changed = True
 
     def _follow_units(self, cause: Cause, note: str) -> None:

@@ -293,6 +293,7 @@ def _on_plan(message: Incoming, order: Order | None, _orders, _outgoing: list[Cl
         [domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in plan.backordered_lines],
         [domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in plan.unfulfillable_lines],
         _cause(message, "service:routing", order),
+        plan.attempt,
     )
     return order
 
