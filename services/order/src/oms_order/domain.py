@@ -459,9 +459,10 @@ class Order:
         if superseded is not None:
             held = L.reserved if superseded.status is F.planned else L.requested
             moves += [(self.lines[x.line_id], x.quantity, held, L.open) for x in superseded.lines]
+        # Open units as they will be once the superseded shipment gave its units back.
         open_left = {x.line_id: x.units[L.open] for x in self.lines.values()}
-        for m in moves:
-            open_left[m[0].line_id] += m[1]
+        for line, n, _, _ in moves:
+            open_left[line.line_id] += n
         for x in (x for s in new for x in s.lines):
             moves.append((self.lines[x.line_id], x.quantity, L.open, L.reserved))
             open_left[x.line_id] -= x.quantity
