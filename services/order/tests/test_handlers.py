@@ -8,10 +8,8 @@ from decimal import Decimal
 import pytest
 
 from oms_contracts import inventory, routing
-from oms_contracts.common import Line
 from oms_contracts.order import OrderStatus
 from oms_contracts.topics import CHANNEL_ORDERS, FULFILLMENT_UPDATES, INVENTORY_ALLOCATIONS, ROUTING_PLANS
-from oms_contracts.types import utc_now
 from oms_order import store
 from oms_runtime.testing import deliver
 from oms_tools import samples
@@ -26,45 +24,15 @@ async def timeline(service, order_id):
         return [(row["from_status"], row["to_status"]) for row in await store.timeline(conn, order_id)]
 
 
-def plan_for(submitted, source="WH-EAST", shipment_id=None):
-    d = submitted.data
-    return routing.FulfillmentPlanned(
-        source="/oms/routing",
-        subject=str(d.order_id),
-        data=routing.FulfillmentPlannedData(
-            order_id=d.order_id,
-            plan_id=uuid.uuid4(),
-            attempt=1,
-            shipments=[
-                routing.PlannedShipment(
-                    shipment_id=shipment_id or uuid.uuid4(),
-                    source_code=source,
-                    source_type="warehouse",
-                    lines=[Line(line_id=x.line_id, sku=x.sku, quantity=x.quantity) for x in d.lines],
-                    estimated_ship_date=date.today() + timedelta(days=1),
-                    estimated_delivery_date=date.today() + timedelta(days=3),
-                    reason=f"{source}: own warehouse with all items",
-                )
-            ],
-            planned_at=utc_now(),
-        ),
+def plan_for(submitted, source="WH-EAST"):
+    """Every line in one shipment from `source`."""
+    return samples.fulfillment_planned(
+        submitted, [(x.line_id, x.quantity) for x in submitted.data.lines], source_code=source
     )
 
 
-def reserved(plan):
-    s = plan.data.shipments[0]
-    return inventory.ShipmentReserved(
-        source="/oms/inventory",
-        subject=str(plan.data.order_id),
-        data=inventory.ShipmentReservedData(
-            order_id=plan.data.order_id,
-            shipment_id=s.shipment_id,
-            plan_id=plan.data.plan_id,
-            source_code=s.source_code,
-            lines=s.lines,
-            ship_by=s.estimated_ship_date,
-        ),
-    )
+reserved = samples.shipment_reserved
+mixed_plan = samples.fulfillment_planned
 
 
 async def test_the_walking_skeleton_from_submission_to_fulfilled(order_service):
@@ -90,8 +58,11 @@ async def test_the_walking_skeleton_from_submission_to_fulfilled(order_service):
     assert request.event.data.recipient.name == "Ada Lovelace"
 
     emitted = await deliver(order_service, FULFILLMENT_UPDATES, samples.shipped(request.event))
-    assert types(emitted) == ["oms.order.status_changed.v1"]
+    assert types(emitted) == ["oms.order.status_changed.v1", "oms.order.fulfillment_shipped.v1"]
     assert emitted[0].event.data.to_status is OrderStatus.fulfilled
+
+    emitted = await deliver(order_service, FULFILLMENT_UPDATES, samples.delivered(request.event))
+    assert types(emitted) == ["oms.order.status_changed.v1", "oms.order.fulfillment_delivered.v1"]
 
     assert await timeline(order_service, order_id) == [
         (None, "pending"),
@@ -99,6 +70,7 @@ async def test_the_walking_skeleton_from_submission_to_fulfilled(order_service):
         ("payment_processing", "paid"),
         ("paid", "awaiting_fulfillment"),
         ("awaiting_fulfillment", "fulfilled"),
+        ("fulfilled", "delivered"),
     ]
 
 
@@ -185,22 +157,317 @@ async def test_a_rejected_reservation_leaves_the_order_paid_waiting_for_the_re_p
     await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
     plan = plan_for(submitted)
     await deliver(order_service, ROUTING_PLANS, plan)
-    s = plan.data.shipments[0]
-    rejected = inventory.ReservationRejected(
-        source="/oms/inventory",
-        subject=str(plan.data.order_id),
-        data=inventory.ReservationRejectedData(
-            order_id=plan.data.order_id,
-            shipment_id=s.shipment_id,
-            plan_id=plan.data.plan_id,
-            source_code=s.source_code,
-            lines=s.lines,
-            shortages=[inventory.Shortage(sku="SKU-1", requested=1, available=0)],
-        ),
-    )
+    rejected = samples.reservation_rejected(plan)
     assert await deliver(order_service, INVENTORY_ALLOCATIONS, rejected) == []
     async with order_service.database.connect() as conn:
         view = await store.order_view(conn, submitted.data.order_id)
     assert view["status"] == "paid"
     assert view["fulfillments"][0]["status"] == "rejected"
     assert "SKU-1 0/1" in view["fulfillments"][0]["rejection"]
+
+
+# -- mixed orders: what is in stock ships now, the rest when it arrives --------------------------------------------
+
+
+async def view(service, order_id):
+    async with service.database.connect() as conn:
+        return await store.order_view(conn, order_id)
+
+
+def quantities(order_view, line_id):
+    [line] = [x for x in order_view["lines"] if x["line_id"] == line_id]
+    return line["state"], {state: n for state, n in line["quantities"].items() if n}
+
+
+async def mixed_order(service, name):
+    """A TENT (1, in stock at WH-EAST) and 3 LAMPs (backordered), paid, planned and requested."""
+    submitted = samples.order_submitted(name, [("TENT", 1, "99.00"), ("LAMP", 3, "10.00")])
+    await deliver(service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = mixed_plan(submitted, [("1", 1)], [("2", 3)])
+    assert await deliver(service, ROUTING_PLANS, plan) == []
+    emitted = await deliver(service, INVENTORY_ALLOCATIONS, reserved(plan))
+    return submitted, emitted
+
+
+async def test_a_mixed_plan_requests_the_reserved_shipment_and_marks_the_other_line_backordered(order_service):
+    submitted, emitted = await mixed_order(order_service, "mixed-1")
+    assert types(emitted) == ["oms.order.status_changed.v1", "oms.fulfillment.requested.v1"]
+    assert (emitted[0].event.data.from_status, emitted[0].event.data.to_status) == ("paid", "awaiting_fulfillment")
+    request = emitted[1]
+    assert request.topic == "oms.fulfillment.requests.WH-EAST.v1"
+    assert [(x.line_id, x.quantity) for x in request.event.data.lines] == [("1", 1)]
+    order = await view(order_service, submitted.data.order_id)
+    assert quantities(order, "1") == ("requested", {"requested": 1})
+    assert quantities(order, "2") == ("backordered", {"backordered": 3})
+
+
+async def test_a_backorder_allocation_is_a_new_fulfillment_requested_on_its_sources_topic(order_service):
+    submitted, _ = await mixed_order(order_service, "mixed-2")
+    order_id = submitted.data.order_id
+    ship_by = date.today() + timedelta(days=2)
+    allocated = samples.backorder_allocated(order_id, [("2", "LAMP", 2)], "WH-WEST", ship_by=ship_by)
+    emitted = await deliver(order_service, INVENTORY_ALLOCATIONS, allocated)
+    assert types(emitted) == ["oms.fulfillment.requested.v1"]
+    [request] = emitted
+    assert request.topic == "oms.fulfillment.requests.WH-WEST.v1" and request.key == str(order_id)
+    data = request.event.data
+    assert data.fulfillment_id == allocated.data.shipment_id and data.ship_by == ship_by
+    assert [(x.line_id, x.sku, x.quantity) for x in data.lines] == [("2", "LAMP", 2)]
+    assert data.recipient.name == "Ada Lovelace" and data.ship_to.country == "DE"
+    order = await view(order_service, order_id)
+    assert quantities(order, "2") == ("backordered", {"requested": 2, "backordered": 1})
+    assert {f["fulfillment_id"]: f["status"] for f in order["fulfillments"]}[data.fulfillment_id] == "requested"
+
+    rest = samples.backorder_allocated(order_id, [("2", "LAMP", 1)], "WH-EAST")
+    [request] = await deliver(order_service, INVENTORY_ALLOCATIONS, rest)
+    assert request.topic == "oms.fulfillment.requests.WH-EAST.v1" and request.event.data.ship_by == date.today()
+    assert quantities(await view(order_service, order_id), "2") == ("requested", {"requested": 3})
+
+
+async def test_backorder_queued_changes_no_order_and_is_not_dead_lettered(order_service):
+    submitted, _ = await mixed_order(order_service, "mixed-queued")
+    queued = inventory.BackorderQueued(
+        source="/oms/inventory",
+        subject=str(submitted.data.order_id),
+        data=inventory.BackorderQueuedData(
+            order_id=submitted.data.order_id,
+            lines=[inventory.BackorderedLine(line_id="2", sku="LAMP", quantity=3, position=1)],
+        ),
+    )
+    before = await view(order_service, submitted.data.order_id)
+    assert await deliver(order_service, INVENTORY_ALLOCATIONS, queued) == []
+    assert await view(order_service, submitted.data.order_id) == before
+
+
+async def test_parcels_move_a_mixed_order_through_partially_fulfilled_fulfilled_and_delivered(order_service):
+    submitted, emitted = await mixed_order(order_service, "mixed-3")
+    order_id = submitted.data.order_id
+    first = emitted[1].event
+
+    # The tent leaves: some units shipped, others to come.
+    emitted = await deliver(order_service, FULFILLMENT_UPDATES, samples.parcel(first, {"1": 1}, tracking_number="T-1"))
+    assert types(emitted) == ["oms.order.status_changed.v1", "oms.order.fulfillment_shipped.v1"]
+    assert emitted[0].event.data.to_status is OrderStatus.partially_fulfilled
+    shipped = emitted[1].event.data
+    assert [(x.line_id, x.sku, x.quantity) for x in shipped.lines] == [("1", "TENT", 1)]
+    assert [(x.line_id, x.sku, x.quantity) for x in shipped.to_come] == [("2", "LAMP", 3)]
+    assert shipped.status is OrderStatus.partially_fulfilled and shipped.tracking_number == "T-1"
+    assert shipped.fulfillment_id == first.data.fulfillment_id and shipped.source_code == "WH-EAST"
+    assert emitted[1].key == str(order_id)
+
+    # The lamps arrive at WH-WEST and leave in two parcels.
+    allocated = samples.backorder_allocated(order_id, [("2", "LAMP", 3)], "WH-WEST")
+    [second] = await deliver(order_service, INVENTORY_ALLOCATIONS, allocated)
+    emitted = await deliver(
+        order_service, FULFILLMENT_UPDATES, samples.parcel(second.event, {"2": 2}, tracking_number="T-2")
+    )
+    assert types(emitted) == ["oms.order.fulfillment_shipped.v1"]
+    assert [(x.line_id, x.quantity) for x in emitted[0].event.data.lines] == [("2", 2)]
+    assert [(x.line_id, x.quantity) for x in emitted[0].event.data.to_come] == [("2", 1)]
+    emitted = await deliver(
+        order_service, FULFILLMENT_UPDATES, samples.parcel(second.event, {"2": 1}, tracking_number="T-3")
+    )
+    assert types(emitted) == ["oms.order.status_changed.v1", "oms.order.fulfillment_shipped.v1"]
+    assert emitted[0].event.data.to_status is OrderStatus.fulfilled
+    assert emitted[1].event.data.to_come == [] and emitted[1].event.data.status is OrderStatus.fulfilled
+
+    # Deliveries, one per fulfillment; the order is delivered with the last.
+    emitted = await deliver(order_service, FULFILLMENT_UPDATES, samples.delivered(first))
+    assert types(emitted) == ["oms.order.fulfillment_delivered.v1"]
+    assert emitted[0].event.data.status is OrderStatus.fulfilled
+    emitted = await deliver(order_service, FULFILLMENT_UPDATES, samples.delivered(second.event))
+    assert types(emitted) == ["oms.order.status_changed.v1", "oms.order.fulfillment_delivered.v1"]
+    delivered = emitted[1].event.data
+    assert [(x.line_id, x.quantity) for x in delivered.lines] == [("2", 3)]
+    assert delivered.tracking_numbers == ["T-2", "T-3"] and delivered.status is OrderStatus.delivered
+
+    order = await view(order_service, order_id)
+    assert order["status"] == "delivered"
+    assert quantities(order, "1") == ("delivered", {"delivered": 1})
+    assert quantities(order, "2") == ("delivered", {"delivered": 3})
+    by_id = {f["fulfillment_id"]: f for f in order["fulfillments"]}
+    assert [p["tracking_number"] for p in by_id[second.event.data.fulfillment_id]["parcels"]] == ["T-2", "T-3"]
+    assert all(p["delivered_at"] for f in order["fulfillments"] for p in f["parcels"])
+    assert await timeline(order_service, order_id) == [
+        (None, "pending"),
+        ("pending", "payment_processing"),
+        ("payment_processing", "paid"),
+        ("paid", "awaiting_fulfillment"),
+        ("awaiting_fulfillment", "partially_fulfilled"),
+        ("partially_fulfilled", "fulfilled"),
+        ("fulfilled", "delivered"),
+    ]
+
+
+async def test_parcel_and_delivery_events_continue_the_orders_trace(order_service):
+    submitted = samples.order_submitted("mixed-trace", [("TENT", 1, "99.00"), ("LAMP", 3, "10.00")])
+    accepted = await deliver(order_service, CHANNEL_ORDERS, submitted)
+    order_trace = accepted[0].headers["traceparent"].split("-")[1]
+    await deliver(order_service, CHANNEL_ORDERS, samples.payment_captured(submitted))
+    plan = mixed_plan(submitted, [("1", 1)], [("2", 3)])
+    await deliver(order_service, ROUTING_PLANS, plan)
+    request = (await deliver(order_service, INVENTORY_ALLOCATIONS, reserved(plan)))[1].event
+    allocated = await deliver(
+        order_service,
+        INVENTORY_ALLOCATIONS,
+        samples.backorder_allocated(submitted.data.order_id, [("2", "LAMP", 3)], "WH-WEST"),
+    )
+    shipped = await deliver(
+        order_service, FULFILLMENT_UPDATES, samples.parcel(request, {"1": 1}, tracking_number="TR-1")
+    )
+    delivered = await deliver(order_service, FULFILLMENT_UPDATES, samples.delivered(request))
+    assert {e.headers["traceparent"].split("-")[1] for e in allocated + shipped + delivered} == {order_trace}
+
+
+async def test_the_same_parcel_sent_again_under_a_new_event_id_is_one_parcel(order_service):
+    submitted, emitted = await mixed_order(order_service, "mixed-dup")
+    request = emitted[1].event
+    first = samples.parcel(request, {"1": 1}, tracking_number="DUP-1")
+    again = samples.parcel(request, {"1": 1}, tracking_number="DUP-1")
+    assert again.id != first.id
+    assert types(await deliver(order_service, FULFILLMENT_UPDATES, first)) == [
+        "oms.order.status_changed.v1",
+        "oms.order.fulfillment_shipped.v1",
+    ]
+    before = await view(order_service, submitted.data.order_id)
+    assert await deliver(order_service, FULFILLMENT_UPDATES, again) == []
+    after = await view(order_service, submitted.data.order_id)
+    assert after == before
+    assert [len(f["parcels"]) for f in after["fulfillments"]] == [1]
+
+
+def with_data(event, **changes):
+    """The same event with some data fields changed (contracts are frozen)."""
+    return event.model_copy(update={"data": event.data.model_copy(update=changes)})
+
+
+async def refused(service, topic, bad, good_order_of, good):
+    """Deliver `bad` then `good` in one batch: `bad` is dead-lettered with its reason and changes nothing, `good`
+    still goes through. Returns the dead letter's reason."""
+    order_id = bad.data.order_id
+    before = await view(service, order_id)
+    emitted = await deliver(service, topic, bad, good)
+    dead = [e for e in emitted if e.topic == "oms.dlq.v1"]
+    assert len(dead) == 1 and dead[0].payload == bad.to_bytes()
+    assert await view(service, order_id) == before
+    assert [e for e in emitted if e.topic != "oms.dlq.v1"], "the consumer went on with the next message"
+    assert good_order_of(emitted)
+    return dead[0].headers["oms-error-message"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        ([("9", "LAMP", 1)], "has no line 9 of LAMP"),
+        ([("2", "TENT", 1)], "has no line 2 of TENT"),
+        ([("2", "LAMP", 4)], "allocation of 4 units of line 2 (LAMP), but only 3 are backordered"),
+        ([("1", "TENT", 1)], "allocation of 1 units of line 1 (TENT), but only 0 are backordered"),
+    ],
+)
+async def test_a_bad_backorder_allocation_is_dead_lettered_with_its_reason_and_changes_nothing(
+    order_service, lines, reason
+):
+    submitted, _ = await mixed_order(order_service, f"bad-alloc-{uuid.uuid4().hex[:6]}")
+    other, _ = await mixed_order(order_service, f"bad-alloc-other-{uuid.uuid4().hex[:6]}")
+    bad = samples.backorder_allocated(submitted.data.order_id, lines, "WH-WEST")
+    good = samples.backorder_allocated(other.data.order_id, [("2", "LAMP", 3)], "WH-WEST")
+    message = await refused(
+        order_service, INVENTORY_ALLOCATIONS, bad, lambda e: "oms.fulfillment.requested.v1" in types(e), good
+    )
+    assert reason in message
+
+
+async def test_an_allocation_of_an_already_shipped_or_cancelled_line_is_dead_lettered(order_service):
+    submitted, emitted = await mixed_order(order_service, "shipped-alloc")
+    await deliver(order_service, FULFILLMENT_UPDATES, samples.parcel(emitted[1].event, {"1": 1}, tracking_number="S-1"))
+    other, _ = await mixed_order(order_service, "shipped-alloc-other")
+    good = samples.backorder_allocated(other.data.order_id, [("2", "LAMP", 1)], "WH-WEST")
+    bad = samples.backorder_allocated(submitted.data.order_id, [("1", "TENT", 1)], "WH-WEST")
+    message = await refused(order_service, INVENTORY_ALLOCATIONS, bad, lambda e: True, good)
+    assert "line 1 already shipped" in message
+
+    cancelled = samples.order_submitted("cancelled-alloc", [("TENT", 1, "99.00"), ("LAMP", 2, "10.00")])
+    await deliver(order_service, CHANNEL_ORDERS, cancelled, samples.payment_captured(cancelled))
+    unfulfillable = [routing.UnplannedLine(line_id="2", sku="LAMP", quantity=2, reason="no source")]
+    plan = with_data(mixed_plan(cancelled, [], [("1", 1)]), unfulfillable_lines=unfulfillable)
+    await deliver(order_service, ROUTING_PLANS, plan)
+    bad = samples.backorder_allocated(cancelled.data.order_id, [("2", "LAMP", 1)], "WH-WEST")
+    good = samples.backorder_allocated(other.data.order_id, [("2", "LAMP", 1)], "WH-WEST")
+    message = await refused(order_service, INVENTORY_ALLOCATIONS, bad, lambda e: True, good)
+    assert "line 2 is cancelled" in message
+
+
+async def test_bad_shipped_updates_are_dead_lettered_with_their_reason_and_change_nothing(order_service):
+    _, emitted = await mixed_order(order_service, "bad-ship")
+    request = emitted[1].event
+    others = iter(range(4))
+
+    async def good(tracking):
+        """A parcel of another order, in the same batch after the bad one."""
+        _, other_emitted = await mixed_order(order_service, f"bad-ship-other-{next(others)}")
+        return samples.parcel(other_emitted[1].event, {"1": 1}, tracking_number=tracking)
+
+    too_many = samples.parcel(request, {"1": 2}, tracking_number="X-1")
+    message = await refused(order_service, FULFILLMENT_UPDATES, too_many, lambda e: True, await good("OK-1"))
+    assert "ships 2 units of line 1, but only 1 of it are still to ship" in message
+
+    not_in_it = samples.parcel(request, {"2": 1}, tracking_number="X-2")
+    message = await refused(order_service, FULFILLMENT_UPDATES, not_in_it, lambda e: True, await good("OK-1"))
+    assert f"fulfillment {request.data.fulfillment_id} has no line 2" in message
+
+    unknown = with_data(samples.parcel(request, {"1": 1}, tracking_number="X-3"), fulfillment_id=uuid.uuid4())
+    message = await refused(order_service, FULFILLMENT_UPDATES, unknown, lambda e: True, await good("OK-1"))
+    assert f"has no fulfillment {unknown.data.fulfillment_id}" in message
+
+    # A fulfillment routing planned but inventory has not reserved: nothing of it may ship yet.
+    planned_only = samples.order_submitted("bad-ship-planned", [("TENT", 1, "99.00")])
+    await deliver(order_service, CHANNEL_ORDERS, planned_only, samples.payment_captured(planned_only))
+    plan = plan_for(planned_only)
+    await deliver(order_service, ROUTING_PLANS, plan)
+    s = plan.data.shipments[0]
+    not_requested = with_data(
+        samples.parcel(request, {"1": 1}, tracking_number="X-4"),
+        order_id=planned_only.data.order_id,
+        fulfillment_id=s.shipment_id,
+        source_code=s.source_code,
+    )
+    message = await refused(order_service, FULFILLMENT_UPDATES, not_requested, lambda e: True, await good("OK-1"))
+    assert f"fulfillment {s.shipment_id} is planned; nothing of it can ship" in message
+
+
+async def test_several_parcels_of_several_orders_in_one_batch(order_service):
+    a, a_emitted = await mixed_order(order_service, "batch-a")
+    b, b_emitted = await mixed_order(order_service, "batch-b")
+    emitted = await deliver(
+        order_service,
+        FULFILLMENT_UPDATES,
+        samples.parcel(a_emitted[1].event, {"1": 1}, tracking_number="BA-1"),
+        samples.parcel(b_emitted[1].event, {"1": 1}, tracking_number="BB-1"),
+        samples.parcel(a_emitted[1].event, {"1": 1}, tracking_number="BA-1"),
+    )
+    assert types(emitted).count("oms.order.fulfillment_shipped.v1") == 2
+    for submitted in (a, b):
+        order = await view(order_service, submitted.data.order_id)
+        assert order["status"] == "partially_fulfilled"
+        assert sum(len(f["parcels"]) for f in order["fulfillments"]) == 1
+
+
+async def test_a_re_plan_that_overtakes_the_rejection_it_answers_is_applied_and_the_late_rejection_changes_nothing(
+    order_service,
+):
+    submitted = samples.order_submitted("replan-race", [("TENT", 2, "99.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    first = plan_for(submitted, "WH-EAST")
+    await deliver(order_service, ROUTING_PLANS, first)
+    second = with_data(plan_for(submitted, "WH-WEST"), attempt=2)
+    assert await deliver(order_service, ROUTING_PLANS, second) == []
+    [_, request] = await deliver(order_service, INVENTORY_ALLOCATIONS, reserved(second))
+    assert request.topic == "oms.fulfillment.requests.WH-WEST.v1"
+    late = samples.reservation_rejected(first)
+    assert await deliver(order_service, INVENTORY_ALLOCATIONS, late) == []
+    order = await view(order_service, submitted.data.order_id)
+    assert {f["source_code"]: f["status"] for f in order["fulfillments"]} == {
+        "WH-EAST": "rejected",
+        "WH-WEST": "requested",
+    }
+    assert quantities(order, "1") == ("requested", {"requested": 2})

@@ -1,9 +1,18 @@
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from oms_order.store import metadata
+
+ROOT = Path(__file__).resolve().parents[3]
+ALEMBIC_INI = ROOT / "services" / "order" / "alembic.ini"
 
 
 async def test_the_migrations_create_exactly_the_tables_of_the_store(service_database):
@@ -15,4 +24,67 @@ async def test_the_migrations_create_exactly_the_tables_of_the_store(service_dat
     finally:
         await engine.dispose()
     assert diff == []
-    assert version == "0001"
+    assert version == "0002"
+
+
+def _alembic(url: str, *args: str) -> None:
+    env = {**os.environ, "OMS_ORDER_DATABASE_URL": url}
+    subprocess.run([sys.executable, "-m", "alembic", "-c", str(ALEMBIC_INI), *args], check=True, env=env, cwd=ROOT)
+
+
+async def test_orders_stored_before_parcels_stay_valid_through_the_upgrade_and_back(create_database):
+    url = create_database("order_0001").replace("postgresql://", "postgresql+asyncpg://", 1)
+    _alembic(url, "upgrade", "0001")
+    order_id, shipped_id, planned_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO orders (order_id, channel, external_order_id, status, currency, placed_at, customer, "
+                    "shipping_address, shipping_method, options, shipping_total, tax_total, discount_total, "
+                    "grand_total) VALUES (:id, 'web', '1', 'partially_fulfilled', 'EUR', now(), '{}', '{}', "
+                    "'standard', '{}', 0, 0, 0, 10)"
+                ),
+                {"id": order_id},
+            )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO order_lines VALUES (:id, '1', 'A', 2, 1, 'shipped'), (:id, '2', 'B', 3, 1, 'open'), "
+                    "(:id, '3', 'C', 1, 1, 'backordered')"
+                ),
+                {"id": order_id},
+            )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO fulfillments (fulfillment_id, order_id, source_code, status, lines, carrier, "
+                    "tracking_number, shipped_at) VALUES "
+                    '(:s, :id, \'WH\', \'shipped\', \'[{"line_id": "1", "sku": "A", "quantity": 2}]\', \'DHL\', '
+                    "'T-1', now()), "
+                    '(:p, :id, \'WH\', \'planned\', \'[{"line_id": "2", "sku": "B", "quantity": 3}]\', NULL, '
+                    "NULL, NULL)"
+                ),
+                {"id": order_id, "s": shipped_id, "p": planned_id},
+            )
+        _alembic(url, "upgrade", "head")
+        async with engine.connect() as conn:
+            lines = (await conn.execute(sa.text("SELECT * FROM order_lines ORDER BY line_id"))).mappings().all()
+            parcels = (await conn.execute(sa.text("SELECT * FROM parcels"))).mappings().all()
+        units = [
+            {k.removeprefix("quantity_"): v for k, v in x.items() if k.startswith("quantity_") and v} for x in lines
+        ]
+        assert units == [{"shipped": 2}, {"reserved": 3}, {"backordered": 1}]
+        assert [x["state"] for x in lines] == ["shipped", "reserved", "backordered"]
+        [parcel] = parcels
+        assert (parcel["fulfillment_id"], parcel["carrier"], parcel["tracking_number"]) == (shipped_id, "DHL", "T-1")
+        assert parcel["lines"] == [{"line_id": "1", "sku": "A", "quantity": 2}]
+
+        _alembic(url, "downgrade", "0001")
+        async with engine.connect() as conn:
+            back = await conn.execute(
+                sa.text("SELECT carrier, tracking_number FROM fulfillments WHERE fulfillment_id = :s"),
+                {"s": shipped_id},
+            )
+            assert back.one() == ("DHL", "T-1")
+    finally:
+        await engine.dispose()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
-from oms_contracts import channel, fulfillment, inventory
-from oms_contracts.common import Address, Customer, LineQuantity, OrderOptions, PricedLine
+from oms_contracts import channel, fulfillment, inventory, routing
+from oms_contracts.common import Address, Customer, Line, LineQuantity, OrderOptions, PricedLine
 from oms_contracts.types import utc_now
 
 BERLIN = Address(
@@ -239,5 +240,136 @@ def shipped(
             tracking_url=chosen.tracking_url(tracking),
             shipped_at=datetime.now(UTC),
             lines=[LineQuantity(line_id=x.line_id, quantity=x.quantity) for x in d.lines],
+        ),
+    )
+
+
+def parcel(
+    request: fulfillment.FulfillmentRequested, lines: dict[str, int], *, tracking_number: str, carrier: Carrier = DHL
+) -> fulfillment.FulfillmentShipped:
+    """Part of a fulfillment request leaves in one parcel: `lines` = {line_id: units}, under its own tracking."""
+    d = request.data
+    return fulfillment.FulfillmentShipped(
+        source=f"/sources/{d.source_code}",
+        subject=str(d.order_id),
+        data=fulfillment.FulfillmentShippedData(
+            fulfillment_id=d.fulfillment_id,
+            order_id=d.order_id,
+            source_code=d.source_code,
+            carrier=carrier.name,
+            service=carrier.service,
+            tracking_number=tracking_number,
+            tracking_url=carrier.tracking_url(tracking_number),
+            shipped_at=datetime.now(UTC),
+            lines=[LineQuantity(line_id=line_id, quantity=n) for line_id, n in lines.items()],
+        ),
+    )
+
+
+def delivered(request: fulfillment.FulfillmentRequested) -> fulfillment.FulfillmentDelivered:
+    """The carrier delivered what the source shipped of a fulfillment request."""
+    d = request.data
+    return fulfillment.FulfillmentDelivered(
+        source=f"/sources/{d.source_code}",
+        subject=str(d.order_id),
+        data=fulfillment.FulfillmentDeliveredData(
+            fulfillment_id=d.fulfillment_id, order_id=d.order_id, source_code=d.source_code, delivered_at=utc_now()
+        ),
+    )
+
+
+def backorder_allocated(
+    order_id: uuid.UUID,
+    lines: list[tuple[str, str, int]],
+    source_code: str,
+    *,
+    ship_by: date | None = None,
+    shipment_id: uuid.UUID | None = None,
+) -> inventory.BackorderAllocated:
+    """Stock that arrived at `source_code` went to an order's waiting lines: `lines` = [(line_id, sku, units)]."""
+    return inventory.BackorderAllocated(
+        source="/oms/inventory",
+        subject=str(order_id),
+        data=inventory.BackorderAllocatedData(
+            order_id=order_id,
+            shipment_id=shipment_id or uuid.uuid4(),
+            source_code=source_code,
+            lines=[Line(line_id=line_id, sku=sku, quantity=n) for line_id, sku, n in lines],
+            ship_by=ship_by,
+        ),
+    )
+
+
+def fulfillment_planned(
+    submitted: channel.OrderSubmitted,
+    in_stock: list[tuple[str, int]],
+    waiting: Iterable[tuple[str, int]] = (),
+    *,
+    source_code: str = "WH-EAST",
+) -> routing.FulfillmentPlanned:
+    """Routing's plan for an order: one shipment of `in_stock` [(line_id, units)] from `source_code` (none when
+    empty), `waiting` [(line_id, units)] backordered."""
+    d = submitted.data
+    sku = {x.line_id: x.sku for x in d.lines}
+    shipments = []
+    if in_stock:
+        shipments.append(
+            routing.PlannedShipment(
+                shipment_id=uuid.uuid4(),
+                source_code=source_code,
+                source_type="warehouse",
+                lines=[Line(line_id=i, sku=sku[i], quantity=n) for i, n in in_stock],
+                estimated_ship_date=date.today() + timedelta(days=1),
+                estimated_delivery_date=date.today() + timedelta(days=3),
+                reason=f"{source_code}: the items in stock",
+            )
+        )
+    return routing.FulfillmentPlanned(
+        source="/oms/routing",
+        subject=str(d.order_id),
+        data=routing.FulfillmentPlannedData(
+            order_id=d.order_id,
+            plan_id=uuid.uuid4(),
+            attempt=1,
+            shipments=shipments,
+            backordered_lines=[
+                routing.UnplannedLine(line_id=i, sku=sku[i], quantity=n, reason="out of stock") for i, n in waiting
+            ],
+            planned_at=utc_now(),
+            ship_to_country=d.shipping_address.country,
+        ),
+    )
+
+
+def shipment_reserved(plan: routing.FulfillmentPlanned) -> inventory.ShipmentReserved:
+    """Inventory's reservation of a plan's (first) shipment."""
+    s = plan.data.shipments[0]
+    return inventory.ShipmentReserved(
+        source="/oms/inventory",
+        subject=str(plan.data.order_id),
+        data=inventory.ShipmentReservedData(
+            order_id=plan.data.order_id,
+            shipment_id=s.shipment_id,
+            plan_id=plan.data.plan_id,
+            source_code=s.source_code,
+            lines=s.lines,
+            ship_by=s.estimated_ship_date,
+        ),
+    )
+
+
+def reservation_rejected(plan: routing.FulfillmentPlanned, *, available: int = 0) -> inventory.ReservationRejected:
+    """Inventory could not reserve a plan's (first) shipment: each of its SKUs had only `available` units."""
+    s = plan.data.shipments[0]
+    return inventory.ReservationRejected(
+        source="/oms/inventory",
+        subject=str(plan.data.order_id),
+        data=inventory.ReservationRejectedData(
+            order_id=plan.data.order_id,
+            shipment_id=s.shipment_id,
+            plan_id=plan.data.plan_id,
+            source_code=s.source_code,
+            lines=s.lines,
+            shortages=[inventory.Shortage(sku=x.sku, requested=x.quantity, available=available) for x in s.lines],
         ),
     )

@@ -7,15 +7,37 @@ from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from oms_contracts.order import OrderStatus
 from oms_contracts.types import Money
 from oms_runtime import Principal
 
-from . import store
+from . import backorders, store
+from .domain import LineState
 
 router = APIRouter(tags=["orders"])
+
+
+class Quantities(BaseModel):
+    """A line's units by state; they add up to its quantity."""
+
+    open: int
+    backordered: int
+    reserved: int
+    requested: int
+    shipped: int
+    delivered: int
+    returned: int
+    cancelled: int
+
+
+class BackorderView(BaseModel):
+    quantity: int = Field(description="Units of the line waiting for stock")
+    position: int | None = Field(
+        None, description="Live place in the SKU's queue at inventory (1 is served next); null when not known"
+    )
+    expected_date: date | None = Field(None, description="When announced receipts should serve it; null when not known")
 
 
 class LineView(BaseModel):
@@ -23,25 +45,46 @@ class LineView(BaseModel):
     sku: str
     quantity: int
     unit_price: Money
-    state: str
+    state: LineState = Field(description="The least advanced state of the line's units that are not cancelled")
+    quantities: Quantities
+    backorder: BackorderView | None = Field(None, description="Present while some units are backordered")
+
+
+class ShipmentLineView(BaseModel):
+    line_id: str
+    sku: str
+    quantity: int
+
+
+class ParcelView(BaseModel):
+    parcel_id: uuid.UUID
+    carrier: str
+    service: str | None
+    tracking_number: str
+    tracking_url: str | None
+    shipped_at: datetime
+    delivered_at: datetime | None
+    lines: list[ShipmentLineView]
 
 
 class FulfillmentView(BaseModel):
     fulfillment_id: uuid.UUID
     source_code: str
     status: str
-    lines: list[dict[str, Any]]
+    lines: list[ShipmentLineView]
     reason: str | None
     ship_by: date | None
     estimated_delivery: date | None
-    carrier: str | None
-    service: str | None
-    tracking_number: str | None
-    tracking_url: str | None
     requested_at: datetime | None
     shipped_at: datetime | None
     delivered_at: datetime | None
     rejection: str | None
+    parcels: list[ParcelView] = Field(description="What left the source, one entry per parcel, oldest first")
+    # One carrier and tracking per fulfillment was the view before parcels: kept, as the latest parcel's.
+    carrier: str | None = Field(None, description="The latest parcel's")
+    service: str | None = Field(None, description="The latest parcel's")
+    tracking_number: str | None = Field(None, description="The latest parcel's")
+    tracking_url: str | None = Field(None, description="The latest parcel's")
 
 
 class OrderView(BaseModel):
@@ -68,6 +111,10 @@ class OrderView(BaseModel):
     payment_ref: str | None
     created_at: datetime
     updated_at: datetime
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="What this view could not show, e.g. backorder positions when inventory is down",
+    )
 
 
 class TimelineEntry(BaseModel):
@@ -95,12 +142,38 @@ def _database(request: Request):
     return request.app.state.service.database
 
 
-@router.get("/orders/{order_id}", response_model=OrderView, summary="An order with its lines and fulfillments")
+@router.get(
+    "/orders/{order_id}",
+    response_model=OrderView,
+    summary="An order with its lines (units by state, backorder positions) and fulfillments (parcels)",
+)
 async def get_order(order_id: uuid.UUID, request: Request, who: Principal) -> Any:
     async with _database(request).connect() as conn:
         view = await store.order_view(conn, order_id)
     if view is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no order {order_id}")
+    view["warnings"] = []
+    waiting = [line for line in view["lines"] if line["quantities"]["backordered"]]
+    if waiting:
+        settings = request.app.state.service.settings
+        try:
+            places = await backorders.places(
+                settings.inventory_url, order_id, request.headers.get("authorization"), settings.inventory_timeout_s
+            )
+        except backorders.Unavailable as why:
+            places = {}
+            view["warnings"].append(f"backorder positions and expected dates are not shown: {why}")
+        for line in waiting:
+            place = places.get(line["line_id"])
+            line["backorder"] = {
+                "quantity": line["quantities"]["backordered"],
+                "position": place.position if place else None,
+                "expected_date": place.expected_date if place else None,
+            }
+    for fulfillment in view["fulfillments"]:
+        if fulfillment["parcels"]:
+            latest = fulfillment["parcels"][-1]
+            fulfillment.update({k: latest[k] for k in ("carrier", "service", "tracking_number", "tracking_url")})
     return view
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections import Counter
 from dataclasses import replace
 from datetime import date
 
@@ -17,6 +18,10 @@ from oms_contracts.order import (
     FieldError,
     OrderAccepted,
     OrderAcceptedData,
+    OrderFulfillmentDelivered,
+    OrderFulfillmentDeliveredData,
+    OrderFulfillmentShipped,
+    OrderFulfillmentShippedData,
     OrderPaid,
     OrderPaidData,
     OrderRejected,
@@ -58,14 +63,16 @@ def _trace_id(traceparent: str) -> str | None:
 async def _apply(tx: Transaction, messages: list[Incoming], order_id_of, apply) -> None:
     """Lock and load the batch's orders, apply each message in order, save everything in one go.
 
-    `apply(message, order, orders, outgoing)` changes the order and appends the events it causes to `outgoing`;
-    they are emitted after the status changes they follow from."""
+    `apply(message, order, orders, outgoing)` makes one domain call; what the order records (status changes, then
+    the facts they follow from) is translated into contracts here, in the order's trace. `outgoing` is for events
+    made from the message itself (the accepted order)."""
     orders = await store.load(await tx.pg(), (order_id_of(m) for m in messages))
     for message in messages:
         order_id = order_id_of(message)
         with telemetry.order_context(order_id):
             order = orders.get(order_id)
             announced = len(order.transitions) if order else 0
+            recorded = len(order.events) if order else 0
             outgoing: list[CloudEvent] = []
             try:
                 order = apply(message, order, orders, outgoing)
@@ -73,9 +80,23 @@ async def _apply(tx: Transaction, messages: list[Incoming], order_id_of, apply) 
                 # The whole batch is replayed one message at a time and only this one is dead-lettered.
                 raise Refused(str(refusal)) from refusal
             _announce(tx, order, order.transitions[announced:])
+            outgoing += [_translate(order, fact) for fact in order.events[recorded:]]
             for event in outgoing:
                 tx.emit(event, traceparent=order.traceparent)
     await store.save(await tx.pg(), orders.values())
+
+
+def _translate(order: Order, fact: domain.Event) -> CloudEvent:
+    match fact:
+        case domain.Paid():
+            return _paid(order)
+        case domain.FulfillmentRequested(fulfillment=f):
+            return _request(order, f)
+        case domain.ParcelShipped():
+            return _parcel_shipped(order, fact)
+        case domain.FulfillmentDelivered():
+            return _fulfillment_delivered(order, fact)
+    raise TypeError(f"no contract for {fact!r}")
 
 
 def _announce(tx: Transaction, order: Order, transitions: list[domain.Transition]) -> None:
@@ -125,8 +146,7 @@ def _on_channel_event(message: Incoming, order: Order | None, orders, outgoing: 
         case channel.PaymentAuthorized():
             order.authorize_payment(data.amount, data.currency, cause)
         case channel.PaymentCaptured():
-            if order.capture_payment(data.amount, data.currency, data.payment_ref, cause):
-                outgoing.append(_paid(order))
+            order.capture_payment(data.amount, data.currency, data.payment_ref, cause)
         case channel.PaymentFailed():
             order.fail_payment(data.reason, cause)
         case channel.CancellationRequested() if data.lines is None:
@@ -273,37 +293,38 @@ def _on_plan(message: Incoming, order: Order | None, _orders, _outgoing: list[Cl
         [domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in plan.backordered_lines],
         [domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in plan.unfulfillable_lines],
         _cause(message, "service:routing", order),
+        plan.attempt,
     )
     return order
 
 
 async def on_inventory_allocations(tx: Transaction, messages: list[Incoming[CloudEvent]]) -> None:
-    """A reserved shipment becomes a fulfillment request on its source's own topic (and the order awaits
-    fulfillment); a refused reservation waits for routing's re-plan."""
-    relevant = [m for m in messages if isinstance(m.event, inventory.ShipmentReserved | inventory.ReservationRejected)]
-    # backorder_queued repeats what the plan already said; backorder_allocated belongs to the FIFO release, which
-    # inventory does not perform yet. Neither changes an order today.
+    """A reserved shipment, or stock allocated to backordered units, becomes a fulfillment request on its source's
+    own topic (and the order awaits fulfillment); a refused reservation waits for routing's re-plan."""
+    # backorder_queued repeats what the plan already said (which units wait); it changes no order.
+    relevant = [m for m in messages if not isinstance(m.event, inventory.BackorderQueued)]
     await _apply(tx, relevant, lambda m: m.event.data.order_id, _on_allocation)
 
 
-def _on_allocation(message: Incoming, order: Order | None, _orders, outgoing: list[CloudEvent]) -> Order:
+def _on_allocation(message: Incoming, order: Order | None, _orders, _outgoing: list[CloudEvent]) -> Order:
     event, data = message.event, message.event.data
     order = _known(order, data.order_id)
     cause = _cause(message, "service:inventory", order)
-    reservation = domain.Reservation(
-        fulfillment_id=data.shipment_id,
-        source_code=data.source_code,
-        lines=[domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in data.lines],
-        plan_id=data.plan_id,
-        ship_by=getattr(data, "ship_by", None),
-    )
-    if isinstance(event, inventory.ShipmentReserved):
-        requested = order.request_fulfillment(reservation, cause)
-        if requested is not None:
-            outgoing.append(_request(order, requested))
-    else:
-        short = ", ".join(f"{s.sku} {s.available}/{s.requested}" for s in data.shortages)
-        order.reject_reservation(reservation, f"{data.source_code} short: {short}", cause)
+    lines = [domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in data.lines]
+    match event:
+        case inventory.BackorderAllocated():
+            order.allocate_backorder(domain.Allocation(data.shipment_id, data.source_code, lines, data.ship_by), cause)
+        case inventory.ShipmentReserved():
+            order.request_fulfillment(
+                domain.Reservation(data.shipment_id, data.source_code, lines, data.plan_id, data.ship_by), cause
+            )
+        case inventory.ReservationRejected():
+            short = ", ".join(f"{s.sku} {s.available}/{s.requested}" for s in data.shortages)
+            order.reject_reservation(
+                domain.Reservation(data.shipment_id, data.source_code, lines, data.plan_id),
+                f"{data.source_code} short: {short}",
+                cause,
+            )
     return order
 
 
@@ -331,51 +352,79 @@ def _request(order: Order, f: domain.Fulfillment) -> fulfillment.FulfillmentRequ
 
 
 async def on_fulfillment_updates(tx: Transaction, messages: list[Incoming[CloudEvent]]) -> None:
-    """What sources report: accepted, rejected (routing re-plans), shipped (the order becomes partially fulfilled
-    or fulfilled), delivered."""
+    """What sources report: accepted, rejected (routing re-plans), shipped (a parcel: all of a fulfillment or part
+    of it; `order.fulfillment_shipped.v1`), delivered (`order.fulfillment_delivered.v1`)."""
     await _apply(tx, messages, lambda m: m.event.data.order_id, _on_fulfillment_update)
 
 
 def _on_fulfillment_update(message: Incoming, order: Order | None, _orders, _outgoing: list[CloudEvent]) -> Order:
     event, data = message.event, message.event.data
     order = _known(order, data.order_id)
-    requested = order.fulfillments.get(data.fulfillment_id)
-    if requested is None:
-        raise OrderRefusal(f"order {order.order_id} has no fulfillment {data.fulfillment_id}")
-    if requested.source_code != data.source_code:
-        raise OrderRefusal(
-            f"fulfillment {data.fulfillment_id} was requested from {requested.source_code}, not {data.source_code}"
-        )
     cause = _cause(message, f"source:{data.source_code}", order)
     match event:
         case fulfillment.FulfillmentAccepted():
-            order.accept_fulfillment(data.fulfillment_id)
+            order.accept_fulfillment(data.fulfillment_id, data.source_code)
         case fulfillment.FulfillmentRejected():
-            order.reject_fulfillment(data.fulfillment_id, data.reason, cause)
+            order.reject_fulfillment(data.fulfillment_id, data.source_code, data.reason, cause)
         case fulfillment.FulfillmentShipped():
-            shipped = {x.line_id: x.quantity for x in data.lines}
-            expected = {x.line_id: x.quantity for x in requested.lines}
-            if shipped != expected:
-                raise OrderRefusal(
-                    f"fulfillment {data.fulfillment_id} shipped {shipped} but was requested as {expected}; "
-                    "partial shipments of one fulfillment are not supported yet"
-                )
-            order.ship_fulfillment(
-                data.fulfillment_id,
-                domain.Shipment(
-                    data.carrier,
-                    data.service,
-                    data.tracking_number,
-                    str(data.tracking_url) if data.tracking_url else None,
-                    data.shipped_at,
-                ),
-                cause,
+            units: Counter[str] = Counter()
+            for x in data.lines:
+                units[x.line_id] += x.quantity
+            parcel = domain.Shipment(
+                data.carrier,
+                data.service,
+                data.tracking_number,
+                str(data.tracking_url) if data.tracking_url else None,
+                data.shipped_at,
+                dict(units),
             )
+            order.ship_parcel(data.fulfillment_id, data.source_code, parcel, cause)
         case fulfillment.FulfillmentDelivered():
-            order.deliver_fulfillment(data.fulfillment_id, data.delivered_at, cause)
+            order.deliver_fulfillment(data.fulfillment_id, data.source_code, data.delivered_at, cause)
         case fulfillment.FulfillmentCancelled():
             raise OrderRefusal("a source cancelling lines needs re-planning and refunds, not in this version yet")
     return order
+
+
+def _lines(lines) -> list[Line]:
+    return [Line(line_id=x.line_id, sku=x.sku, quantity=x.quantity) for x in lines]
+
+
+def _parcel_shipped(order: Order, fact: domain.ParcelShipped) -> OrderFulfillmentShipped:
+    parcel = fact.parcel
+    return OrderFulfillmentShipped(
+        source=SOURCE,
+        subject=str(order.order_id),
+        data=OrderFulfillmentShippedData(
+            order_id=order.order_id,
+            fulfillment_id=fact.fulfillment.fulfillment_id,
+            source_code=fact.fulfillment.source_code,
+            carrier=parcel.carrier,
+            service=parcel.service,
+            tracking_number=parcel.tracking_number,
+            tracking_url=parcel.tracking_url,
+            shipped_at=parcel.shipped_at,
+            lines=_lines(parcel.lines),
+            to_come=_lines(fact.to_come),
+            status=fact.status,
+        ),
+    )
+
+
+def _fulfillment_delivered(order: Order, fact: domain.FulfillmentDelivered) -> OrderFulfillmentDelivered:
+    return OrderFulfillmentDelivered(
+        source=SOURCE,
+        subject=str(order.order_id),
+        data=OrderFulfillmentDeliveredData(
+            order_id=order.order_id,
+            fulfillment_id=fact.fulfillment.fulfillment_id,
+            source_code=fact.fulfillment.source_code,
+            delivered_at=fact.parcels[-1].delivered_at,
+            lines=_lines(fact.lines),
+            tracking_numbers=[p.tracking_number for p in fact.parcels],
+            status=fact.status,
+        ),
+    )
 
 
 def _known(order: Order | None, order_id: uuid.UUID) -> Order:

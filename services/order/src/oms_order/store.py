@@ -14,7 +14,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from oms_contracts.order import OrderStatus
 from oms_runtime import add_messaging_tables
 
-from .domain import Fulfillment, FulfillmentStatus, Line, LineState, Order, ShipmentLine, Transition
+from .domain import Fulfillment, FulfillmentStatus, Line, LineState, Order, Parcel, ShipmentLine, Transition
 
 metadata = sa.MetaData()
 add_messaging_tables(metadata)
@@ -59,8 +59,13 @@ order_lines = sa.Table(
     sa.Column("sku", sa.Text, nullable=False),
     sa.Column("quantity", sa.Integer, nullable=False),
     sa.Column("unit_price", _Money, nullable=False),
+    # The summary: the least advanced state of a unit that is not cancelled (domain.Line.state).
     sa.Column("state", sa.Text, nullable=False),
+    # Units by state (domain.LineState); together they are the ordered quantity.
+    *(sa.Column(f"quantity_{s}", sa.Integer, nullable=False, server_default="0") for s in LineState),
     sa.CheckConstraint("quantity > 0", name="order_lines_quantity_positive"),
+    sa.CheckConstraint(" AND ".join(f"quantity_{s} >= 0" for s in LineState), name="order_lines_units_not_negative"),
+    sa.CheckConstraint(" + ".join(f"quantity_{s}" for s in LineState) + " = quantity", name="order_lines_units_add_up"),
 )
 
 fulfillments = sa.Table(
@@ -75,15 +80,30 @@ fulfillments = sa.Table(
     sa.Column("ship_by", sa.Date),
     sa.Column("estimated_delivery", sa.Date),
     sa.Column("reason", sa.Text),
-    sa.Column("carrier", sa.Text),
-    sa.Column("service", sa.Text),
-    sa.Column("tracking_number", sa.Text),
-    sa.Column("tracking_url", sa.Text),
     sa.Column("requested_at", sa.DateTime(timezone=True)),
-    sa.Column("shipped_at", sa.DateTime(timezone=True)),
-    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("shipped_at", sa.DateTime(timezone=True)),  # when its last unit left
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),  # when its last parcel arrived
     sa.Column("rejection", sa.Text),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# What left a source in one box: a fulfillment ships in one parcel or several. One tracking number is one parcel of
+# a fulfillment, so a source that reports the same parcel twice cannot record it twice.
+parcels = sa.Table(
+    "parcels",
+    metadata,
+    sa.Column("parcel_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("fulfillment_id", UUID(as_uuid=True), sa.ForeignKey("fulfillments.fulfillment_id"), nullable=False),
+    sa.Column("order_id", UUID(as_uuid=True), sa.ForeignKey("orders.order_id"), nullable=False, index=True),
+    sa.Column("carrier", sa.Text, nullable=False),
+    sa.Column("service", sa.Text),
+    sa.Column("tracking_number", sa.Text, nullable=False),
+    sa.Column("tracking_url", sa.Text),
+    sa.Column("shipped_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("delivered_at", sa.DateTime(timezone=True)),
+    sa.Column("lines", JSONB, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("fulfillment_id", "tracking_number", name="parcels_fulfillment_id_tracking_number_key"),
 )
 
 # The audit timeline: one row per status change, written in the transaction that made the change.
@@ -108,8 +128,62 @@ def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
 
+def _lines_json(lines: Iterable[ShipmentLine]) -> str:
+    return json.dumps([{"line_id": x.line_id, "sku": x.sku, "quantity": x.quantity} for x in lines])
+
+
+_ARRAY_TYPES = {sa.Text: "text", UUID: "uuid", sa.Integer: "int", sa.Numeric: "numeric", sa.Date: "date"}
+
+
+def _array_type(column: sa.Column) -> str:
+    if isinstance(column.type, sa.DateTime):
+        return "timestamptz"
+    if isinstance(column.type, JSONB):
+        return "text"  # sent as JSON text, cast in the SELECT
+    return next(name for kind, name in _ARRAY_TYPES.items() if isinstance(column.type, kind))
+
+
+def upsert(table: sa.Table, columns: list[str], *, update: list[str]) -> str:
+    """One set-based statement that inserts rows given as one array per column (`unnest`) and, for rows whose
+    primary key exists, updates `update` where a value differs. Generated from the table, so a new column is one
+    edit."""
+    arrays = ", ".join(f"${i}::{_array_type(table.c[c])}[]" for i, c in enumerate(columns, 1))
+    values = ", ".join(f"u.{c}::jsonb" if isinstance(table.c[c].type, JSONB) else f"u.{c}" for c in columns)
+    key = ", ".join(c.name for c in table.primary_key.columns)
+    sets = [f"{c} = EXCLUDED.{c}" for c in update] + (["updated_at = now()"] if "updated_at" in table.c else [])
+    old = ", ".join(f"t.{c}" for c in update)
+    new = ", ".join(f"EXCLUDED.{c}" for c in update)
+    return (
+        f"INSERT INTO {table.name} AS t ({', '.join(columns)}) SELECT {values} FROM unnest({arrays}) "
+        f"AS u({', '.join(columns)}) ON CONFLICT ({key}) DO UPDATE SET {', '.join(sets)} "
+        f"WHERE ROW({old}) IS DISTINCT FROM ROW({new})"
+    )
+
+
+_UNITS = [f"quantity_{s}" for s in LineState]
+_LINE_COLUMNS = ["order_id", "line_id", "sku", "quantity", "unit_price", "state", *_UNITS]
+_UPSERT_LINES = upsert(order_lines, _LINE_COLUMNS, update=["state", *_UNITS])
+_FULFILLMENT_COLUMNS = [c.name for c in fulfillments.c if c.name != "updated_at"]
+_UPSERT_FULFILLMENTS = upsert(
+    fulfillments,
+    _FULFILLMENT_COLUMNS,
+    update=[
+        "status",
+        "ship_by",
+        "estimated_delivery",
+        "reason",
+        "requested_at",
+        "shipped_at",
+        "delivered_at",
+        "rejection",
+    ],
+)
+_PARCEL_COLUMNS = [c.name for c in parcels.c if c.name != "recorded_at"]
+_UPSERT_PARCELS = upsert(parcels, _PARCEL_COLUMNS, update=["delivered_at"])
+
+
 async def load(pg, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Order]:
-    """The orders with their lines and fulfillments, locked for this transaction (three statements)."""
+    """The orders with their lines, fulfillments and parcels, locked for this transaction (four statements)."""
     ids = list(set(order_ids))
     if not ids:
         return {}
@@ -121,10 +195,18 @@ async def load(pg, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Order]:
         "SELECT * FROM order_lines WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, line_id", list(loaded)
     ):
         loaded[row["order_id"]].lines[row["line_id"]] = Line(
-            row["line_id"], row["sku"], row["quantity"], row["unit_price"], LineState(row["state"])
+            row["line_id"],
+            row["sku"],
+            row["quantity"],
+            row["unit_price"],
+            {s: row[f"quantity_{s}"] for s in LineState},
         )
     for row in await pg.fetch("SELECT * FROM fulfillments WHERE order_id = ANY($1::uuid[])", list(loaded)):
         loaded[row["order_id"]].fulfillments[row["fulfillment_id"]] = _fulfillment(row)
+    for row in await pg.fetch(
+        "SELECT * FROM parcels WHERE order_id = ANY($1::uuid[]) ORDER BY shipped_at, recorded_at", list(loaded)
+    ):
+        loaded[row["order_id"]].fulfillments[row["fulfillment_id"]].parcels.append(_parcel(row))
     return loaded
 
 
@@ -163,10 +245,6 @@ def _fulfillment(row: Any) -> Fulfillment:
         ship_by=row["ship_by"],
         estimated_delivery=row["estimated_delivery"],
         reason=row["reason"],
-        carrier=row["carrier"],
-        service=row["service"],
-        tracking_number=row["tracking_number"],
-        tracking_url=row["tracking_url"],
         requested_at=row["requested_at"],
         shipped_at=row["shipped_at"],
         delivered_at=row["delivered_at"],
@@ -174,19 +252,37 @@ def _fulfillment(row: Any) -> Fulfillment:
     )
 
 
+def _parcel(row: Any) -> Parcel:
+    return Parcel(
+        parcel_id=row["parcel_id"],
+        fulfillment_id=row["fulfillment_id"],
+        carrier=row["carrier"],
+        service=row["service"],
+        tracking_number=row["tracking_number"],
+        tracking_url=row["tracking_url"],
+        shipped_at=row["shipped_at"],
+        lines=tuple(ShipmentLine(**line) for line in _json(row["lines"])),
+        delivered_at=row["delivered_at"],
+    )
+
+
 async def save(pg, orders_: Iterable[Order]) -> None:
-    """Write what changed in these orders: new orders and lines, statuses, fulfillments, timeline rows."""
+    """Write what changed in these orders: new orders, statuses, line units, fulfillments, parcels, timeline rows
+    (one set-based statement per table)."""
     changed = [o for o in orders_ if o.changed]
     if not changed:
         return
     await _insert_orders(pg, [o for o in changed if o.new])
     await _update_orders(pg, [o for o in changed if not o.new])
     await _upsert_lines(pg, changed)
-    await _upsert_fulfillments(pg, [o.fulfillments[f] for o in changed for f in sorted(o.changed_fulfillments)])
+    touched = [o.fulfillments[f] for o in changed for f in sorted(o.changed_fulfillments)]
+    await _upsert_fulfillments(pg, touched)
+    await _upsert_parcels(pg, touched)
     await _insert_timeline(pg, [t for o in changed for t in o.transitions])
     for order in changed:
         order.new = order.changed = False
         order.transitions.clear()
+        order.events.clear()
         order.changed_fulfillments.clear()
 
 
@@ -243,61 +339,59 @@ async def _update_orders(pg, existing: list[Order]) -> None:
 
 
 async def _upsert_lines(pg, changed: list[Order]) -> None:
+    # Every line of a changed order is offered; only those whose units moved are written.
     lines = [(o.order_id, line) for o in changed for line in o.lines.values()]
     await pg.execute(
-        """
-        INSERT INTO order_lines (order_id, line_id, sku, quantity, unit_price, state)
-        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::numeric[], $6::text[])
-        ON CONFLICT (order_id, line_id) DO UPDATE SET state = EXCLUDED.state
-        WHERE order_lines.state IS DISTINCT FROM EXCLUDED.state
-        """,
+        _UPSERT_LINES,
         [o for o, _ in lines],
         [line.line_id for _, line in lines],
         [line.sku for _, line in lines],
         [line.quantity for _, line in lines],
         [line.unit_price for _, line in lines],
         [str(line.state) for _, line in lines],
+        *([line.units[s] for _, line in lines] for s in LineState),
     )
 
 
 async def _upsert_fulfillments(pg, changed: list[Fulfillment]) -> None:
     if not changed:
         return
-    await pg.execute(
-        """
-        INSERT INTO fulfillments (fulfillment_id, order_id, plan_id, source_code, status, lines, ship_by,
-            estimated_delivery, reason, carrier, service, tracking_number, tracking_url, requested_at, shipped_at,
-            delivered_at, rejection)
-        SELECT u.id, u.oid, u.plan, u.src, u.st, u.lines::jsonb, u.ship_by, u.eta, u.reason, u.carrier, u.svc,
-            u.tn, u.turl, u.req, u.shipped, u.deliv, u.rej
-        FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::date[], $8::date[],
-            $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::timestamptz[], $15::timestamptz[],
-            $16::timestamptz[], $17::text[])
-            AS u(id, oid, plan, src, st, lines, ship_by, eta, reason, carrier, svc, tn, turl, req, shipped, deliv, rej)
-        ON CONFLICT (fulfillment_id) DO UPDATE SET status = EXCLUDED.status, carrier = EXCLUDED.carrier,
-            service = EXCLUDED.service, tracking_number = EXCLUDED.tracking_number,
-            tracking_url = EXCLUDED.tracking_url, requested_at = EXCLUDED.requested_at,
-            shipped_at = EXCLUDED.shipped_at, delivered_at = EXCLUDED.delivered_at, rejection = EXCLUDED.rejection,
-            updated_at = now()
-        """,
-        [f.fulfillment_id for f in changed],
-        [f.order_id for f in changed],
-        [f.plan_id for f in changed],
-        [f.source_code for f in changed],
-        [str(f.status) for f in changed],
-        [json.dumps([{"line_id": x.line_id, "sku": x.sku, "quantity": x.quantity} for x in f.lines]) for f in changed],
-        [f.ship_by for f in changed],
-        [f.estimated_delivery for f in changed],
-        [f.reason for f in changed],
-        [f.carrier for f in changed],
-        [f.service for f in changed],
-        [f.tracking_number for f in changed],
-        [f.tracking_url for f in changed],
-        [f.requested_at for f in changed],
-        [f.shipped_at for f in changed],
-        [f.delivered_at for f in changed],
-        [f.rejection for f in changed],
-    )
+    columns = {
+        "fulfillment_id": [f.fulfillment_id for f in changed],
+        "order_id": [f.order_id for f in changed],
+        "plan_id": [f.plan_id for f in changed],
+        "source_code": [f.source_code for f in changed],
+        "status": [str(f.status) for f in changed],
+        "lines": [_lines_json(f.lines) for f in changed],
+        "ship_by": [f.ship_by for f in changed],
+        "estimated_delivery": [f.estimated_delivery for f in changed],
+        "reason": [f.reason for f in changed],
+        "requested_at": [f.requested_at for f in changed],
+        "shipped_at": [f.shipped_at for f in changed],
+        "delivered_at": [f.delivered_at for f in changed],
+        "rejection": [f.rejection for f in changed],
+    }
+    await pg.execute(_UPSERT_FULFILLMENTS, *(columns[c] for c in _FULFILLMENT_COLUMNS))
+
+
+async def _upsert_parcels(pg, touched: list[Fulfillment]) -> None:
+    # The parcels of the fulfillments that changed: new ones are inserted, delivered ones updated, the rest skipped.
+    rows = [(f, p) for f in touched for p in f.parcels]
+    if not rows:
+        return
+    columns = {
+        "parcel_id": [p.parcel_id for _, p in rows],
+        "fulfillment_id": [p.fulfillment_id for _, p in rows],
+        "order_id": [f.order_id for f, _ in rows],
+        "carrier": [p.carrier for _, p in rows],
+        "service": [p.service for _, p in rows],
+        "tracking_number": [p.tracking_number for _, p in rows],
+        "tracking_url": [p.tracking_url for _, p in rows],
+        "shipped_at": [p.shipped_at for _, p in rows],
+        "delivered_at": [p.delivered_at for _, p in rows],
+        "lines": [_lines_json(p.lines) for _, p in rows],
+    }
+    await pg.execute(_UPSERT_PARCELS, *(columns[c] for c in _PARCEL_COLUMNS))
 
 
 async def _insert_timeline(pg, transitions: list[Transition]) -> None:
@@ -325,6 +419,7 @@ async def _insert_timeline(pg, transitions: list[Transition]) -> None:
 
 
 async def order_view(conn, order_id: uuid.UUID) -> dict[str, Any] | None:
+    """The order as stored: lines with their units by state, fulfillments with their parcels."""
     row = (await conn.execute(sa.select(orders).where(orders.c.order_id == order_id))).mappings().first()
     if row is None:
         return None
@@ -335,12 +430,26 @@ async def order_view(conn, order_id: uuid.UUID) -> dict[str, Any] | None:
     ).mappings()
     shipments = (
         await conn.execute(
-            sa.select(fulfillments).where(fulfillments.c.order_id == order_id).order_by(fulfillments.c.requested_at)
+            sa.select(fulfillments)
+            .where(fulfillments.c.order_id == order_id)
+            .order_by(fulfillments.c.requested_at.nulls_last(), fulfillments.c.updated_at)
         )
     ).mappings()
+    boxes = (
+        await conn.execute(
+            sa.select(parcels)
+            .where(parcels.c.order_id == order_id)
+            .order_by(parcels.c.shipped_at, parcels.c.recorded_at)
+        )
+    ).mappings()
+    by_fulfillment: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for parcel in boxes:
+        by_fulfillment.setdefault(parcel["fulfillment_id"], []).append(dict(parcel))
     view = dict(row)
-    view["lines"] = [dict(line) for line in lines]
-    view["fulfillments"] = [dict(f) for f in shipments]
+    view["lines"] = [
+        {**line, "quantities": {str(s): line[f"quantity_{s}"] for s in LineState}} for line in map(dict, lines)
+    ]
+    view["fulfillments"] = [{**f, "parcels": by_fulfillment.get(f["fulfillment_id"], [])} for f in map(dict, shipments)]
     view["subtotal"] = sum((line["unit_price"] * line["quantity"] for line in view["lines"]), Decimal(0))
     return view
 
