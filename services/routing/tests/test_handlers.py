@@ -31,6 +31,7 @@ from oms_contracts.topics import (
 )
 from oms_routing import store
 from oms_routing.app import create_service
+from oms_routing.domain import DEFAULT_RULES
 from oms_runtime.database import driver
 from oms_runtime.testing import deliver
 
@@ -142,7 +143,11 @@ async def test_paid_order_is_planned_from_the_own_warehouse_not_the_nearer_drops
     (shipment,) = plan.shipments
     assert shipment.source_code == codes["WH-A"]
     assert shipment.lines == order.lines
-    assert shipment.reason == f"{codes['WH-A']}: own warehouse with all 2 items, 504 km"
+    assert shipment.reason == (
+        f"{codes['WH-A']}: all 2 items, 504 km, own warehouse; {codes['DS-A']} also had them, dropship supplier"
+    )
+    assert plan.rules == list(DEFAULT_RULES)
+    assert (plan.ship_to_country, plan.pickup_source, plan.ship_complete) == ("DE", None, False)
     assert await plans_in_db(routing, order.order_id) == [plan]
 
 
