@@ -73,6 +73,10 @@ def source_json(code: str, **fields) -> dict:
         "cost_per_unit": "0.5",
         "handling_days": 1,
         "active": True,
+        "timezone": "UTC",
+        "cutoff_time": None,
+        "transit_days": {"standard": 3, "express": 1},
+        "daily_capacity": None,
     } | fields
 
 
@@ -158,6 +162,10 @@ async def test_put_network_with_a_duplicate_code_is_422_naming_it_and_changes_no
         ("type", "warehouse-ish", ["body", "sources", 0, "type"]),
         ("code", "has space", ["body", "sources", 0, "code"]),
         ("cost_per_unit", 0.5, ["body", "sources", 0, "cost_per_unit"]),
+        ("timezone", "Mars/Olympus", ["body", "sources", 0, "timezone"]),
+        ("cutoff_time", "25:00", ["body", "sources", 0, "cutoff_time"]),
+        ("daily_capacity", 0, ["body", "sources", 0, "daily_capacity"]),
+        ("transit_days", {"standard": -1}, ["body", "sources", 0, "transit_days", "standard"]),
     ],
 )
 async def test_put_network_with_an_invalid_source_is_422_with_the_field(client, field, value, loc):
@@ -229,3 +237,23 @@ async def test_simulate_with_an_invalid_order_is_422(client, make_order):
     response = await client.post("/simulate", headers=AUTH, json=body)
     assert response.status_code == 422
     assert [e["loc"] for e in response.json()["detail"]] == [["body", "lines", 0, "quantity"]]
+
+
+async def test_a_sources_calendar_and_capacity_are_stored_returned_and_announced(client, api_service):
+    code = f"WH-CAL-{uuid.uuid4().hex[:6].upper()}"
+    current = (await client.get("/network", headers=AUTH)).json()["sources"]
+    await take_outbox(api_service)
+    calendar = {
+        "timezone": "Europe/Berlin",
+        "cutoff_time": "14:30:00",
+        "transit_days": {"standard": 2, "express": 1},
+        "daily_capacity": 250,
+    }
+
+    response = await client.put("/network", headers=AUTH, json={"sources": [*current, source_json(code, **calendar)]})
+
+    assert response.status_code == 200, response.text
+    assert next(s for s in response.json()["sources"] if s["code"] == code) == source_json(code, **calendar)
+    (announced,) = await take_outbox(api_service)
+    assert announced.event.data.daily_capacity == 250
+    assert str(announced.event.data.cutoff_time) == "14:30:00"
