@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from oms_contracts import fulfillment_requests
 from oms_contracts.inventory import StockLevelChanged
 from oms_contracts.order import OrderPaid
-from oms_contracts.routing import SourceDeactivated, SourceUpserted
+from oms_contracts.routing import RuleChainSet, SourceDeactivated, SourceUpserted
 from oms_contracts.topics import INVENTORY_STOCK, ORDER_EVENTS, ROUTING_NETWORK
 from oms_routing.app import create_service
 from oms_routing.settings import RoutingSettings
@@ -73,6 +73,10 @@ def source_json(code: str, **fields) -> dict:
         "cost_per_unit": "0.5",
         "handling_days": 1,
         "active": True,
+        "timezone": "UTC",
+        "cutoff_time": None,
+        "transit_days": {"standard": 3, "express": 1},
+        "daily_capacity": None,
     } | fields
 
 
@@ -83,6 +87,9 @@ def source_json(code: str, **fields) -> dict:
         ("PUT", "/network"),
         ("GET", f"/plans/{uuid.uuid4()}"),
         ("POST", "/simulate"),
+        ("GET", "/rule-chains"),
+        ("GET", "/rule-chains/web-eu"),
+        ("PUT", "/rule-chains/web-eu"),
     ],
 )
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-a-token"}], ids=["no-token", "wrong-token"])
@@ -158,6 +165,10 @@ async def test_put_network_with_a_duplicate_code_is_422_naming_it_and_changes_no
         ("type", "warehouse-ish", ["body", "sources", 0, "type"]),
         ("code", "has space", ["body", "sources", 0, "code"]),
         ("cost_per_unit", 0.5, ["body", "sources", 0, "cost_per_unit"]),
+        ("timezone", "Mars/Olympus", ["body", "sources", 0, "timezone"]),
+        ("cutoff_time", "25:00", ["body", "sources", 0, "cutoff_time"]),
+        ("daily_capacity", 0, ["body", "sources", 0, "daily_capacity"]),
+        ("transit_days", {"standard": -1}, ["body", "sources", 0, "transit_days", "standard"]),
     ],
 )
 async def test_put_network_with_an_invalid_source_is_422_with_the_field(client, field, value, loc):
@@ -229,3 +240,117 @@ async def test_simulate_with_an_invalid_order_is_422(client, make_order):
     response = await client.post("/simulate", headers=AUTH, json=body)
     assert response.status_code == 422
     assert [e["loc"] for e in response.json()["detail"]] == [["body", "lines", 0, "quantity"]]
+
+
+async def test_a_sources_calendar_and_capacity_are_stored_returned_and_announced(client, api_service):
+    code = f"WH-CAL-{uuid.uuid4().hex[:6].upper()}"
+    current = (await client.get("/network", headers=AUTH)).json()["sources"]
+    await take_outbox(api_service)
+    calendar = {
+        "timezone": "Europe/Berlin",
+        "cutoff_time": "14:30:00",
+        "transit_days": {"standard": 2, "express": 1},
+        "daily_capacity": 250,
+    }
+
+    response = await client.put("/network", headers=AUTH, json={"sources": [*current, source_json(code, **calendar)]})
+
+    assert response.status_code == 200, response.text
+    assert next(s for s in response.json()["sources"] if s["code"] == code) == source_json(code, **calendar)
+    (announced,) = await take_outbox(api_service)
+    assert announced.event.data.daily_capacity == 250
+    assert str(announced.event.data.cutoff_time) == "14:30:00"
+
+
+async def test_rule_chains_are_set_per_channel_stored_and_announced_once_per_change(client, api_service):
+    channel = f"web-{uuid.uuid4().hex[:6]}"
+    await take_outbox(api_service)
+    inherited = (await client.get(f"/rule-chains/{channel}", headers=AUTH)).json()
+    assert inherited["channel"] == channel
+    assert inherited["defined_for"] in ("*", "settings")
+
+    response = await client.put(f"/rule-chains/{channel}", headers=AUTH, json={"rules": ["nearest", "lowest_cost"]})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["channel"], body["defined_for"], body["set_by"]) == (channel, channel, "tester")
+    assert body["rules"] == ["fewest_shipments", "nearest", "lowest_cost"]
+    (announced,) = await take_outbox(api_service)
+    assert (announced.topic, announced.key) == (ROUTING_NETWORK.name, f"rule-chain:{channel}")
+    assert isinstance(announced.event, RuleChainSet)
+    assert announced.event.data.channel == channel
+    assert announced.event.data.rules == ["fewest_shipments", "nearest", "lowest_cost"]
+    assert (await client.get(f"/rule-chains/{channel}", headers=AUTH)).json() == body
+    listed = (await client.get("/rule-chains", headers=AUTH)).json()
+    assert body in listed["channels"]
+
+    again = await client.put(f"/rule-chains/{channel}", headers=AUTH, json={"rules": ["nearest", "lowest_cost"]})
+
+    assert again.status_code == 200
+    assert await take_outbox(api_service) == []  # nothing changed, nothing to announce
+
+
+async def test_the_default_chain_is_channel_star_and_channels_without_their_own_follow_it(client, api_service):
+    await take_outbox(api_service)
+    response = await client.put("/rule-chains/*", headers=AUTH, json={"rules": ["fewest_shipments", "priority"]})
+    assert response.status_code == 200, response.text
+    (announced,) = await take_outbox(api_service)
+    assert (announced.key, announced.event.data.channel) == ("rule-chain:*", None)
+    other = (await client.get(f"/rule-chains/pos-{uuid.uuid4().hex[:6]}", headers=AUTH)).json()
+    assert (other["rules"], other["defined_for"]) == (["fewest_shipments", "priority"], "*")
+    assert (await client.get("/rule-chains", headers=AUTH)).json()["default"]["rules"] == [
+        "fewest_shipments",
+        "priority",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rules", "loc", "message"),
+    [
+        (["nearest", "teleport"], ["body", "rules", 1], "Input should be"),
+        (["nearest", "nearest"], ["body", "rules"], "repeated: nearest"),
+        (["nearest", "fewest_shipments"], ["body", "rules"], "always comes first"),
+        ([], ["body", "rules"], "at least 1 item"),
+    ],
+)
+async def test_a_bad_rule_chain_is_422_naming_the_field_and_changes_nothing(client, api_service, rules, loc, message):
+    channel = f"b2b-{uuid.uuid4().hex[:6]}"
+    await client.put(f"/rule-chains/{channel}", headers=AUTH, json={"rules": ["priority"]})
+    await take_outbox(api_service)
+
+    response = await client.put(f"/rule-chains/{channel}", headers=AUTH, json={"rules": rules})
+
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == loc
+    assert message in error["msg"]
+    assert (await client.get(f"/rule-chains/{channel}", headers=AUTH)).json()["rules"] == [
+        "fewest_shipments",
+        "priority",
+    ]
+    assert await take_outbox(api_service) == []
+
+
+async def test_a_channel_name_longer_than_the_contract_allows_is_422(client):
+    response = await client.put(f"/rule-chains/{'x' * 65}", headers=AUTH, json={"rules": ["nearest"]})
+    assert response.status_code == 422
+    assert [e["loc"] for e in response.json()["detail"]] == [["path", "channel"]]
+
+
+async def test_simulate_uses_the_orders_own_chain_and_shows_it(client, make_order):
+    order = make_order(uuid.uuid4(), [("1", "SKU-NONE", 1)])
+    body = order.model_dump(mode="json")
+    body["options"]["routing_rules"] = ["lowest_cost", "nearest"]
+
+    response = await client.post("/simulate", headers=AUTH, json=body)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["rules"] == ["fewest_shipments", "lowest_cost", "nearest"]
+
+
+async def test_simulate_with_an_unknown_rule_is_422_naming_the_field(client, make_order):
+    body = make_order(uuid.uuid4(), [("1", "SKU-1", 1)]).model_dump(mode="json")
+    body["options"]["routing_rules"] = ["nearest", "cheapest"]
+    response = await client.post("/simulate", headers=AUTH, json=body)
+    assert response.status_code == 422
+    assert [e["loc"] for e in response.json()["detail"]] == [["body", "options", "routing_rules", 1]]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from oms_contracts.common import Line, OrderOptions, SourceType
+from oms_contracts.common import Line, OrderOptions, RoutingRule, SourceType
 from oms_contracts.fulfillment import FulfillmentRejected, FulfillmentRejectedData, FulfillmentShipped
 from oms_contracts.inventory import (
     LowStock,
@@ -31,6 +31,7 @@ from oms_contracts.topics import (
 )
 from oms_routing import store
 from oms_routing.app import create_service
+from oms_routing.domain import DEFAULT_RULES
 from oms_runtime.database import driver
 from oms_runtime.testing import deliver
 
@@ -142,7 +143,11 @@ async def test_paid_order_is_planned_from_the_own_warehouse_not_the_nearer_drops
     (shipment,) = plan.shipments
     assert shipment.source_code == codes["WH-A"]
     assert shipment.lines == order.lines
-    assert shipment.reason == f"{codes['WH-A']}: own warehouse with all 2 items, 504 km"
+    assert shipment.reason == (
+        f"{codes['WH-A']}: all 2 items, 504 km, own warehouse; {codes['DS-A']} also had them, dropship supplier"
+    )
+    assert plan.rules == list(DEFAULT_RULES)
+    assert (plan.ship_to_country, plan.pickup_source, plan.ship_complete) == ("DE", None, False)
     assert await plans_in_db(routing, order.order_id) == [plan]
 
 
@@ -407,3 +412,99 @@ async def test_one_order_paid_twice_on_two_consumers_at_once_is_planned_once(
         await twin.database.dispose()
 
     assert len(await plans_in_db(routing, order.order_id)) == 1
+
+
+async def planned_on(routing, order_id) -> dict[str, tuple]:
+    async with routing.database.connect() as conn:
+        rows = await (await driver(conn)).fetch(
+            "SELECT source_code, planned_on, rejected_at IS NOT NULL AS rejected FROM shipments WHERE order_id = $1",
+            order_id,
+        )
+    return {r["source_code"]: (r["planned_on"], r["rejected"]) for r in rows}
+
+
+async def test_a_mixed_order_is_planned_as_the_shipment_in_stock_and_a_backorder(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5))
+    missing = f"{sku}-MISSING"
+    order = make_order(uuid.uuid4(), [("1", sku, 2), ("2", missing, 1)])
+
+    plan = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+
+    assert [(s.source_code, s.lines) for s in plan.shipments] == [(codes["WH-A"], [order.lines[0]])]
+    assert [(ln.line_id, ln.sku, ln.quantity, ln.reason) for ln in plan.backordered_lines] == [
+        ("2", missing, 1, "no source has the item")
+    ]
+    assert (await planned_on(routing, order.order_id)) == {codes["WH-A"]: (plan.planned_at.date(), False)}
+
+
+async def test_an_order_two_warehouses_share_is_one_plan_with_two_shipments(
+    routing, make_source, make_order, sku, codes
+):
+    other = f"{sku}-B"
+    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"], lat=53.55, lon=9.99))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(other, codes["WH-B"], 5))
+    order = make_order(uuid.uuid4(), [("1", sku, 1), ("2", other, 3)])
+
+    plan = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+
+    assert {s.source_code: s.lines for s in plan.shipments} == {
+        codes["WH-A"]: [order.lines[0]],
+        codes["WH-B"]: [order.lines[1]],
+    }
+    assert plan.backordered_lines == []
+    assert all(s.reason.startswith(f"{s.source_code}: 1 of 2 items") for s in plan.shipments)
+    assert await plans_in_db(routing, order.order_id) == [plan]
+
+
+async def test_a_channels_stored_chain_ranks_its_orders_and_an_orders_own_chain_overrides_it(
+    routing, make_source, make_order, sku, codes
+):
+    channel = f"market-{uuid.uuid4().hex[:6]}"
+    await add_sources(
+        routing, make_source(codes["WH-A"], lat=48.137, lon=11.575), make_source(codes["DS-A"], SourceType.dropship)
+    )
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(sku, codes["DS-A"], 5))
+    async with routing.database.transaction() as conn:
+        await store.set_rule_chain(
+            await driver(conn),
+            store.StoredRuleChain(channel, [RoutingRule.fewest_shipments, RoutingRule.nearest], "t", T0),
+        )
+    by_channel = make_order(uuid.uuid4(), [("1", sku, 1)], channel=channel)
+    own = make_order(
+        uuid.uuid4(), [("1", sku, 1)], channel=channel, options=OrderOptions(routing_rules=[RoutingRule.source_type])
+    )
+
+    emitted = await deliver(routing, ORDER_EVENTS, paid(by_channel), paid(own))
+
+    plans = {e.event.data.order_id: e.event.data for e in emitted}
+    assert [s.source_code for s in plans[by_channel.order_id].shipments] == [codes["DS-A"]]
+    assert plans[by_channel.order_id].rules == [RoutingRule.fewest_shipments, RoutingRule.nearest]
+    assert [s.source_code for s in plans[own.order_id].shipments] == [codes["WH-A"]]
+    assert plans[own.order_id].rules == [RoutingRule.fewest_shipments, RoutingRule.source_type]
+
+
+async def test_daily_capacity_counts_todays_planned_shipments_and_a_rejected_one_frees_its_place(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(
+        routing,
+        make_source(codes["WH-A"], daily_capacity=1, timezone="Europe/Berlin"),
+        make_source(codes["WH-B"], lat=53.55, lon=9.99),
+    )
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 9), level(sku, codes["WH-B"], 9))
+    early, late, later = (make_order(uuid.uuid4(), [("1", sku, 1)]) for _ in range(3))
+
+    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(early)))
+    second = plan_of(await deliver(routing, ORDER_EVENTS, paid(late)))
+
+    assert [s.source_code for s in first.shipments] == [codes["WH-A"]]
+    assert [s.source_code for s in second.shipments] == [codes["WH-B"]]
+    assert second.shipments[0].reason.endswith(f"; {codes['WH-A']} at capacity (1 shipment today)")
+
+    await deliver(routing, FULFILLMENT_UPDATES, fulfillment_rejected(first, first.shipments[0]))
+    third = plan_of(await deliver(routing, ORDER_EVENTS, paid(later)))
+
+    assert [s.source_code for s in third.shipments] == [codes["WH-A"]]

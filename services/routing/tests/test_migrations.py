@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
+from datetime import date
+from pathlib import Path
+
+import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -28,4 +36,74 @@ async def test_migrations_on_a_fresh_database_match_the_store_metadata(migrated_
     finally:
         await engine.dispose()
     assert differences == []
-    assert tables == ["alembic_version", "availability", "inbox", "orders", "outbox", "plans", "shipments", "sources"]
+    assert tables == [
+        "alembic_version",
+        "availability",
+        "inbox",
+        "orders",
+        "outbox",
+        "plans",
+        "rule_chains",
+        "shipments",
+        "sources",
+    ]
+
+
+ALEMBIC_INI = Path(__file__).resolve().parents[1] / "alembic.ini"
+
+
+def alembic(url: str, *args: str) -> None:
+    env = {**os.environ, "OMS_ROUTING_DATABASE_URL": url.replace("postgresql://", "postgresql+asyncpg://", 1)}
+    subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(ALEMBIC_INI), *args],
+        check=True,
+        env=env,
+        cwd=ALEMBIC_INI.parents[2],
+        capture_output=True,
+    )
+
+
+async def test_upgrading_a_routing_database_keeps_its_sources_and_counts_old_shipments_on_their_plans_day(
+    create_database,
+):
+    url = create_database("routing_upgrade")
+    alembic(url, "upgrade", "0001")
+    order_id, plan_id = uuid.uuid4(), uuid.uuid4()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            """
+            INSERT INTO sources (code, name, type, lat, lon, countries, priority, cost_per_shipment, cost_per_unit,
+                                 handling_days, active)
+            VALUES ('WH-OLD', 'old', 'warehouse', 52.5, 13.4, '{DE}', 10, 4.20, 0.35, 1, true);
+            """
+        )
+        await conn.execute(
+            "INSERT INTO plans (plan_id, order_id, attempt, plan, planned_at) "
+            "VALUES ($1, $2, 1, '{}', '2026-11-22T23:30:00Z')",
+            plan_id,
+            order_id,
+        )
+        await conn.execute(
+            "INSERT INTO shipments (shipment_id, order_id, plan_id, source_code, lines) "
+            "VALUES ($1, $2, $3, 'WH-OLD', '[]')",
+            uuid.uuid4(),
+            order_id,
+            plan_id,
+        )
+
+        alembic(url, "upgrade", "head")
+
+        source = await conn.fetchrow(
+            "SELECT timezone, cutoff_time, transit_days::text, daily_capacity FROM sources WHERE code = 'WH-OLD'"
+        )
+        assert dict(source) == {
+            "timezone": "UTC",
+            "cutoff_time": None,
+            "transit_days": '{"express": 1, "standard": 3}',
+            "daily_capacity": None,
+        }
+        assert await conn.fetchval("SELECT planned_on FROM shipments WHERE plan_id = $1", plan_id) == date(2026, 11, 22)
+    finally:
+        await conn.close()
+    alembic(url, "downgrade", "0001")

@@ -1,6 +1,7 @@
 """What routing consumes and what it emits, per topic:
 
-- order events: `order.paid` -> a plan (attempt 1) on `oms.routing.plans.v1`;
+- order events: `order.paid` -> a plan (attempt 1) on `oms.routing.plans.v1`, ranked by the order's rule chain
+  (its own, else its channel's, else the default);
 - inventory allocations: `reservation_rejected` -> the projection lowered to what inventory reported, and a re-plan
   of the rejected shipment's lines without that source;
 - fulfillment updates: `fulfillment.rejected` -> a re-plan of that shipment's lines without that source;
@@ -11,13 +12,16 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
+
+import asyncpg
 
 from oms_contracts.fulfillment import FulfillmentRejected
 from oms_contracts.inventory import ReservationRejected, StockLevelChanged
-from oms_contracts.order import OrderPaid
+from oms_contracts.order import OrderPaid, OrderPaidData
 from oms_contracts.routing import FulfillmentPlanned, FulfillmentPlannedData
 from oms_contracts.topics import FULFILLMENT_UPDATES, INVENTORY_ALLOCATIONS, INVENTORY_STOCK, ORDER_EVENTS
 from oms_runtime import Incoming, Refused, Service, Transaction
@@ -44,7 +48,8 @@ def register(service: Service) -> None:
 
     @service.consumer(ORDER_EVENTS)
     async def on_order_events(tx: Transaction, messages: list[Incoming[Any]]) -> None:
-        """Plans every paid order once: one shipment from the best source that has every line, else a backorder."""
+        """Plans every paid order once: the fewest shipments that ship what is in stock now (one when a source has
+        everything), ranked by the order's rule chain; what cannot ship now is backordered or unfulfillable."""
         # Only a paid order is routing's business; the other order events are skipped on purpose.
         paid: dict[uuid.UUID, Incoming[Any]] = {}
         for message in messages:
@@ -57,8 +62,8 @@ def register(service: Service) -> None:
         causes = [m for order_id, m in paid.items() if order_id in new]
         if not causes:
             return
-        made = await _plan(tx, [domain.RoutedOrder(m.event.data).first_plan() for m in causes], settings)
-        await store.save_plans(pg, made)
+        made, network = await _plan(tx, [domain.RoutedOrder(m.event.data).first_plan() for m in causes], settings)
+        await store.save_plans(pg, made, _days(network))
         _emit_plans(tx, made, causes)
 
     @service.consumer(INVENTORY_ALLOCATIONS)
@@ -125,20 +130,56 @@ async def _replan(tx: Transaction, rejections: list[Rejection], settings: Routin
         replanned.add(shipment.shipment_id)
     if not requests:
         return
-    made = await _plan(tx, requests, settings)
-    await store.save_plans(pg, made, rejected=replanned, routed=routed.values())
+    made, network = await _plan(tx, requests, settings)
+    await store.save_plans(pg, made, _days(network), rejected=replanned, routed=routed.values())
     _emit_plans(tx, made, causes)
+
+
+@dataclass(frozen=True, slots=True)
+class Planning:
+    """What the engine plans a batch with, loaded in four statements whatever the batch's size."""
+
+    network: domain.PlanningNetwork
+    availability: domain.Availability
+    chains: domain.RuleChains
+
+
+async def load_planning(
+    pg: asyncpg.Connection, orders: Iterable[OrderPaidData], settings: RoutingSettings, planned_at: datetime
+) -> Planning:
+    """The active network with each source's shipments planned today, the availability of the orders' SKUs, and
+    the rule chains of their channels."""
+    orders = list(orders)
+    sources = await store.active_network(pg)
+    planned_today = await store.shipments_planned_on(pg, domain.capacity_days(sources, planned_at))
+    stock = await store.availability_of(pg, (line.sku for order in orders for line in order.lines))
+    stored = await store.stored_rule_chains(pg, [domain.DEFAULT_CHANNEL, *(order.channel for order in orders)])
+    return Planning(
+        domain.PlanningNetwork(sources, planned_at, planned_today),
+        stock,
+        domain.RuleChains.of({c.channel: c.rules for c in stored.values()}, settings.default_rule_chain),
+    )
 
 
 async def _plan(
     tx: Transaction, requests: list[domain.PlanRequest], settings: RoutingSettings
-) -> list[FulfillmentPlannedData]:
-    pg = await tx.pg()
-    network = await store.active_network(pg)
-    stock = await store.availability_of(pg, (line.sku for r in requests for line in r.lines))
-    return domain.plan_all(
-        requests, network, stock, planned_at=datetime.now(UTC), max_attempts=settings.max_plan_attempts
+) -> tuple[list[FulfillmentPlannedData], domain.PlanningNetwork]:
+    planned_at = datetime.now(UTC)
+    loaded = await load_planning(await tx.pg(), (r.order for r in requests), settings, planned_at)
+    made = domain.plan_all(
+        requests,
+        loaded.network,
+        loaded.availability,
+        planned_at=planned_at,
+        max_attempts=settings.max_plan_attempts,
+        chains=loaded.chains,
     )
+    return made, loaded.network
+
+
+def _days(network: domain.PlanningNetwork) -> dict[str, date]:
+    # Each shipment is stored on its source's local day, the day its daily capacity counts it.
+    return {code: today.day for code, today in network.sources.items()}
 
 
 def _emit_plans(tx: Transaction, made: list[FulfillmentPlannedData], causes: list[Incoming[Any]]) -> None:

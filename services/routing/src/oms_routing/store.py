@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 
 import asyncpg
 import sqlalchemy as sa
 from pydantic import TypeAdapter
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
-from oms_contracts.common import Line
+from oms_contracts.common import Line, RoutingRule
 from oms_contracts.inventory import StockLevelChangedData
 from oms_contracts.order import OrderPaidData
 from oms_contracts.routing import FulfillmentPlannedData, Source
@@ -40,6 +40,13 @@ sources = sa.Table(
     sa.Column("handling_days", sa.Integer, nullable=False),
     sa.Column("active", sa.Boolean, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("timezone", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("cutoff_time", sa.Time, nullable=True),
+    # Days in transit per shipping method, as the contract's TransitDays: a new method needs no migration.
+    sa.Column(
+        "transit_days", JSONB, nullable=False, server_default=sa.text("""'{"standard": 3, "express": 1}'::jsonb""")
+    ),
+    sa.Column("daily_capacity", sa.Integer, nullable=True),
 )
 
 # Inventory's stock levels as routing last heard them; `changed_at` keeps an older report from overwriting a newer.
@@ -88,30 +95,46 @@ shipments = sa.Table(
     sa.Column("source_code", sa.Text, nullable=False),
     sa.Column("lines", JSONB, nullable=False),
     sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=True),
+    # The source's local date when it was planned: its daily capacity counts shipments per (source, this day).
+    sa.Column("planned_on", sa.Date, nullable=False),
+    sa.Index("shipments_source_code_planned_on_idx", "source_code", "planned_on"),
+)
+
+# The rule chain of each channel that has its own; channel `*` is the default (over the settings' one).
+rule_chains = sa.Table(
+    "rule_chains",
+    metadata,
+    sa.Column("channel", sa.Text, primary_key=True),
+    sa.Column("rules", ARRAY(sa.Text), nullable=False),
+    sa.Column("set_by", sa.Text, nullable=False),
+    sa.Column("set_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 # jsonb columns are read as text (`::text`) and parsed by Pydantic straight from the JSON.
 _LINES = TypeAdapter(list[Line])
 
 _SOURCE_COLUMNS = (
-    "code, name, type, lat, lon, countries, priority, cost_per_shipment, cost_per_unit, handling_days, active"
+    "code, name, type, lat, lon, countries, priority, cost_per_shipment, cost_per_unit, handling_days, active, "
+    "timezone, cutoff_time, transit_days, daily_capacity"
 )
+# jsonb comes back as text, which the contract's nested model cannot take as it is.
+_SELECT_SOURCES = f"SELECT {_SOURCE_COLUMNS.replace('transit_days', 'transit_days::text AS transit_days')} FROM sources"
 
 
 def _source(row: asyncpg.Record) -> Source:
-    return Source.model_validate(dict(row))
+    return Source.model_validate(dict(row) | {"transit_days": json.loads(row["transit_days"])})
 
 
 # --- the network ---------------------------------------------------------------------------------------------------
 
 
 async def active_network(pg: asyncpg.Connection) -> list[Source]:
-    rows = await pg.fetch(f"SELECT {_SOURCE_COLUMNS} FROM sources WHERE active ORDER BY code")
+    rows = await pg.fetch(f"{_SELECT_SOURCES} WHERE active ORDER BY code")
     return [_source(row) for row in rows]
 
 
 async def network(pg: asyncpg.Connection) -> list[Source]:
-    rows = await pg.fetch(f"SELECT {_SOURCE_COLUMNS} FROM sources ORDER BY code")
+    rows = await pg.fetch(f"{_SELECT_SOURCES} ORDER BY code")
     return [_source(row) for row in rows]
 
 
@@ -130,12 +153,15 @@ async def upsert_sources(pg: asyncpg.Connection, changed: Sequence[Source]) -> N
         INSERT INTO sources ({_SOURCE_COLUMNS})
         SELECT {_SOURCE_COLUMNS} FROM jsonb_to_recordset($1::jsonb) AS s(
             code text, name text, type text, lat float8, lon float8, countries text[], priority int,
-            cost_per_shipment numeric, cost_per_unit numeric, handling_days int, active bool)
+            cost_per_shipment numeric, cost_per_unit numeric, handling_days int, active bool,
+            timezone text, cutoff_time time, transit_days jsonb, daily_capacity int)
         ON CONFLICT (code) DO UPDATE SET
             name = EXCLUDED.name, type = EXCLUDED.type, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
             countries = EXCLUDED.countries, priority = EXCLUDED.priority,
             cost_per_shipment = EXCLUDED.cost_per_shipment, cost_per_unit = EXCLUDED.cost_per_unit,
-            handling_days = EXCLUDED.handling_days, active = EXCLUDED.active, updated_at = now()
+            handling_days = EXCLUDED.handling_days, active = EXCLUDED.active, timezone = EXCLUDED.timezone,
+            cutoff_time = EXCLUDED.cutoff_time, transit_days = EXCLUDED.transit_days,
+            daily_capacity = EXCLUDED.daily_capacity, updated_at = now()
         """,
         "[" + ",".join(s.model_dump_json() for s in changed) + "]",
     )
@@ -146,6 +172,52 @@ async def deactivate_sources(pg: asyncpg.Connection, codes: Sequence[str]) -> No
         await pg.execute(
             "UPDATE sources SET active = false, updated_at = now() WHERE code = ANY($1::text[])", list(codes)
         )
+
+
+# --- rule chains ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRuleChain:
+    channel: str
+    rules: list[RoutingRule]
+    set_by: str
+    set_at: datetime
+
+
+def _chain(row: asyncpg.Record) -> StoredRuleChain:
+    return StoredRuleChain(row["channel"], [RoutingRule(r) for r in row["rules"]], row["set_by"], row["set_at"])
+
+
+async def stored_rule_chains(
+    pg: asyncpg.Connection, channels: Iterable[str] | None = None
+) -> dict[str, StoredRuleChain]:
+    """The stored chains by channel (`*` is the default): all of them, or those of `channels`."""
+    if channels is None:
+        rows = await pg.fetch("SELECT channel, rules, set_by, set_at FROM rule_chains ORDER BY channel")
+    else:
+        rows = await pg.fetch(
+            "SELECT channel, rules, set_by, set_at FROM rule_chains WHERE channel = ANY($1::text[])",
+            list(set(channels)),
+        )
+    return {row["channel"]: _chain(row) for row in rows}
+
+
+async def set_rule_chain(pg: asyncpg.Connection, chain: StoredRuleChain) -> StoredRuleChain | None:
+    """Store a channel's chain; the stored row when the rules changed, None when they were already these."""
+    row = await pg.fetchrow(
+        """
+        INSERT INTO rule_chains AS c (channel, rules, set_by, set_at) VALUES ($1, $2::text[], $3, $4)
+        ON CONFLICT (channel) DO UPDATE SET rules = EXCLUDED.rules, set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at
+        WHERE c.rules IS DISTINCT FROM EXCLUDED.rules
+        RETURNING channel, rules, set_by, set_at
+        """,
+        chain.channel,
+        [rule.value for rule in chain.rules],
+        chain.set_by,
+        chain.set_at,
+    )
+    return _chain(row) if row is not None else None
 
 
 # --- the availability projection ----------------------------------------------------------------------------------
@@ -274,15 +346,33 @@ async def lock_shipments(
     }
 
 
+async def shipments_planned_on(pg: asyncpg.Connection, days: Mapping[str, date]) -> dict[str, int]:
+    """Shipments planned (and not rejected) per source on the given day of each: one statement for them all."""
+    if not days:
+        return {}
+    rows = await pg.fetch(
+        """
+        SELECT s.source_code, count(*) AS planned
+        FROM unnest($1::text[], $2::date[]) AS d(source_code, day)
+        JOIN shipments s ON s.source_code = d.source_code AND s.planned_on = d.day AND s.rejected_at IS NULL
+        GROUP BY s.source_code
+        """,
+        list(days),
+        list(days.values()),
+    )
+    return {row["source_code"]: row["planned"] for row in rows}
+
+
 async def save_plans(
     pg: asyncpg.Connection,
     made: Sequence[FulfillmentPlannedData],
+    planned_on: Mapping[str, date],
     *,
     rejected: Iterable[uuid.UUID] = (),
     routed: Iterable[RoutedOrder] = (),
 ) -> None:
-    """Store plans with their shipments, mark the shipments they re-plan as rejected and the orders' attempts and
-    exclusions as they now stand: one statement."""
+    """Store plans with their shipments (each on its source's local day, `planned_on` by source code), mark the
+    shipments they re-plan as rejected and the orders' attempts and exclusions as they now stand: one statement."""
     planned = [(p, s) for p in made for s in p.shipments]
     routed = list(routed)
     await pg.execute(
@@ -291,8 +381,8 @@ async def save_plans(
             INSERT INTO plans (plan_id, order_id, attempt, plan, planned_at)
             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[], $4::jsonb[], $5::timestamptz[])
         ), new_shipments AS (
-            INSERT INTO shipments (shipment_id, order_id, plan_id, source_code, lines)
-            SELECT * FROM unnest($6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::jsonb[])
+            INSERT INTO shipments (shipment_id, order_id, plan_id, source_code, lines, planned_on)
+            SELECT * FROM unnest($6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::jsonb[], $15::date[])
         ), rejected AS (
             UPDATE shipments SET rejected_at = now() WHERE shipment_id = ANY($11::uuid[]) AND rejected_at IS NULL
         )
@@ -315,6 +405,7 @@ async def save_plans(
         [r.paid.order_id for r in routed],
         [r.attempts for r in routed],
         [json.dumps(sorted(r.excluded)) for r in routed],
+        [planned_on[s.source_code] for _, s in planned],
     )
 
 
