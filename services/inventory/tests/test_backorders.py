@@ -470,6 +470,45 @@ async def test_a_rule_chain_on_the_network_topic_is_skipped_not_dead_lettered(in
     assert emitted == []
 
 
+async def test_units_set_aside_at_a_source_that_is_deactivated_go_back_and_the_order_gathers_elsewhere(
+    inventory, client, events, fresh_sku
+):
+    east, west = fresh("EAST"), fresh("WEST")
+    await network(inventory, events, (east, ("DE",)), (west, ("DE",)))
+    whole = events.plan(backordered=(("1", fresh_sku, 3),), ship_to_country="DE", ship_complete=True)
+    await deliver(inventory, ROUTING_PLANS, whole)
+    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, east, 2))
+    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, west, 1))
+    assert await queue_of(inventory, fresh_sku) == [(whole.data.order_id, "1", 3, 2, east)]
+
+    emitted = await deliver(inventory, ROUTING_NETWORK, events.source_deactivated(east))
+
+    assert await queue_of(inventory, fresh_sku) == [(whole.data.order_id, "1", 3, 1, west)]
+    assert await stock_row(inventory, fresh_sku, east) == (2, 0, 0)
+    assert await stock_row(inventory, fresh_sku, west) == (1, 0, 1)
+    assert {(e.data.source_code, e.data.available) for e in of_type(emitted, StockLevelChanged)} == {
+        (east, 2),
+        (west, 0),
+    }
+
+
+async def test_a_source_that_starts_shipping_to_a_country_serves_the_lines_waiting_for_it(
+    inventory, events, fresh_sku, fresh_source
+):
+    await network(inventory, events, (fresh_source, ("DE",)))
+    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, fresh_source, 4))
+    to_austria = events.plan(backordered=(("1", fresh_sku, 2),), ship_to_country="AT")
+    await deliver(inventory, ROUTING_PLANS, to_austria)
+
+    emitted = await deliver(inventory, ROUTING_NETWORK, events.source_upserted(fresh_source, countries=("DE", "AT")))
+
+    (allocated,) = of_type(emitted, BackorderAllocated)
+    assert allocated.data.order_id == to_austria.data.order_id
+    # Published again, unchanged, the source moves nothing.
+    again = events.source_upserted(fresh_source, countries=("DE", "AT"))
+    assert await deliver(inventory, ROUTING_NETWORK, again) == []
+
+
 # --- two instances ------------------------------------------------------------------------------------------------
 
 

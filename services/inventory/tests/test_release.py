@@ -99,6 +99,7 @@ def release(
     *,
     increased: list[StockKey] = (),
     cancelled: list[LineCancellation] = (),
+    reconsidered: set[str] = frozenset(),
     sources: dict[str, SourceState] = NETWORK,
     view: QueueView | None = None,
 ) -> Release:
@@ -109,6 +110,7 @@ def release(
         sources,
         increased=increased,
         cancelled=cancelled,
+        reconsidered=reconsidered,
         now=NOW,
         new_shipment_id=lambda: next(ids),
     )
@@ -331,6 +333,35 @@ def test_a_count_below_the_claims_shrinks_the_youngest_claim_first_and_keeps_the
     assert result.stock[("A", "WH")] == Stock("A", "WH", on_hand=3, set_aside=3)
 
 
+# --- the network changes -----------------------------------------------------------------------------------------
+
+
+def test_an_order_anchored_at_a_source_gone_inactive_gets_its_claim_back_and_gathers_where_stock_is():
+    network = {**NETWORK, "WH": source("WH", "DE", active=False)}
+    lines = [line(1, waiting=3, terms=WHOLE_DE, set_aside=2, anchor="WH")]
+    rows = stock(Stock("A", "WH", on_hand=2, set_aside=2), Stock("A", "EAST", on_hand=1))
+    result = release(rows, lines, reconsidered={"WH"}, sources=network)
+    assert (after(result, lines)[1].set_aside, after(result, lines)[1].anchor) == (1, "EAST")
+    assert result.stock == stock(Stock("A", "WH", on_hand=2), Stock("A", "EAST", on_hand=1, set_aside=1))
+
+
+def test_an_order_anchored_at_a_source_that_stopped_shipping_to_its_country_is_anchored_nowhere_again():
+    network = {**NETWORK, "WH": source("WH", "AT")}
+    lines = [line(1, waiting=3, terms=WHOLE_DE, set_aside=2, anchor="WH"), line(2, terms=ReleaseTerms("AT"))]
+    rows = stock(Stock("A", "WH", on_hand=2, set_aside=2))
+    result = release(rows, lines, reconsidered={"WH"}, sources=network)
+    # The two units WH held are available there again: its own queue gets them.
+    assert served(result) == [(order(2), "WH", [("1", "A", 1)])]
+    assert (after(result, lines)[1].set_aside, after(result, lines)[1].anchor) == (0, None)
+
+
+def test_a_source_that_starts_shipping_to_a_country_serves_the_lines_waiting_there_with_what_it_has():
+    network = {**NETWORK, "WH": source("WH", "DE", "FR")}
+    lines = [line(1, terms=FR)]
+    result = release(stock(Stock("A", "WH", on_hand=2)), lines, reconsidered={"WH"}, sources=network)
+    assert served(result) == [(order(1), "WH", [("1", "A", 1)])]
+
+
 # --- cancellations -----------------------------------------------------------------------------------------------
 
 
@@ -504,6 +535,7 @@ KEYS = [(sku, code) for sku in SKUS for code in WORLD]
 class World:
     """Inventory in memory, driven the way the handlers drive the domain; every release is checked."""
 
+    sources: dict[str, SourceState] = field(default_factory=lambda: dict(WORLD))
     stock: dict[StockKey, Stock] = field(
         default_factory=lambda: {(sku, "GONE"): Stock(sku, "GONE", on_hand=5) for sku in SKUS}
     )
@@ -529,8 +561,15 @@ class World:
         self.orders.append(arrivals)
 
     def receive(self, movement: Receipt | Count) -> None:
+        if not self.sources[movement.source_code].active:
+            return  # refused by the handler
         changes = apply_receipts(self.stock, [movement])
         self.release(changes.stock)
+
+    def retarget(self, code: str, active: bool, countries: tuple[str, ...]) -> None:
+        """Routing publishes the source again: on or off, shipping to other countries."""
+        self.sources[code] = replace(self.sources[code], active=active, countries=frozenset(countries))
+        self.release({}, reconsidered={code})
 
     def settle(self, update: FulfillmentUpdate) -> None:
         settlement = settle_fulfillments(self.stock, self.reservations.values(), [update])
@@ -542,25 +581,31 @@ class World:
         target = self.lines[arrivals[line_no % len(arrivals)]]
         self.release({}, [LineCancellation(target.order_id, target.line_id, quantity)])
 
-    def release(self, moved: dict[StockKey, Stock], cancelled: list[LineCancellation] = ()) -> None:
+    def release(
+        self, moved: dict[StockKey, Stock], cancelled: list[LineCancellation] = (), reconsidered: set[str] = frozenset()
+    ) -> None:
         before_stock = {**self.stock, **moved}
         increased = [key for key in moved if moved[key].available > stock_at(self.stock, key).available]
         waiting = [x for x in self.lines.values() if x.state is BackorderState.waiting]
         result = release_backorders(
             before_stock,
             QueueView.whole(waiting, SKUS),
-            WORLD,
+            self.sources,
             increased=increased,
             cancelled=cancelled,
+            reconsidered=reconsidered,
             now=NOW,
             new_shipment_id=lambda: uuid.UUID(int=next(self.ids)),
         )
         assert result.stands
         before_lines = dict(self.lines)
-        # Where units became available in this step: what moved, and claims given back along the way.
-        rose = set(increased) | {
-            key for key, row in result.stock.items() if row.available > stock_at(self.stock, key).available
-        }
+        # Where units became available in this step: what moved, claims given back along the way, and every
+        # source whose terms changed.
+        rose = (
+            set(increased)
+            | {key for key in before_stock if key[1] in reconsidered}
+            | {key for key, row in result.stock.items() if row.available > stock_at(self.stock, key).available}
+        )
         self.stock = {**before_stock, **result.stock}
         self.lines.update({x.arrival: x for x in result.lines})
         for c in cancelled:
@@ -642,11 +687,15 @@ class World:
             assert row.reserved == open_units
             assert row.set_aside == claims
             assert row.set_aside <= max(row.on_hand - row.reserved, 0)
+        for x in self.lines.values():
+            if x.state is BackorderState.waiting and x.anchor is not None:
+                # Orders gather only where they may be shipped from.
+                assert self.sources[x.anchor].serves(x.terms)
 
     def no_younger_line_is_served_while_an_older_one_the_source_can_serve_waits(self, got) -> None:
         for (sku, arrival), sources in got.items():
             for code in sources:
-                here = WORLD[code]
+                here = self.sources[code]
                 for older in self.lines.values():
                     if older.sku != sku or place(self, older) >= place(self, self.lines[arrival]):
                         continue
@@ -654,8 +703,9 @@ class World:
 
     def stock_left_where_it_rose_is_wanted_by_no_line_there(self, rose: set[StockKey]) -> None:
         for sku, code in rose:
-            if stock_at(self.stock, (sku, code)).available and WORLD[code].active:
-                assert not any(x.sku == sku and wants(x, WORLD[code]) for x in self.lines.values())
+            here = self.sources[code]
+            if stock_at(self.stock, (sku, code)).available and here.active:
+                assert not any(x.sku == sku and wants(x, here) for x in self.lines.values())
 
 
 def place(world: World, x: Backorder) -> int:
@@ -693,6 +743,12 @@ operations = st.lists(
         st.tuples(st.just("cancel"), st.integers(0, 20), st.integers(0, 2), st.integers(1, 4)),
         st.tuples(st.just("reject"), st.integers(0, 20)),
         st.tuples(st.just("ship"), st.integers(0, 20)),
+        st.tuples(
+            st.just("retarget"),
+            st.sampled_from(["S1", "S2", "S3"]),
+            st.booleans(),
+            st.sampled_from([("DE",), ("FR",), ("DE", "FR")]),
+        ),
     ),
     min_size=4,
     max_size=40,
@@ -712,6 +768,8 @@ def test_fifo_release_over_any_history_serves_in_order_conserves_stock_and_ships
             world.receive(Count(*args))
         elif op == "cancel" and world.orders:
             world.cancel(*args)
+        elif op == "retarget":
+            world.retarget(*args)
         elif op in ("reject", "ship") and world.shipments:
             shipment = world.shipments[args[0] % len(world.shipments)]
             if op == "reject":

@@ -60,6 +60,12 @@ def upgrade() -> None:
         ["sku"],
         postgresql_where=sa.text("state = 'waiting' AND ship_complete"),
     )
+    op.create_index(
+        "backorders_by_anchor",
+        "backorders",
+        ["anchor"],
+        postgresql_where=sa.text("state = 'waiting' AND anchor IS NOT NULL"),
+    )
 
     op.create_table(
         "expected_receipts",
@@ -85,6 +91,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("expected_receipts")
+    op.drop_index("backorders_by_anchor", "backorders")
     op.drop_index("backorders_whole_by_sku", "backorders")
     op.drop_index("backorders_claims_by_sku", "backorders")
     op.drop_index("backorders_waiting_by_sku", "backorders")

@@ -737,6 +737,7 @@ def release_backorders(
     *,
     increased: Iterable[StockKey] = (),
     cancelled: Sequence[LineCancellation] = (),
+    reconsidered: Collection[str] = (),
     now: datetime,
     new_shipment_id: Callable[[], uuid.UUID] = uuid.uuid4,
 ) -> Release:
@@ -763,15 +764,22 @@ def release_backorders(
     handling days.
 
     Before walking, claims larger than what a source still holds (a count came in short) shrink, youngest line
-    first; the group keeps its anchor. `cancelled` lowers waiting quantities (a line leaves the queue at 0) and
+    first; the group keeps its anchor. A group anchored at a source that can no longer serve it (deactivated, or no
+    longer shipping to its country) gives its claims back there and is anchored nowhere again; every source that
+    has units of its SKUs available walks. `cancelled` lowers waiting quantities (a line leaves the queue at 0) and
     gives back the claims the lines no longer need, which is an increase like any other; a group that lost a line
-    is looked at again at its anchor."""
+    is looked at again at its anchor. `reconsidered` sources (whose terms changed: activated, new countries) walk
+    every SKU they have available, as if it had just arrived."""
     release = _Release(stock, queue, sources, now, new_shipment_id)
     release.shrink_claims()
+    release.unanchor_where_unservable()
     for cancellation in cancelled:
         release.cancel(cancellation)
     for key in increased:
         release.rose(key)
+    for key, row in stock.items():
+        if key[1] in reconsidered and row.available > 0:
+            release.rose(key)
     release.serve()
     return release.outcome()
 
@@ -832,6 +840,28 @@ class _Release:
                     back = min(excess, line.set_aside)
                     self._give_back(line, back)
                     excess -= back
+
+    def unanchor_where_unservable(self) -> None:
+        for order_id in list(self.groups):
+            members = self._members(order_id)
+            anchor = next((m.anchor for m in members if m.anchor), None)
+            if anchor is None:
+                continue
+            here = self.sources.get(anchor)
+            if here is not None and all(here.serves(m.terms) for m in members):
+                continue
+            if any(m.sku not in self.queue.locked for m in members):
+                # Its claims sit in stock rows this call does not hold; the caller locks them and asks again.
+                self.unlocked.update(m.sku for m in members if m.sku not in self.queue.locked)
+                continue
+            for member in members:
+                if member.set_aside:
+                    self.rose((member.sku, anchor))
+                    member = self._give_back(member, member.set_aside)
+                self._put(replace(member, anchor=None))
+                for key, row in self.stock.items():
+                    if key[0] == member.sku and row.available > 0:
+                        self.rose(key)
 
     def cancel(self, cancellation: LineCancellation) -> None:
         arrival = self.by_line.get((cancellation.order_id, cancellation.line_id))

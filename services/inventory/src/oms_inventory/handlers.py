@@ -98,9 +98,10 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
     async def on_network(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Sources upserted or deactivated in the fulfillment network: inventory accepts receipts only for active
         sources it learnt of here, and releases a waiting line only at a source that ships to its country; a
-        release's ship-by date counts the source's handling days in its time zone. Rule chains are routing's own
-        business and are skipped."""
-        await receive_network(tx, messages)
+        release's ship-by date counts the source's handling days in its time zone. When what a source serves
+        changes, units it set aside for orders it can no longer serve go back, and its available stock serves the
+        lines it now may. Rule chains are routing's own business and are skipped."""
+        await receive_network(tx, messages, threshold)
 
     @service.consumer(INVENTORY_RECEIPTS)
     async def on_receipts(tx: Transaction, messages: list[Incoming[Any]]) -> None:
@@ -137,16 +138,32 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
 # --- the network -------------------------------------------------------------------------------------------------
 
 
-async def receive_network(tx: Transaction, messages: list[Incoming[Any]]) -> None:
-    events = [m.event for m in messages if isinstance(m.event, SourceUpserted | SourceDeactivated)]
-    if not events:
+async def receive_network(tx: Transaction, messages: list[Incoming[Any]], threshold: int) -> None:
+    sourced = [m for m in messages if isinstance(m.event, SourceUpserted | SourceDeactivated)]
+    if not sourced:
         return
-    changes = network_changes(_network_event(e) for e in events)
+    changes = network_changes(_network_event(m.event) for m in sourced)
     pg = await tx.pg()
+    known = await store.all_sources(pg)
     await store.upsert_sources(pg, list(changes.upserts.values()))
     deactivated = await store.deactivate_sources(pg, changes.deactivations)
     for code in set(changes.deactivations) - deactivated:
         log.info("source %s deactivated before inventory heard of it; nothing to do", code)
+    # A source that now serves other lines than before (activated, deactivated, other countries) moves queues:
+    # claims it can no longer honour go back, and stock it now may ship goes to the lines waiting for it.
+    sources = await store.all_sources(pg)
+    moved = {code for code in sources if _serving_terms(known.get(code)) != _serving_terms(sources[code])}
+    skus = await store.skus_to_reconsider(pg, moved)
+    if not skus:
+        return
+    batch = await _Batch.lock(pg, skus, sources)
+    release = await _serve_backorders(batch, reconsidered=moved, read=skus)
+    await batch.save(release)
+    batch.emit(tx, release, _Causes(sourced[-1], {}), threshold)
+
+
+def _serving_terms(source: SourceState | None) -> tuple[bool, frozenset[str] | None] | None:
+    return None if source is None else (source.active, source.countries)
 
 
 def _network_event(event: SourceUpserted | SourceDeactivated) -> SourceState | SourceGone:
@@ -499,12 +516,13 @@ async def _serve_backorders(
     cancelled: Sequence[LineCancellation] = (),
     orders: Collection[uuid.UUID] = (),
     read: Collection[str] = (),
+    reconsidered: Collection[str] = (),
 ) -> Release:
     """Serve waiting lines from what became available: read the front of each queue, let the domain decide, and
     when it needs more of a queue (or a SKU not locked yet), read or lock it and decide again from the start. A
     restock of a SKU with 10,000 waiting lines is a few statements, not one per line."""
     over_claimed = any(row.over_claimed for row in batch.after.values())
-    if not batch.increased and not cancelled and not over_claimed:
+    if not batch.increased and not cancelled and not over_claimed and not reconsidered:
         return Release({}, [], [])
     rose: dict[str, int] = {}
     for key in batch.increased:
@@ -523,6 +541,7 @@ async def _serve_backorders(
             batch.sources,
             increased=batch.increased,
             cancelled=cancelled,
+            reconsidered=reconsidered,
             now=now,
         )
         if release.stands:

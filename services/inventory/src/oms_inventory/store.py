@@ -122,6 +122,7 @@ backorders = sa.Table(
     sa.Index("backorders_waiting_by_sku", "sku", "id", postgresql_where=sa.text("state = 'waiting'")),
     sa.Index("backorders_claims_by_sku", "sku", postgresql_where=sa.text("state = 'waiting' AND set_aside > 0")),
     sa.Index("backorders_whole_by_sku", "sku", postgresql_where=sa.text("state = 'waiting' AND ship_complete")),
+    sa.Index("backorders_by_anchor", "anchor", postgresql_where=sa.text("state = 'waiting' AND anchor IS NOT NULL")),
     # A line waits at most once: a plan delivered again (or re-planned with the line still waiting) keeps the
     # line's original place instead of queueing it a second time behind younger lines.
     sa.Index(
@@ -236,6 +237,24 @@ async def deactivate_sources(pg: asyncpg.Connection, codes: Collection[str]) -> 
         list(codes),
     )
     return {row["code"] for row in rows}
+
+
+async def skus_to_reconsider(pg: asyncpg.Connection, codes: Collection[str]) -> set[str]:
+    """SKUs whose queues a change of these sources' terms may move: those of lines anchored there, and those with
+    units available there while lines wait for them. (Network changes are rare: the stock scan is acceptable.)"""
+    if not codes:
+        return set()
+    rows = await pg.fetch(
+        """
+        SELECT sku FROM backorders WHERE state = 'waiting' AND anchor = ANY($1::text[])
+        UNION
+        SELECT s.sku FROM stock s
+        WHERE s.source_code = ANY($1::text[]) AND s.on_hand - s.reserved - s.set_aside > 0
+          AND EXISTS (SELECT 1 FROM backorders b WHERE b.sku = s.sku AND b.state = 'waiting')
+        """,
+        list(codes),
+    )
+    return {row["sku"] for row in rows}
 
 
 async def all_sources(pg: asyncpg.Connection) -> dict[str, SourceState]:
