@@ -367,7 +367,6 @@ async def receive_fulfillment_updates(tx: Transaction, messages: list[Incoming[A
     if all(u.shipped for u in updates):
         # Shipping lowers on hand and reserved together: nothing becomes available, no queue is served.
         batch = _Batch(pg, {}, frozenset(), await store.lock_stock(pg, (r.key for r in reservations)))
-
     else:
         batch = await _Batch.lock(pg, {r.sku for r in reservations}, await store.all_sources(pg))
     settlement = settle_fulfillments(batch.before, reservations, updates)
