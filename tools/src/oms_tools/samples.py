@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from oms_contracts import channel, fulfillment, inventory
@@ -166,6 +166,20 @@ def stock_received(
         subject=sku,
         data=inventory.StockReceivedData(
             sku=sku, source_code=source_code, quantity=quantity, reason=reason, reference=reference
+        ),
+    )
+
+
+def receipt_expected(
+    sku: str, source_code: str, quantity: int, expected_date: date, *, reference: str | None = None
+) -> inventory.ReceiptExpected:
+    """Stock announced by purchasing (e.g. a purchase order) for a source: it dates the lines waiting for it; the
+    receipt with the same `reference` settles it."""
+    return inventory.ReceiptExpected(
+        source=f"/purchasing/{source_code}",
+        subject=sku,
+        data=inventory.ReceiptExpectedData(
+            sku=sku, source_code=source_code, quantity=quantity, expected_date=expected_date, reference=reference
         ),
     )
 
