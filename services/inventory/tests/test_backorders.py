@@ -292,6 +292,20 @@ async def test_a_queued_line_is_announced_with_its_place_and_the_date_announced_
     assert [(x.line_id, x.position, x.expected_date) for x in queued.data.lines] == [("1", 2, FRIDAY), ("2", 3, None)]
 
 
+async def test_an_order_that_ships_complete_is_not_dated_while_one_of_its_lines_has_no_announcement(
+    inventory, events, fresh_sku, fresh_source
+):
+    await network(inventory, events, (fresh_source, ("DE",)))
+    await deliver(inventory, INVENTORY_RECEIPTS, events.expected(fresh_sku, fresh_source, 5, FRIDAY))
+    whole = events.plan(
+        backordered=(("1", fresh_sku, 1), ("2", fresh("SKU"), 1)), ship_to_country="DE", ship_complete=True
+    )
+
+    (queued,) = of_type(await deliver(inventory, ROUTING_PLANS, whole), BackorderQueued)
+
+    assert [(x.line_id, x.expected_date) for x in queued.data.lines] == [("1", None), ("2", None)]
+
+
 async def test_an_orders_waiting_lines_are_listed_with_their_live_place_and_date(
     inventory, client, events, fresh_sku, fresh_source
 ):

@@ -319,9 +319,9 @@ async def _places_of_new_lines(pg: asyncpg.Connection, sku_of: Mapping[int, str]
         places[arrival] = (ahead[sku] + counted[sku], None)
     expected = await store.open_expected_receipts(pg, firsts)
     if expected:
-        # Dating a line means handing announced units to every line ahead of it first: read those queues whole.
-        dated = {e.sku for e in expected}
-        queue = await store.waiting_queue(pg, dated)
+        # Dating a line means handing announced units to every line ahead of it first: read those queues whole, and
+        # those of SKUs without announcements too (an order that ships complete waits for its last line).
+        queue = await store.waiting_queue(pg, set(firsts))
         dates = expected_dates(queue, expected, await store.all_sources(pg))
         for arrival, (position, _) in places.items():
             places[arrival] = (position, dates.get(arrival))
