@@ -588,3 +588,25 @@ async def test_a_restock_serves_hundreds_of_waiting_lines_in_arrival_order(inven
     served = [a.data.order_id for a in of_type(emitted, BackorderAllocated)]
     assert served == [p.data.order_id for p in plans[:550]]
     assert [line[0] for line in await queue_of(inventory, fresh_sku)] == [p.data.order_id for p in plans[550:]]
+
+
+async def test_a_cancellation_racing_a_restock_on_another_instance_never_serves_a_cancelled_unit(
+    inventory, second_inventory, events, fresh_source
+):
+    await network(inventory, events, (fresh_source, ("DE",)))
+    for _ in range(5):
+        sku = fresh("SKU")
+        plan = events.plan(backordered=(("1", sku, 3),), ship_to_country="DE")
+        await deliver(inventory, ROUTING_PLANS, plan)
+
+        results = await asyncio.gather(
+            deliver(inventory, INVENTORY_RECEIPTS, events.received(sku, fresh_source, 2)),
+            deliver(second_inventory, ORDER_EVENTS, events.lines_cancelled(plan.data.order_id, ("1", 2))),
+        )
+
+        served = sum(x.quantity for batch in results for a in of_type(batch, BackorderAllocated) for x in a.data.lines)
+        (waiting,) = await queue_of(inventory, sku) or [(None, "1", 0, 0, None)]
+        # Restock first: 2 served, then 2 of the last 1 waiting cancelled. Cancellation first: 1 waits, 1 served.
+        assert (served, waiting[2]) in {(2, 0), (1, 0)}
+        on_hand, reserved, _ = await stock_row(inventory, sku, fresh_source)
+        assert (on_hand, reserved) == (2, served)
