@@ -8,7 +8,7 @@ network, the availability projection and the rule chains. Two networks:
 - `scattered`: every source holds a random 40 % of the catalogue, so no source has all ten SKUs and every plan is
   a search for the fewest shipments (two or three).
 
-    uv run python bench/routing_plan.py [--orders 2000] [--seed 7]
+    .venv/bin/python bench/routing_plan.py [--orders 2000] [--seed 7]
 """
 
 from __future__ import annotations

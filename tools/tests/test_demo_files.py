@@ -190,3 +190,16 @@ def test_the_sample_channel_messages_are_valid(catalogue: demo.Catalogue) -> Non
         assert line.unit_price == catalogue.price(line.sku)
     assert (paid.data.amount, paid.data.currency) == (submitted.data.grand_total, submitted.data.currency)
     assert submitted.id != paid.id
+
+
+def test_an_expected_receipt_sample_travels_on_the_receipts_topic_keyed_by_its_sku() -> None:
+    from datetime import date
+
+    from oms_contracts.inventory import ReceiptExpected
+    from oms_contracts.topics import INVENTORY_RECEIPTS, topic_for
+
+    announced = samples.receipt_expected("TENT-2P", "WH-EAST", 20, date(2026, 12, 4), reference="PO-77")
+    parsed = INVENTORY_RECEIPTS.parse(announced.to_bytes())
+    assert isinstance(parsed, ReceiptExpected)
+    assert (topic_for(announced), announced.key()) == (INVENTORY_RECEIPTS.name, "TENT-2P")
+    assert (parsed.data.quantity, parsed.data.expected_date, parsed.data.reference) == (20, date(2026, 12, 4), "PO-77")

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime
 from typing import Any
 
+import httpx
 import pytest
 
 from oms_contracts.common import Line, LineQuantity, SourceType
@@ -22,7 +23,15 @@ from oms_contracts.fulfillment import (
     FulfillmentShipped,
     FulfillmentShippedData,
 )
-from oms_contracts.inventory import StockCounted, StockCountedData, StockReceived, StockReceivedData
+from oms_contracts.inventory import (
+    ReceiptExpected,
+    ReceiptExpectedData,
+    StockCounted,
+    StockCountedData,
+    StockReceived,
+    StockReceivedData,
+)
+from oms_contracts.order import LinesCancelled, LinesCancelledData
 from oms_contracts.routing import (
     FulfillmentPlanned,
     FulfillmentPlannedData,
@@ -70,6 +79,16 @@ async def second_inventory(inventory_url: str) -> AsyncIterator[Service]:
 
 
 @pytest.fixture
+async def client(inventory: Service) -> AsyncIterator[httpx.AsyncClient]:
+    """The service's HTTP API over ASGI, with a known token."""
+    transport = httpx.ASGITransport(app=inventory.http)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://inventory", headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as client:
+        yield client
+
+
+@pytest.fixture
 def fresh_sku() -> str:
     return fresh("SKU")
 
@@ -83,17 +102,27 @@ class Events:
     """The smallest valid events inventory consumes."""
 
     @staticmethod
-    def source_upserted(code: str, *, active: bool = True, type: SourceType = SourceType.warehouse) -> SourceUpserted:
+    def source_upserted(
+        code: str,
+        *,
+        active: bool = True,
+        type: SourceType = SourceType.warehouse,
+        countries: tuple[str, ...] = ("DE",),
+        handling_days: int = 1,
+        timezone: str = "UTC",
+    ) -> SourceUpserted:
         source = Source(
             code=code,
             name=f"Source {code}",
             type=type,
             lat=52.5,
             lon=13.4,
-            countries=["DE"],
+            countries=list(countries),
             cost_per_shipment="4.00",
             cost_per_unit="0.50",
             active=active,
+            handling_days=handling_days,
+            timezone=timezone,
         )
         return SourceUpserted(source="/oms/routing", subject=code, data=source)
 
@@ -103,9 +132,35 @@ class Events:
         return SourceDeactivated(source="/oms/routing", subject=code, data=data)
 
     @staticmethod
-    def received(sku: str, source_code: str, quantity: int) -> StockReceived:
-        data = StockReceivedData(sku=sku, source_code=source_code, quantity=quantity, reason="restock")
+    def received(
+        sku: str, source_code: str, quantity: int, *, reason: str = "restock", reference: str | None = None
+    ) -> StockReceived:
+        data = StockReceivedData(
+            sku=sku, source_code=source_code, quantity=quantity, reason=reason, reference=reference
+        )
         return StockReceived(source="/wms", subject=sku, data=data)
+
+    @staticmethod
+    def expected(
+        sku: str, source_code: str, quantity: int, expected_date: date, *, reference: str | None = None
+    ) -> ReceiptExpected:
+        data = ReceiptExpectedData(
+            sku=sku, source_code=source_code, quantity=quantity, expected_date=expected_date, reference=reference
+        )
+        return ReceiptExpected(source="/purchasing", subject=sku, data=data)
+
+    @staticmethod
+    def lines_cancelled(order_id: uuid.UUID, *lines: tuple[str, int]) -> LinesCancelled:
+        data = LinesCancelledData(
+            order_id=order_id,
+            lines=[LineQuantity(line_id=line_id, quantity=quantity) for line_id, quantity in lines],
+            reason="customer changed their mind",
+            actor="cs-demo",
+            refund_amount="0.00",
+            currency="EUR",
+            grand_total="0.00",
+        )
+        return LinesCancelled(source="/oms/order", subject=str(order_id), data=data)
 
     @staticmethod
     def counted(sku: str, source_code: str, on_hand: int) -> StockCounted:
@@ -130,7 +185,11 @@ class Events:
         *shipments: PlannedShipment,
         backordered: tuple[tuple[str, str, int], ...] = (),
         order_id: uuid.UUID | None = None,
+        ship_to_country: str | None = None,
+        pickup_source: str | None = None,
+        ship_complete: bool = False,
     ) -> FulfillmentPlanned:
+        """A plan of `shipments`, with (line_id, sku, quantity) lines backordered under the given terms."""
         order_id = order_id or uuid.uuid4()
         data = FulfillmentPlannedData(
             order_id=order_id,
@@ -142,6 +201,9 @@ class Events:
                 for line_id, sku, quantity in backordered
             ],
             planned_at=datetime.now(UTC),
+            ship_to_country=ship_to_country,
+            pickup_source=pickup_source,
+            ship_complete=ship_complete,
         )
         return FulfillmentPlanned(source="/oms/routing", subject=str(order_id), data=data)
 

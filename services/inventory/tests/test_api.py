@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from oms_contracts.topics import INVENTORY_RECEIPTS, ROUTING_NETWORK, ROUTING_PLANS
@@ -14,16 +12,9 @@ from oms_runtime.testing import deliver
 TOKEN = "inventory-test-token"
 
 
-@pytest.fixture
-async def client(inventory) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=inventory.http)
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://inventory", headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as client:
-        yield client
-
-
-@pytest.mark.parametrize("path", ["/stock/SKU-1", "/backorders/SKU-1", "/sources"])
+@pytest.mark.parametrize(
+    "path", ["/stock/SKU-1", "/backorders/SKU-1", "/sources", f"/backorders?order_id={uuid.uuid4()}"]
+)
 async def test_without_a_known_token_the_api_answers_401(client, path):
     assert (await client.get(path, headers={"Authorization": ""})).status_code == 401
     assert (await client.get(path, headers={"Authorization": "Bearer not-a-token"})).status_code == 401
@@ -53,8 +44,8 @@ async def test_stock_lists_every_source_and_the_total_available(inventory, clien
     assert response.json() == {
         "sku": fresh_sku,
         "sources": [
-            {"source_code": east, "on_hand": 10, "reserved": 4, "available": 6},
-            {"source_code": west, "on_hand": 1, "reserved": 2, "available": 0},
+            {"source_code": east, "on_hand": 10, "reserved": 4, "set_aside": 0, "available": 6},
+            {"source_code": west, "on_hand": 1, "reserved": 2, "set_aside": 0, "available": 0},
         ],
         "available": 6,
     }
@@ -87,6 +78,20 @@ async def test_backorders_list_the_waiting_lines_first_come_first(inventory, cli
         (3, str(second.data.order_id), "8", 5),
     ]
     assert all(b["queued_at"] for b in queue)
+    assert queue[0] | {"queued_at": None} == {
+        "position": 1,
+        "order_id": str(first.data.order_id),
+        "line_id": "1",
+        "sku": fresh_sku,
+        "quantity": 2,
+        "set_aside": 0,
+        "set_aside_at": None,
+        "expected_date": None,
+        "queued_at": None,
+        "ship_to_country": None,
+        "pickup_source": None,
+        "ship_complete": False,
+    }
 
 
 async def test_a_stocked_sku_with_nobody_waiting_has_an_empty_queue(inventory, client, events, fresh_sku, fresh_source):
@@ -116,3 +121,24 @@ async def test_the_sources_are_those_the_network_topic_announced(inventory, clie
     assert response.status_code == 200
     [known] = [s for s in response.json() if s["code"] == fresh_source]
     assert known == {"code": fresh_source, "name": f"Source {fresh_source}", "type": "warehouse", "active": True}
+
+
+async def test_an_order_with_nothing_waiting_has_no_waiting_lines(client):
+    response = await client.get("/backorders", params={"order_id": str(uuid.uuid4())})
+    assert response.status_code == 200
+    assert response.json() == []
+
+
+@pytest.mark.parametrize("query", ["", "?order_id=not-a-uuid"])
+async def test_an_order_backorder_query_without_a_valid_order_id_is_422_naming_the_field(client, query):
+    response = await client.get(f"/backorders{query}")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", "order_id"]
+
+
+async def test_the_openapi_document_names_every_answer_of_the_stock_and_backorder_endpoints(client):
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert set(paths["/backorders/{sku}"]["get"]["responses"]) == {"200", "401", "404", "422"}
+    assert set(paths["/stock/{sku}"]["get"]["responses"]) == {"200", "401", "404", "422"}
+    assert set(paths["/backorders"]["get"]["responses"]) == {"200", "401", "422"}
+    assert set(paths["/sources"]["get"]["responses"]) >= {"200", "401"}

@@ -11,7 +11,6 @@ from hypothesis import strategies as st
 
 from oms_inventory.domain import (
     Backorder,
-    BackorderQueue,
     Count,
     FulfillmentUpdate,
     InvalidShipment,
@@ -27,6 +26,7 @@ from oms_inventory.domain import (
     apply_receipts,
     fell_below_threshold,
     network_changes,
+    queue_positions,
     reserve_shipments,
     settle_fulfillments,
     stock_at,
@@ -348,20 +348,19 @@ def test_an_update_for_a_fulfillment_never_reserved_moves_nothing():
 # --- the backorder queue -----------------------------------------------------------------------------------------
 
 
-def test_the_queue_serves_lines_in_arrival_order_whatever_order_they_are_read_in():
+def test_a_lines_place_in_its_skus_queue_counts_the_older_waiting_lines_of_that_sku_only():
     at = datetime(2026, 11, 22, tzinfo=UTC)
     rows = [
-        Backorder(7, uuid.uuid4(), "1", "A", 2, at + timedelta(seconds=7)),
-        Backorder(3, uuid.uuid4(), "1", "A", 1, at + timedelta(seconds=3)),
-        Backorder(5, uuid.uuid4(), "2", "B", 4, at + timedelta(seconds=5)),
-        Backorder(4, uuid.uuid4(), "2", "A", 5, at + timedelta(seconds=4)),
+        Backorder(7, uuid.uuid4(), "1", "A", 2, queued_at=at + timedelta(seconds=7)),
+        Backorder(3, uuid.uuid4(), "1", "A", 1, queued_at=at + timedelta(seconds=3)),
+        Backorder(5, uuid.uuid4(), "2", "B", 4, queued_at=at + timedelta(seconds=5)),
+        Backorder(4, uuid.uuid4(), "2", "A", 5, queued_at=at + timedelta(seconds=4)),
     ]
-    queue = BackorderQueue.of("A", rows)
-    assert [(position, b.arrival) for position, b in queue.positions()] == [(1, 3), (2, 4), (3, 7)]
+    assert queue_positions(rows) == {3: 1, 4: 2, 7: 3, 5: 1}
 
 
 def test_an_empty_queue_has_no_positions():
-    assert BackorderQueue.of("A", []).positions() == []
+    assert queue_positions([]) == {}
 
 
 # --- invariants, for any stock and any shipments -----------------------------------------------------------------

@@ -171,6 +171,20 @@ def stock_received(
     )
 
 
+def receipt_expected(
+    sku: str, source_code: str, quantity: int, expected_date: date, *, reference: str | None = None
+) -> inventory.ReceiptExpected:
+    """Stock announced by purchasing (e.g. a purchase order) for a source: it dates the lines waiting for it; the
+    receipt with the same `reference` settles it."""
+    return inventory.ReceiptExpected(
+        source=f"/purchasing/{source_code}",
+        subject=sku,
+        data=inventory.ReceiptExpectedData(
+            sku=sku, source_code=source_code, quantity=quantity, expected_date=expected_date, reference=reference
+        ),
+    )
+
+
 @dataclass(frozen=True)
 class Carrier:
     name: str

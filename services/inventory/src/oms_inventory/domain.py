@@ -1,13 +1,15 @@
 """Inventory's rules: stock per (sku, source), all-or-nothing shipment reservations, settling them when a source
-ships or gives a fulfillment back, and the per-SKU backorder queue. Pure: no I/O, plain values in and out."""
+ships or gives a fulfillment back, expected receipts, and the per-SKU backorder queue released FIFO on every increase
+of available stock (the rule is written out above `release_backorders`). Pure: no I/O, plain values in and out."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from enum import StrEnum
+from zoneinfo import ZoneInfo
 
 StockKey = tuple[str, str]
 """(sku, source_code): where a quantity of stock sits."""
@@ -15,12 +17,15 @@ StockKey = tuple[str, str]
 
 @dataclass(frozen=True, slots=True)
 class Stock:
-    """What one source holds of one SKU. `reserved` is promised to shipments and not yet shipped."""
+    """What one source holds of one SKU. `reserved` is promised to shipments and not yet shipped; `set_aside` is
+    held for waiting lines that must ship whole (claims, see `release_backorders`): not promised to a shipment yet,
+    but not available to anyone else either."""
 
     sku: str
     source_code: str
     on_hand: int = 0
     reserved: int = 0
+    set_aside: int = 0
 
     @property
     def key(self) -> StockKey:
@@ -28,8 +33,19 @@ class Stock:
 
     @property
     def available(self) -> int:
-        """What a new reservation may take. Never negative, even after a count below what is reserved."""
-        return max(self.on_hand - self.reserved, 0)
+        """What a new reservation or claim may take. Never negative, even after a count below what is reserved."""
+        return max(self.on_hand - self.reserved - self.set_aside, 0)
+
+    @property
+    def held(self) -> int:
+        """Units nobody else may take: reserved for shipments plus set aside for waiting lines. Published as
+        `reserved` in stock levels, so that readers who know nothing of claims still see the right availability."""
+        return self.reserved + self.set_aside
+
+    @property
+    def over_claimed(self) -> int:
+        """Units set aside beyond what is physically here and not reserved (after a count came in short)."""
+        return max(self.set_aside - max(self.on_hand - self.reserved, 0), 0)
 
     def receive(self, quantity: int) -> Stock:
         """Units arrived (restock, return, transfer)."""
@@ -66,6 +82,22 @@ class Stock:
         self._check_reserved(quantity)
         return replace(self, reserved=self.reserved - quantity)
 
+    def set_aside_for_line(self, quantity: int) -> Stock:
+        """Hold available units for a waiting line that must ship whole (a claim)."""
+        _positive(quantity)
+        if quantity > self.available:
+            raise ValueError(
+                f"cannot set aside {quantity} of {self.sku} at {self.source_code}: {self.available} available"
+            )
+        return replace(self, set_aside=self.set_aside + quantity)
+
+    def give_back(self, quantity: int) -> Stock:
+        """A claim ends (its line was served, cancelled, or the units are not there): they are available again."""
+        _positive(quantity)
+        if quantity > self.set_aside:
+            raise ValueError(f"only {self.set_aside} of {self.sku} set aside at {self.source_code}, not {quantity}")
+        return replace(self, set_aside=self.set_aside - quantity)
+
     def _check_reserved(self, quantity: int) -> None:
         _positive(quantity)
         if quantity > self.reserved:
@@ -96,13 +128,47 @@ def _changed(before: Mapping[StockKey, Stock], after: Mapping[StockKey, Stock]) 
 
 
 @dataclass(frozen=True, slots=True)
+class ReleaseTerms:
+    """What a waiting line's release must respect, copied from its plan. The defaults are those of plans made
+    before plans carried them: any active source may serve the line, and it may be served in parts."""
+
+    ship_to_country: str | None = None
+    pickup_source: str | None = None
+    ship_complete: bool = False
+
+
+ANY_SOURCE = ReleaseTerms()
+
+
+@dataclass(frozen=True, slots=True)
 class SourceState:
-    """What inventory keeps of a source in the network: enough to accept or refuse its receipts."""
+    """What inventory keeps of a source in the network: enough to accept or refuse its receipts, to know which
+    waiting lines it may serve, and when a shipment released there should leave."""
 
     code: str
     name: str
     type: str
     active: bool
+    # None: not known (a source inventory heard of before sources carried their countries); it serves only lines
+    # whose plan named no country, until routing publishes it again.
+    countries: frozenset[str] | None = None
+    handling_days: int = 1
+    timezone: str = "UTC"
+
+    def serves(self, terms: ReleaseTerms) -> bool:
+        """Whether this source may ship a line with these terms: active; a pickup line only at its store (nothing
+        travels, so countries do not matter); any other line only to a country the source ships to."""
+        if not self.active:
+            return False
+        if terms.pickup_source is not None:
+            return terms.pickup_source == self.code
+        if terms.ship_to_country is None:
+            return True
+        return self.countries is not None and terms.ship_to_country in self.countries
+
+    def ship_by(self, now: datetime) -> date:
+        """When a shipment released now should leave: today where the source is, plus its handling days."""
+        return now.astimezone(ZoneInfo(self.timezone)).date() + timedelta(days=self.handling_days)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,10 +202,11 @@ def network_changes(events: Iterable[SourceState | SourceGone]) -> NetworkChange
 
 
 @dataclass(frozen=True, slots=True)
-class Receipt:
+class AtSource:
+    """Something a WMS or purchasing reports about one SKU at one source."""
+
     sku: str
     source_code: str
-    quantity: int
 
     @property
     def key(self) -> StockKey:
@@ -147,10 +214,37 @@ class Receipt:
 
 
 @dataclass(frozen=True, slots=True)
-class Count:
+class Receipt(AtSource):
+    quantity: int
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Count(AtSource):
+    on_hand: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation(AtSource):
+    """Stock announced by purchasing or a WMS: not here yet, but it dates the lines waiting for it."""
+
+    quantity: int
+    expected_date: date
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectedReceipt:
+    """An announced receipt and how much of it is still to come. `id` is None until it is stored; it orders
+    announcements of the same date."""
+
+    id: int | None
     sku: str
     source_code: str
-    on_hand: int
+    quantity: int
+    outstanding: int
+    expected_date: date
+    reference: str | None = None
 
     @property
     def key(self) -> StockKey:
@@ -159,24 +253,91 @@ class Count:
 
 @dataclass(frozen=True, slots=True)
 class StockChanges:
-    """The rows a batch changed (final values) and, per row, the index of the last input that changed it."""
+    """The rows a batch changed (final values) and, per row, the index of the last input that changed it; and the
+    expected receipts it announced (id None) or changed."""
 
     stock: dict[StockKey, Stock]
     causes: dict[StockKey, int]
+    expected: list[ExpectedReceipt] = field(default_factory=list)
 
 
-def apply_receipts(stock: Mapping[StockKey, Stock], movements: Sequence[Receipt | Count]) -> StockChanges:
-    """Receipts add to on hand, counts replace it, in arrival order."""
+def apply_receipts(
+    stock: Mapping[StockKey, Stock],
+    movements: Sequence[Receipt | Count | Expectation],
+    expected: Iterable[ExpectedReceipt] = (),
+) -> StockChanges:
+    """Receipts add to on hand, counts replace it, announcements are recorded, in arrival order.
+
+    A receipt settles the open announcement of its (sku, source) with the same reference, whatever it brought;
+    without one, it uses up open announcements there, the earliest expected first (then the first announced). An
+    announcement with the reference of an open one at its (sku, source) replaces it (a new date or quantity)."""
     current = dict(stock)
     causes: dict[StockKey, int] = {}
+    announced = _Announcements(expected)
     for index, movement in enumerate(movements):
+        if isinstance(movement, Expectation):
+            announced.announce(movement)
+            continue
         held = stock_at(current, movement.key)
         after = held.receive(movement.quantity) if isinstance(movement, Receipt) else held.count(movement.on_hand)
         if after != held:
             current[movement.key] = after
             causes[movement.key] = index
+        if isinstance(movement, Receipt):
+            announced.receive(movement)
     changed = _changed(stock, current)
-    return StockChanges(changed, {key: causes[key] for key in changed})
+    return StockChanges(changed, {key: causes[key] for key in changed}, announced.changed())
+
+
+class _Announcements:
+    """Open expected receipts while a batch of receipts is applied."""
+
+    def __init__(self, expected: Iterable[ExpectedReceipt]) -> None:
+        self.open = [e for e in expected if e.outstanding > 0]
+        self.touched: dict[int, None] = {}
+
+    def announce(self, movement: Expectation) -> None:
+        for i, e in enumerate(self.open):
+            if movement.reference is not None and e.key == movement.key and e.reference == movement.reference:
+                self._set(
+                    i,
+                    replace(
+                        e,
+                        quantity=movement.quantity,
+                        outstanding=movement.quantity,
+                        expected_date=movement.expected_date,
+                    ),
+                )
+                return
+        m = movement
+        self.open.append(
+            ExpectedReceipt(None, m.sku, m.source_code, m.quantity, m.quantity, m.expected_date, m.reference)
+        )
+        self.touched[len(self.open) - 1] = None
+
+    def receive(self, receipt: Receipt) -> None:
+        here = [i for i, e in enumerate(self.open) if e.key == receipt.key and e.outstanding > 0]
+        settled = next((i for i in here if receipt.reference and self.open[i].reference == receipt.reference), None)
+        if settled is not None:
+            self._set(settled, replace(self.open[settled], outstanding=0))
+            return
+        units = receipt.quantity
+        # Stored announcements keep their announcement order by id; this batch's new ones (id None) follow, in order.
+        for i in sorted(
+            here, key=lambda i: (self.open[i].expected_date, self.open[i].id is None, self.open[i].id or i)
+        ):
+            used = min(units, self.open[i].outstanding)
+            if used == 0:
+                break
+            self._set(i, replace(self.open[i], outstanding=self.open[i].outstanding - used))
+            units -= used
+
+    def _set(self, i: int, expected: ExpectedReceipt) -> None:
+        self.open[i] = expected
+        self.touched[i] = None
+
+    def changed(self) -> list[ExpectedReceipt]:
+        return [self.open[i] for i in self.touched]
 
 
 # --- reservations ------------------------------------------------------------------------------------------------
@@ -443,31 +604,508 @@ def settle_fulfillments(
 
 # --- backorders --------------------------------------------------------------------------------------------------
 
+NO_PLAN = uuid.UUID(int=0)
+
+
+class BackorderState(StrEnum):
+    waiting = "waiting"
+    allocated = "allocated"  # left the queue: its last waiting units were released to a shipment
+    cancelled = "cancelled"  # left the queue: its last waiting units were cancelled
+
 
 @dataclass(frozen=True, slots=True)
 class Backorder:
-    """An order line waiting for stock of its SKU. `arrival` orders the queue: lower came first."""
+    """An order line waiting for stock of its SKU. `arrival` orders the queue: lower came first.
+
+    `waiting` is what is still to be served. A line that must ship whole (its order is ship_complete) may hold a
+    claim: `set_aside` of those units held for it at `anchor`, the one source where its order gathers stock."""
 
     arrival: int
     order_id: uuid.UUID
     line_id: str
     sku: str
-    quantity: int
-    queued_at: datetime
+    waiting: int
+    terms: ReleaseTerms = ANY_SOURCE
+    set_aside: int = 0
+    anchor: str | None = None
+    plan_id: uuid.UUID = NO_PLAN
+    queued_at: datetime | None = None
+    state: BackorderState = BackorderState.waiting
+
+    @property
+    def whole(self) -> bool:
+        return self.terms.ship_complete
+
+    @property
+    def missing(self) -> int:
+        """Units still to be found for the line: what waits and is not set aside for it."""
+        return self.waiting - self.set_aside
 
 
 @dataclass(frozen=True, slots=True)
-class BackorderQueue:
-    """One SKU's waiting lines, oldest first: when stock comes in, the front of the queue is served first, so a
-    younger line never gets stock an older waiting line could have used."""
+class LineCancellation:
+    order_id: uuid.UUID
+    line_id: str
+    quantity: int
 
+
+@dataclass(frozen=True, slots=True)
+class AllocatedLine:
+    line_id: str
     sku: str
-    waiting: tuple[Backorder, ...] = ()
+    quantity: int
+    plan_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """Waiting units released to a new shipment: reserved at `source_code`, for the order service to request."""
+
+    shipment_id: uuid.UUID
+    order_id: uuid.UUID
+    source_code: str
+    lines: tuple[AllocatedLine, ...]
+    ship_by: date
+
+    def reservations(self) -> list[Reservation]:
+        """The reservation rows it makes, settled later like those of any planned shipment."""
+        return [
+            Reservation(
+                self.shipment_id,
+                line.line_id,
+                self.order_id,
+                line.plan_id,
+                line.sku,
+                self.source_code,
+                line.quantity,
+                ReservationState.reserved,
+            )
+            for line in self.lines
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueView:
+    """The waiting lines a release is given, which need not be whole queues.
+
+    Per SKU, every waiting line up to `loaded_to[sku]` (every one for a SKU in `complete`) is here: that prefix is
+    what a release may walk. Lines with a claim and every waiting line of an order that ships complete and has a line
+    here are here as well, wherever they stand. `locked`: the SKUs whose queues and stock rows the caller holds
+    locked; the release touches no other."""
+
+    lines: tuple[Backorder, ...]
+    loaded_to: Mapping[str, int] = field(default_factory=dict)
+    complete: frozenset[str] = frozenset()
+    locked: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, sku: str, backorders: Iterable[Backorder]) -> BackorderQueue:
-        return cls(sku, tuple(sorted((b for b in backorders if b.sku == sku), key=lambda b: b.arrival)))
+    def whole(cls, lines: Iterable[Backorder], skus: Iterable[str] = ()) -> QueueView:
+        """Whole queues: every waiting line of every SKU named (or met), all of them locked."""
+        lines = tuple(lines)
+        every = frozenset({*skus, *(line.sku for line in lines)})
+        return cls(lines, {}, every, every)
 
-    def positions(self) -> list[tuple[int, Backorder]]:
-        """Each waiting line with its place in the queue, 1 for the next to be served."""
-        return list(enumerate(self.waiting, start=1))
+    def reaches(self, line: Backorder) -> bool:
+        """Whether every older waiting line of the line's SKU is here too."""
+        return line.sku in self.complete or line.arrival <= self.loaded_to.get(line.sku, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """What serving the queues decided: rows changed (final values), shipments released, and whether the decision
+    stands. It stands only when nothing is `short` (a SKU whose queue must be read further: stock was left over at
+    the end of what was read, or a line it had to weigh stands beyond) and nothing `unlocked` (a SKU of an order
+    that ships complete whose queue the caller does not hold): otherwise the caller reads or locks more and asks
+    again with the same inputs."""
+
+    stock: dict[StockKey, Stock]
+    lines: list[Backorder]
+    allocations: list[Allocation]
+    short: frozenset[str] = frozenset()
+    unlocked: frozenset[str] = frozenset()
+    unmatched: list[LineCancellation] = field(default_factory=list)
+
+    @property
+    def stands(self) -> bool:
+        return not self.short and not self.unlocked
+
+
+def release_backorders(
+    stock: Mapping[StockKey, Stock],
+    queue: QueueView,
+    sources: Mapping[str, SourceState],
+    *,
+    increased: Iterable[StockKey] = (),
+    cancelled: Sequence[LineCancellation] = (),
+    reconsidered: Collection[str] = (),
+    now: datetime,
+    new_shipment_id: Callable[[], uuid.UUID] = uuid.uuid4,
+) -> Release:
+    """Serve the backorder queues from stock that became available, first come first served.
+
+    The rule. Whenever the available units of a SKU at a source S rise (a receipt, a count upwards, a return, a
+    reservation released by a rejected or cancelled fulfillment, a claim released), S walks that SKU's waiting
+    lines in arrival order, among the lines S may serve (`SourceState.serves`: active; ships to the line's country;
+    a pickup line only at its store), and:
+    * a line that may be split (its order is not ship_complete) gets min(available, waiting); what it still lacks
+      waits at its place;
+    * an order that ships complete is one group of all its waiting lines, decided at the place of its oldest line
+      met in the walk. If S covers every line of the group whole, each from what is set aside for it at S plus what
+      is available at S, the group is released at S as one shipment, and claims it held at another source go back
+      there (an increase: that source walks its queues). Else, if the group is anchored at S or nowhere, S sets its
+      available units aside for the group's lines (a claim: counted as reserved, so neither younger lines nor new
+      plans get them) and the group is anchored at S. A group anchored elsewhere is passed over: S's units go on to
+      younger lines, unless S covers the group whole at once.
+    * the walk ends when S's units run out or the lines do.
+    So a younger line never receives stock that an older waiting line S may serve still wants. A walk covers
+    every SKU that rose at S, merged in arrival order, plus the SKUs of groups met on the way that S has available,
+    so that older lines of those SKUs are served before a group takes their units. Lines of one order released at
+    one source in one call become one shipment (`Allocation`), its ship-by date today at the source plus its
+    handling days.
+
+    Before walking, claims larger than what a source still holds (a count came in short) shrink, youngest line
+    first; the group keeps its anchor. A group anchored at a source that can no longer serve it (deactivated, or no
+    longer shipping to its country) gives its claims back there and is anchored nowhere again; every source that
+    has units of its SKUs available walks. `cancelled` lowers waiting quantities (a line leaves the queue at 0) and
+    gives back the claims the lines no longer need, which is an increase like any other; a group that lost a line
+    is looked at again at its anchor. `reconsidered` sources (whose terms changed: activated, new countries) walk
+    every SKU they have available, as if it had just arrived."""
+    release = _Release(stock, queue, sources, now, new_shipment_id)
+    release.shrink_claims()
+    release.unanchor_where_unservable()
+    for cancellation in cancelled:
+        release.cancel(cancellation)
+    for key in increased:
+        release.rose(key)
+    for key, row in stock.items():
+        if key[1] in reconsidered and row.available > 0:
+            release.rose(key)
+    release.serve()
+    return release.outcome()
+
+
+class _Release:
+    """The working state of one `release_backorders` call."""
+
+    def __init__(
+        self,
+        stock: Mapping[StockKey, Stock],
+        queue: QueueView,
+        sources: Mapping[str, SourceState],
+        now: datetime,
+        new_shipment_id: Callable[[], uuid.UUID],
+    ) -> None:
+        self.before = stock
+        self.stock = dict(stock)
+        self.queue = queue
+        self.sources = sources
+        self.now = now
+        self.new_shipment_id = new_shipment_id
+        self.lines = {line.arrival: line for line in queue.lines if line.state is BackorderState.waiting}
+        self.original = dict(self.lines)
+        self.by_sku: dict[str, list[int]] = {}
+        self.by_line: dict[tuple[uuid.UUID, str], int] = {}
+        self.groups: dict[uuid.UUID, list[int]] = {}
+        for arrival in sorted(self.lines):
+            line = self.lines[arrival]
+            self.by_sku.setdefault(line.sku, []).append(arrival)
+            self.by_line[(line.order_id, line.line_id)] = arrival
+            if line.whole:
+                self.groups.setdefault(line.order_id, []).append(arrival)
+        # Sources with something to walk, in the order their stock rose, and the SKUs that rose there.
+        self.pending: dict[str, dict[str, None]] = {}
+        self.shipments: dict[tuple[uuid.UUID, str], dict[str, AllocatedLine]] = {}
+        self.rechecks: set[uuid.UUID] = set()
+        self.short: set[str] = set()
+        self.unlocked: set[str] = set()
+        self.unmatched: list[LineCancellation] = []
+
+    # --- what starts a walk ---
+
+    def rose(self, key: StockKey) -> None:
+        sku, source = key
+        self.pending.setdefault(source, {})[sku] = None
+
+    def shrink_claims(self) -> None:
+        for key, row in list(self.stock.items()):
+            excess = row.over_claimed
+            if not excess:
+                continue
+            sku, source = key
+            for arrival in reversed(self.by_sku.get(sku, [])):
+                line = self.lines[arrival]
+                if excess == 0:
+                    break
+                if line.anchor == source and line.set_aside:
+                    back = min(excess, line.set_aside)
+                    self._give_back(line, back)
+                    excess -= back
+
+    def unanchor_where_unservable(self) -> None:
+        for order_id in list(self.groups):
+            members = self._members(order_id)
+            anchor = next((m.anchor for m in members if m.anchor), None)
+            if anchor is None:
+                continue
+            here = self.sources.get(anchor)
+            if here is not None and all(here.serves(m.terms) for m in members):
+                continue
+            if any(m.sku not in self.queue.locked for m in members):
+                # Its claims sit in stock rows this call does not hold; the caller locks them and asks again.
+                self.unlocked.update(m.sku for m in members if m.sku not in self.queue.locked)
+                continue
+            for member in members:
+                if member.set_aside:
+                    self.rose((member.sku, anchor))
+                    member = self._give_back(member, member.set_aside)
+                self._put(replace(member, anchor=None))
+                for key, row in self.stock.items():
+                    if key[0] == member.sku and row.available > 0:
+                        self.rose(key)
+
+    def cancel(self, cancellation: LineCancellation) -> None:
+        arrival = self.by_line.get((cancellation.order_id, cancellation.line_id))
+        line = self.lines[arrival] if arrival is not None else None
+        if line is None or line.state is not BackorderState.waiting:
+            self.unmatched.append(cancellation)
+            return
+        waiting = line.waiting - min(cancellation.quantity, line.waiting)
+        excess = max(line.set_aside - waiting, 0)
+        if excess:
+            assert line.anchor is not None
+            self.rose((line.sku, line.anchor))
+            line = self._give_back(line, excess)
+        if waiting == 0:
+            line = self._put(replace(line, waiting=0, set_aside=0, anchor=None, state=BackorderState.cancelled))
+        else:
+            line = self._put(replace(line, waiting=waiting))
+        if line.whole:
+            # The rest of its order may now be covered where it gathers stock.
+            members = self._members(line.order_id)
+            anchor = next((m.anchor for m in members if m.anchor), None)
+            if anchor is not None:
+                self.rechecks.add(line.order_id)
+                for member in members:
+                    self.rose((member.sku, anchor))
+
+    # --- walking ---
+
+    def serve(self) -> None:
+        while self.pending:
+            source = next(iter(self.pending))
+            rose = self.pending.pop(source)
+            self.walk(source, rose)
+
+    def walk(self, source: str, rose: Mapping[str, None]) -> None:
+        here = self.sources.get(source)
+        if here is None or not here.active:
+            return
+        walked = self._walked_skus(source, set(rose))
+        lines = sorted(
+            arrival for sku in walked for arrival in self.by_sku.get(sku, []) if self.queue.reaches(self.lines[arrival])
+        )
+        decided: set[uuid.UUID] = set()
+        for order_id in self.rechecks:
+            # A group looked at again must be reached, or the walk cannot tell whether it is covered.
+            members = self._members(order_id)
+            if any(m.anchor == source for m in members):
+                self.short.update(m.sku for m in members if m.sku in walked and not self.queue.reaches(m))
+        for arrival in lines:
+            line = self.lines[arrival]
+            if line.state is not BackorderState.waiting or not here.serves(line.terms):
+                continue
+            if not line.whole:
+                units = min(self._available(line.sku, source), line.waiting)
+                if units:
+                    self._allocate(line, here, units)
+                continue
+            if line.order_id not in decided:
+                decided.add(line.order_id)
+                self._decide_group(line.order_id, here, walked)
+        for sku in walked:
+            if sku not in self.queue.complete and self._available(sku, source) > 0:
+                self.short.add(sku)
+
+    def _walked_skus(self, source: str, rose: set[str]) -> set[str]:
+        """The SKUs that rose, and those of groups met in their queues that the source has available: their older
+        lines must come first."""
+        walked = set(rose)
+        grown = True
+        while grown:
+            grown = False
+            for sku in list(walked):
+                for arrival in self.by_sku.get(sku, []):
+                    line = self.lines[arrival]
+                    if not line.whole or not self.queue.reaches(line):
+                        continue
+                    for member in self._members(line.order_id):
+                        if member.sku not in walked and self._available(member.sku, source) > 0:
+                            walked.add(member.sku)
+                            grown = True
+        return walked
+
+    def _decide_group(self, order_id: uuid.UUID, here: SourceState, walked: set[str]) -> None:
+        members = self._members(order_id)
+        for member in members:
+            if member.sku not in self.queue.locked:
+                self.unlocked.add(member.sku)
+                return
+            if member.sku in walked and not self.queue.reaches(member):
+                self.short.add(member.sku)
+                return
+        if not all(here.serves(member.terms) for member in members):
+            return
+        source = here.code
+        anchor = next((m.anchor for m in members if m.anchor), None)
+        need: dict[str, int] = {}
+        have: dict[str, int] = {}
+        for member in members:
+            need[member.sku] = need.get(member.sku, 0) + member.waiting
+            if member.anchor == source:
+                have[member.sku] = have.get(member.sku, 0) + member.set_aside
+        if all(units <= have.get(sku, 0) + self._available(sku, source) for sku, units in need.items()):
+            for member in members:
+                self._allocate_whole(member, here)
+            return
+        if anchor not in (None, source):
+            return
+        for member in members:
+            units = min(self._available(member.sku, source), member.missing)
+            if units:
+                self.stock[(member.sku, source)] = self._row(member.sku, source).set_aside_for_line(units)
+                self._put(replace(member, set_aside=member.set_aside + units))
+                anchor = source
+        if anchor == source:
+            # The whole order gathers its units here from now on; other sources pass it over unless they cover it.
+            for member in self._members(order_id):
+                self._put(replace(member, anchor=source))
+
+    # --- moving units ---
+
+    def _allocate(self, line: Backorder, here: SourceState, units: int) -> None:
+        key = (line.sku, here.code)
+        self.stock[key] = self._row(*key).reserve(units)
+        waiting = line.waiting - units
+        state = BackorderState.waiting if waiting else BackorderState.allocated
+        self._put(replace(line, waiting=waiting, state=state))
+        self._ship(line, here, units)
+
+    def _allocate_whole(self, line: Backorder, here: SourceState) -> None:
+        if line.set_aside:
+            assert line.anchor is not None
+            claimed = (line.sku, line.anchor)
+            self.stock[claimed] = self._row(*claimed).give_back(line.set_aside)
+            if line.anchor != here.code:
+                # The claim goes back to where it was held: more available there, so that source walks again.
+                self.rose(claimed)
+        key = (line.sku, here.code)
+        self.stock[key] = self._row(*key).reserve(line.waiting)
+        self._put(replace(line, waiting=0, set_aside=0, anchor=None, state=BackorderState.allocated))
+        self._ship(line, here, line.waiting)
+
+    def _give_back(self, line: Backorder, units: int) -> Backorder:
+        assert line.anchor is not None
+        key = (line.sku, line.anchor)
+        self.stock[key] = self._row(*key).give_back(units)
+        return self._put(replace(line, set_aside=line.set_aside - units))
+
+    def _ship(self, line: Backorder, here: SourceState, units: int) -> None:
+        lines = self.shipments.setdefault((line.order_id, here.code), {})
+        before = lines.get(line.line_id)
+        total = units + (before.quantity if before else 0)
+        lines[line.line_id] = AllocatedLine(line.line_id, line.sku, total, line.plan_id)
+
+    # --- bookkeeping ---
+
+    def _members(self, order_id: uuid.UUID) -> list[Backorder]:
+        return [self.lines[a] for a in self.groups.get(order_id, []) if self.lines[a].state is BackorderState.waiting]
+
+    def _row(self, sku: str, source: str) -> Stock:
+        return stock_at(self.stock, (sku, source))
+
+    def _available(self, sku: str, source: str) -> int:
+        return self._row(sku, source).available
+
+    def _put(self, line: Backorder) -> Backorder:
+        self.lines[line.arrival] = line
+        return line
+
+    def outcome(self) -> Release:
+        allocations = []
+        for (order_id, source), lines in self.shipments.items():
+            here = self.sources[source]
+            allocations.append(
+                Allocation(self.new_shipment_id(), order_id, source, tuple(lines.values()), here.ship_by(self.now))
+            )
+        changed = _changed(self.before, self.stock)
+        lines = [line for arrival, line in self.lines.items() if self.original.get(arrival) != line]
+        return Release(
+            changed,
+            lines,
+            allocations,
+            frozenset(self.short),
+            frozenset(self.unlocked),
+            self.unmatched,
+        )
+
+
+def queue_positions(lines: Iterable[Backorder]) -> dict[int, int]:
+    """Each waiting line's place in its SKU's queue, 1 for the first to be served, by arrival.
+
+    Correct for a line when every older waiting line of its SKU is among `lines`."""
+    positions: dict[int, int] = {}
+    seen: dict[str, int] = {}
+    for line in sorted(lines, key=lambda line: line.arrival):
+        if line.state is BackorderState.waiting:
+            seen[line.sku] = seen.get(line.sku, 0) + 1
+            positions[line.arrival] = seen[line.sku]
+    return positions
+
+
+def expected_dates(
+    lines: Iterable[Backorder], expected: Iterable[ExpectedReceipt], sources: Mapping[str, SourceState]
+) -> dict[int, date]:
+    """When announced receipts should serve each waiting line: the date of the announced receipt that, handed out
+    the way a receipt is (earliest expected first; each to the oldest lines its source may serve, a line that
+    gathers its units at an anchor only from there), completes what the line still misses. A line that no
+    announcement completes has no date. A line of an order that ships complete takes the latest date of its order's
+    lines that still miss units, and none if one of them has none (as far as `lines` show them).
+
+    Correct for a line when every older waiting line of its SKU is among `lines`."""
+    waiting = sorted((line for line in lines if line.state is BackorderState.waiting), key=lambda x: x.arrival)
+    missing = {line.arrival: line.missing for line in waiting}
+    dates: dict[int, date] = {}
+    announced = sorted(
+        (e for e in expected if e.outstanding > 0), key=lambda e: (e.expected_date, e.id if e.id is not None else 0)
+    )
+    for receipt in announced:
+        source = sources.get(receipt.source_code)
+        if source is None:
+            continue
+        units = receipt.outstanding
+        for line in waiting:
+            if units == 0:
+                break
+            if line.sku != receipt.sku or missing[line.arrival] == 0 or not source.serves(line.terms):
+                continue
+            if line.whole and line.anchor not in (None, receipt.source_code):
+                continue
+            used = min(units, missing[line.arrival])
+            missing[line.arrival] -= used
+            units -= used
+            if missing[line.arrival] == 0:
+                dates[line.arrival] = receipt.expected_date
+    groups: dict[uuid.UUID, list[Backorder]] = {}
+    for line in waiting:
+        if line.whole:
+            groups.setdefault(line.order_id, []).append(line)
+    for members in groups.values():
+        needing = [m for m in members if m.missing > 0]
+        known = [dates.get(m.arrival) for m in needing]
+        latest = None if None in known or not known else max(d for d in known if d is not None)
+        for member in members:
+            if latest is None:
+                dates.pop(member.arrival, None)
+            else:
+                dates[member.arrival] = latest
+    return dates

@@ -1,21 +1,31 @@
-"""Inventory's consumers, one per topic: load what the batch needs (locking stock rows), let the domain decide,
-save in set-based statements, emit. Every consumer runs inside the runtime's batch transaction."""
+"""Inventory's consumers, one per topic: load what the batch needs (locking queues and stock rows), let the domain
+decide, save in set-based statements, emit. Every consumer runs inside the runtime's batch transaction.
+
+Whatever raises available stock (receipts, counts, returns, reservations given back, claims released by cancelled
+lines) goes through `_serve_backorders`: the SKU's waiting lines are served FIFO before anyone else sees the units."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
+
+import asyncpg
 
 from oms_contracts.common import Line as LineData
 from oms_contracts.fulfillment import FulfillmentCancelled, FulfillmentRejected, FulfillmentShipped
 from oms_contracts.inventory import (
+    BackorderAllocated,
+    BackorderAllocatedData,
+    BackorderedLine,
     BackorderQueued,
     BackorderQueuedData,
     LowStock,
     LowStockData,
+    ReceiptExpected,
     ReservationRejected,
     ReservationRejectedData,
     ShipmentReserved,
@@ -26,22 +36,30 @@ from oms_contracts.inventory import (
     StockReceived,
 )
 from oms_contracts.inventory import Shortage as ShortageData
+from oms_contracts.order import LinesCancelled
 from oms_contracts.routing import SourceDeactivated, SourceUpserted
 from oms_contracts.topics import (
     FULFILLMENT_UPDATES,
     INVENTORY_ALLOCATIONS,
     INVENTORY_RECEIPTS,
     INVENTORY_STOCK,
+    ORDER_EVENTS,
     ROUTING_NETWORK,
     ROUTING_PLANS,
 )
 from oms_inventory import store
 from oms_inventory.domain import (
+    Allocation,
     Count,
+    Expectation,
     FulfillmentUpdate,
     InvalidShipment,
     Line,
+    LineCancellation,
+    QueueView,
     Receipt,
+    Release,
+    ReleaseTerms,
     ReservationDecision,
     ShipmentRequest,
     SourceGone,
@@ -49,18 +67,25 @@ from oms_inventory.domain import (
     Stock,
     StockKey,
     apply_receipts,
+    expected_dates,
     fell_below_threshold,
     network_changes,
+    release_backorders,
     reserve_shipments,
     settle_fulfillments,
     stock_at,
 )
 from oms_inventory.settings import InventorySettings
-from oms_runtime import Incoming, Refused, Service, Transaction
+from oms_runtime import Incoming, Refused, Service, Transaction, telemetry
 
 log = logging.getLogger(__name__)
 
 SOURCE = "/oms/inventory"
+
+# How many waiting lines of a SKU a release reads first: at least this many, and twice the units that came in (a
+# line takes one unit at least, and some lines are passed over). When the domain says it needs more, twice as many.
+FIRST_READ = 256
+MOST_AT_ONCE = 20_000
 
 
 def subscribe(service: Service, settings: InventorySettings) -> None:
@@ -72,162 +97,238 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
     @service.consumer(ROUTING_NETWORK)
     async def on_network(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Sources upserted or deactivated in the fulfillment network: inventory accepts receipts only for active
-        sources it learnt of here."""
-        changes = network_changes(_network_event(m.event) for m in messages)
-        pg = await tx.pg()
-        await store.upsert_sources(pg, list(changes.upserts.values()))
-        deactivated = await store.deactivate_sources(pg, changes.deactivations)
-        for code in set(changes.deactivations) - deactivated:
-            log.info("source %s deactivated before inventory heard of it; nothing to do", code)
+        sources it learnt of here, and releases a waiting line only at a source that ships to its country; a
+        release's ship-by date counts the source's handling days in its time zone. When what a source serves
+        changes, units it set aside for orders it can no longer serve go back, and its available stock serves the
+        lines it now may. Rule chains are routing's own business and are skipped."""
+        await receive_network(tx, messages, threshold)
 
     @service.consumer(INVENTORY_RECEIPTS)
     async def on_receipts(tx: Transaction, messages: list[Incoming[Any]]) -> None:
-        """Stock received (on hand rises) or counted (on hand replaced) at a source of the network; publishes the
-        new stock levels, and a low-stock alert when availability drops below the threshold. A receipt for a
-        source that is unknown or inactive is refused to the dead-letter topic and changes nothing."""
-        # The topic carries exactly these two types, so movements[i] is messages[i].
-        movements = [_movement(m.event) for m in messages]
-        pg = await tx.pg()
-        before = await store.lock_stock_at_active_sources(pg, (mv.key for mv in movements))
-        refused = [mv.source_code for mv in movements if mv.key not in before]
-        if refused:
-            # Nothing is written before this point except zero rows at active sources, which the refusal rolls
-            # back with the batch; the runtime then replays the messages one by one and dead-letters this one.
-            raise Refused(_refusal(refused[0], await store.source_activity(pg, {refused[0]})))
-        changes = apply_receipts(before, movements)
-        await store.save_stock(pg, list(changes.stock.values()))
-        _emit_stock_levels(tx, before, changes.stock, {k: messages[i] for k, i in changes.causes.items()}, threshold)
+        """Stock received (on hand rises), counted (on hand replaced) or announced (an expected receipt) at a source
+        of the network. Units that become available serve the SKU's waiting lines first, oldest first
+        (backorder_allocated, one per order and source); then the new stock levels are published, and a low-stock
+        alert when availability drops below the threshold. A receipt settles the announcement with its reference,
+        else uses up the earliest ones. A receipt or announcement for a source that is unknown or inactive is
+        refused to the dead-letter topic and changes nothing."""
+        await receive_stock(tx, messages, threshold)
 
     @service.consumer(ROUTING_PLANS)
     async def on_plans(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Fulfillment plans: each planned shipment is reserved at its source all or nothing (shipment_reserved,
-        or reservation_rejected with the shortages); backordered lines join their SKU's FIFO queue
+        or reservation_rejected with the shortages); backordered lines join their SKU's FIFO queue with the plan's
+        terms (country, pickup store, ship complete) and are announced with their place and expected date
         (backorder_queued). Unfulfillable lines are the order service's business. Publishes the new stock levels."""
-        shipments: list[ShipmentRequest] = []
-        cause_of_shipment: list[Incoming[Any]] = []
-        for m in messages:
-            plan = m.event.data
-            for s in plan.shipments:
-                lines = (Line(line.line_id, line.sku, line.quantity) for line in s.lines)
-                try:
-                    shipments.append(
-                        ShipmentRequest.of(s.shipment_id, plan.order_id, plan.plan_id, s.source_code, lines)
-                    )
-                except InvalidShipment as error:
-                    raise Refused(str(error)) from error
-                cause_of_shipment.append(m)
-        pg = await tx.pg()
-        before = await store.lock_stock(pg, (key for s in shipments for key in s.stock_keys()))
-        # After the locks: a concurrent batch deciding the same shipment has committed by now.
-        decided = await store.decided_shipments(pg, {s.shipment_id for s in shipments})
-        for s in shipments:
-            if s.shipment_id in decided:
-                # Its decision and event were committed together before; the outbox publishes that one.
-                log.info("shipment %s of order %s already decided; not reserved again", s.shipment_id, s.order_id)
-        result = reserve_shipments(before, shipments, decided)
-        await store.save_stock(pg, list(result.stock.values()))
-        await store.insert_reservations(pg, result.reservations())
-
-        newly_queued = await store.queue_backorders(
-            pg,
-            [
-                (m.event.data.order_id, m.event.data.plan_id, line.line_id, line.sku, line.quantity)
-                for m in messages
-                for line in m.event.data.backordered_lines
-            ],
-        )
-
-        plan_of_shipment: dict[uuid.UUID, Incoming[Any]] = {}
-        for s, cause in zip(shipments, cause_of_shipment, strict=True):
-            plan_of_shipment.setdefault(s.shipment_id, cause)
-        ship_by = {s.shipment_id: s.estimated_ship_date for m in messages for s in m.event.data.shipments}
-        for decision in result.decisions:
-            shipment_id = decision.shipment.shipment_id
-            tx.emit(_allocation(decision, ship_by[shipment_id]), cause=plan_of_shipment[shipment_id])
-        for m in messages:
-            plan = m.event.data
-            joined = [line for line in plan.backordered_lines if (plan.order_id, line.line_id) in newly_queued]
-            if joined:
-                newly_queued.difference_update((plan.order_id, line.line_id) for line in joined)
-                lines = [LineData(line_id=line.line_id, sku=line.sku, quantity=line.quantity) for line in joined]
-                data = BackorderQueuedData(order_id=plan.order_id, lines=lines)
-                tx.emit(BackorderQueued(source=SOURCE, subject=str(plan.order_id), data=data), cause=m)
-        _emit_stock_levels(
-            tx, before, result.stock, {k: cause_of_shipment[i] for k, i in result.causes.items()}, threshold
-        )
+        await receive_plans(tx, messages, threshold)
 
     @service.consumer(FULFILLMENT_UPDATES)
     async def on_fulfillment_updates(tx: Transaction, messages: list[Incoming[Any]]) -> None:
-        """Sources report on fulfillments (each one a planned shipment): shipped lowers on hand and reserved by the
-        shipped lines; rejected releases the whole reservation, cancelled the cancelled lines. Publishes the new
-        stock levels."""
-        updates: list[FulfillmentUpdate] = []
-        causes: list[Incoming[Any]] = []
-        for m in messages:
-            e = m.event
-            if isinstance(e, FulfillmentShipped):
-                updates.append(FulfillmentUpdate.shipment_left(e.data.fulfillment_id, _line_units(e.data.lines)))
-            elif isinstance(e, FulfillmentCancelled):
-                updates.append(FulfillmentUpdate.lines_given_back(e.data.fulfillment_id, _line_units(e.data.lines)))
-            elif isinstance(e, FulfillmentRejected):
-                updates.append(FulfillmentUpdate.all_given_back(e.data.fulfillment_id))
-            else:
-                # accepted and delivered move no stock: the units stay reserved until shipped, and a delivery
-                # follows a shipment inventory has already taken off the books.
-                continue
-            causes.append(m)
-        if not updates:
-            return
-        pg = await tx.pg()
-        # Reservations first, then stock: every consumer that takes both locks takes them in this order.
-        reservations = await store.lock_reservations(pg, {u.shipment_id for u in updates})
-        before = await store.lock_stock(pg, (r.key for r in reservations))
-        settlement = settle_fulfillments(before, reservations, updates)
-        for index in settlement.never_reserved:
-            # Not refused: a fulfillment inventory never reserved (a source that keeps no stock here, a shipment
-            # refused for lack of stock) has no units to move, so there is nothing to apply and nothing to repair.
-            m = causes[index]
-            log.info(
-                "%s for fulfillment %s: inventory holds no reservation for it; no stock moves",
-                m.event.type,
-                m.event.data.fulfillment_id,
-                extra={"order_id": str(m.event.data.order_id)},
-            )
-        await store.save_reservations(pg, list(settlement.reservations.values()))
-        await store.save_stock(pg, list(settlement.stock.values()))
-        _emit_stock_levels(
-            tx, before, settlement.stock, {k: causes[i] for k, i in settlement.causes.items()}, threshold
-        )
+        """Sources report on fulfillments (each one a planned or released shipment): shipped lowers on hand and
+        reserved by the shipped lines; rejected releases the whole reservation, cancelled the cancelled lines, and
+        the units given back serve the SKU's waiting lines first. Publishes the new stock levels."""
+        await receive_fulfillment_updates(tx, messages, threshold)
+
+    @service.consumer(ORDER_EVENTS)
+    async def on_order_events(tx: Transaction, messages: list[Incoming[Any]]) -> None:
+        """Lines cancelled on an order: their waiting units leave the backorder queue (a line at 0 leaves it), and
+        units set aside for them serve the next waiting lines. Every other order event is skipped."""
+        await receive_order_events(tx, messages, threshold)
+
+
+# --- the network -------------------------------------------------------------------------------------------------
+
+
+async def receive_network(tx: Transaction, messages: list[Incoming[Any]], threshold: int) -> None:
+    sourced = [m for m in messages if isinstance(m.event, SourceUpserted | SourceDeactivated)]
+    if not sourced:
+        return
+    changes = network_changes(_network_event(m.event) for m in sourced)
+    pg = await tx.pg()
+    known = await store.all_sources(pg)
+    await store.upsert_sources(pg, list(changes.upserts.values()))
+    deactivated = await store.deactivate_sources(pg, changes.deactivations)
+    for code in set(changes.deactivations) - deactivated:
+        log.info("source %s deactivated before inventory heard of it; nothing to do", code)
+    # A source that now serves other lines than before (activated, deactivated, other countries) moves queues:
+    # claims it can no longer honour go back, and stock it now may ship goes to the lines waiting for it.
+    sources = await store.all_sources(pg)
+    moved = {code for code in sources if _serving_terms(known.get(code)) != _serving_terms(sources[code])}
+    skus = await store.skus_to_reconsider(pg, moved)
+    if not skus:
+        return
+    batch = await _Batch.lock(pg, skus, sources)
+    release = await _serve_backorders(batch, reconsidered=moved, read=skus)
+    await batch.save(release)
+    batch.emit(tx, release, _Causes(sourced[-1], {}), threshold)
+
+
+def _serving_terms(source: SourceState | None) -> tuple[bool, frozenset[str] | None] | None:
+    return None if source is None else (source.active, source.countries)
 
 
 def _network_event(event: SourceUpserted | SourceDeactivated) -> SourceState | SourceGone:
     d = event.data
     if isinstance(event, SourceUpserted):
-        return SourceState(d.code, d.name, d.type.value, d.active)
+        return SourceState(d.code, d.name, d.type.value, d.active, frozenset(d.countries), d.handling_days, d.timezone)
     return SourceGone(d.code)
 
 
-def _movement(event: StockReceived | StockCounted) -> Receipt | Count:
+# --- receipts, counts, announcements -----------------------------------------------------------------------------
+
+
+async def receive_stock(tx: Transaction, messages: list[Incoming[Any]], threshold: int) -> None:
+    # The topic carries exactly these three types, so movements[i] is messages[i].
+    movements = [_movement(m.event) for m in messages]
+    pg = await tx.pg()
+    sources = await store.all_sources(pg)
+    for movement in movements:
+        known = sources.get(movement.source_code)
+        if known is None or not known.active:
+            # Nothing is written yet; the runtime replays the batch one message at a time and dead-letters this one.
+            raise Refused(_refusal(movement, known))
+    skus = {mv.sku for mv in movements}
+    creates = [mv.key for mv in movements if not isinstance(mv, Expectation)]
+    batch = await _Batch.lock(pg, skus, sources, create=creates)
+    expected = await store.open_expected_receipts(pg, skus)
+    changes = apply_receipts(batch.before, movements, expected)
+    batch.moved(changes.stock)
+    release = await _serve_backorders(batch)
+    await batch.save(release)
+    await store.save_expected_receipts(pg, changes.expected)
+    by_sku = {mv.sku: m for mv, m in zip(movements, messages, strict=True)}
+    causes = _Causes(messages[-1], by_sku, {key: messages[i] for key, i in changes.causes.items()})
+    batch.emit(tx, release, causes, threshold)
+
+
+def _movement(event: StockReceived | StockCounted | ReceiptExpected) -> Receipt | Count | Expectation:
     d = event.data
     if isinstance(event, StockReceived):
-        return Receipt(d.sku, d.source_code, d.quantity)
+        return Receipt(d.sku, d.source_code, d.quantity, d.reference)
+    if isinstance(event, ReceiptExpected):
+        return Expectation(d.sku, d.source_code, d.quantity, d.expected_date, d.reference)
     return Count(d.sku, d.source_code, d.on_hand)
 
 
-def _refusal(code: str, activity: Mapping[str, bool]) -> str:
-    if code in activity:
+def _refusal(movement: Receipt | Count | Expectation, known: SourceState | None) -> str:
+    what = "expected receipts" if isinstance(movement, Expectation) else "receipts"
+    code = movement.source_code
+    if known is not None:
         return (
-            f"inactive source {code!r}: receipts are accepted only for active sources in the network "
+            f"inactive source {code!r}: {what} are accepted only for active sources in the network "
             "(oms.routing.network.v1)"
         )
-    return f"unknown source {code!r}: receipts are accepted only for sources in the network (oms.routing.network.v1)"
+    return f"unknown source {code!r}: {what} are accepted only for sources in the network (oms.routing.network.v1)"
 
 
-def _line_units(lines: Sequence[Any]) -> list[tuple[str, int]]:
-    return [(line.line_id, line.quantity) for line in lines]
+# --- plans -------------------------------------------------------------------------------------------------------
 
 
-def _allocation(decision: ReservationDecision, ship_by: date) -> ShipmentReserved | ReservationRejected:
+async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshold: int) -> None:
+    shipments: list[ShipmentRequest] = []
+    cause_of_shipment: list[Incoming[Any]] = []
+    for m in messages:
+        plan = m.event.data
+        for s in plan.shipments:
+            lines = (Line(line.line_id, line.sku, line.quantity) for line in s.lines)
+            try:
+                shipments.append(ShipmentRequest.of(s.shipment_id, plan.order_id, plan.plan_id, s.source_code, lines))
+            except InvalidShipment as error:
+                raise Refused(str(error)) from error
+            cause_of_shipment.append(m)
+    pg = await tx.pg()
+    # Reserving takes no queue lock: it only takes units that are available, which waiting lines do not want
+    # (a release has served them first, or set the units aside).
+    before = await store.lock_stock(pg, (key for s in shipments for key in s.stock_keys()))
+    # After the locks: a concurrent batch deciding the same shipment has committed by now.
+    decided = await store.decided_shipments(pg, {s.shipment_id for s in shipments})
+    for s in shipments:
+        if s.shipment_id in decided:
+            # Its decision and event were committed together before; the outbox publishes that one.
+            log.info("shipment %s of order %s already decided; not reserved again", s.shipment_id, s.order_id)
+    result = reserve_shipments(before, shipments, decided)
+    await store.save_stock(pg, list(result.stock.values()))
+    await store.insert_reservations(pg, result.reservations())
+
+    # Joining the queue takes no queue lock either: a new line stands behind every line a release may be serving.
+    queued = await store.queue_backorders(
+        pg,
+        [
+            store.NewBackorder(
+                plan.order_id,
+                plan.plan_id,
+                line.line_id,
+                line.sku,
+                line.quantity,
+                ReleaseTerms(plan.ship_to_country, plan.pickup_source, plan.ship_complete),
+            )
+            for plan in (m.event.data for m in messages)
+            for line in plan.backordered_lines
+        ],
+    )
+    sku_of = {
+        queued[(plan.order_id, line.line_id)]: line.sku
+        for plan in (m.event.data for m in messages)
+        for line in plan.backordered_lines
+        if (plan.order_id, line.line_id) in queued
+    }
+    places = await _places_of_new_lines(pg, sku_of)
+
+    plan_of_shipment: dict[uuid.UUID, Incoming[Any]] = {}
+    for s, cause in zip(shipments, cause_of_shipment, strict=True):
+        plan_of_shipment.setdefault(s.shipment_id, cause)
+    ship_by = {s.shipment_id: s.estimated_ship_date for m in messages for s in m.event.data.shipments}
+    for decision in result.decisions:
+        shipment_id = decision.shipment.shipment_id
+        tx.emit(_reservation_event(decision, ship_by[shipment_id]), cause=plan_of_shipment[shipment_id])
+    for m in messages:
+        plan = m.event.data
+        joined = [line for line in plan.backordered_lines if (plan.order_id, line.line_id) in queued]
+        if joined:
+            lines = []
+            for line in joined:
+                arrival = queued.pop((plan.order_id, line.line_id))
+                position, expected = places[arrival]
+                lines.append(
+                    BackorderedLine(
+                        line_id=line.line_id,
+                        sku=line.sku,
+                        quantity=line.quantity,
+                        position=position,
+                        expected_date=expected,
+                    )
+                )
+            data = BackorderQueuedData(order_id=plan.order_id, lines=lines)
+            tx.emit(BackorderQueued(source=SOURCE, subject=str(plan.order_id), data=data), cause=m)
+    _emit_stock_levels(tx, before, result.stock, {k: cause_of_shipment[i] for k, i in result.causes.items()}, threshold)
+
+
+async def _places_of_new_lines(pg: asyncpg.Connection, sku_of: Mapping[int, str]) -> dict[int, tuple[int, date | None]]:
+    """Each new line's place in its SKU's queue (by arrival), and its expected date when announced receipts give
+    one."""
+    if not sku_of:
+        return {}
+    firsts: dict[str, int] = {}
+    for arrival in sorted(sku_of):
+        firsts.setdefault(sku_of[arrival], arrival)
+    ahead = await store.waiting_before(pg, firsts)
+    places: dict[int, tuple[int, date | None]] = {}
+    counted: dict[str, int] = {}
+    for arrival in sorted(sku_of):
+        sku = sku_of[arrival]
+        counted[sku] = counted.get(sku, 0) + 1
+        places[arrival] = (ahead[sku] + counted[sku], None)
+    expected = await store.open_expected_receipts(pg, firsts)
+    if expected:
+        # Dating a line means handing announced units to every line ahead of it first: read those queues whole, and
+        # those of SKUs without announcements too (an order that ships complete waits for its last line).
+        queue = await store.waiting_queue(pg, set(firsts))
+        dates = expected_dates(queue, expected, await store.all_sources(pg))
+        for arrival, (position, _) in places.items():
+            places[arrival] = (position, dates.get(arrival))
+    return places
+
+
+def _reservation_event(decision: ReservationDecision, ship_by: date) -> ShipmentReserved | ReservationRejected:
     s = decision.shipment
     lines = [LineData(line_id=line.line_id, sku=line.sku, quantity=line.quantity) for line in s.lines]
     ref = {"order_id": s.order_id, "shipment_id": s.shipment_id, "source_code": s.source_code, "lines": lines}
@@ -239,6 +340,265 @@ def _allocation(decision: ReservationDecision, ship_by: date) -> ShipmentReserve
     return ReservationRejected(source=SOURCE, subject=str(s.order_id), data=data)
 
 
+# --- fulfillment updates -----------------------------------------------------------------------------------------
+
+
+async def receive_fulfillment_updates(tx: Transaction, messages: list[Incoming[Any]], threshold: int) -> None:
+    updates: list[FulfillmentUpdate] = []
+    causes: list[Incoming[Any]] = []
+    for m in messages:
+        e = m.event
+        if isinstance(e, FulfillmentShipped):
+            updates.append(FulfillmentUpdate.shipment_left(e.data.fulfillment_id, _line_units(e.data.lines)))
+        elif isinstance(e, FulfillmentCancelled):
+            updates.append(FulfillmentUpdate.lines_given_back(e.data.fulfillment_id, _line_units(e.data.lines)))
+        elif isinstance(e, FulfillmentRejected):
+            updates.append(FulfillmentUpdate.all_given_back(e.data.fulfillment_id))
+        else:
+            # accepted and delivered move no stock: the units stay reserved until shipped, and a delivery
+            # follows a shipment inventory has already taken off the books.
+            continue
+        causes.append(m)
+    if not updates:
+        return
+    pg = await tx.pg()
+    # Reservations first, then queues, then stock: every consumer that takes these locks takes them in this order.
+    reservations = await store.lock_reservations(pg, {u.shipment_id for u in updates})
+    if all(u.shipped for u in updates):
+        # Shipping lowers on hand and reserved together: nothing becomes available, no queue is served.
+        batch = _Batch(pg, {}, frozenset(), await store.lock_stock(pg, (r.key for r in reservations)))
+    else:
+        batch = await _Batch.lock(pg, {r.sku for r in reservations}, await store.all_sources(pg))
+    settlement = settle_fulfillments(batch.before, reservations, updates)
+    for index in settlement.never_reserved:
+        # Not refused: a fulfillment inventory never reserved (a source that keeps no stock here, a shipment
+        # refused for lack of stock) has no units to move, so there is nothing to apply and nothing to repair.
+        m = causes[index]
+        log.info(
+            "%s for fulfillment %s: inventory holds no reservation for it; no stock moves",
+            m.event.type,
+            m.event.data.fulfillment_id,
+            extra={"order_id": str(m.event.data.order_id)},
+        )
+    await store.save_reservations(pg, list(settlement.reservations.values()))
+    batch.moved(settlement.stock)
+    release = await _serve_backorders(batch)
+    await batch.save(release)
+    by_sku = {r.sku: causes[i] for i, u in enumerate(updates) for r in reservations if r.shipment_id == u.shipment_id}
+    emitted = _Causes(causes[-1], by_sku, {k: causes[i] for k, i in settlement.causes.items()})
+    batch.emit(tx, release, emitted, threshold)
+
+
+def _line_units(lines: Sequence[Any]) -> list[tuple[str, int]]:
+    return [(line.line_id, line.quantity) for line in lines]
+
+
+# --- order events ------------------------------------------------------------------------------------------------
+
+
+async def receive_order_events(tx: Transaction, messages: list[Incoming[Any]], threshold: int) -> None:
+    cancelled = [m for m in messages if isinstance(m.event, LinesCancelled)]
+    if not cancelled:
+        return
+    cancellations = [
+        LineCancellation(m.event.data.order_id, line.line_id, line.quantity)
+        for m in cancelled
+        for line in m.event.data.lines
+    ]
+    orders = {c.order_id for c in cancellations}
+    pg = await tx.pg()
+    # Read without locks to learn which queues to lock; read again under the locks below.
+    wanted = {(c.order_id, c.line_id) for c in cancellations}
+    skus = {
+        line.sku for line in await store.waiting_lines_of_orders(pg, orders) if (line.order_id, line.line_id) in wanted
+    }
+    if not skus:
+        log.info("lines cancelled on %d order(s), none of them waiting for stock", len(orders))
+        return
+    batch = await _Batch.lock(pg, skus, await store.all_sources(pg))
+    release = await _serve_backorders(batch, cancelled=cancellations, orders=orders, read=skus)
+    for c in release.unmatched:
+        # Not waiting (served or never backordered): releasing what is reserved for it is the order service's
+        # cancellation flow with its source, not the queue's.
+        log.info("line %s of order %s cancelled; it waits in no queue", c.line_id, c.order_id)
+    await batch.save(release)
+    by_sku = {line.sku: m for m in cancelled for line in release.lines if line.order_id == m.event.data.order_id}
+    batch.emit(tx, release, _Causes(cancelled[-1], by_sku), threshold)
+
+
+# --- serving the queues ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    """What a batch that may serve waiting lines holds: the queue locks of its SKUs, every stock row of them as it
+    was locked (`before`) and as the batch's own movements left it (`after`), and the network."""
+
+    pg: asyncpg.Connection
+    sources: Mapping[str, SourceState]
+    locked: frozenset[str]
+    before: dict[StockKey, Stock]
+    after: dict[StockKey, Stock] = field(default_factory=dict)
+    # Where available units rose, in the order the batch raised them.
+    increased: list[StockKey] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Until the batch moves stock itself (a cancellation moves none), it stands as locked.
+        self.after = self.after or dict(self.before)
+
+    @classmethod
+    async def lock(
+        cls,
+        pg: asyncpg.Connection,
+        skus: Collection[str],
+        sources: Mapping[str, SourceState],
+        create: Iterable[StockKey] = (),
+    ) -> _Batch:
+        """Queue locks, then stock rows (see store's lock order), of `skus` and of the SKUs of orders that ship
+        complete and wait for one of them."""
+        locked = frozenset(await store.queue_skus(pg, skus))
+        await store.lock_queues(pg, locked)
+        return cls(pg, sources, locked, await store.lock_stock_of_skus(pg, locked, create))
+
+    def moved(self, changed: Mapping[StockKey, Stock]) -> None:
+        self.after = {**self.before, **changed}
+        self.increased = [key for key in changed if changed[key].available > stock_at(self.before, key).available]
+
+    async def lock_more(self, skus: Collection[str]) -> None:
+        """A line of a SKU not locked yet: lock it now (out of the usual order; see store)."""
+        more = await store.queue_skus(self.pg, skus) - self.locked
+        await store.lock_queues(self.pg, more)
+        rows = await store.lock_stock_of_skus(self.pg, more)
+        self.before.update(rows)
+        self.after = {**rows, **self.after}
+        self.locked |= more
+
+    async def save(self, release: Release) -> None:
+        await store.save_stock(self.pg, list(self.changed(release).values()))
+        await store.save_backorders(self.pg, release.lines)
+        await store.insert_reservations(self.pg, [r for a in release.allocations for r in a.reservations()])
+
+    def changed(self, release: Release) -> dict[StockKey, Stock]:
+        final = {**self.after, **release.stock}
+        return {key: row for key, row in final.items() if stock_at(self.before, key) != row}
+
+    def emit(self, tx: Transaction, release: Release, causes: _Causes, threshold: int) -> None:
+        # A restock may release thousands of shipments from one message: its trace context is computed once.
+        traceparents: dict[uuid.UUID, str | None] = {}
+        for allocation in release.allocations:
+            cause = causes.of_sku(allocation.lines[0].sku)
+            if cause.id not in traceparents:
+                traceparents[cause.id] = telemetry.traceparent_of(cause.span)
+            tx.emit(_allocation_event(allocation), cause=cause, traceparent=traceparents[cause.id])
+        changed = self.changed(release)
+        _emit_stock_levels(tx, self.before, changed, {key: causes.of(key) for key in changed}, threshold)
+
+
+@dataclass
+class _Causes:
+    """Which incoming message an outgoing event continues the trace of: the one that changed that stock row, else
+    the last one about its SKU."""
+
+    fallback: Incoming[Any]
+    by_sku: dict[str, Incoming[Any]]
+    by_key: dict[StockKey, Incoming[Any]] = field(default_factory=dict)
+
+    def of_sku(self, sku: str) -> Incoming[Any]:
+        return self.by_sku.get(sku) or self.fallback
+
+    def of(self, key: StockKey) -> Incoming[Any]:
+        return self.by_key.get(key) or self.of_sku(key[0])
+
+
+async def _serve_backorders(
+    batch: _Batch,
+    cancelled: Sequence[LineCancellation] = (),
+    orders: Collection[uuid.UUID] = (),
+    read: Collection[str] = (),
+    reconsidered: Collection[str] = (),
+) -> Release:
+    """Serve waiting lines from what became available: read the front of each queue, let the domain decide, and
+    when it needs more of a queue (or a SKU not locked yet), read or lock it and decide again from the start. A
+    restock of a SKU with 10,000 waiting lines is a few statements, not one per line."""
+    over_claimed = any(row.over_claimed for row in batch.after.values())
+    if not batch.increased and not cancelled and not over_claimed and not reconsidered:
+        return Release({}, [], [])
+    rose: dict[str, int] = {}
+    for key in batch.increased:
+        units = batch.after[key].available - stock_at(batch.before, key).available
+        rose[key[0]] = rose.get(key[0], 0) + units
+    reader = _QueueReader(batch.pg)
+    first = {sku: min(max(FIRST_READ, 2 * units), MOST_AT_ONCE) for sku, units in rose.items()}
+    for sku in set(read) - set(first):
+        first[sku] = FIRST_READ
+    await reader.read(first, claimed=batch.locked, orders=orders)
+    now = datetime.now(UTC)
+    while True:
+        release = release_backorders(
+            batch.after,
+            reader.view(batch.locked),
+            batch.sources,
+            increased=batch.increased,
+            cancelled=cancelled,
+            reconsidered=reconsidered,
+            now=now,
+        )
+        if release.stands:
+            return release
+        if release.unlocked:
+            await batch.lock_more(release.unlocked)
+        await reader.read(reader.next_reads(release.short | release.unlocked), claimed=release.unlocked)
+
+
+class _QueueReader:
+    """The waiting lines read so far for one release, kept as the domain's `QueueView` asks: fronts of queues,
+    lines with claims, and every waiting line of an order that ships complete with a line read."""
+
+    def __init__(self, pg: asyncpg.Connection) -> None:
+        self.pg = pg
+        self.lines: dict[int, Any] = {}
+        self.read_to: dict[str, int] = {}
+        self.last_read: dict[str, int] = {}
+        self.ended: set[str] = set()
+        self.claims_of: set[str] = set()
+        self.orders: set[uuid.UUID] = set()
+
+    async def read(
+        self, fronts: Mapping[str, int], claimed: Collection[str] = (), orders: Collection[uuid.UUID] = ()
+    ) -> None:
+        wanted = {sku: (self.read_to.get(sku, 0), n) for sku, n in fronts.items() if sku not in self.ended}
+        claims = set(claimed) - self.claims_of
+        if wanted or claims:
+            read = await store.read_queues(self.pg, wanted, claims)
+            self.lines.update((line.arrival, line) for line in read.lines)
+            self.read_to.update(read.read_to)
+            self.last_read.update({sku: n for sku, (_, n) in wanted.items()})
+            self.ended |= read.ended
+            self.claims_of |= claims
+        missing = ({line.order_id for line in self.lines.values() if line.whole} | set(orders)) - self.orders
+        if missing:
+            self.lines.update((line.arrival, line) for line in await store.waiting_lines_of_orders(self.pg, missing))
+            self.orders |= missing
+
+    def next_reads(self, skus: Iterable[str]) -> dict[str, int]:
+        return {sku: min(max(FIRST_READ, 2 * self.last_read.get(sku, 0)), MOST_AT_ONCE) for sku in skus}
+
+    def view(self, locked: frozenset[str]) -> QueueView:
+        return QueueView(tuple(self.lines.values()), dict(self.read_to), frozenset(self.ended), locked)
+
+
+def _allocation_event(allocation: Allocation) -> BackorderAllocated:
+    lines = [LineData(line_id=line.line_id, sku=line.sku, quantity=line.quantity) for line in allocation.lines]
+    data = BackorderAllocatedData(
+        order_id=allocation.order_id,
+        shipment_id=allocation.shipment_id,
+        source_code=allocation.source_code,
+        lines=lines,
+        ship_by=allocation.ship_by,
+    )
+    return BackorderAllocated(source=SOURCE, subject=str(allocation.order_id), data=data)
+
+
 def _emit_stock_levels(
     tx: Transaction,
     before: Mapping[StockKey, Stock],
@@ -246,14 +606,15 @@ def _emit_stock_levels(
     causes: Mapping[StockKey, Incoming[Any]],
     threshold: int,
 ) -> None:
-    """One level per changed (sku, source) per batch, its final value: routing's projection wants the latest."""
+    """One level per changed (sku, source) per batch, its final value: routing's projection wants the latest.
+    Units set aside for waiting lines are published as reserved: nobody else may have them."""
     changed_at = datetime.now(UTC)
     for key, stock in after.items():
         level = StockLevelChangedData(
             sku=stock.sku,
             source_code=stock.source_code,
             on_hand=stock.on_hand,
-            reserved=stock.reserved,
+            reserved=stock.held,
             available=stock.available,
             changed_at=changed_at,
         )

@@ -1,19 +1,40 @@
 """Inventory's tables and every statement it runs. Consumers' statements are set-based (one per batch, through
-asyncpg on the batch's transaction); stock rows are always locked in (sku, source_code) order, so two instances
-locking overlapping rows queue behind each other instead of deadlocking."""
+asyncpg on the batch's transaction), never one per line.
+
+Locks, always taken in this order, so that two instances queue behind each other instead of deadlocking:
+1. reservation rows (fulfillment updates only), by (shipment_id, line_id);
+2. the queue lock of each SKU whose waiting lines the transaction will change (`lock_queues`: a transaction-level
+   advisory lock per SKU, in the order of its key). Whoever reads waiting lines to change them holds it, so two
+   releases never serve the same line twice; queueing a new line needs no lock (it joins behind everyone);
+3. stock rows, in (sku, source_code) order, in one statement (a release locks every row of its SKUs: claims and
+   shipments may move at any source of them).
+Waiting lines are then read and written under the queue lock, without row locks of their own. A release that meets
+an order that ships complete with a line of a SKU it did not foresee locks that SKU late; the rare deadlock this
+allows is detected by PostgreSQL and the batch retried (the runtime treats it as transient)."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from oms_inventory.domain import Backorder, Reservation, ReservationState, SourceState, Stock, StockKey
+from oms_inventory.domain import (
+    Backorder,
+    BackorderState,
+    ExpectedReceipt,
+    ReleaseTerms,
+    Reservation,
+    ReservationState,
+    SourceState,
+    Stock,
+    StockKey,
+)
 from oms_runtime import add_messaging_tables
 
 metadata = sa.MetaData()
@@ -29,6 +50,10 @@ sources = sa.Table(
     sa.Column("type", sa.Text, nullable=False),
     sa.Column("active", sa.Boolean, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    # NULL: not known (heard of before sources carried their countries).
+    sa.Column("countries", ARRAY(sa.Text), nullable=True),
+    sa.Column("handling_days", sa.Integer, nullable=False, server_default=sa.text("1")),
+    sa.Column("timezone", sa.Text, nullable=False, server_default=sa.text("'UTC'")),
 )
 
 stock = sa.Table(
@@ -42,6 +67,9 @@ stock = sa.Table(
     sa.CheckConstraint("on_hand >= 0", name="stock_on_hand_not_negative"),
     # No `reserved <= on_hand`: a count below what is reserved keeps the reservations (see domain.Stock.count).
     sa.CheckConstraint("reserved >= 0", name="stock_reserved_not_negative"),
+    # Held for waiting lines that ship whole (claims); counted with `reserved` wherever availability is shown.
+    sa.Column("set_aside", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.CheckConstraint("set_aside >= 0", name="stock_set_aside_not_negative"),
 )
 
 reservations = sa.Table(
@@ -72,11 +100,29 @@ backorders = sa.Table(
     sa.Column("order_id", UUID(as_uuid=True), nullable=False),
     sa.Column("line_id", sa.Text, nullable=False),
     sa.Column("plan_id", UUID(as_uuid=True), nullable=False),
+    # What joined the queue; `waiting` is what still waits of it.
     sa.Column("quantity", sa.BigInteger, nullable=False),
     sa.Column("state", sa.Text, nullable=False, server_default=sa.text("'waiting'")),
     sa.Column("queued_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("waiting", sa.BigInteger, nullable=False),
+    # The plan's terms, which every release of the line respects.
+    sa.Column("ship_to_country", sa.Text, nullable=True),
+    sa.Column("pickup_source", sa.Text, nullable=True),
+    sa.Column("ship_complete", sa.Boolean, nullable=False, server_default=sa.text("false")),
+    # A claim: units held at `anchor` for a line that ships whole.
+    sa.Column("set_aside", sa.BigInteger, nullable=False, server_default=sa.text("0")),
+    sa.Column("anchor", sa.Text, nullable=True),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
     sa.CheckConstraint("state IN ('waiting', 'allocated', 'cancelled')", name="backorders_state_known"),
+    sa.CheckConstraint("waiting BETWEEN 0 AND quantity", name="backorders_waiting_within_quantity"),
+    sa.CheckConstraint("set_aside BETWEEN 0 AND waiting", name="backorders_set_aside_within_waiting"),
+    sa.CheckConstraint("set_aside = 0 OR anchor IS NOT NULL", name="backorders_set_aside_has_anchor"),
     sa.Index("backorders_by_sku", "sku", "id"),
+    # A SKU's queue, read in arrival order from the front.
+    sa.Index("backorders_waiting_by_sku", "sku", "id", postgresql_where=sa.text("state = 'waiting'")),
+    sa.Index("backorders_claims_by_sku", "sku", postgresql_where=sa.text("state = 'waiting' AND set_aside > 0")),
+    sa.Index("backorders_whole_by_sku", "sku", postgresql_where=sa.text("state = 'waiting' AND ship_complete")),
+    sa.Index("backorders_by_anchor", "anchor", postgresql_where=sa.text("state = 'waiting' AND anchor IS NOT NULL")),
     # A line waits at most once: a plan delivered again (or re-planned with the line still waiting) keeps the
     # line's original place instead of queueing it a second time behind younger lines.
     sa.Index(
@@ -89,8 +135,63 @@ backorders = sa.Table(
 )
 
 
+expected_receipts = sa.Table(
+    "expected_receipts",
+    metadata,
+    # Announcement order among receipts expected the same day.
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("sku", sa.Text, nullable=False),
+    sa.Column("source_code", sa.Text, sa.ForeignKey("sources.code"), nullable=False),
+    sa.Column("quantity", sa.BigInteger, nullable=False),
+    # What is still to come: receipts use it up; one with the announcement's reference settles it (0).
+    sa.Column("outstanding", sa.BigInteger, nullable=False),
+    sa.Column("expected_date", sa.Date, nullable=False),
+    sa.Column("reference", sa.Text, nullable=True),
+    sa.Column("announced_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.CheckConstraint("quantity > 0", name="expected_receipts_quantity_positive"),
+    sa.CheckConstraint("outstanding BETWEEN 0 AND quantity", name="expected_receipts_outstanding_within_quantity"),
+    sa.Index("expected_receipts_open_by_sku", "sku", "source_code", postgresql_where=sa.text("outstanding > 0")),
+)
+
+
 def _stock(row: Any) -> Stock:
-    return Stock(row["sku"], row["source_code"], row["on_hand"], row["reserved"])
+    return Stock(row["sku"], row["source_code"], row["on_hand"], row["reserved"], row["set_aside"])
+
+
+def _source(row: Any) -> SourceState:
+    countries = row["countries"]
+    return SourceState(
+        row["code"],
+        row["name"],
+        row["type"],
+        row["active"],
+        frozenset(countries) if countries is not None else None,
+        row["handling_days"],
+        row["timezone"],
+    )
+
+
+_BACKORDER_COLUMNS = (
+    "id, order_id, line_id, sku, waiting, ship_to_country, pickup_source, ship_complete, set_aside, anchor, "
+    "plan_id, queued_at, state"
+)
+
+
+def _backorder(row: Any) -> Backorder:
+    return Backorder(
+        row["id"],
+        row["order_id"],
+        row["line_id"],
+        row["sku"],
+        row["waiting"],
+        ReleaseTerms(row["ship_to_country"], row["pickup_source"], row["ship_complete"]),
+        row["set_aside"],
+        row["anchor"],
+        row["plan_id"],
+        row["queued_at"],
+        BackorderState(row["state"]),
+    )
 
 
 def _sorted_keys(keys: Iterable[StockKey]) -> tuple[list[str], list[str]]:
@@ -105,17 +206,25 @@ def _sorted_keys(keys: Iterable[StockKey]) -> tuple[list[str], list[str]]:
 async def upsert_sources(pg: asyncpg.Connection, states: Collection[SourceState]) -> None:
     if not states:
         return
+    # A text[] per source does not fit unnest's one-dimensional arrays: countries travel as one comma-joined text.
     await pg.execute(
         """
-        INSERT INTO sources (code, name, type, active)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[])
+        INSERT INTO sources (code, name, type, active, countries, handling_days, timezone)
+        SELECT code, name, type, active, string_to_array(countries, ','), handling_days, timezone
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::text[], $6::int4[], $7::text[])
+            AS s(code, name, type, active, countries, handling_days, timezone)
         ON CONFLICT (code) DO UPDATE
-            SET name = EXCLUDED.name, type = EXCLUDED.type, active = EXCLUDED.active, updated_at = now()
+            SET name = EXCLUDED.name, type = EXCLUDED.type, active = EXCLUDED.active,
+                countries = EXCLUDED.countries, handling_days = EXCLUDED.handling_days,
+                timezone = EXCLUDED.timezone, updated_at = now()
         """,
         [s.code for s in states],
         [s.name for s in states],
         [s.type for s in states],
         [s.active for s in states],
+        [",".join(sorted(s.countries)) if s.countries is not None else None for s in states],
+        [s.handling_days for s in states],
+        [s.timezone for s in states],
     )
 
 
@@ -130,35 +239,101 @@ async def deactivate_sources(pg: asyncpg.Connection, codes: Collection[str]) -> 
     return {row["code"] for row in rows}
 
 
-async def source_activity(pg: asyncpg.Connection, codes: Collection[str]) -> dict[str, bool]:
-    """Whether each known source among `codes` is active."""
-    rows = await pg.fetch("SELECT code, active FROM sources WHERE code = ANY($1::text[])", list(codes))
-    return {row["code"]: row["active"] for row in rows}
+async def skus_to_reconsider(pg: asyncpg.Connection, codes: Collection[str]) -> set[str]:
+    """SKUs whose queues a change of these sources' terms may move: those of lines anchored there, and those with
+    units available there while lines wait for them. (Network changes are rare: the stock scan is acceptable.)"""
+    if not codes:
+        return set()
+    rows = await pg.fetch(
+        """
+        SELECT sku FROM backorders WHERE state = 'waiting' AND anchor = ANY($1::text[])
+        UNION
+        SELECT s.sku FROM stock s
+        WHERE s.source_code = ANY($1::text[]) AND s.on_hand - s.reserved - s.set_aside > 0
+          AND EXISTS (SELECT 1 FROM backorders b WHERE b.sku = s.sku AND b.state = 'waiting')
+        """,
+        list(codes),
+    )
+    return {row["sku"] for row in rows}
+
+
+async def all_sources(pg: asyncpg.Connection) -> dict[str, SourceState]:
+    """Every source inventory knows, by code: a network has tens or hundreds, and a release may ship from any."""
+    rows = await pg.fetch("SELECT code, name, type, active, countries, handling_days, timezone FROM sources")
+    return {row["code"]: _source(row) for row in rows}
 
 
 # --- stock -------------------------------------------------------------------------------------------------------
 
 
-async def lock_stock_at_active_sources(pg: asyncpg.Connection, keys: Iterable[StockKey]) -> dict[StockKey, Stock]:
-    """Lock the stock rows of `keys` whose source is in the network and active, creating missing ones at zero.
+async def lock_queues(pg: asyncpg.Connection, skus: Collection[str]) -> None:
+    """Take the queue lock of each SKU (held to the end of the transaction), in key order."""
+    if not skus:
+        return
+    # The subquery sorts before the (volatile) lock function runs on each row, so every transaction takes its
+    # locks in the same order.
+    await pg.execute(
+        """
+        SELECT pg_advisory_xact_lock(k)
+        FROM (SELECT DISTINCT hashtextextended('oms.inventory.queue:' || s, 0) AS k
+              FROM unnest($1::text[]) AS s ORDER BY k) AS q
+        """,
+        sorted(skus),
+    )
 
-    Keys left out of the result name a source that is unknown or inactive. Creating and locking in one statement
-    means two instances receiving the first units of a new (sku, source) cannot both insert it and lose one."""
-    skus, sources_ = _sorted_keys(keys)
+
+async def queue_skus(pg: asyncpg.Connection, skus: Collection[str]) -> set[str]:
+    """`skus` and the SKUs a release over them may have to touch: those of every waiting line of an order that
+    ships complete and waits for one of them, and so on. Read without locks, to know which to lock."""
+    if not skus:
+        return set()
+    rows = await pg.fetch(
+        """
+        WITH RECURSIVE reach(sku) AS (
+            SELECT unnest($1::text[])
+            UNION
+            SELECT other.sku
+            FROM reach
+            JOIN backorders whole ON whole.sku = reach.sku AND whole.state = 'waiting' AND whole.ship_complete
+            JOIN backorders other ON other.order_id = whole.order_id AND other.state = 'waiting'
+        )
+        SELECT sku FROM reach
+        """,
+        list(skus),
+    )
+    return {row["sku"] for row in rows}
+
+
+async def lock_stock_of_skus(
+    pg: asyncpg.Connection, skus: Collection[str], create: Iterable[StockKey] = ()
+) -> dict[StockKey, Stock]:
+    """Lock every stock row of `skus` (hold their queue locks first), after creating at zero the rows of `create`
+    whose source is in the network and active. The queue locks make the create-then-lock pair safe: no other
+    transaction creates or locks rows of these SKUs in between."""
+    new_skus, new_sources = _sorted_keys(create)
+    if new_skus:
+        await pg.execute(
+            """
+            INSERT INTO stock (sku, source_code)
+            SELECT w.sku, w.source_code
+            FROM unnest($1::text[], $2::text[]) AS w(sku, source_code)
+            JOIN sources ON sources.code = w.source_code AND sources.active
+            ORDER BY w.sku, w.source_code
+            ON CONFLICT (sku, source_code) DO NOTHING
+            """,
+            new_skus,
+            new_sources,
+        )
     if not skus:
         return {}
     rows = await pg.fetch(
         """
-        INSERT INTO stock AS s (sku, source_code)
-        SELECT w.sku, w.source_code
-        FROM unnest($1::text[], $2::text[]) AS w(sku, source_code)
-        JOIN sources ON sources.code = w.source_code AND sources.active
-        ORDER BY w.sku, w.source_code
-        ON CONFLICT (sku, source_code) DO UPDATE SET on_hand = s.on_hand
-        RETURNING s.sku, s.source_code, s.on_hand, s.reserved
+        SELECT sku, source_code, on_hand, reserved, set_aside FROM stock
+        WHERE sku = ANY($1::text[])
+        ORDER BY sku, source_code
+        FOR UPDATE
         """,
-        skus,
-        sources_,
+        sorted(set(skus)),
     )
     return {(row["sku"], row["source_code"]): _stock(row) for row in rows}
 
@@ -171,7 +346,7 @@ async def lock_stock(pg: asyncpg.Connection, keys: Iterable[StockKey]) -> dict[S
     # ORDER BY is applied before the rows are locked, so every transaction takes the locks in the same order.
     rows = await pg.fetch(
         """
-        SELECT s.sku, s.source_code, s.on_hand, s.reserved
+        SELECT s.sku, s.source_code, s.on_hand, s.reserved, s.set_aside
         FROM stock s
         JOIN unnest($1::text[], $2::text[]) AS w(sku, source_code) USING (sku, source_code)
         ORDER BY s.sku, s.source_code
@@ -189,14 +364,16 @@ async def save_stock(pg: asyncpg.Connection, changed: Collection[Stock]) -> None
         return
     await pg.execute(
         """
-        UPDATE stock s SET on_hand = v.on_hand, reserved = v.reserved, updated_at = now()
-        FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[]) AS v(sku, source_code, on_hand, reserved)
+        UPDATE stock s SET on_hand = v.on_hand, reserved = v.reserved, set_aside = v.set_aside, updated_at = now()
+        FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
+            AS v(sku, source_code, on_hand, reserved, set_aside)
         WHERE s.sku = v.sku AND s.source_code = v.source_code
         """,
         [s.sku for s in changed],
         [s.source_code for s in changed],
         [s.on_hand for s in changed],
         [s.reserved for s in changed],
+        [s.set_aside for s in changed],
     )
 
 
@@ -287,30 +464,212 @@ async def save_reservations(pg: asyncpg.Connection, changed: Collection[Reservat
 # --- backorders --------------------------------------------------------------------------------------------------
 
 
-async def queue_backorders(
-    pg: asyncpg.Connection, lines: Sequence[tuple[uuid.UUID, uuid.UUID, str, str, int]]
-) -> set[tuple[uuid.UUID, str]]:
-    """Queue (order_id, plan_id, line_id, sku, quantity) lines in the given order; returns the (order_id, line_id)
-    that joined, leaving out lines already waiting."""
+@dataclass(frozen=True, slots=True)
+class NewBackorder:
+    order_id: uuid.UUID
+    plan_id: uuid.UUID
+    line_id: str
+    sku: str
+    quantity: int
+    terms: ReleaseTerms
+
+
+async def queue_backorders(pg: asyncpg.Connection, lines: Sequence[NewBackorder]) -> dict[tuple[uuid.UUID, str], int]:
+    """Queue lines in the given order; returns the arrival of each (order_id, line_id) that joined, leaving out
+    lines already waiting (they keep their place)."""
     if not lines:
-        return set()
+        return {}
     rows = await pg.fetch(
         """
-        INSERT INTO backorders (order_id, plan_id, line_id, sku, quantity)
-        SELECT order_id, plan_id, line_id, sku, quantity
-        FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[])
-            WITH ORDINALITY AS l(order_id, plan_id, line_id, sku, quantity, arrival)
+        INSERT INTO backorders (order_id, plan_id, line_id, sku, quantity, waiting, ship_to_country, pickup_source,
+                                ship_complete)
+        SELECT order_id, plan_id, line_id, sku, quantity, quantity, ship_to_country, pickup_source, ship_complete
+        FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::bool[])
+            WITH ORDINALITY AS l(order_id, plan_id, line_id, sku, quantity, ship_to_country, pickup_source,
+                                 ship_complete, arrival)
         ORDER BY arrival
         ON CONFLICT (order_id, line_id) WHERE state = 'waiting' DO NOTHING
-        RETURNING order_id, line_id
+        RETURNING id, order_id, line_id
         """,
-        [line[0] for line in lines],
-        [line[1] for line in lines],
-        [line[2] for line in lines],
-        [line[3] for line in lines],
-        [line[4] for line in lines],
+        [line.order_id for line in lines],
+        [line.plan_id for line in lines],
+        [line.line_id for line in lines],
+        [line.sku for line in lines],
+        [line.quantity for line in lines],
+        [line.terms.ship_to_country for line in lines],
+        [line.terms.pickup_source for line in lines],
+        [line.terms.ship_complete for line in lines],
     )
-    return {(row["order_id"], row["line_id"]) for row in rows}
+    return {(row["order_id"], row["line_id"]): row["id"] for row in rows}
+
+
+async def waiting_before(pg: asyncpg.Connection, firsts: Mapping[str, int]) -> dict[str, int]:
+    """Per SKU, how many lines wait ahead of the given arrival (index-only counts on the waiting queue)."""
+    if not firsts:
+        return {}
+    rows = await pg.fetch(
+        """
+        SELECT f.sku, (SELECT count(*) FROM backorders b
+                       WHERE b.sku = f.sku AND b.state = 'waiting' AND b.id < f.first) AS ahead
+        FROM unnest($1::text[], $2::int8[]) AS f(sku, first)
+        """,
+        list(firsts),
+        list(firsts.values()),
+    )
+    return {row["sku"]: row["ahead"] for row in rows}
+
+
+@dataclass(frozen=True, slots=True)
+class QueueRead:
+    lines: list[Backorder]
+    # Per SKU read from the front: the arrival of the last line read, and whether that was the end of the queue.
+    read_to: dict[str, int]
+    ended: set[str]
+
+
+async def read_queues(
+    pg: asyncpg.Connection, fronts: Mapping[str, tuple[int, int]], claimed: Collection[str] = ()
+) -> QueueRead:
+    """For each SKU of `fronts` (sku -> (after arrival, how many)), the next waiting lines in arrival order; and
+    every waiting line with a claim of the SKUs `claimed`. One statement."""
+    skus = list(fronts)
+    rows = await pg.fetch(
+        f"""
+        SELECT b.*, true AS front FROM unnest($1::text[], $2::int8[], $3::int8[]) AS w(sku, after, how_many)
+        CROSS JOIN LATERAL (
+            SELECT {_BACKORDER_COLUMNS} FROM backorders
+            WHERE sku = w.sku AND state = 'waiting' AND id > w.after
+            ORDER BY id LIMIT w.how_many
+        ) AS b
+        UNION ALL
+        SELECT {_BACKORDER_COLUMNS}, false AS front FROM backorders
+        WHERE sku = ANY($4::text[]) AND state = 'waiting' AND set_aside > 0
+        """,
+        skus,
+        [fronts[sku][0] for sku in skus],
+        [fronts[sku][1] for sku in skus],
+        list(claimed),
+    )
+    read_to = {sku: after for sku, (after, _) in fronts.items()}
+    counts = dict.fromkeys(fronts, 0)
+    for row in rows:
+        if row["front"]:
+            counts[row["sku"]] += 1
+            read_to[row["sku"]] = max(read_to[row["sku"]], row["id"])
+    ended = {sku for sku, (_, how_many) in fronts.items() if counts[sku] < how_many}
+    lines = {row["id"]: _backorder(row) for row in rows}
+    return QueueRead(list(lines.values()), read_to, ended)
+
+
+async def waiting_lines_of_orders(pg: asyncpg.Connection, order_ids: Collection[uuid.UUID]) -> list[Backorder]:
+    if not order_ids:
+        return []
+    rows = await pg.fetch(
+        f"SELECT {_BACKORDER_COLUMNS} FROM backorders WHERE order_id = ANY($1::uuid[]) AND state = 'waiting'",
+        list(order_ids),
+    )
+    return [_backorder(row) for row in rows]
+
+
+async def save_backorders(pg: asyncpg.Connection, changed: Collection[Backorder]) -> None:
+    """Write what releases and cancellations did to waiting lines (under their SKUs' queue locks)."""
+    if not changed:
+        return
+    await pg.execute(
+        """
+        UPDATE backorders b
+        SET waiting = v.waiting, set_aside = v.set_aside, anchor = v.anchor, state = v.state, updated_at = now()
+        FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::text[], $5::text[])
+            AS v(id, waiting, set_aside, anchor, state)
+        WHERE b.id = v.id
+        """,
+        [line.arrival for line in changed],
+        [line.waiting for line in changed],
+        [line.set_aside for line in changed],
+        [line.anchor for line in changed],
+        [line.state.value for line in changed],
+    )
+
+
+async def waiting_queue(pg: asyncpg.Connection, skus: Collection[str], up_to: int | None = None) -> list[Backorder]:
+    """Every waiting line of `skus` in arrival order (up to an arrival, if given): for positions and dates."""
+    if not skus:
+        return []
+    rows = await pg.fetch(
+        f"""
+        SELECT {_BACKORDER_COLUMNS} FROM backorders
+        WHERE sku = ANY($1::text[]) AND state = 'waiting' AND id <= $2
+        ORDER BY id
+        """,
+        list(skus),
+        up_to if up_to is not None else 2**63 - 1,
+    )
+    return [_backorder(row) for row in rows]
+
+
+# --- expected receipts -------------------------------------------------------------------------------------------
+
+
+def _expected(row: Any) -> ExpectedReceipt:
+    return ExpectedReceipt(
+        row["id"],
+        row["sku"],
+        row["source_code"],
+        row["quantity"],
+        row["outstanding"],
+        row["expected_date"],
+        row["reference"],
+    )
+
+
+async def open_expected_receipts(pg: asyncpg.Connection, skus: Collection[str]) -> list[ExpectedReceipt]:
+    if not skus:
+        return []
+    rows = await pg.fetch(
+        """
+        SELECT id, sku, source_code, quantity, outstanding, expected_date, reference FROM expected_receipts
+        WHERE sku = ANY($1::text[]) AND outstanding > 0
+        ORDER BY expected_date, id
+        """,
+        list(skus),
+    )
+    return [_expected(row) for row in rows]
+
+
+async def save_expected_receipts(pg: asyncpg.Connection, rows: Collection[ExpectedReceipt]) -> None:
+    """Store new announcements (id None, in the given order) and what receipts left of known ones."""
+    known = [r for r in rows if r.id is not None]
+    new = [r for r in rows if r.id is None]
+    if known:
+        await pg.execute(
+            """
+            UPDATE expected_receipts e
+            SET quantity = v.quantity, outstanding = v.outstanding, expected_date = v.expected_date,
+                updated_at = now()
+            FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::date[]) AS v(id, quantity, outstanding, expected_date)
+            WHERE e.id = v.id
+            """,
+            [r.id for r in known],
+            [r.quantity for r in known],
+            [r.outstanding for r in known],
+            [r.expected_date for r in known],
+        )
+    if new:
+        await pg.execute(
+            """
+            INSERT INTO expected_receipts (sku, source_code, quantity, outstanding, expected_date, reference)
+            SELECT sku, source_code, quantity, outstanding, expected_date, reference
+            FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::date[], $6::text[])
+                WITH ORDINALITY AS v(sku, source_code, quantity, outstanding, expected_date, reference, position)
+            ORDER BY position
+            """,
+            [r.sku for r in new],
+            [r.source_code for r in new],
+            [r.quantity for r in new],
+            [r.outstanding for r in new],
+            [r.expected_date for r in new],
+            [r.reference for r in new],
+        )
 
 
 # --- reads for the HTTP API --------------------------------------------------------------------------------------
@@ -325,7 +684,7 @@ async def known_sources(conn: AsyncConnection) -> list[dict[str, Any]]:
 
 async def stock_of_sku(conn: AsyncConnection, sku: str) -> list[Stock]:
     rows = await conn.execute(
-        sa.select(stock.c.sku, stock.c.source_code, stock.c.on_hand, stock.c.reserved)
+        sa.select(stock.c.sku, stock.c.source_code, stock.c.on_hand, stock.c.reserved, stock.c.set_aside)
         .where(stock.c.sku == sku)
         .order_by(stock.c.source_code)
     )
@@ -333,27 +692,21 @@ async def stock_of_sku(conn: AsyncConnection, sku: str) -> list[Stock]:
 
 
 async def sku_known(conn: AsyncConnection, sku: str) -> bool:
-    """Whether inventory has ever heard of the SKU: stock was received or counted, or a line waited for it."""
+    """Whether inventory has ever heard of the SKU: stock was received, counted or announced, or a line waited."""
     query = sa.select(
         sa.or_(
             sa.exists().where(stock.c.sku == sku),
             sa.exists().where(backorders.c.sku == sku),
+            sa.exists().where(expected_receipts.c.sku == sku),
         )
     )
     return bool(await conn.scalar(query))
 
 
-async def waiting_backorders(conn: AsyncConnection, sku: str) -> list[Backorder]:
-    rows = await conn.execute(
-        sa.select(
-            backorders.c.id,
-            backorders.c.order_id,
-            backorders.c.line_id,
-            backorders.c.sku,
-            backorders.c.quantity,
-            backorders.c.queued_at,
-        )
-        .where(backorders.c.sku == sku, backorders.c.state == "waiting")
-        .order_by(backorders.c.id)
+async def order_waiting_skus(pg: asyncpg.Connection, order_id: uuid.UUID) -> dict[str, int]:
+    """The SKUs an order's waiting lines wait for, each with the arrival of its youngest such line."""
+    rows = await pg.fetch(
+        "SELECT sku, max(id) AS last FROM backorders WHERE order_id = $1 AND state = 'waiting' GROUP BY sku",
+        order_id,
     )
-    return [Backorder(r.id, r.order_id, r.line_id, r.sku, r.quantity, r.queued_at) for r in rows]
+    return {row["sku"]: row["last"] for row in rows}

@@ -1,0 +1,779 @@
+"""FIFO release of backorders, in memory: who gets stock that becomes available, claims for lines that ship whole,
+cancellations, expected receipts and dates; and properties over random histories of orders, restocks, counts,
+cancellations and fulfillments given back."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oms_inventory.domain import (
+    AllocatedLine,
+    Backorder,
+    BackorderState,
+    Count,
+    Expectation,
+    ExpectedReceipt,
+    FulfillmentUpdate,
+    Line,
+    LineCancellation,
+    QueueView,
+    Receipt,
+    Release,
+    ReleaseTerms,
+    Reservation,
+    ShipmentRequest,
+    SourceState,
+    Stock,
+    StockKey,
+    apply_receipts,
+    expected_dates,
+    release_backorders,
+    reserve_shipments,
+    settle_fulfillments,
+    stock_at,
+)
+
+NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+DE = ReleaseTerms(ship_to_country="DE")
+FR = ReleaseTerms(ship_to_country="FR")
+WHOLE_DE = ReleaseTerms(ship_to_country="DE", ship_complete=True)
+
+
+def source(code: str, *countries: str, active: bool = True, handling_days: int = 1, tz: str = "UTC") -> SourceState:
+    return SourceState(code, code, "warehouse", active, frozenset(countries or ("DE",)), handling_days, tz)
+
+
+NETWORK = {s.code: s for s in (source("WH", "DE"), source("EAST", "DE"), source("FR-WH", "FR"))}
+
+
+class Orders:
+    """Order ids that read as names in failures: order(1), order(2), ..."""
+
+    def __init__(self) -> None:
+        self.ids: dict[int, uuid.UUID] = {}
+
+    def __call__(self, n: int) -> uuid.UUID:
+        return self.ids.setdefault(n, uuid.UUID(int=n))
+
+
+order = Orders()
+
+
+def line(
+    arrival: int,
+    sku: str = "A",
+    waiting: int = 1,
+    *,
+    order_no: int | None = None,
+    line_id: str = "1",
+    terms: ReleaseTerms = DE,
+    set_aside: int = 0,
+    anchor: str | None = None,
+) -> Backorder:
+    return Backorder(
+        arrival,
+        order(order_no if order_no is not None else arrival),
+        line_id,
+        sku,
+        waiting,
+        terms,
+        set_aside,
+        anchor,
+    )
+
+
+def stock(*rows: Stock) -> dict[StockKey, Stock]:
+    return {row.key: row for row in rows}
+
+
+def release(
+    rows: dict[StockKey, Stock],
+    lines: list[Backorder],
+    *,
+    increased: list[StockKey] = (),
+    cancelled: list[LineCancellation] = (),
+    reconsidered: set[str] = frozenset(),
+    sources: dict[str, SourceState] = NETWORK,
+    view: QueueView | None = None,
+) -> Release:
+    ids = (uuid.UUID(int=10_000 + i) for i in itertools.count())
+    return release_backorders(
+        rows,
+        view or QueueView.whole(lines, {sku for sku, _ in rows}),
+        sources,
+        increased=increased,
+        cancelled=cancelled,
+        reconsidered=reconsidered,
+        now=NOW,
+        new_shipment_id=lambda: next(ids),
+    )
+
+
+def served(result: Release) -> list[tuple[uuid.UUID, str, list[tuple[str, str, int]]]]:
+    """(order, source, [(line, sku, units)]) per shipment released."""
+    return [(a.order_id, a.source_code, [(x.line_id, x.sku, x.quantity) for x in a.lines]) for a in result.allocations]
+
+
+def after(result: Release, lines: list[Backorder]) -> dict[int, Backorder]:
+    changed = {x.arrival: x for x in result.lines}
+    return {x.arrival: changed.get(x.arrival, x) for x in lines}
+
+
+# --- splittable lines --------------------------------------------------------------------------------------------
+
+
+def test_a_restock_serves_the_oldest_waiting_lines_first():
+    lines = [line(1), line(2), line(3)]
+    result = release(stock(Stock("A", "WH", on_hand=2)), lines, increased=[("A", "WH")])
+    assert served(result) == [(order(1), "WH", [("1", "A", 1)]), (order(2), "WH", [("1", "A", 1)])]
+    assert [x.state for x in after(result, lines).values()] == [
+        BackorderState.allocated,
+        BackorderState.allocated,
+        BackorderState.waiting,
+    ]
+    assert result.stock[("A", "WH")] == Stock("A", "WH", on_hand=2, reserved=2)
+    assert result.stands
+
+
+def test_a_younger_line_never_gets_stock_an_older_line_could_use():
+    lines = [line(1, waiting=5), line(2, waiting=1)]
+    result = release(stock(Stock("A", "WH", on_hand=3)), lines, increased=[("A", "WH")])
+    assert served(result) == [(order(1), "WH", [("1", "A", 3)])]
+    assert after(result, lines)[1].waiting == 2
+    assert after(result, lines)[2].waiting == 1
+
+
+def test_a_line_served_in_part_keeps_its_place_for_the_rest():
+    lines = [line(1, waiting=5), line(2, waiting=1)]
+    first = release(stock(Stock("A", "WH", on_hand=3)), lines, increased=[("A", "WH")])
+    rows = {**stock(Stock("A", "WH", on_hand=3)), **first.stock}
+    rows[("A", "WH")] = rows[("A", "WH")].receive(2)
+    second = release(rows, list(after(first, lines).values()), increased=[("A", "WH")])
+    assert served(second) == [(order(1), "WH", [("1", "A", 2)])]
+
+
+def test_a_line_the_source_does_not_ship_to_is_passed_over():
+    lines = [line(1, terms=FR), line(2, terms=DE)]
+    result = release(stock(Stock("A", "WH", on_hand=1)), lines, increased=[("A", "WH")])
+    assert served(result) == [(order(2), "WH", [("1", "A", 1)])]
+
+
+def test_a_pickup_line_is_served_only_at_its_store():
+    pickup = ReleaseTerms(ship_to_country="DE", pickup_source="EAST")
+    lines = [line(1, terms=pickup), line(2)]
+    at_wh = release(stock(Stock("A", "WH", on_hand=1)), lines, increased=[("A", "WH")])
+    at_store = release(stock(Stock("A", "EAST", on_hand=1)), lines, increased=[("A", "EAST")])
+    assert served(at_wh) == [(order(2), "WH", [("1", "A", 1)])]
+    assert served(at_store) == [(order(1), "EAST", [("1", "A", 1)])]
+
+
+def test_an_inactive_source_serves_nobody():
+    network = {"WH": source("WH", "DE", active=False)}
+    result = release(stock(Stock("A", "WH", on_hand=5)), [line(1)], increased=[("A", "WH")], sources=network)
+    assert (result.allocations, result.stock) == ([], {})
+
+
+def test_a_line_of_a_plan_without_terms_may_be_served_by_any_active_source():
+    lines = [line(1, terms=ReleaseTerms())]
+    result = release(stock(Stock("A", "FR-WH", on_hand=1)), lines, increased=[("A", "FR-WH")])
+    assert served(result) == [(order(1), "FR-WH", [("1", "A", 1)])]
+
+
+def test_a_source_whose_countries_are_not_known_serves_only_lines_without_a_country():
+    network = {"OLD": SourceState("OLD", "Old", "warehouse", True)}
+    lines = [line(1, terms=DE), line(2, terms=ReleaseTerms())]
+    result = release(stock(Stock("A", "OLD", on_hand=2)), lines, increased=[("A", "OLD")], sources=network)
+    assert served(result) == [(order(2), "OLD", [("1", "A", 1)])]
+
+
+def test_lines_of_one_order_released_at_one_source_become_one_shipment():
+    lines = [line(1, "A", 2, order_no=7, line_id="1"), line(2, "B", 1, order_no=7, line_id="2")]
+    rows = stock(Stock("A", "WH", on_hand=2), Stock("B", "WH", on_hand=1))
+    result = release(rows, lines, increased=[("A", "WH"), ("B", "WH")])
+    assert served(result) == [(order(7), "WH", [("1", "A", 2), ("2", "B", 1)])]
+
+
+def test_a_released_shipment_reserves_each_of_its_lines_with_the_lines_plan():
+    plan = uuid.uuid4()
+    lines = [replace(line(1, waiting=2), plan_id=plan)]
+    (allocation,) = release(stock(Stock("A", "WH", on_hand=2)), lines, increased=[("A", "WH")]).allocations
+    (reservation,) = allocation.reservations()
+    assert (reservation.shipment_id, reservation.plan_id, reservation.quantity, reservation.source_code) == (
+        allocation.shipment_id,
+        plan,
+        2,
+        "WH",
+    )
+    assert reservation.open == 2
+
+
+@pytest.mark.parametrize(
+    ("tz", "handling_days", "ship_by"),
+    [
+        ("UTC", 1, date(2026, 11, 28)),
+        ("UTC", 0, date(2026, 11, 27)),
+        # 10:00 UTC is already 19:00 in Tokyo, the same day; 23:30 UTC is the next day there.
+        ("Asia/Tokyo", 2, date(2026, 11, 29)),
+    ],
+)
+def test_ship_by_is_today_where_the_source_is_plus_its_handling_days(tz, handling_days, ship_by):
+    network = {"WH": source("WH", "DE", handling_days=handling_days, tz=tz)}
+    (allocation,) = release(
+        stock(Stock("A", "WH", on_hand=1)), [line(1)], increased=[("A", "WH")], sources=network
+    ).allocations
+    assert allocation.ship_by == ship_by
+
+
+def test_ship_by_counts_from_the_sources_own_date_across_midnight():
+    late = datetime(2026, 11, 27, 23, 30, tzinfo=UTC)
+    assert source("WH", tz="Asia/Tokyo", handling_days=1).ship_by(late) == date(2026, 11, 29)
+    assert source("WH", tz="America/Los_Angeles", handling_days=1).ship_by(late) == date(2026, 11, 28)
+
+
+# --- lines that ship whole: claims and anchors -------------------------------------------------------------------
+
+
+def test_a_whole_line_short_of_stock_gets_it_set_aside_and_younger_lines_get_nothing():
+    lines = [line(1, waiting=3, terms=WHOLE_DE), line(2)]
+    result = release(stock(Stock("A", "WH", on_hand=2)), lines, increased=[("A", "WH")])
+    assert served(result) == []
+    waiting = after(result, lines)[1]
+    assert (waiting.set_aside, waiting.anchor, waiting.waiting) == (2, "WH", 3)
+    assert result.stock[("A", "WH")] == Stock("A", "WH", on_hand=2, set_aside=2)
+    assert result.stock[("A", "WH")].available == 0
+
+
+def test_set_aside_units_are_not_available_to_new_reservations():
+    claimed = Stock("A", "WH", on_hand=3, set_aside=2)
+    request = ShipmentRequest.of(uuid.uuid4(), order(9), uuid.uuid4(), "WH", [Line("1", "A", 2)])
+    (decision,) = reserve_shipments(stock(claimed), [request]).decisions
+    assert decision.shortages[0].available == 1
+
+
+def test_a_whole_line_is_released_once_its_claim_and_new_stock_cover_it():
+    lines = [line(1, waiting=3, terms=WHOLE_DE, set_aside=2, anchor="WH"), line(2)]
+    rows = stock(Stock("A", "WH", on_hand=3, set_aside=2))
+    result = release(rows, lines, increased=[("A", "WH")])
+    assert served(result) == [(order(1), "WH", [("1", "A", 3)])]
+    assert result.stock[("A", "WH")] == Stock("A", "WH", on_hand=3, reserved=3, set_aside=0)
+    assert after(result, lines)[1].state is BackorderState.allocated
+
+
+def test_a_whole_line_anchored_elsewhere_is_passed_over_and_the_stock_goes_to_younger_lines():
+    lines = [line(1, waiting=3, terms=WHOLE_DE, set_aside=1, anchor="WH"), line(2)]
+    rows = stock(Stock("A", "WH", on_hand=1, set_aside=1), Stock("A", "EAST", on_hand=2))
+    result = release(rows, lines, increased=[("A", "EAST")])
+    assert served(result) == [(order(2), "EAST", [("1", "A", 1)])]
+    assert after(result, lines)[1].anchor == "WH"
+
+
+def test_a_source_that_covers_a_whole_line_at_once_takes_it_and_the_claim_goes_back_to_the_anchors_queue():
+    lines = [line(1, waiting=3, terms=WHOLE_DE, set_aside=1, anchor="WH"), line(2)]
+    rows = stock(Stock("A", "WH", on_hand=1, set_aside=1), Stock("A", "EAST", on_hand=3))
+    result = release(rows, lines, increased=[("A", "EAST")])
+    # EAST ships the whole line; the unit WH held for it is available again there, and WH serves its queue.
+    assert served(result) == [(order(1), "EAST", [("1", "A", 3)]), (order(2), "WH", [("1", "A", 1)])]
+    assert result.stock[("A", "WH")] == Stock("A", "WH", on_hand=1, reserved=1, set_aside=0)
+
+
+def test_an_order_that_ships_complete_is_released_only_when_every_line_is_covered_at_one_source():
+    lines = [
+        line(1, "A", 2, order_no=5, line_id="1", terms=WHOLE_DE),
+        line(2, "B", 1, order_no=5, line_id="2", terms=WHOLE_DE),
+    ]
+    only_a = release(stock(Stock("A", "WH", on_hand=2)), lines, increased=[("A", "WH")])
+    assert served(only_a) == []
+    held = after(only_a, lines)
+    assert [(x.set_aside, x.anchor) for x in held.values()] == [(2, "WH"), (0, "WH")]
+
+    rows = {**stock(Stock("A", "WH", on_hand=2)), **only_a.stock, **stock(Stock("B", "WH", on_hand=1))}
+    then_b = release(rows, list(held.values()), increased=[("B", "WH")])
+    assert served(then_b) == [(order(5), "WH", [("1", "A", 2), ("2", "B", 1)])]
+
+
+def test_an_order_that_ships_complete_is_never_split_across_sources():
+    lines = [
+        line(1, "A", 1, order_no=5, line_id="1", terms=WHOLE_DE),
+        line(2, "B", 1, order_no=5, line_id="2", terms=WHOLE_DE),
+    ]
+    rows = stock(Stock("A", "WH", on_hand=1), Stock("B", "EAST", on_hand=1))
+    result = release(rows, lines, increased=[("A", "WH"), ("B", "EAST")])
+    assert served(result) == []
+    # WH set A aside and anchored the order; EAST cannot cover it whole, so its B is not held for it.
+    assert result.stock == stock(Stock("A", "WH", on_hand=1, set_aside=1))
+
+
+def test_an_order_that_ships_complete_does_not_take_units_an_older_line_of_its_other_sku_wants():
+    lines = [
+        line(1, "B", 2),  # older, splittable, waiting for B since before B sat at WH
+        line(2, "A", 1, order_no=5, line_id="1", terms=WHOLE_DE),
+        line(3, "B", 1, order_no=5, line_id="2", terms=WHOLE_DE),
+    ]
+    rows = stock(Stock("A", "WH", on_hand=1), Stock("B", "WH", on_hand=2))
+    result = release(rows, lines, increased=[("A", "WH")])
+    assert served(result) == [(order(1), "WH", [("1", "B", 2)])]
+    assert after(result, lines)[2].set_aside == 1
+
+
+def test_a_count_below_the_claims_shrinks_the_youngest_claim_first_and_keeps_the_anchor():
+    lines = [
+        line(1, waiting=3, terms=WHOLE_DE, set_aside=2, anchor="WH"),
+        line(2, waiting=3, terms=WHOLE_DE, set_aside=2, anchor="WH"),
+    ]
+    counted = Stock("A", "WH", on_hand=3, set_aside=4)
+    result = release(stock(counted), lines)
+    assert [(x.set_aside, x.anchor) for x in after(result, lines).values()] == [(2, "WH"), (1, "WH")]
+    assert result.stock[("A", "WH")] == Stock("A", "WH", on_hand=3, set_aside=3)
+
+
+# --- the network changes -----------------------------------------------------------------------------------------
+
+
+def test_an_order_anchored_at_a_source_gone_inactive_gets_its_claim_back_and_gathers_where_stock_is():
+    network = {**NETWORK, "WH": source("WH", "DE", active=False)}
+    lines = [line(1, waiting=3, terms=WHOLE_DE, set_aside=2, anchor="WH")]
+    rows = stock(Stock("A", "WH", on_hand=2, set_aside=2), Stock("A", "EAST", on_hand=1))
+    result = release(rows, lines, reconsidered={"WH"}, sources=network)
+    assert (after(result, lines)[1].set_aside, after(result, lines)[1].anchor) == (1, "EAST")
+    assert result.stock == stock(Stock("A", "WH", on_hand=2), Stock("A", "EAST", on_hand=1, set_aside=1))
+
+
+def test_an_order_anchored_at_a_source_that_stopped_shipping_to_its_country_is_anchored_nowhere_again():
+    network = {**NETWORK, "WH": source("WH", "AT")}
+    lines = [line(1, waiting=3, terms=WHOLE_DE, set_aside=2, anchor="WH"), line(2, terms=ReleaseTerms("AT"))]
+    rows = stock(Stock("A", "WH", on_hand=2, set_aside=2))
+    result = release(rows, lines, reconsidered={"WH"}, sources=network)
+    # The two units WH held are available there again: its own queue gets them.
+    assert served(result) == [(order(2), "WH", [("1", "A", 1)])]
+    assert (after(result, lines)[1].set_aside, after(result, lines)[1].anchor) == (0, None)
+
+
+def test_a_source_that_starts_shipping_to_a_country_serves_the_lines_waiting_there_with_what_it_has():
+    network = {**NETWORK, "WH": source("WH", "DE", "FR")}
+    lines = [line(1, terms=FR)]
+    result = release(stock(Stock("A", "WH", on_hand=2)), lines, reconsidered={"WH"}, sources=network)
+    assert served(result) == [(order(1), "WH", [("1", "A", 1)])]
+
+
+# --- cancellations -----------------------------------------------------------------------------------------------
+
+
+def test_a_cancelled_line_leaves_the_queue():
+    lines = [line(1, waiting=2), line(2)]
+    result = release(stock(), lines, cancelled=[LineCancellation(order(1), "1", 2)])
+    assert after(result, lines)[1].state is BackorderState.cancelled
+    assert after(result, lines)[1].waiting == 0
+
+
+def test_cancelling_part_of_a_line_lowers_what_waits_and_keeps_its_place():
+    lines = [line(1, waiting=5), line(2)]
+    result = release(stock(), lines, cancelled=[LineCancellation(order(1), "1", 2)])
+    assert (after(result, lines)[1].waiting, after(result, lines)[1].state) == (3, BackorderState.waiting)
+
+
+def test_the_claim_of_a_cancelled_line_serves_the_next_line():
+    lines = [line(1, waiting=3, terms=WHOLE_DE, set_aside=2, anchor="WH"), line(2), line(3)]
+    rows = stock(Stock("A", "WH", on_hand=2, set_aside=2))
+    result = release(rows, lines, cancelled=[LineCancellation(order(1), "1", 3)])
+    assert served(result) == [(order(2), "WH", [("1", "A", 1)]), (order(3), "WH", [("1", "A", 1)])]
+    assert result.stock[("A", "WH")] == Stock("A", "WH", on_hand=2, reserved=2, set_aside=0)
+
+
+def test_an_order_that_ships_complete_is_released_when_the_line_it_lacked_is_cancelled():
+    lines = [
+        line(1, "A", 2, order_no=5, line_id="1", terms=WHOLE_DE, set_aside=2, anchor="WH"),
+        line(2, "B", 1, order_no=5, line_id="2", terms=WHOLE_DE, anchor="WH"),
+    ]
+    rows = stock(Stock("A", "WH", on_hand=2, set_aside=2))
+    result = release(rows, lines, cancelled=[LineCancellation(order(5), "2", 1)])
+    assert served(result) == [(order(5), "WH", [("1", "A", 2)])]
+
+
+def test_a_cancellation_of_a_line_that_waits_nowhere_is_reported():
+    gone = LineCancellation(order(8), "1", 1)
+    assert release(stock(), [line(1)], cancelled=[gone]).unmatched == [gone]
+
+
+# --- reading only the front of a queue ---------------------------------------------------------------------------
+
+
+def test_a_release_that_used_every_unit_stands_on_the_front_it_read():
+    lines = [line(1), line(2)]
+    view = QueueView(tuple(lines), {"A": 2}, frozenset(), frozenset({"A"}))
+    result = release(stock(Stock("A", "WH", on_hand=2)), lines, increased=[("A", "WH")], view=view)
+    assert result.stands
+    assert len(result.allocations) == 2
+
+
+def test_a_release_asks_for_more_of_the_queue_when_units_are_left_at_the_end_of_what_it_read():
+    lines = [line(1), line(2)]
+    view = QueueView(tuple(lines), {"A": 2}, frozenset(), frozenset({"A"}))
+    result = release(stock(Stock("A", "WH", on_hand=3)), lines, increased=[("A", "WH")], view=view)
+    assert result.short == {"A"}
+    assert not result.stands
+
+
+def test_a_release_never_serves_a_line_beyond_the_front_it_read():
+    # Line 9 has a claim, so it was read, but lines 3..8 were not: it must not jump them.
+    lines = [line(1), line(9, waiting=2, terms=WHOLE_DE, set_aside=1, anchor="WH")]
+    view = QueueView(tuple(lines), {"A": 2}, frozenset(), frozenset({"A"}))
+    result = release(stock(Stock("A", "WH", on_hand=3, set_aside=1)), lines, increased=[("A", "WH")], view=view)
+    assert order(9) not in [o for o, _, _ in served(result)]
+    assert result.short == {"A"}
+
+
+def test_an_order_with_a_line_of_a_sku_not_locked_is_not_decided_and_the_sku_is_named():
+    lines = [
+        line(1, "A", 1, order_no=5, line_id="1", terms=WHOLE_DE),
+        line(2, "B", 1, order_no=5, line_id="2", terms=WHOLE_DE),
+    ]
+    view = QueueView(tuple(lines), {}, frozenset({"A"}), frozenset({"A"}))
+    result = release(stock(Stock("A", "WH", on_hand=1)), lines, increased=[("A", "WH")], view=view)
+    assert result.unlocked == {"B"}
+    assert not result.stands
+
+
+# --- expected receipts -------------------------------------------------------------------------------------------
+
+MONDAY, TUESDAY, FRIDAY = date(2026, 11, 30), date(2026, 12, 1), date(2026, 12, 4)
+
+
+def expected(sku: str, source_code: str, quantity: int, when: date, *, id: int | None = 1, ref: str | None = None):
+    return ExpectedReceipt(id, sku, source_code, quantity, quantity, when, ref)
+
+
+def test_an_announcement_is_recorded_with_everything_outstanding():
+    changes = apply_receipts({}, [Expectation("A", "WH", 10, FRIDAY, "PO-1")])
+    assert changes.expected == [ExpectedReceipt(None, "A", "WH", 10, 10, FRIDAY, "PO-1")]
+    assert changes.stock == {}
+
+
+def test_a_receipt_with_the_announcements_reference_settles_it_whatever_it_brought():
+    po = expected("A", "WH", 10, FRIDAY, ref="PO-1")
+    changes = apply_receipts({}, [Receipt("A", "WH", 4, "PO-1")], [po])
+    assert changes.expected == [replace(po, outstanding=0)]
+
+
+def test_a_receipt_without_a_known_reference_uses_up_the_earliest_expected_first():
+    late = expected("A", "WH", 5, FRIDAY, id=1)
+    soon = expected("A", "WH", 3, MONDAY, id=2)
+    elsewhere = expected("A", "EAST", 5, MONDAY, id=3)
+    changes = apply_receipts({}, [Receipt("A", "WH", 4, "unknown")], [late, soon, elsewhere])
+    assert sorted(changes.expected, key=lambda e: e.id) == [replace(late, outstanding=4), replace(soon, outstanding=0)]
+
+
+def test_an_announcement_with_an_open_reference_replaces_it():
+    po = expected("A", "WH", 10, FRIDAY, ref="PO-1")
+    changes = apply_receipts({}, [Expectation("A", "WH", 6, TUESDAY, "PO-1")], [po])
+    assert changes.expected == [replace(po, quantity=6, outstanding=6, expected_date=TUESDAY)]
+
+
+def test_an_announcement_and_its_receipt_in_one_batch_leave_nothing_outstanding():
+    changes = apply_receipts({}, [Expectation("A", "WH", 6, TUESDAY, "PO-1"), Receipt("A", "WH", 6, "PO-1")])
+    assert [e.outstanding for e in changes.expected] == [0]
+
+
+def test_expected_dates_hand_announced_units_to_the_oldest_lines_first():
+    lines = [line(1, waiting=2), line(2, waiting=2), line(3, waiting=2)]
+    dates = expected_dates(lines, [expected("A", "WH", 3, MONDAY, id=1), expected("A", "WH", 5, FRIDAY, id=2)], NETWORK)
+    assert dates == {1: MONDAY, 2: FRIDAY, 3: FRIDAY}
+
+
+def test_a_line_no_announcement_covers_has_no_date():
+    lines = [line(1, waiting=2), line(2, waiting=2)]
+    assert expected_dates(lines, [expected("A", "WH", 3, MONDAY)], NETWORK) == {1: MONDAY}
+
+
+def test_expected_dates_skip_lines_the_announcing_source_cannot_serve():
+    lines = [line(1, terms=FR), line(2, terms=DE)]
+    assert expected_dates(lines, [expected("A", "WH", 1, MONDAY)], NETWORK) == {2: MONDAY}
+
+
+def test_a_line_with_units_set_aside_only_counts_what_it_still_misses():
+    lines = [line(1, waiting=3, terms=WHOLE_DE, set_aside=2, anchor="WH"), line(2)]
+    assert expected_dates(lines, [expected("A", "WH", 2, MONDAY)], NETWORK) == {1: MONDAY, 2: MONDAY}
+
+
+def test_a_line_gathering_at_an_anchor_is_dated_only_by_that_sources_announcements():
+    lines = [line(1, waiting=3, terms=WHOLE_DE, set_aside=1, anchor="WH")]
+    assert expected_dates(lines, [expected("A", "EAST", 5, MONDAY)], NETWORK) == {}
+
+
+def test_an_order_that_ships_complete_is_expected_when_its_last_line_is():
+    lines = [
+        line(1, "A", 1, order_no=5, line_id="1", terms=WHOLE_DE),
+        line(2, "B", 1, order_no=5, line_id="2", terms=WHOLE_DE),
+    ]
+    both = [expected("A", "WH", 1, MONDAY, id=1), expected("B", "WH", 1, FRIDAY, id=2)]
+    assert expected_dates(lines, both, NETWORK) == {1: FRIDAY, 2: FRIDAY}
+    assert expected_dates(lines, both[:1], NETWORK) == {}
+
+
+# --- properties over random histories ----------------------------------------------------------------------------
+
+SKUS = ("A", "B")
+WORLD = {
+    s.code: s
+    for s in (
+        source("S1", "DE", "FR"),
+        source("S2", "DE"),  # also the pickup store
+        source("S3", "FR"),
+        source("GONE", "DE", "FR", active=False),
+    )
+}
+KEYS = [(sku, code) for sku in SKUS for code in WORLD]
+
+
+@dataclass
+class World:
+    """Inventory in memory, driven the way the handlers drive the domain; every release is checked."""
+
+    sources: dict[str, SourceState] = field(default_factory=lambda: dict(WORLD))
+    stock: dict[StockKey, Stock] = field(
+        default_factory=lambda: {(sku, "GONE"): Stock(sku, "GONE", on_hand=5) for sku in SKUS}
+    )
+    lines: dict[int, Backorder] = field(default_factory=dict)
+    joined: dict[int, int] = field(default_factory=dict)
+    allocated: dict[int, int] = field(default_factory=dict)
+    cancelled: dict[int, int] = field(default_factory=dict)
+    reservations: dict[tuple[uuid.UUID, str], Reservation] = field(default_factory=dict)
+    shipments: list[uuid.UUID] = field(default_factory=list)
+    orders: list[list[int]] = field(default_factory=list)
+    arrivals: itertools.count = field(default_factory=lambda: itertools.count(1))
+    ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+
+    def order(self, lines: list[tuple[str, int]], country: str, pickup: bool, ship_complete: bool) -> None:
+        order_id = uuid.UUID(int=len(self.orders) + 1)
+        terms = ReleaseTerms(country, "S2" if pickup else None, ship_complete)
+        arrivals = []
+        for n, (sku, quantity) in enumerate(lines):
+            arrival = next(self.arrivals)
+            self.lines[arrival] = Backorder(arrival, order_id, str(n), sku, quantity, terms)
+            self.joined[arrival] = quantity
+            arrivals.append(arrival)
+        self.orders.append(arrivals)
+
+    def receive(self, movement: Receipt | Count) -> None:
+        if not self.sources[movement.source_code].active:
+            return  # refused by the handler
+        changes = apply_receipts(self.stock, [movement])
+        self.release(changes.stock)
+
+    def retarget(self, code: str, active: bool, countries: tuple[str, ...]) -> None:
+        """Routing publishes the source again: on or off, shipping to other countries."""
+        self.sources[code] = replace(self.sources[code], active=active, countries=frozenset(countries))
+        self.release({}, reconsidered={code})
+
+    def settle(self, update: FulfillmentUpdate) -> None:
+        settlement = settle_fulfillments(self.stock, self.reservations.values(), [update])
+        self.reservations.update(settlement.reservations)
+        self.release(settlement.stock)
+
+    def cancel(self, order_no: int, line_no: int, quantity: int) -> None:
+        arrivals = self.orders[order_no % len(self.orders)]
+        target = self.lines[arrivals[line_no % len(arrivals)]]
+        self.release({}, [LineCancellation(target.order_id, target.line_id, quantity)])
+
+    def release(
+        self, moved: dict[StockKey, Stock], cancelled: list[LineCancellation] = (), reconsidered: set[str] = frozenset()
+    ) -> None:
+        before_stock = {**self.stock, **moved}
+        increased = [key for key in moved if moved[key].available > stock_at(self.stock, key).available]
+        waiting = [x for x in self.lines.values() if x.state is BackorderState.waiting]
+        result = release_backorders(
+            before_stock,
+            QueueView.whole(waiting, SKUS),
+            self.sources,
+            increased=increased,
+            cancelled=cancelled,
+            reconsidered=reconsidered,
+            now=NOW,
+            new_shipment_id=lambda: uuid.UUID(int=next(self.ids)),
+        )
+        assert result.stands
+        before_lines = dict(self.lines)
+        # Where units became available in this step: what moved, claims given back along the way, and every
+        # source whose terms changed.
+        rose = (
+            set(increased)
+            | {key for key in before_stock if key[1] in reconsidered}
+            | {key for key, row in result.stock.items() if row.available > stock_at(self.stock, key).available}
+        )
+        self.stock = {**before_stock, **result.stock}
+        self.lines.update({x.arrival: x for x in result.lines})
+        for c in cancelled:
+            arrival = next(a for a, x in before_lines.items() if (x.order_id, x.line_id) == (c.order_id, c.line_id))
+            if before_lines[arrival].state is BackorderState.waiting:
+                self.cancelled[arrival] = self.cancelled.get(arrival, 0) + min(
+                    c.quantity, before_lines[arrival].waiting
+                )
+        for allocation in result.allocations:
+            self.shipments.append(allocation.shipment_id)
+            for r in allocation.reservations():
+                self.reservations[(r.shipment_id, r.line_id)] = r
+        self.check(result, before_lines, rose)
+
+    # --- what must hold after every release ---
+
+    def check(self, result: Release, before: dict[int, Backorder], rose: set[StockKey]) -> None:
+        by_line = {(x.order_id, x.line_id): a for a, x in self.lines.items()}
+        got: dict[tuple[str, int], set[str]] = {}  # (sku, arrival) -> sources it received units at
+        for allocation in result.allocations:
+            for allocated in allocation.lines:
+                arrival = by_line[(allocation.order_id, allocated.line_id)]
+                self.allocated[arrival] = self.allocated.get(arrival, 0) + allocated.quantity
+                got.setdefault((allocated.sku, arrival), set()).add(allocation.source_code)
+                self.whole_lines_are_served_whole(before[arrival], allocated, allocation.source_code, result, before)
+        for arrival, x in self.lines.items():
+            if x.set_aside > before[arrival].set_aside:
+                got.setdefault((x.sku, arrival), set()).add(x.anchor)
+        self.one_shipment_per_order_and_source(result)
+        self.every_unit_of_every_line_is_accounted_for()
+        self.stock_is_conserved_and_never_oversold()
+        self.no_younger_line_is_served_while_an_older_one_the_source_can_serve_waits(got)
+        self.stock_left_where_it_rose_is_wanted_by_no_line_there(rose)
+
+    def whole_lines_are_served_whole(
+        self, was: Backorder, allocated: AllocatedLine, at: str, result: Release, before: dict[int, Backorder]
+    ) -> None:
+        if not was.whole:
+            return
+        # All of what is left of the line (a cancellation in the same release may have lowered it), in one go.
+        assert allocated.quantity == self.joined[was.arrival] - self.cancelled.get(was.arrival, 0)
+        (shipment,) = [a for a in result.allocations if a.order_id == was.order_id and a.source_code == at]
+        shipped = {line.line_id for line in shipment.lines}
+        still_waiting = {
+            x.line_id
+            for x in before.values()
+            if x.order_id == was.order_id
+            and x.state is BackorderState.waiting
+            and self.lines[x.arrival].waiting == 0
+            and self.lines[x.arrival].state is BackorderState.allocated
+        }
+        # Every line of the order that waited went out in this one shipment, and none of them waits on.
+        assert still_waiting <= shipped
+        assert not [
+            x for x in self.lines.values() if x.order_id == was.order_id and x.state is BackorderState.waiting
+        ], "a ship_complete order was released in parts"
+
+    def one_shipment_per_order_and_source(self, result: Release) -> None:
+        keys = [(a.order_id, a.source_code) for a in result.allocations]
+        assert len(keys) == len(set(keys))
+
+    def every_unit_of_every_line_is_accounted_for(self) -> None:
+        for arrival, x in self.lines.items():
+            assert self.joined[arrival] == x.waiting + self.allocated.get(arrival, 0) + self.cancelled.get(arrival, 0)
+            assert 0 <= x.set_aside <= x.waiting
+            assert (x.state is BackorderState.waiting) == (x.waiting > 0)
+            if x.set_aside:
+                assert x.whole and x.anchor is not None
+
+    def stock_is_conserved_and_never_oversold(self) -> None:
+        for key in KEYS:
+            row = stock_at(self.stock, key)
+            open_units = sum(r.open for r in self.reservations.values() if r.key == key)
+            claims = sum(
+                x.set_aside
+                for x in self.lines.values()
+                if x.state is BackorderState.waiting and (x.sku, x.anchor) == key
+            )
+            assert row.reserved == open_units
+            assert row.set_aside == claims
+            assert row.set_aside <= max(row.on_hand - row.reserved, 0)
+        for x in self.lines.values():
+            if x.state is BackorderState.waiting and x.anchor is not None:
+                # Orders gather only where they may be shipped from.
+                assert self.sources[x.anchor].serves(x.terms)
+
+    def no_younger_line_is_served_while_an_older_one_the_source_can_serve_waits(self, got) -> None:
+        for (sku, arrival), sources in got.items():
+            for code in sources:
+                here = self.sources[code]
+                for older in self.lines.values():
+                    if older.sku != sku or place(self, older) >= place(self, self.lines[arrival]):
+                        continue
+                    assert not wants(older, here), f"line {arrival} got {sku} at {code} before line {older.arrival}"
+
+    def stock_left_where_it_rose_is_wanted_by_no_line_there(self, rose: set[StockKey]) -> None:
+        for sku, code in rose:
+            here = self.sources[code]
+            if stock_at(self.stock, (sku, code)).available and here.active:
+                assert not any(x.sku == sku and wants(x, here) for x in self.lines.values())
+
+
+def place(world: World, x: Backorder) -> int:
+    """Where a line stands: an order that ships complete stands at its oldest line."""
+    if not x.whole:
+        return x.arrival
+    return min(a for a, y in world.lines.items() if y.order_id == x.order_id)
+
+
+def wants(x: Backorder, here: SourceState) -> bool:
+    """Whether a waiting line would take units of its SKU at this source now."""
+    if x.state is not BackorderState.waiting or not here.serves(x.terms):
+        return False
+    if not x.whole:
+        return x.waiting > 0
+    return x.anchor in (None, here.code) and x.missing > 0
+
+
+orders_ = st.tuples(
+    st.just("order"),
+    st.lists(st.tuples(st.sampled_from(SKUS), st.integers(1, 4)), min_size=1, max_size=3),
+    st.sampled_from(["DE", "FR"]),
+    st.booleans(),
+    st.booleans(),
+)
+receipts_ = st.tuples(st.just("receive"), st.sampled_from(SKUS), st.sampled_from(["S1", "S2", "S3"]), st.integers(1, 8))
+# Orders and receipts come twice as often as the rest: histories where lines wait and stock arrives.
+operations = st.lists(
+    st.one_of(
+        orders_,
+        orders_,
+        receipts_,
+        receipts_,
+        st.tuples(st.just("count"), st.sampled_from(SKUS), st.sampled_from(["S1", "S2", "S3"]), st.integers(0, 8)),
+        st.tuples(st.just("cancel"), st.integers(0, 20), st.integers(0, 2), st.integers(1, 4)),
+        st.tuples(st.just("reject"), st.integers(0, 20)),
+        st.tuples(st.just("ship"), st.integers(0, 20)),
+        st.tuples(
+            st.just("retarget"),
+            st.sampled_from(["S1", "S2", "S3"]),
+            st.booleans(),
+            st.sampled_from([("DE",), ("FR",), ("DE", "FR")]),
+        ),
+    ),
+    min_size=4,
+    max_size=40,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(operations)
+def test_fifo_release_over_any_history_serves_in_order_conserves_stock_and_ships_whole_orders_whole(history):
+    world = World()
+    for op, *args in history:
+        if op == "order":
+            world.order(*args)
+        elif op == "receive":
+            world.receive(Receipt(*args))
+        elif op == "count":
+            world.receive(Count(*args))
+        elif op == "cancel" and world.orders:
+            world.cancel(*args)
+        elif op == "retarget":
+            world.retarget(*args)
+        elif op in ("reject", "ship") and world.shipments:
+            shipment = world.shipments[args[0] % len(world.shipments)]
+            if op == "reject":
+                world.settle(FulfillmentUpdate.all_given_back(shipment))
+            else:
+                lines = [(r.line_id, r.open) for r in world.reservations.values() if r.shipment_id == shipment]
+                world.settle(FulfillmentUpdate.shipment_left(shipment, lines))
