@@ -166,6 +166,8 @@ def system(oms_topics: str, service_database, tmp_path_factory) -> Iterator[Syst
                 "OMS_NOTIFICATIONS_SMTP_HOST": "127.0.0.1",
                 "OMS_NOTIFICATIONS_SMTP_PORT": str(smtp.port),
                 "OMS_LOG_LEVEL": "INFO",
+                # The order's single view asks inventory for the live queue position of backordered units.
+                "OMS_ORDER_INVENTORY_URL": f"http://127.0.0.1:{ports['inventory']}",
             }
             running.start(service)
         for service in SERVICES:
@@ -211,6 +213,18 @@ NETWORK = {
             "lat": 52.52,
             "lon": 13.40,
             "countries": ["DE", "AT", "PL"],
+            "priority": 10,
+            "cost_per_shipment": "4.50",
+            "cost_per_unit": "0.20",
+            "handling_days": 1,
+        },
+        {
+            "code": "WH-WEST",
+            "name": "Cologne warehouse",
+            "type": "warehouse",
+            "lat": 50.94,
+            "lon": 6.96,
+            "countries": ["DE", "NL", "BE"],
             "priority": 10,
             "cost_per_shipment": "4.50",
             "cost_per_unit": "0.20",
