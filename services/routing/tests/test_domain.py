@@ -457,6 +457,15 @@ def test_ship_complete_waits_whole_when_no_source_has_everything(make_source, ma
     assert made.backordered_lines
 
 
+def test_ship_complete_waits_whole_even_when_the_search_gives_way_to_the_heuristic(make_source, make_order):
+    # Found by hypothesis: the heuristic knew no bound on shipments and split a ship-complete order.
+    order = make_order(uuid.uuid4(), [("1", "A", 1), ("2", "B", 1)], options=OrderOptions(ship_complete=True))
+    network = [make_source("WH-A"), make_source("WH-B")]
+    made = plan_now(first(order), network, {("WH-A", "A"): 1, ("WH-B", "B"): 1}, search_steps=0)
+    assert made.shipments == []
+    assert [line_id for line_id, _, _ in waiting(made)] == ["1", "2"]
+
+
 def test_ship_complete_with_backorders_denied_makes_every_line_unfulfillable(make_source, make_order):
     options = OrderOptions(ship_complete=True, backorder_policy=BackorderPolicy.deny)
     order = make_order(uuid.uuid4(), [("1", "A", 4)], options=options)

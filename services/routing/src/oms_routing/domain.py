@@ -617,7 +617,11 @@ class _CoverSearch:
                 self._visit(0, 0, 0)
             except _OutOfSteps:
                 # Fewer shipments were ruled out; the best set of this size found so far stands, if any.
-                return self.assign(self.best[1] if self.best is not None else self._improved(self._greedy()))
+                chosen = self.best[1] if self.best is not None else self._improved(self._greedy())
+                # The heuristic knows no bound on shipments: a ship-complete order must not come back split.
+                if max_shipments is not None and chosen.bit_count() > max_shipments:
+                    return {}
+                return self.assign(chosen)
             if self.best is not None:
                 return self.assign(self.best[1])
         return {}
