@@ -544,6 +544,56 @@ def test_pickup_source_without_the_stock_backorders_rather_than_ship_from_elsewh
     assert made.backordered_lines[0].reason == "pickup source STORE-1 cannot ship the item"
 
 
+# --- destinations no source could ever serve -----------------------------------------------------------------------
+
+
+def test_a_country_no_active_source_ships_to_is_unfulfillable_even_when_backorders_are_allowed(make_source, make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 1), ("2", "B", 2)], options=OrderOptions(ship_complete=True))
+    network = [make_source("WH-FR", countries=["FR"]), make_source("WH-DE-OFF", active=False)]
+    made = plan_now(first(order), network, everywhere(["WH-FR", "WH-DE-OFF"], "AB"))
+    assert made.shipments == [] and made.backordered_lines == []
+    assert waiting(made) == [("1", 1, "no source ships to DE"), ("2", 2, "no source ships to DE")]
+
+
+def test_a_country_whose_only_sources_lack_stock_were_rejected_or_are_full_backorders_rather(make_source, make_order):
+    # Stock arrives, a rejection was one shipment's, and capacity comes back tomorrow: the line can still be served.
+    order = make_order(uuid.uuid4(), [("1", "A", 1)])
+    network = [make_source("WH-EMPTY"), make_source("WH-REJECTED"), make_source("WH-FULL", daily_capacity=1)]
+    request = PlanRequest(order, tuple(order.lines), attempt=2, excluded=frozenset({"WH-REJECTED"}))
+    prepared = PlanningNetwork(network, NOW, {"WH-FULL": 1})
+    made = plan(
+        request,
+        prepared,
+        Availability(everywhere(["WH-REJECTED", "WH-FULL"], "A")),
+        planned_at=NOW,
+        max_attempts=MAX_ATTEMPTS,
+    )
+    assert made.shipments == [] and made.unfulfillable_lines == []
+    assert [ln.line_id for ln in made.backordered_lines] == ["1"]
+
+
+def test_a_pickup_at_a_store_unknown_or_inactive_is_unfulfillable_even_when_backorders_are_allowed(
+    make_source, make_order
+):
+    network = [make_source("WH-1"), make_source("STORE-CLOSED", SourceType.store, active=False)]
+    for store in ("STORE-CLOSED", "STORE-NOWHERE"):
+        made = plan_now(
+            first(pickup_order(make_order, [("1", "A", 1)], store=store)),
+            network,
+            everywhere(["WH-1", "STORE-CLOSED"], "A"),
+        )
+        assert made.shipments == [] and made.backordered_lines == []
+        assert waiting(made) == [("1", 1, f"pickup store {store} is not in the network")]
+
+
+def test_a_destination_no_source_serves_is_unfulfillable_also_after_the_last_attempt(make_source, make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 1)])
+    request = PlanRequest(order, tuple(order.lines), attempt=MAX_ATTEMPTS + 1, excluded=frozenset({"WH-1"}))
+    made = plan_now(request, [make_source("WH-AT", countries=["AT"])], {})
+    assert made.backordered_lines == []
+    assert waiting(made) == [("1", 1, "no source ships to DE; rejected by WH-1")]
+
+
 def test_a_rejection_excludes_the_source_and_counts_one_more_attempt(make_source, make_order):
     order = make_order(uuid.uuid4(), [("1", "SKU-1", 1), ("2", "SKU-2", 1)])
     routed, request = RoutedOrder(order).rejected("WH-EAST", order.lines[:1])
@@ -738,6 +788,14 @@ def _may_ship(request: PlanRequest, source: Source, today: dict[str, int]) -> bo
     return allowed and not (full and today.get(source.code, 0) >= source.daily_capacity)
 
 
+def could_ever_serve(order: OrderPaidData, network) -> bool:
+    """Written from the rules: some active source ships to the order (its pickup store, or its country), whatever
+    its stock, capacity or rejections."""
+    if order.shipping_method is ShippingMethod.pickup:
+        return any(s.active and s.code == order.pickup_source for s in network)
+    return any(s.active and order.shipping_address.country in s.countries for s in network)
+
+
 def brute_force(request: PlanRequest, network, stock, today) -> tuple[int, dict[str, int]]:
     """The fewest shipments and the units of each SKU that ship now, by trying every set of sources."""
     if request.attempt > MAX_ATTEMPTS:
@@ -807,8 +865,11 @@ def check_plan(made, request: PlanRequest, network, stock, today) -> None:
         sources = [s.source_code for s in made.shipments if any(ln.sku == sku for ln in s.lines)]
         if len(sources) > 1:
             assert not any(stock.get((s.code, sku), 0) >= demands[sku] for s in network if _may_ship(request, s, today))
-    # The backorder policy decides where what waits goes; every plan says what inventory needs.
-    if order.options.backorder_policy is BackorderPolicy.deny:
+    # The backorder policy decides where what waits goes, unless no source could ever ship it (then it is
+    # unfulfillable whatever the policy); every plan says what inventory needs.
+    if not could_ever_serve(order, network):
+        assert made.shipments == made.backordered_lines == []
+    elif order.options.backorder_policy is BackorderPolicy.deny:
         assert made.backordered_lines == []
     else:
         assert made.unfulfillable_lines == []
@@ -900,6 +961,20 @@ def test_plans_of_a_batch_together_never_promise_more_than_is_available_nor_pass
                 assert shipments[shipment.source_code] <= capacity
     assert all(units <= stock.get(key, 0) for key, units in promised.items())
     assert [p.order_id for p in made] == [r.order.order_id for r in requests]
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests=st.lists(requests(), min_size=1, max_size=4), network=networks(), stock=levels, today=planned_today)
+def test_no_plan_ever_backorders_a_line_no_active_source_could_ever_serve(requests, network, stock, today):
+    made = plan_all(
+        requests, PlanningNetwork(network, NOW, today), Availability(stock), planned_at=NOW, max_attempts=MAX_ATTEMPTS
+    )
+    for p, request in zip(made, requests, strict=True):
+        if not could_ever_serve(request.order, network):
+            assert p.backordered_lines == [] and p.shipments == []
+            assert units_by_sku(p.unfulfillable_lines) == units_by_sku(request.lines)
+        for line in p.backordered_lines:
+            assert could_ever_serve(request.order, network), line
 
 
 @settings(max_examples=60, deadline=None)

@@ -8,7 +8,9 @@ A plan is made in four steps.
 2. **What ships now.** Lines of one SKU are one demand (two lines of a SKU need their sum). A demand that some
    candidate holds whole ships whole from one source; one that no candidate holds whole is split across candidates,
    as many units as they hold together. Whatever cannot ship now waits: backordered (`backorder_policy=allow`) or
-   unfulfillable (`deny`). A ship-complete order ships whole from one source or every line waits.
+   unfulfillable (`deny`). A ship-complete order ships whole from one source or every line waits. Lines no source
+   could ever ship (no active source ships to the country; the pickup store is unknown or inactive) are
+   unfulfillable whatever the policy: a backorder there would wait forever.
 3. **The fewest shipments.** The smallest set of candidates that ships all of step 2 (a minimum set cover). Exact
    for small orders: every set of the smallest size is searched (iterative deepening on the number of shipments,
    branching on the demand with the fewest holders, each set visited once, the last pick found with one AND of the
@@ -358,6 +360,19 @@ def candidates(
             )
         )
     return found
+
+
+def unreachable(order: OrderPaidData, network: PlanningNetwork) -> str | None:
+    """Why no source could ever ship this order, whatever stock arrives: no active source ships to its country, or
+    its pickup store is unknown or inactive. None when some source could."""
+    if order.shipping_method is ShippingMethod.pickup:
+        pickup = network.sources.get(order.pickup_source or "")
+        if pickup is None or not pickup.source.active:
+            return f"pickup store {order.pickup_source or '(none named)'} is not in the network"
+        return None
+    country = order.shipping_address.country
+    # Stock, capacity and a source's rejection pass; a source that does not ship there never will.
+    return None if network.serving(country) else f"no source ships to {country}"
 
 
 def _worst_first(values: Iterable[int]) -> tuple[int, ...]:
@@ -710,15 +725,18 @@ def plan(
     search_steps: int = EXACT_SEARCH_STEPS,
 ) -> FulfillmentPlannedData:
     """One plan for the request's lines: the fewest shipments that ship everything in stock now, ranked by the
-    order's rule chain; the rest backordered (unfulfillable when the order denies backorders). After
-    `max_attempts` plans no source is tried."""
+    order's rule chain; the rest backordered (unfulfillable when the order denies backorders, or when no source of
+    the network could ever ship to it). After `max_attempts` plans no source is tried."""
     if not isinstance(network, PlanningNetwork):
         network = PlanningNetwork(network, planned_at)
     order, lines = request.order, request.lines
     rules = chains.for_order(order)
     note = _excluded_note(request.excluded)
     shipments: list[PlannedShipment] = []
-    if request.attempt > max_attempts:
+    never = unreachable(order, network)
+    if never is not None:
+        unplanned = _waiting(lines, never)
+    elif request.attempt > max_attempts:
         unplanned = _waiting(lines, f"no source left for {_items(len(lines))} after {max_attempts} attempts")
     else:
         found = candidates(request, network, availability, rules)
@@ -734,7 +752,8 @@ def plan(
             shipments.append(_shipment(ranked[i], lines_at, reason, new_id()))
         unplanned = _unplanned(request, left, found)
     unplanned = [u.model_copy(update={"reason": _clip(u.reason + note)}) for u in unplanned]
-    backorder = order.options.backorder_policy is BackorderPolicy.allow
+    # A backorder waits for stock at a source that ships to the customer: where there is none, it would wait forever.
+    backorder = order.options.backorder_policy is BackorderPolicy.allow and never is None
     return FulfillmentPlannedData(
         order_id=order.order_id,
         plan_id=new_id(),
