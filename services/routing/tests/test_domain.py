@@ -26,8 +26,10 @@ from oms_contracts.routing import Source, TransitDays
 from oms_routing.domain import (
     DEFAULT_RULES,
     Availability,
+    Fulfillment,
     PlanningNetwork,
     PlanRequest,
+    ReplanRefused,
     RoutedOrder,
     RuleChains,
     candidates,
@@ -630,6 +632,122 @@ def test_after_the_last_attempt_the_replan_backorders_even_with_a_source_left(ma
     made = plan_now(request, [make_source("WH-2")], {("WH-2", "SKU-1"): 5})
     assert made.shipments == []
     assert made.backordered_lines[0].reason == "no source left for the item after 3 attempts; rejected by WH-1"
+
+
+# --- re-plans of a fulfillment --------------------------------------------------------------------------------------
+
+
+def planned_fulfillment(order, source_code, lines, **fields) -> Fulfillment:
+    return Fulfillment(uuid.uuid4(), order.order_id, source_code, tuple(lines), **fields)
+
+
+def test_a_replan_request_plans_the_named_lines_again_without_the_source_one_attempt_on(make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 2), ("2", "B", 1)])
+    fulfillment = planned_fulfillment(order, "WH-1", order.lines)
+
+    replan = RoutedOrder(order).replan(fulfillment, "WH-1", [Line(line_id="1", sku="A", quantity=1)])
+
+    assert (replan.order.attempts, replan.order.excluded) == (2, frozenset({"WH-1"}))
+    assert replan.request == PlanRequest(order, (Line(line_id="1", sku="A", quantity=1),), 2, frozenset({"WH-1"}))
+    assert replan.fulfillment.replanned == {"1": 1}
+    assert replan.fulfillment.withdrawn is False  # the rest of it still leaves WH-1
+
+
+def test_a_fulfillment_all_of_whose_units_are_planned_again_is_withdrawn_from_its_source(make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 2), ("2", "B", 1)])
+    fulfillment = planned_fulfillment(order, "WH-1", order.lines)
+
+    first = RoutedOrder(order).replan(fulfillment, "WH-1", order.lines[:1])
+    second = first.order.replan(first.fulfillment, "WH-1", order.lines[1:])
+
+    assert second.fulfillment.withdrawn is True
+    assert second.fulfillment.replanned == {"1": 2, "2": 1}
+    assert second.request is not None and second.request.attempt == 3
+
+
+def test_lines_of_a_fulfillment_already_planned_again_are_not_planned_twice(make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 2), ("2", "B", 1)])
+    fulfillment = planned_fulfillment(order, "WH-1", order.lines)
+    first = RoutedOrder(order).replan(fulfillment, "WH-1", order.lines)
+
+    again = first.order.replan(first.fulfillment, "WH-1", order.lines)
+    partly = first.order.replan(first.fulfillment, "WH-1", order.lines[:1])
+
+    assert again.request is None and again.lines == () and again.order == first.order
+    assert partly.request is None
+
+
+def test_a_replan_of_a_fulfillment_routing_never_planned_is_checked_against_the_order(make_order):
+    # A backorder allocation: inventory made the fulfillment; routing knows the paid order only.
+    order = make_order(uuid.uuid4(), [("1", "A", 3), ("2", "B", 1)])
+    allocation = Fulfillment(uuid.uuid4(), order.order_id)
+
+    replan = RoutedOrder(order).replan(allocation, "WH-9", [Line(line_id="1", sku="A", quantity=3)])
+
+    assert replan.request is not None
+    assert (replan.request.lines, replan.request.excluded) == ((order.lines[0],), frozenset({"WH-9"}))
+    assert replan.fulfillment.replanned == {"1": 3}
+    assert replan.fulfillment.withdrawn is False  # nothing of routing's to withdraw
+
+
+@pytest.mark.parametrize(
+    ("source_code", "lines", "reason"),
+    [
+        ("WH-2", [("1", "A", 1)], "was planned at WH-1, not WH-2"),
+        ("WH-1", [("9", "A", 1)], "has no line 9"),
+        ("WH-1", [("1", "B", 1)], "line 1 of order {order} is A, not B"),
+        ("WH-1", [("1", "A", 3)], "3 units of line 1 asked, fulfillment {fulfillment} has 2"),
+        ("WH-1", [("2", "B", 1)], "fulfillment {fulfillment} has no line 2"),
+        ("WH-1", [("1", "A", 1), ("1", "A", 1)], "line 1 is named twice"),
+    ],
+)
+def test_a_replan_naming_what_the_fulfillment_does_not_hold_is_refused(make_order, source_code, lines, reason):
+    order = make_order(uuid.uuid4(), [("1", "A", 2), ("2", "B", 1)])
+    fulfillment = planned_fulfillment(order, "WH-1", order.lines[:1])
+    asked = [Line(line_id=i, sku=sku, quantity=q) for i, sku, q in lines]
+    with pytest.raises(ReplanRefused) as refused:
+        RoutedOrder(order).replan(fulfillment, source_code, asked)
+    assert reason.format(order=order.order_id, fulfillment=fulfillment.fulfillment_id) in str(refused.value)
+
+
+def test_a_replan_of_an_unplanned_fulfillment_asking_more_than_the_order_has_is_refused(make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 2)])
+    with pytest.raises(ReplanRefused, match=f"3 units of line 1 asked, order {order.order_id} has 2"):
+        RoutedOrder(order).replan(
+            Fulfillment(uuid.uuid4(), order.order_id), "WH-1", [Line(line_id="1", sku="A", quantity=3)]
+        )
+
+
+def test_a_replan_of_another_orders_fulfillment_is_refused(make_order):
+    order, other = (make_order(uuid.uuid4(), [("1", "A", 1)]) for _ in range(2))
+    with pytest.raises(ReplanRefused, match=f"is of order {other.order_id}, not of {order.order_id}"):
+        RoutedOrder(order).replan(planned_fulfillment(other, "WH-1", other.lines), "WH-1", other.lines)
+
+
+def test_a_rejected_reservation_withdraws_the_shipment_and_needs_one_routing_planned(make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 2)])
+    shipment = planned_fulfillment(order, "WH-1", order.lines)
+
+    replan = RoutedOrder(order).reservation_rejected(shipment, "WH-1", order.lines)
+
+    assert replan.fulfillment.withdrawn is True
+    assert replan.request is not None and replan.request.excluded == frozenset({"WH-1"})
+    with pytest.raises(ReplanRefused, match="was not planned by routing"):
+        RoutedOrder(order).reservation_rejected(Fulfillment(uuid.uuid4(), order.order_id), "WH-1", order.lines)
+
+
+def test_replans_past_the_last_attempt_wait_with_the_sources_that_turned_them_down(make_source, make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 1)])
+    routed = RoutedOrder(order)
+    for code in ("WH-1", "WH-2", "WH-3"):
+        replan = routed.replan(planned_fulfillment(order, code, order.lines), code, order.lines)
+        routed = replan.order
+    assert replan.request is not None and replan.request.attempt == MAX_ATTEMPTS + 1
+    made = plan_now(
+        replan.request, [make_source(c) for c in ("WH-1", "WH-2", "WH-3", "WH-4")], everywhere(["WH-4"], "A")
+    )
+    assert made.shipments == []
+    assert waiting(made) == [("1", 1, "no source left for the item after 3 attempts; rejected by WH-1, WH-2, WH-3")]
 
 
 def test_a_batch_never_promises_the_same_unit_twice(make_source, make_order):
