@@ -26,6 +26,7 @@ from oms_contracts import FIXED_TOPICS
 from oms_contracts.common import BackorderPolicy
 from oms_contracts.topics import CHANNEL_ORDERS, INVENTORY_RECEIPTS
 from oms_contracts.types import SourceCode
+from oms_runtime.kafka import Kafka, KafkaSettings
 from oms_runtime.topics import ensure_topics
 
 from . import demo, samples
@@ -159,7 +160,17 @@ def _fail(error: ToolError) -> typer.Exit:
     return typer.Exit(error.exit_code)
 
 
-def _run(make: Callable[[], Awaitable[T]], *, bootstrap: str | None = None, stoppable: bool = False) -> T | None:
+def _kafka(bootstrap: str) -> KafkaSettings:
+    """The connection every Kafka client of a command uses: --bootstrap, and the login (OMS_KAFKA_SECURITY_PROTOCOL,
+    OMS_KAFKA_SASL_USERNAME, OMS_KAFKA_SASL_PASSWORD, OMS_KAFKA_SSL_*) from the environment, as the services read it."""
+    try:
+        return KafkaSettings(kafka_bootstrap=bootstrap)
+    except ValidationError as error:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        raise _fail(ToolError(f"Kafka settings: {problems}", INVALID)) from None
+
+
+def _run(make: Callable[[], Awaitable[T]], *, kafka: Kafka | None = None, stoppable: bool = False) -> T | None:
     """Run one command's coroutine; expected failures end the process with a message and an exit code.
 
     A `stoppable` command (one that runs until stopped) ends normally on Ctrl-C or SIGTERM and returns None; any
@@ -171,9 +182,9 @@ def _run(make: Callable[[], Awaitable[T]], *, bootstrap: str | None = None, stop
             with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers on this platform
                 asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         try:
-            if bootstrap is None:
+            if kafka is None:
                 return await make()
-            async with talking_to(bootstrap):
+            async with talking_to(kafka):
                 return await make()
         except asyncio.CancelledError:
             if stoppable:
@@ -222,9 +233,10 @@ def topics_create(
     Idempotent: existing topics are left as they are and reported as existing. A source's request topic is not one
     of them: the routing service creates it when the source joins the network."""
     topics = FIXED_TOPICS
+    kafka = _kafka(bootstrap)
     created = _run(
-        lambda: ensure_topics(bootstrap, topics, partitions=partitions, replication_factor=replication_factor),
-        bootstrap=bootstrap,
+        lambda: ensure_topics(kafka, topics, partitions=partitions, replication_factor=replication_factor),
+        kafka=kafka,
     )
     for topic in topics:
         typer.echo(f"{'created' if topic.name in created else 'exists '}  {topic.name}")
@@ -360,16 +372,17 @@ def demo_stock(
     if not reference.strip() or len(reference) > 200:
         raise typer.BadParameter("1 to 200 characters", param_hint="--reference")
     receipts = [samples.stock_received(s.sku, s.source_code, s.quantity, reference=reference) for s in stock.stock]
+    kafka = _kafka(bootstrap)
 
     async def publish() -> None:
-        await require_topics(bootstrap, [INVENTORY_RECEIPTS.name], "run `oms topics create` first")
+        await require_topics(kafka, [INVENTORY_RECEIPTS.name], "run `oms topics create` first")
         if wait:
             sources = {line.source_code for line in stock.stock}
             await wait_until_inventory_knows(inventory_url, token, sources, seconds=wait_timeout, echo=typer.echo)
-        async with producer(bootstrap, "oms-demo-stock") as client:
+        async with producer(kafka, "oms-demo-stock") as client:
             await asyncio.gather(*(send(client, INVENTORY_RECEIPTS.name, receipt) for receipt in receipts))
 
-    _run(publish, bootstrap=bootstrap)
+    _run(publish, kafka=kafka)
     by_sku: dict[str, list[str]] = {}
     for line in stock.stock:
         by_sku.setdefault(line.sku, []).append(f"{line.source_code} {line.quantity}")
@@ -493,14 +506,15 @@ def demo_order(
         events.append(samples.payment_captured(submitted))
     first = new_traceparent()
     traces = [first, *(new_traceparent(trace_id_of(first)) for _ in events[1:])]
+    kafka = _kafka(bootstrap)
 
     async def publish() -> None:
-        await require_topics(bootstrap, [CHANNEL_ORDERS.name], "run `oms topics create` first")
-        async with producer(bootstrap, f"oms-demo-channel-{channel}"[:100]) as client:
+        await require_topics(kafka, [CHANNEL_ORDERS.name], "run `oms topics create` first")
+        async with producer(kafka, f"oms-demo-channel-{channel}"[:100]) as client:
             for event, traceparent in zip(events, traces, strict=True):
                 await send(client, CHANNEL_ORDERS.name, event, [("traceparent", traceparent.encode())])
 
-    _run(publish, bootstrap=bootstrap)
+    _run(publish, kafka=kafka)
     d = submitted.data
     names = {sku: item.name for sku, item in catalogue.skus.items()}
     typer.echo(f"order_id     {d.order_id}")
@@ -555,8 +569,9 @@ def demo_ship(
     tracking number and URL, every line) on oms.fulfillment.updates.v1 keyed by order_id, carrying the request's
     traceparent. Cancel requests are ignored: everything ships at once. Runs until Ctrl-C."""
     codes = list(dict.fromkeys(sources or ())) or _load(lambda: demo.load_network(network_file))[0].codes
-    shipper = Shipper(bootstrap, codes, typer.echo, once=once, delay=delay, stop_after=timeout or None)
-    _run(shipper.run, bootstrap=bootstrap, stoppable=True)
+    kafka = _kafka(bootstrap)
+    shipper = Shipper(kafka, codes, typer.echo, once=once, delay=delay, stop_after=timeout or None)
+    _run(shipper.run, kafka=kafka, stoppable=True)
     typer.echo(f"answered {shipper.handled} fulfillment request(s)")
 
 
@@ -584,11 +599,12 @@ def dlq_tail(
 
     Reads without a consumer group, so tailing never moves anyone's offsets."""
     count = 0
+    kafka = _kafka(bootstrap)
 
     async def run() -> None:
         nonlocal count
-        count = await tail(bootstrap, typer.echo, from_beginning=from_beginning, follow=follow, full=full)
+        count = await tail(kafka, typer.echo, from_beginning=from_beginning, follow=follow, full=full)
 
-    _run(run, bootstrap=bootstrap, stoppable=True)
+    _run(run, kafka=kafka, stoppable=True)
     if not follow:
         typer.echo(f"{count} dead letter(s)", err=True)
