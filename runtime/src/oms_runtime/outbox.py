@@ -34,6 +34,7 @@ from opentelemetry import trace
 
 from . import telemetry
 from .database import Database, driver
+from .kafka import Kafka, client_options
 from .loop import run_when_woken
 
 log = logging.getLogger(__name__)
@@ -84,10 +85,10 @@ async def append(conn, messages: Sequence[OutboxMessage]) -> None:
     )
 
 
-def kafka_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
+def kafka_producer(kafka: Kafka, client_id: str) -> AIOKafkaProducer:
     """The one producer configuration the OMS publishes with: idempotent, acknowledged by all in-sync replicas."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **client_options(kafka),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -98,7 +99,7 @@ def kafka_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
 
 
 class Relay:
-    def __init__(self, database: Database, bootstrap: str, service: str) -> None:
+    def __init__(self, database: Database, bootstrap: Kafka, service: str) -> None:
         self.database = database
         self.service = service
         self.bootstrap = bootstrap

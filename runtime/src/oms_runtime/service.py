@@ -21,6 +21,7 @@ from oms_contracts import Topic
 from . import http, telemetry
 from .consumer import BatchConsumer, Handler, InvalidHandler
 from .database import Database
+from .kafka import kafka_problem
 from .outbox import Relay
 from .settings import ServiceSettings
 
@@ -57,9 +58,11 @@ class Service:
         self.settings = settings
         self.name = settings.service
         self.database = Database(settings.database_url, settings.db_pool_size)
-        self.relay = Relay(self.database, settings.kafka_bootstrap, self.name)
+        self.relay = Relay(self.database, settings, self.name)
         self.broker = KafkaBroker(
             settings.kafka_bootstrap,
+            # SASL and/or TLS from the settings, as the relay's producer and the admin client have them.
+            security=settings.kafka_security(),
             client_id=f"oms-{self.name}",
             apply_types=False,
             # Topics are created from the contracts by `oms topics create`, never as a side effect of subscribing.
@@ -181,7 +184,7 @@ class Service:
             assert self.relay.producer is not None, "relay not started"
             await asyncio.wait_for(self.relay.producer.client.fetch_all_metadata(), 2.0)
         except Exception as error:
-            problems["kafka"] = repr(error)
+            problems["kafka"] = await kafka_problem(self.settings, error)
         return problems
 
     def run(self) -> None:
