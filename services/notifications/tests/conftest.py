@@ -22,6 +22,8 @@ from oms_notifications.settings import NotificationsSettings
 from oms_runtime import Service
 
 TOKEN = "test-token"
+# The customer-link key of the session's service.
+LINK_KEY = "a-test-key-of-more-than-32-bytes-for-customer-links"
 
 
 def accepted_order(
@@ -208,7 +210,9 @@ def parcel_delivered(
 
 @pytest.fixture(scope="session")
 def settings(service_database: Callable[[str], str]) -> NotificationsSettings:
-    return NotificationsSettings(database_url=service_database("notifications"), api_tokens={TOKEN: "cs-test"})
+    return NotificationsSettings(
+        database_url=service_database("notifications"), api_tokens={TOKEN: "cs-test"}, customer_link_key=LINK_KEY
+    )
 
 
 @pytest.fixture(scope="session")

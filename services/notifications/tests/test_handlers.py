@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, date, datetime
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -12,6 +13,7 @@ from oms_contracts.topics import INVENTORY_ALLOCATIONS, ORDER_EVENTS, ROUTING_PL
 from oms_notifications import store
 from oms_notifications.domain import tell
 from oms_runtime.database import driver
+from oms_runtime.links import LinkCheck, verify
 from oms_runtime.testing import deliver
 
 
@@ -281,3 +283,19 @@ async def test_a_batch_of_plans_for_many_orders_queues_one_prewarning_each_and_k
     assert sorted(r["order_id"] for r in rows) == sorted(known)
     waiting = await pg.fetch("SELECT order_id FROM notices_awaiting_contact")
     assert sorted(r["order_id"] for r in waiting) == sorted(unknown)
+
+
+async def test_the_backorder_notice_carries_the_signed_wait_or_cancel_link(
+    service, pg, order_accepted, inventory_backorder_queued, settings
+):
+    order_id = await accepted(service, order_accepted)
+    queued_event = inventory_backorder_queued(order_id)
+
+    await deliver(service, INVENTORY_ALLOCATIONS, queued_event)
+
+    [row] = await queued(pg, "backorder_notice")
+    url = next(w for w in row["body_text"].split() if "/backorders?" in w)
+    assert url.startswith(f"http://127.0.0.1:8081/customer/orders/{order_id}/backorders?")
+    params = dict(parse_qsl(urlsplit(url).query))
+    key = settings.customer_link_key.get_secret_value().encode()
+    assert verify(key, order_id, params, now=queued_event.time) == (LinkCheck.valid, ["1"])

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oms_notifications.domain import Contact, Language, Notice, Template, contact_of, order_confirmation, tell
+from oms_notifications.domain import Contact, Language, Links, Notice, Template, contact_of, order_confirmation, tell
 from oms_notifications.rendering import MAX_SUBJECT_LENGTH, long_date, money, render
 
 
@@ -384,3 +384,26 @@ def test_a_prewarning_lists_exactly_each_parcels_items_and_what_follows(
     assert parcels == [list(s) for s in shipments]
     follows = [found for heading, found in sections.items() if heading.startswith(("To follow", "Folgt später"))]
     assert follows == ([list(backordered)] if backordered else [])
+
+
+@pytest.mark.parametrize(
+    ("language", "until"),
+    [
+        ("en", "the link works until Saturday, 12 December 2026"),
+        ("de", "der Link gilt bis Samstag, 12. Dezember 2026"),
+    ],
+)
+def test_backorder_notice_with_a_link_key_offers_the_signed_wait_or_cancel_link_and_says_until_when(
+    order_accepted, inventory_backorder_queued, language, until
+):
+    contact = contact_of(order_accepted(locale=language).data)
+    links = Links("https://shop.example", b"k" * 32)
+
+    [notice] = tell([inventory_backorder_queued(contact.order_id)], {contact.order_id: contact}, links).notices
+    rendered = render(notice)
+
+    url = notice.values["cancel_url"]
+    assert url.startswith(f"https://shop.example/customer/orders/{contact.order_id}/backorders?lines=1&expires=")
+    assert f"{until}):\n{url}\n" in rendered.text
+    assert f'<a href="{url.replace("&", "&amp;")}">' in rendered.html
+    assert "reply" not in rendered.text and "Antworten" not in rendered.text

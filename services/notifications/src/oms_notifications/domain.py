@@ -6,8 +6,8 @@ Which event calls for which message (`template_for`):
 - `order.accepted` -> the order confirmation, to the customer the order names;
 - the FIRST plan of an order (attempt 1) with more than one shipment -> the split pre-warning (how many parcels,
   what is in each, when each should arrive, what follows later); a re-plan never warns again;
-- `inventory.backorder_queued` -> the backorder notice (which items wait, when they are expected, that the
-  customer may cancel them);
+- `inventory.backorder_queued` -> the backorder notice (which items wait, when they are expected, and the signed
+  link where the customer chooses to wait or cancel them);
 - `order.fulfillment_shipped` -> a shipped mail for that parcel (its items, what is still to come, tracking);
 - `order.fulfillment_delivered` -> a delivered mail.
 
@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlencode
 
 from oms_contracts.common import Line
 from oms_contracts.inventory import BackorderQueued
@@ -36,6 +37,7 @@ from oms_contracts.order import (
     OrderStatus,
 )
 from oms_contracts.routing import FulfillmentPlanned
+from oms_runtime import links as signed_links
 
 # notification_id = UUIDv5(NOTIFICATION_NAMESPACE, "{cause_event_id}:{template}"): the same event never yields two
 # messages with the same template, and a resent mail keeps its Message-ID so a mail system can drop the copy.
@@ -106,6 +108,31 @@ class Contact:
 
 # The events that may call for a message to a customer.
 Cause = OrderAccepted | FulfillmentPlanned | BackorderQueued | OrderFulfillmentShipped | OrderFulfillmentDelivered
+
+
+@dataclass(frozen=True, slots=True)
+class Links:
+    """Where a message may point: the order service's public address (the customer's wait-or-cancel page) and the
+    key that signs a customer's links (none: the notice has no link)."""
+
+    order_url: str = "http://127.0.0.1:8081"
+    key: bytes | None = field(default=None, repr=False)
+    lifetime: timedelta = timedelta(days=14)
+
+    def wait_or_cancel(self, order_id: uuid.UUID, line_ids: Iterable[str], issued_at: datetime) -> str | None:
+        """The signed page where the customer chooses to wait for these backordered lines or cancel them; valid for
+        `lifetime` from when the backorder was queued (so the same event always makes the same link)."""
+        if self.key is None:
+            return None
+        params = signed_links.query(self.key, order_id, line_ids, issued_at + self.lifetime)
+        return f"{self.base}/customer/orders/{order_id}/backorders?{urlencode(params, safe=',')}"
+
+    @property
+    def base(self) -> str:
+        return self.order_url.rstrip("/")
+
+
+NO_LINKS = Links()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +216,7 @@ def template_for(event: object) -> Template | None:
     return None
 
 
-def tell(events: Iterable[Cause], contacts: Mapping[uuid.UUID, Contact]) -> Told:
+def tell(events: Iterable[Cause], contacts: Mapping[uuid.UUID, Contact], links: Links = NO_LINKS) -> Told:
     """The messages `events` call for, each to its order's contact in `contacts`; the confirmation goes to the
     customer its acceptance names. An event about an order without a known contact waits for it (never dropped)."""
     notices: list[Notice] = []
@@ -205,7 +232,7 @@ def tell(events: Iterable[Cause], contacts: Mapping[uuid.UUID, Contact]) -> Told
         if contact is None:
             awaiting.append(AwaitingContact(event, template))
         else:
-            notices.append(_WRITERS[template](event, contact))
+            notices.append(_WRITERS[template](event, contact, links))
     return Told(notices, awaiting)
 
 
@@ -272,7 +299,7 @@ def order_confirmation(event: OrderAccepted) -> Notice:
     return _notice(event, Template.order_confirmation, contact_of(order), values)
 
 
-def split_prewarning(event: FulfillmentPlanned, contact: Contact) -> Notice:
+def split_prewarning(event: FulfillmentPlanned, contact: Contact, links: Links = NO_LINKS) -> Notice:
     """Before the first parcel leaves: the order comes in several parcels, what is in each and when each should
     arrive (earliest first), what follows later, and what cannot be supplied at all."""
     plan = event.data
@@ -285,17 +312,20 @@ def split_prewarning(event: FulfillmentPlanned, contact: Contact) -> Notice:
     return _notice(event, Template.split_prewarning, contact, values)
 
 
-def backorder_notice(event: BackorderQueued, contact: Contact) -> Notice:
-    """Items wait for stock: which, when they are expected (when known), and that the customer may cancel them."""
+def backorder_notice(event: BackorderQueued, contact: Contact, links: Links = NO_LINKS) -> Notice:
+    """Items wait for stock: which, when they are expected (when known), and the signed link where the customer
+    chooses to wait or cancel them (without a link key: that they may reply to cancel)."""
+    lines = event.data.lines
+    cancel_url = links.wait_or_cancel(event.data.order_id, [line.line_id for line in lines], event.time)
     values = {
-        "items": [
-            {"sku": line.sku, "quantity": line.quantity, "expected": line.expected_date} for line in event.data.lines
-        ]
+        "items": [{"sku": line.sku, "quantity": line.quantity, "expected": line.expected_date} for line in lines],
+        "cancel_url": cancel_url,
+        "cancel_until": event.time + links.lifetime if cancel_url else None,
     }
     return _notice(event, Template.backorder_notice, contact, values)
 
 
-def shipped(event: OrderFulfillmentShipped, contact: Contact) -> Notice:
+def shipped(event: OrderFulfillmentShipped, contact: Contact, links: Links = NO_LINKS) -> Notice:
     """A parcel left: what is in it, what is still to come, and how to follow it."""
     parcel = event.data
     values = {
@@ -317,7 +347,7 @@ class Rest(StrEnum):
     to_ship = "to_ship"  # some units have not shipped yet
 
 
-def delivered(event: OrderFulfillmentDelivered, contact: Contact) -> Notice:
+def delivered(event: OrderFulfillmentDelivered, contact: Contact, links: Links = NO_LINKS) -> Notice:
     """A shipment arrived: what was in it, and whether the rest of the order is still on its way or to ship."""
     delivery = event.data
     if delivery.status is OrderStatus.delivered:
