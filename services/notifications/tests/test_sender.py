@@ -404,3 +404,35 @@ async def test_a_woken_sender_sends_an_orders_mails_one_after_another_without_wa
         "Your order 8008 is confirmed",
         "Your order 8008 will arrive in 2 parcels",
     ]
+
+
+# After the sale, over a real SMTP server: the customer's mails in the order of their story.
+
+
+async def test_a_cancellation_and_its_refund_reach_a_german_customer_in_the_order_they_happened(
+    service, pg, order_accepted, order_lines_cancelled, order_refund_issued, smtp_server
+):
+    mail, port = smtp_server()
+    acceptance = order_accepted("8101", email="erika@example.de", name="Erika Müller", locale="de-DE")
+    order_id = acceptance.data.order_id
+    cancelled = order_lines_cancelled(order_id, [("2", 1)], refund="1234.5", grand_total="39.98")
+    # The refund is published at the very instant of its cancellation: its stage still puts it after.
+    refunded = order_refund_issued(order_id, "1234.5", refunded_total="1234.5", at=cancelled.time)
+    await deliver(service, ORDER_EVENTS, acceptance, refunded, cancelled)
+
+    assert await drain(sender_for(service, port)) == 3
+
+    assert [m["Subject"] for m in mail.received] == [
+        "Ihre Bestellung 8101 ist bestätigt",
+        "Artikel Ihrer Bestellung 8101 wurden storniert",
+        "Erstattung von 1.234,50 EUR für Ihre Bestellung 8101",
+    ]
+    notice = mail.received[1]
+    assert notice["To"] == "Erika Müller <erika@example.de>"
+    text = notice.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "- 1 x SKU-TEA-500G\n" in text
+    assert "Wir erstatten Ihnen dafür 1.234,50 EUR" in text
+    assert "Ihre Bestellung kostet jetzt 39,98 EUR." in text
+    assert "1.234,50 EUR" in notice.get_body(("html",)).get_content()
+    sent = [e.event for e in await take_outbox(service)]
+    assert [e.data.template for e in sent] == ["order_confirmation", "lines_cancelled", "refund_issued"]

@@ -6,14 +6,23 @@ Which event calls for which message (`template_for`):
 - `order.accepted` -> the order confirmation, to the customer the order names;
 - the FIRST plan of an order (attempt 1) with more than one shipment -> the split pre-warning (how many parcels,
   what is in each, when each should arrive, what follows later); a re-plan never warns again;
-- `inventory.backorder_queued` -> the backorder notice (which items wait, when they are expected, and the signed
-  link where the customer chooses to wait or cancel them);
+- `inventory.backorder_queued` -> the backorder notice (which items wait, when they are expected, that the
+  customer may cancel them);
 - `order.fulfillment_shipped` -> a shipped mail for that parcel (its items, what is still to come, tracking);
-- `order.fulfillment_delivered` -> a delivered mail.
+- `order.fulfillment_delivered` -> a delivered mail;
+- `order.lines_cancelled` -> the lines cancelled mail (items, refund, new total), or "order cancelled" when nothing
+  is left of the order (its `status` after it is cancelled);
+- `order.status_changed` to cancelled -> "payment failed" when a failed payment caused it, "order cancelled" when
+  the order was cancelled before it was paid; a paid order's cancellation is told by its `lines_cancelled`
+  (see `template_for`);
+- `order.refund_issued` -> the refund mail (amount, everything refunded so far); a refund of nothing is not told;
+- `order.lines_returned` -> "return processed" (items, their condition, the refund);
+- `order.cancellation_rejected` -> "cancellation refused" (which items, why), when the customer or a channel asked;
+  customer service sees its own refusals in its tool.
 
-Every message but the confirmation goes to the contact remembered from the order's acceptance. Topics overtake each
-other (a plan may be consumed before its order's acceptance), so an event whose order has no contact yet is not a
-refusal: it waits for the contact (`tell` says which) and makes its message when the contact arrives.
+Every customer message but the confirmation goes to the contact remembered from the order's acceptance. Topics
+overtake each other (a plan may be consumed before its order's acceptance), so an event whose order has no contact yet
+is not a refusal: it waits for the contact (`tell` says which) and makes its message when the contact arrives.
 """
 
 from __future__ import annotations
@@ -26,15 +35,21 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlencode
 
-from oms_contracts.common import Line
+from oms_contracts.channel import PaymentFailed
+from oms_contracts.common import Line, LineQuantity
 from oms_contracts.inventory import BackorderQueued
 from oms_contracts.notification import NotificationChannel
 from oms_contracts.order import (
+    CancellationRejected,
+    LinesCancelled,
+    LinesReturned,
     OrderAccepted,
     OrderAcceptedData,
     OrderFulfillmentDelivered,
     OrderFulfillmentShipped,
     OrderStatus,
+    RefundIssued,
+    StatusChanged,
 )
 from oms_contracts.routing import FulfillmentPlanned
 from oms_runtime import links as signed_links
@@ -53,19 +68,43 @@ class Template(StrEnum):
     backorder_notice = "backorder_notice"
     shipped = "shipped"
     delivered = "delivered"
+    lines_cancelled = "lines_cancelled"
+    order_cancelled = "order_cancelled"
+    payment_failed = "payment_failed"
+    cancellation_refused = "cancellation_refused"
+    return_processed = "return_processed"
+    refund_issued = "refund_issued"
 
+
+# The messages that tell a customer their whole order is cancelled: one per order at most (see `template_for`; the
+# store holds it with a unique index too).
+ORDER_CANCELLED_TEMPLATES = frozenset({Template.order_cancelled, Template.payment_failed})
 
 # Where each message stands in the story of one order. An order's messages go out in this order, and within a
 # stage in the order their causes happened (`Notice.sequence`): the confirmation always first, even when the plan
 # was consumed before the acceptance; a pre-warning before the backorder notice of the same plan, whatever the
-# clocks of routing and inventory say; parcels shipped and delivered as they happened.
+# clocks of routing and inventory say; parcels shipped and delivered, cancellations, refusals and returns as they
+# happened; a refund after what it pays for, even when both were published at the same instant.
 STAGES: Mapping[Template, int] = {
     Template.order_confirmation: 0,
     Template.split_prewarning: 1,
     Template.backorder_notice: 2,
     Template.shipped: 3,
     Template.delivered: 3,
+    Template.lines_cancelled: 3,
+    Template.order_cancelled: 3,
+    Template.payment_failed: 3,
+    Template.cancellation_refused: 3,
+    Template.return_processed: 3,
+    Template.refund_issued: 4,
 }
+
+# Statuses in which nothing has been paid: a cancellation then refunds nothing and may come without lines_cancelled.
+UNPAID = frozenset({OrderStatus.pending, OrderStatus.payment_processing})
+
+# Who may be told that their cancellation was refused by mail: the customer (`customer:...`, the signed link) or a
+# channel on the customer's behalf (`channel:...`). Customer service sees refusals in its own tool.
+TOLD_OF_REFUSALS = ("customer:", "channel:")
 
 
 class Language(StrEnum):
@@ -96,7 +135,8 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Contact:
-    """Who to tell about an order, remembered from its acceptance for the notifications that follow."""
+    """Who to tell about an order, remembered from its acceptance for the notifications that follow, with the SKU of
+    each of its lines (events after the sale name lines by id; a customer knows them by what they are)."""
 
     order_id: uuid.UUID
     email: str
@@ -104,10 +144,22 @@ class Contact:
     locale: str
     channel: str
     external_order_id: str
+    line_skus: Mapping[str, str] = field(default_factory=dict)
 
 
 # The events that may call for a message to a customer.
-Cause = OrderAccepted | FulfillmentPlanned | BackorderQueued | OrderFulfillmentShipped | OrderFulfillmentDelivered
+Cause = (
+    OrderAccepted
+    | FulfillmentPlanned
+    | BackorderQueued
+    | OrderFulfillmentShipped
+    | OrderFulfillmentDelivered
+    | LinesCancelled
+    | StatusChanged
+    | RefundIssued
+    | LinesReturned
+    | CancellationRejected
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +244,7 @@ def contact_of(order: OrderAcceptedData) -> Contact:
         locale=order.customer.locale,
         channel=order.channel,
         external_order_id=order.external_order_id,
+        line_skus={line.line_id: line.sku for line in order.lines},
     )
 
 
@@ -201,7 +254,15 @@ def latest_contacts(contacts: Iterable[Contact]) -> list[Contact]:
 
 
 def template_for(event: object) -> Template | None:
-    """The message an event calls for, if any (see the module's docstring)."""
+    """The message an event calls for, if any (see the module's docstring).
+
+    One cancellation of a whole order is told once. After payment the order service cancels an order only by
+    cancelling its units, so the cancellation arrives as `lines_cancelled` with the order's status after it
+    `cancelled`, and that event carries "order cancelled": it has what the customer needs (the items, the refund),
+    which the `status_changed` beside it lacks; that status change is skipped. Before payment a cancellation may
+    come as a status change alone (a channel cancelling the whole order, a failed payment): there the status
+    change carries it, as "payment failed" when its cause was a failed payment. Should an unpaid order's
+    cancellation come both ways, the store keeps the first message of the two (one per order)."""
     match event:
         case OrderAccepted():
             return Template.order_confirmation
@@ -213,6 +274,19 @@ def template_for(event: object) -> Template | None:
             return Template.shipped
         case OrderFulfillmentDelivered():
             return Template.delivered
+        case LinesCancelled(data=cancelled):
+            return Template.order_cancelled if cancelled.status is OrderStatus.cancelled else Template.lines_cancelled
+        case StatusChanged(data=change) if change.to_status is OrderStatus.cancelled:
+            if change.cause_type == PaymentFailed.TYPE:
+                return Template.payment_failed
+            if change.from_status is None or change.from_status in UNPAID:
+                return Template.order_cancelled
+        case RefundIssued(data=refund) if refund.amount > 0:
+            return Template.refund_issued
+        case LinesReturned():
+            return Template.return_processed
+        case CancellationRejected(data=refusal) if refusal.requested_by.startswith(TOLD_OF_REFUSALS):
+            return Template.cancellation_refused
     return None
 
 
@@ -221,6 +295,8 @@ def tell(events: Iterable[Cause], contacts: Mapping[uuid.UUID, Contact], links: 
     customer its acceptance names. An event about an order without a known contact waits for it (never dropped)."""
     notices: list[Notice] = []
     awaiting: list[AwaitingContact] = []
+    # One "your order is cancelled" per order, also when a batch holds both events of an unpaid order's cancellation.
+    cancelled: set[uuid.UUID] = set()
     for event in events:
         template = template_for(event)
         if template is None:
@@ -228,7 +304,12 @@ def tell(events: Iterable[Cause], contacts: Mapping[uuid.UUID, Contact], links: 
         if isinstance(event, OrderAccepted):
             notices.append(order_confirmation(event))
             continue
-        contact = contacts.get(event.data.order_id)
+        order_id = event.data.order_id
+        if template in ORDER_CANCELLED_TEMPLATES:
+            if order_id in cancelled:
+                continue
+            cancelled.add(order_id)
+        contact = contacts.get(order_id)
         if contact is None:
             awaiting.append(AwaitingContact(event, template))
         else:
@@ -364,11 +445,109 @@ def delivered(event: OrderFulfillmentDelivered, contact: Contact, links: Links =
     return _notice(event, Template.delivered, contact, values)
 
 
+def _named(
+    lines: Iterable[LineQuantity], contact: Contact, known: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Lines named by id, as items a customer recognises: the SKU the event gives, else the one the order was
+    accepted with, else (a contact remembered before SKUs were) the line's id."""
+    known = known or {}
+    return [
+        {
+            "sku": known.get(line.line_id) or contact.line_skus.get(line.line_id) or f"#{line.line_id}",
+            "quantity": line.quantity,
+        }
+        for line in lines
+    ]
+
+
+def _reason(note: str | None, said: str) -> str | None:
+    """The reason in a status change's note. The order service writes notes for its timeline, starting with what
+    happened ("payment failed: card declined"); the mail's sentence already says that part."""
+    if not note:
+        return None
+    head, sep, rest = note.partition(":")
+    if sep and head.strip().lower() == said:
+        return rest.strip() or None
+    return note
+
+
+def lines_cancelled(event: LinesCancelled, contact: Contact, links: Links = NO_LINKS) -> Notice:
+    """Some items are cancelled: which, why, what is refunded for them (nothing when nothing was paid), and what
+    the order costs now."""
+    data = event.data
+    values = {
+        "items": _named(data.lines, contact, {unit.line_id: unit.sku for unit in data.units}),
+        "reason": data.reason,
+        "refund": data.refund_amount,
+        "grand_total": data.grand_total,
+        "currency": data.currency,
+    }
+    return _notice(event, Template.lines_cancelled, contact, values)
+
+
+def order_cancelled(event: LinesCancelled | StatusChanged, contact: Contact, links: Links = NO_LINKS) -> Notice:
+    """The whole order is cancelled: why, and the refund when something was paid. From the last units cancelled,
+    or from a status change before payment (which refunds nothing)."""
+    match event:
+        case LinesCancelled(data=data):
+            values = {
+                "items": _named(data.lines, contact, {unit.line_id: unit.sku for unit in data.units}),
+                "reason": data.reason,
+                "refund": data.refund_amount,
+                "currency": data.currency,
+            }
+        case StatusChanged(data=data):
+            values = {"items": [], "reason": _reason(data.note, "cancelled"), "refund": None, "currency": None}
+    return _notice(event, Template.order_cancelled, contact, values)
+
+
+def payment_failed(event: StatusChanged, contact: Contact, links: Links = NO_LINKS) -> Notice:
+    """The payment failed, so the order is cancelled: why (the payment provider's words); nothing was charged."""
+    return _notice(event, Template.payment_failed, contact, {"reason": _reason(event.data.note, "payment failed")})
+
+
+def cancellation_refused(event: CancellationRejected, contact: Contact, links: Links = NO_LINKS) -> Notice:
+    """Items the customer asked to cancel that could not be: which, and why (they already left)."""
+    values = {"items": _named(event.data.lines, contact), "reason": event.data.reason}
+    return _notice(event, Template.cancellation_refused, contact, values)
+
+
+def return_processed(event: LinesReturned, contact: Contact, links: Links = NO_LINKS) -> Notice:
+    """A return arrived and was accepted: the items with the condition they came back in, and the refund."""
+    data = event.data
+    values = {
+        "items": [
+            {"sku": line.sku, "quantity": line.quantity, "condition": line.condition.value} for line in data.lines
+        ],
+        "refund": data.refund_amount,
+        "currency": data.currency,
+    }
+    return _notice(event, Template.return_processed, contact, values)
+
+
+def refund_issued(event: RefundIssued, contact: Contact, links: Links = NO_LINKS) -> Notice:
+    """Money goes back to the customer: how much, what for (a cancellation or a return), and how much in all."""
+    data = event.data
+    values = {
+        "amount": data.amount,
+        "currency": data.currency,
+        "cause": data.cause.value if data.cause else None,
+        "refunded_total": data.refunded_total,
+    }
+    return _notice(event, Template.refund_issued, contact, values)
+
+
 _WRITERS = {
     Template.split_prewarning: split_prewarning,
     Template.backorder_notice: backorder_notice,
     Template.shipped: shipped,
     Template.delivered: delivered,
+    Template.lines_cancelled: lines_cancelled,
+    Template.order_cancelled: order_cancelled,
+    Template.payment_failed: payment_failed,
+    Template.cancellation_refused: cancellation_refused,
+    Template.return_processed: return_processed,
+    Template.refund_issued: refund_issued,
 }
 
 

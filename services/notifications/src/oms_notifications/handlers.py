@@ -35,10 +35,11 @@ class Consumers:
 
     async def on_order_events(self, tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Order accepted: remember the customer's contact, queue the order confirmation and the messages that
-        waited for this contact. A parcel shipped or delivered: its mail. Once per event, however often it is
-        delivered."""
-        # Rejected, status changed, paid, lines cancelled, refund issued and stuck are skipped on purpose until their
-        # notifications exist.
+        waited for this contact. A parcel shipped or delivered, lines cancelled, the order cancelled (a failed
+        payment), a refund, a return, a refused cancellation: its mail to the customer. Once per event, however
+        often it is delivered."""
+        # Rejected, paid, re-plan requests and other status changes call for nothing; stuck orders too, until the
+        # operators' mail exists. Skipped on purpose.
         await self._tell(tx, messages)
 
     async def on_fulfillment_plans(self, tx: Transaction, messages: list[Incoming[Any]]) -> None:

@@ -5,6 +5,7 @@ batches are written as sets (one statement each).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ order_contacts = sa.Table(
     sa.Column("channel", sa.Text, nullable=False),
     sa.Column("external_order_id", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # line_id -> SKU of the accepted order: cancellations and refusals name lines by id only.
+    sa.Column("line_skus", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
 )
 
 notifications = sa.Table(
@@ -81,6 +84,13 @@ notifications = sa.Table(
         "cause_at",
         postgresql_where=sa.text("status = 'pending'"),
     ),
+    # One "your order is cancelled" per order, whichever event carried it (domain.template_for).
+    sa.Index(
+        "notifications_one_cancellation_per_order",
+        "order_id",
+        unique=True,
+        postgresql_where=sa.text("template IN ('order_cancelled', 'payment_failed')"),
+    ),
 )
 
 # Events that call for a message about an order whose contact (from order.accepted) has not arrived yet: topics
@@ -106,11 +116,14 @@ async def remember_contacts(pg: asyncpg.Connection, contacts: Sequence[Contact])
         return
     await pg.execute(
         """
-        INSERT INTO order_contacts (order_id, email, name, locale, channel, external_order_id)
-        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+        INSERT INTO order_contacts (order_id, email, name, locale, channel, external_order_id, line_skus)
+        SELECT u.order_id, u.email, u.name, u.locale, u.channel, u.external_order_id, u.line_skus::jsonb
+        FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+            AS u(order_id, email, name, locale, channel, external_order_id, line_skus)
         ON CONFLICT (order_id) DO UPDATE SET
             email = excluded.email, name = excluded.name, locale = excluded.locale,
-            channel = excluded.channel, external_order_id = excluded.external_order_id, updated_at = now()
+            channel = excluded.channel, external_order_id = excluded.external_order_id,
+            line_skus = excluded.line_skus, updated_at = now()
         """,
         [c.order_id for c in contacts],
         [c.email for c in contacts],
@@ -118,6 +131,7 @@ async def remember_contacts(pg: asyncpg.Connection, contacts: Sequence[Contact])
         [c.locale for c in contacts],
         [c.channel for c in contacts],
         [c.external_order_id for c in contacts],
+        [json.dumps(dict(c.line_skus)) for c in contacts],
     )
 
 
@@ -150,12 +164,12 @@ async def contacts_of(pg: asyncpg.Connection, order_ids: Collection[uuid.UUID]) 
         return {}
     rows = await pg.fetch(
         """
-        SELECT order_id, email, name, locale, channel, external_order_id
+        SELECT order_id, email, name, locale, channel, external_order_id, line_skus::text AS line_skus
         FROM order_contacts WHERE order_id = ANY($1::uuid[])
         """,
         list(order_ids),
     )
-    return {row["order_id"]: Contact(**row) for row in rows}
+    return {row["order_id"]: Contact(**{**row, "line_skus": json.loads(row["line_skus"])}) for row in rows}
 
 
 _CAUSE: TypeAdapter[Cause] = TypeAdapter(Annotated[Cause, Field(discriminator="type")])
@@ -217,8 +231,9 @@ async def count_awaiting_contact(conn: AsyncConnection, order_id: uuid.UUID) -> 
 async def queue(
     pg: asyncpg.Connection, messages: Sequence[Rendered], traceparents: Sequence[str | None], due: datetime
 ) -> list[uuid.UUID]:
-    """Queue rendered messages as pending, due at `due`; a (cause event, template) already queued is left as it is.
-    Returns the ids actually queued."""
+    """Queue rendered messages as pending, due at `due`. A (cause event, template) already queued is left as it is,
+    and so is a second "your order is cancelled" for an order (the first one queued stays). Returns the ids actually
+    queued."""
     if not messages:
         return []
     rows = await pg.fetch(
@@ -232,7 +247,9 @@ async def queue(
             $1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
             $9::text[], $10::text[], $11::text[], $12::text[], $13::smallint[], $14::timestamptz[]
         ) AS u
-        ON CONFLICT (cause_event_id, template) DO NOTHING
+        -- Every unique key of a notification means "already told": (event, template), and the one cancellation
+        -- per order. Rows of one statement are checked against each other too: the first in the batch stays.
+        ON CONFLICT DO NOTHING
         RETURNING id
         """,
         [m.notice.notification_id for m in messages],
