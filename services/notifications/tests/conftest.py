@@ -14,7 +14,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from oms_contracts import CloudEvent, order_id_for
-from oms_contracts.inventory import BackorderQueued
+from oms_contracts.inventory import BackorderQueued, LowStock, StockLevelChanged
 from oms_contracts.order import (
     CancellationRejected,
     LinesCancelled,
@@ -22,6 +22,7 @@ from oms_contracts.order import (
     OrderAccepted,
     OrderFulfillmentDelivered,
     OrderFulfillmentShipped,
+    OrderStuck,
     RefundIssued,
     StatusChanged,
 )
@@ -31,7 +32,8 @@ from oms_notifications.settings import NotificationsSettings
 from oms_runtime import Service
 
 TOKEN = "test-token"
-# The customer-link key of the session's service.
+# The operators and the customer-link key of the session's service.
+OPERATORS = ["ops@example.com", "oncall@example.com"]
 LINK_KEY = "a-test-key-of-more-than-32-bytes-for-customer-links"
 PAYMENT_FAILED = "oms.channel.payment_failed.v1"
 
@@ -328,10 +330,58 @@ def rejected_cancellation(
     return _event(CancellationRejected, "/oms/order", order_id, AFTER_SALE, data)
 
 
+def stuck(
+    order_id: uuid.UUID,
+    *,
+    kind: str | None = "accepted_not_shipped",
+    reason: str | None = "accepted by WH-1 26 hours ago, not shipped",
+    age_hours: float = 26.0,
+    fulfillment_id: uuid.UUID | None = None,
+) -> OrderStuck:
+    data = {
+        "status": "awaiting_fulfillment",
+        "since": (AFTER_SALE - timedelta(hours=age_hours)).isoformat(),
+        "age_hours": age_hours,
+        "kind": kind,
+        "reason": reason,
+        "fulfillment_id": str(fulfillment_id) if fulfillment_id else None,
+    }
+    return _event(OrderStuck, "/oms/order", order_id, AFTER_SALE, data)
+
+
+def low(sku: str = "SKU-RED-MUG", source_code: str = "WH-1", available: int = 2, threshold: int = 5) -> LowStock:
+    return LowStock.model_validate(
+        {
+            "source": "/oms/inventory",
+            "time": AFTER_SALE.isoformat(),
+            "data": {"sku": sku, "source_code": source_code, "available": available, "threshold": threshold},
+        }
+    )
+
+
+def level_changed(sku: str = "SKU-RED-MUG", available: int = 40) -> StockLevelChanged:
+    return StockLevelChanged.model_validate(
+        {
+            "source": "/oms/inventory",
+            "data": {
+                "sku": sku,
+                "source_code": "WH-1",
+                "on_hand": available + 2,
+                "reserved": 2,
+                "available": available,
+                "changed_at": AFTER_SALE.isoformat(),
+            },
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def settings(service_database: Callable[[str], str]) -> NotificationsSettings:
     return NotificationsSettings(
-        database_url=service_database("notifications"), api_tokens={TOKEN: "cs-test"}, customer_link_key=LINK_KEY
+        database_url=service_database("notifications"),
+        api_tokens={TOKEN: "cs-test"},
+        ops_email=OPERATORS,
+        customer_link_key=LINK_KEY,
     )
 
 
@@ -474,3 +524,18 @@ def order_lines_returned() -> Callable[..., LinesReturned]:
 @pytest.fixture(scope="session")
 def order_cancellation_rejected() -> Callable[..., CancellationRejected]:
     return rejected_cancellation
+
+
+@pytest.fixture(scope="session")
+def order_stuck() -> Callable[..., OrderStuck]:
+    return stuck
+
+
+@pytest.fixture(scope="session")
+def inventory_low_stock() -> Callable[..., LowStock]:
+    return low
+
+
+@pytest.fixture(scope="session")
+def stock_level_changed() -> Callable[..., StockLevelChanged]:
+    return level_changed

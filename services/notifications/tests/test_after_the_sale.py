@@ -1,5 +1,5 @@
 """The domain's decisions after the sale: which cancellation, refund, return or refusal calls for which message, one
-"your order is cancelled" per cancellation, and the customer's signed wait-or-cancel link."""
+"your order is cancelled" per cancellation, the customer's signed wait-or-cancel link, and the operators' alerts."""
 
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ from hypothesis import strategies as st
 from oms_notifications.domain import (
     ORDER_CANCELLED_TEMPLATES,
     STAGES,
+    Audience,
     Contact,
     Links,
     Template,
+    alert,
     tell,
     template_for,
 )
@@ -33,6 +35,7 @@ CONTACT = Contact(
     external_order_id="1001",
     line_skus={"1": "SKU-RED-MUG", "2": "SKU-TEA-500G"},
 )
+OPERATORS = ["ops@example.com", "oncall@example.com"]
 KEY = b"k" * 32
 LINKS = Links("https://shop.example/oms/", KEY, timedelta(days=14))
 
@@ -321,3 +324,54 @@ def test_without_a_link_key_the_backorder_notice_has_no_link(inventory_backorder
     [notice] = told(inventory_backorder_queued(ORDER), links=Links()).notices
 
     assert (notice.values["cancel_url"], notice.values["cancel_until"]) == (None, None)
+
+
+# The operators' alerts.
+
+
+def test_a_stuck_order_alerts_every_operator_in_one_message_with_the_orders_single_view(order_stuck):
+    fulfillment = uuid.uuid4()
+    event = order_stuck(ORDER, kind="accepted_not_shipped", age_hours=26.5, fulfillment_id=fulfillment)
+
+    [notice] = alert([event], OPERATORS, LINKS, {ORDER: CONTACT})
+
+    assert notice.template is Template.order_stuck
+    assert notice.audience is Audience.operators
+    assert notice.recipient == "ops@example.com, oncall@example.com"
+    assert (notice.order_id, notice.cause_event_id, notice.locale) == (ORDER, event.id, "en")
+    assert notice.values["order_url"] == f"https://shop.example/oms/orders/{ORDER}"
+    assert (notice.values["kind"], notice.values["age_hours"]) == ("accepted_not_shipped", 26.5)
+    assert notice.values["fulfillment_id"] == str(fulfillment)
+    assert (notice.values["order_number"], notice.values["channel"]) == ("1001", "web-eu")
+    assert notice.values["since"] == event.time - timedelta(hours=26.5)
+
+
+def test_an_alert_about_an_order_without_a_known_contact_goes_out_anyway(order_stuck):
+    [notice] = alert([order_stuck(ORDER)], OPERATORS, LINKS, {})
+
+    assert notice.values["order_number"] is None
+    assert notice.values["order_id"] == str(ORDER)
+
+
+def test_low_stock_alerts_the_operators_about_no_order(inventory_low_stock):
+    event = inventory_low_stock("SKU-RED-MUG", "WH-1", available=2, threshold=5)
+
+    [notice] = alert([event], OPERATORS, LINKS, {})
+
+    assert (notice.template, notice.order_id, notice.audience) == (Template.low_stock, None, Audience.operators)
+    assert notice.values == {"sku": "SKU-RED-MUG", "source_code": "WH-1", "available": 2, "threshold": 5}
+
+
+def test_no_operator_configured_means_no_alert(order_stuck, inventory_low_stock):
+    assert alert([order_stuck(ORDER), inventory_low_stock()], [], LINKS, {}) == []
+
+
+def test_stock_level_changes_alert_nobody(stock_level_changed):
+    assert template_for(stock_level_changed()) is None
+    assert alert([stock_level_changed()], OPERATORS, LINKS, {}) == []
+
+
+def test_alerts_are_never_customer_messages_and_never_wait_for_a_contact(order_stuck, inventory_low_stock):
+    result = tell([order_stuck(ORDER), inventory_low_stock()], {}, LINKS)
+
+    assert result.notices == [] and result.awaiting_contact == []

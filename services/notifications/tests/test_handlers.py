@@ -9,8 +9,9 @@ import pytest
 
 from oms_contracts.inventory import ShipmentReserved, ShipmentReservedData
 from oms_contracts.order import StatusChanged, StatusChangedData
-from oms_contracts.topics import INVENTORY_ALLOCATIONS, ORDER_EVENTS, ROUTING_PLANS
+from oms_contracts.topics import INVENTORY_ALLOCATIONS, INVENTORY_STOCK, ORDER_EVENTS, ROUTING_PLANS
 from oms_notifications import store
+from oms_notifications.app import create_service
 from oms_notifications.domain import contact_of, tell
 from oms_notifications.rendering import render
 from oms_runtime.database import driver
@@ -286,7 +287,8 @@ async def test_a_batch_of_plans_for_many_orders_queues_one_prewarning_each_and_k
     assert sorted(r["order_id"] for r in waiting) == sorted(unknown)
 
 
-# After the sale: cancellations, refunds, returns and refusals, to the customer.
+# After the sale: cancellations, refunds, returns and refusals, to the customer; stuck orders and low stock, to the
+# operators.
 
 
 @pytest.mark.parametrize(
@@ -313,7 +315,12 @@ async def test_each_event_after_the_sale_queues_exactly_one_mail_to_the_customer
 
     assert emitted == []
     [row] = await queued(pg, template)
-    assert (row["recipient"], row["locale"], row["order_id"]) == ("erika@example.de", "de-DE", order_id)
+    assert (row["recipient"], row["locale"], row["audience"], row["order_id"]) == (
+        "erika@example.de",
+        "de-DE",
+        "customer",
+        order_id,
+    )
     assert (row["status"], row["cause_event_id"], row["cause_at"]) == ("pending", event.id, event.time)
     assert "2001" in row["subject"]
 
@@ -409,3 +416,67 @@ async def test_the_backorder_notice_carries_the_signed_wait_or_cancel_link(
     params = dict(parse_qsl(urlsplit(url).query))
     key = settings.customer_link_key.get_secret_value().encode()
     assert verify(key, order_id, params, now=queued_event.time) == (LinkCheck.valid, ["1"])
+
+
+async def test_a_stuck_order_queues_one_alert_to_every_operator_without_waiting_for_a_contact(
+    service, pg, order_stuck, settings
+):
+    order_id = uuid.uuid4()  # an order whose acceptance this service never saw
+    event = order_stuck(order_id)
+
+    emitted = await deliver(service, ORDER_EVENTS, event)
+    await deliver(service, ORDER_EVENTS, event)
+
+    assert emitted == []
+    [row] = await queued(pg, "order_stuck")
+    assert (row["recipient"], row["audience"], row["order_id"]) == (
+        ", ".join(settings.ops_email),
+        "operators",
+        order_id,
+    )
+    assert (row["locale"], row["status"], row["cause_event_id"]) == ("en", "pending", event.id)
+    assert f"http://127.0.0.1:8081/orders/{order_id}" in row["body_text"]
+    assert await pg.fetchval("SELECT count(*) FROM notices_awaiting_contact") == 0
+
+
+async def test_a_stuck_orders_alert_names_its_order_number_once_the_contact_is_known(
+    service, pg, order_accepted, order_stuck
+):
+    order_id = await accepted(service, order_accepted, "2301")
+
+    await deliver(service, ORDER_EVENTS, order_stuck(order_id))
+
+    [row] = await queued(pg, "order_stuck")
+    assert row["subject"].startswith("Stuck order 2301:")
+
+
+async def test_low_stock_queues_one_alert_and_stock_level_changes_nothing(
+    service, pg, inventory_low_stock, stock_level_changed
+):
+    levels = [stock_level_changed(f"SKU-{n}", n) for n in range(300)]
+    alarm = inventory_low_stock("SKU-RED-MUG", "WH-1", 2, 5)
+
+    assert await deliver(service, INVENTORY_STOCK, *levels[:150], alarm, *levels[150:]) == []
+    await deliver(service, INVENTORY_STOCK, alarm)
+
+    [row] = await pg.fetch("SELECT * FROM notifications")
+    assert (row["template"], row["order_id"], row["audience"]) == ("low_stock", None, "operators")
+    assert row["subject"] == "Low stock: SKU-RED-MUG at WH-1 (2 available)"
+
+
+async def test_a_batch_of_stock_level_changes_alone_writes_nothing_of_ours(service, pg, stock_level_changed):
+    await deliver(service, INVENTORY_STOCK, *(stock_level_changed(f"SKU-{n}", n) for n in range(500)))
+
+    assert await pg.fetchval("SELECT count(*) FROM notifications") == 0
+    assert await pg.fetchval("SELECT count(*) FROM order_contacts") == 0
+
+
+async def test_without_operators_configured_alerts_are_not_queued(settings, pg, order_stuck, inventory_low_stock):
+    service = create_service(settings.model_copy(update={"ops_email": []}))
+    try:
+        await deliver(service, ORDER_EVENTS, order_stuck(uuid.uuid4()))
+        await deliver(service, INVENTORY_STOCK, inventory_low_stock())
+    finally:
+        await service.database.dispose()
+
+    assert await pg.fetchval("SELECT count(*) FROM notifications") == 0

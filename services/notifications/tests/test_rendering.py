@@ -10,11 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from oms_notifications.domain import (
+    OPERATOR_TEMPLATES,
     Contact,
     Language,
     Links,
     Notice,
     Template,
+    alert,
     contact_of,
     order_confirmation,
     tell,
@@ -117,7 +119,7 @@ NAME = "Ada <b>&</b> Co"
 LINKS = Links()
 
 
-CUSTOMER_TEMPLATES = list(Template)
+CUSTOMER_TEMPLATES = [t for t in Template if t not in OPERATOR_TEMPLATES]
 
 
 @pytest.fixture(scope="session")
@@ -580,3 +582,47 @@ def test_backorder_notice_with_a_link_key_offers_the_signed_wait_or_cancel_link_
     assert f"{until}):\n{url}\n" in rendered.text
     assert f'<a href="{url.replace("&", "&amp;")}">' in rendered.html
     assert "reply" not in rendered.text and "Antworten" not in rendered.text
+
+
+# The operators' alerts: English, every fact an operator acts on, escaped in HTML.
+
+
+def test_a_stuck_order_alert_names_kind_reason_age_and_links_the_single_view(order_accepted, order_stuck):
+    contact = contact_of(order_accepted("WEB-7").data)
+    event = order_stuck(contact.order_id, kind="paid_not_planned", reason="paid <b>31 min</b> ago", age_hours=0.52)
+    [notice] = alert([event], ["ops@example.com"], Links("https://oms.example"), {contact.order_id: contact})
+
+    rendered = render(notice)
+
+    view = f"https://oms.example/orders/{contact.order_id}"
+    assert rendered.subject == "Stuck order WEB-7: paid, not planned for 1 h"
+    assert f"Order {contact.order_id} (web-eu order WEB-7) is stuck: paid, not planned.\n" in rendered.text
+    assert "What has not happened: paid <b>31 min</b> ago\n" in rendered.text
+    assert "Status: awaiting_fulfillment, since Monday, 30 November 2026, 08:28 UTC (0.5 hours)\n" in rendered.text
+    assert f"Single view: {view}\nTimeline: {view}/timeline\n" in rendered.text
+    assert "paid &lt;b&gt;31 min&lt;/b&gt; ago" in rendered.html and "<b>" not in rendered.html
+    assert f'<a href="{view}">' in rendered.html
+    assert '<html lang="en">' in rendered.html
+
+
+def test_a_stuck_order_alert_without_contact_or_kind_still_reads_well(order_stuck):
+    order_id = uuid.uuid4()
+    event = order_stuck(order_id, kind=None, reason=None)
+    [notice] = alert([event], ["ops@example.com"], Links(), {})
+
+    rendered = render(notice)
+
+    assert rendered.subject == f"Stuck order {order_id}: no progress for 26 h"
+    assert f"Order {order_id} is stuck: no progress.\n" in rendered.text
+    assert "What has not happened" not in rendered.text
+    assert "\n\n\n" not in rendered.text
+
+
+def test_a_low_stock_alert_names_sku_source_what_is_left_and_the_threshold(inventory_low_stock):
+    [notice] = alert([inventory_low_stock("SKU-<x>", "WH-1", 2, 5)], ["ops@example.com"], Links(), {})
+
+    rendered = render(notice)
+
+    assert rendered.subject == "Low stock: SKU-<x> at WH-1 (2 available)"
+    assert "SKU-<x> is running low at WH-1: 2 available, the low-stock threshold is 5.\n" in rendered.text
+    assert "SKU-&lt;x&gt;" in rendered.html and "<x>" not in rendered.html

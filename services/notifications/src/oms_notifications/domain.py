@@ -20,6 +20,8 @@ Which event calls for which message (`template_for`):
 - `order.cancellation_rejected` -> "cancellation refused" (which items, why), when the customer or a channel asked;
   customer service sees its own refusals in its tool.
 
+And to the operators (`alert`), outside any order's story: `order.stuck` and `inventory.low_stock`.
+
 Every customer message but the confirmation goes to the contact remembered from the order's acceptance. Topics
 overtake each other (a plan may be consumed before its order's acceptance), so an event whose order has no contact yet
 is not a refusal: it waits for the contact (`tell` says which) and makes its message when the contact arrives.
@@ -28,7 +30,7 @@ is not a refusal: it waits for the contact (`tell` says which) and makes its mes
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -37,7 +39,7 @@ from urllib.parse import urlencode
 
 from oms_contracts.channel import PaymentFailed
 from oms_contracts.common import Line, LineQuantity
-from oms_contracts.inventory import BackorderQueued
+from oms_contracts.inventory import BackorderQueued, LowStock
 from oms_contracts.notification import NotificationChannel
 from oms_contracts.order import (
     CancellationRejected,
@@ -48,6 +50,7 @@ from oms_contracts.order import (
     OrderFulfillmentDelivered,
     OrderFulfillmentShipped,
     OrderStatus,
+    OrderStuck,
     RefundIssued,
     StatusChanged,
 )
@@ -74,7 +77,19 @@ class Template(StrEnum):
     cancellation_refused = "cancellation_refused"
     return_processed = "return_processed"
     refund_issued = "refund_issued"
+    # To the operators
+    order_stuck = "order_stuck"
+    low_stock = "low_stock"
 
+
+class Audience(StrEnum):
+    """Who a message is for: the order's customer (in the order of its story), or the operators (at once)."""
+
+    customer = "customer"
+    operators = "operators"
+
+
+OPERATOR_TEMPLATES = frozenset({Template.order_stuck, Template.low_stock})
 
 # The messages that tell a customer their whole order is cancelled: one per order at most (see `template_for`; the
 # store holds it with a unique index too).
@@ -84,7 +99,8 @@ ORDER_CANCELLED_TEMPLATES = frozenset({Template.order_cancelled, Template.paymen
 # stage in the order their causes happened (`Notice.sequence`): the confirmation always first, even when the plan
 # was consumed before the acceptance; a pre-warning before the backorder notice of the same plan, whatever the
 # clocks of routing and inventory say; parcels shipped and delivered, cancellations, refusals and returns as they
-# happened; a refund after what it pays for, even when both were published at the same instant.
+# happened; a refund after what it pays for, even when both were published at the same instant. Operators' messages
+# stand outside every story: their stage is never compared.
 STAGES: Mapping[Template, int] = {
     Template.order_confirmation: 0,
     Template.split_prewarning: 1,
@@ -97,6 +113,8 @@ STAGES: Mapping[Template, int] = {
     Template.cancellation_refused: 3,
     Template.return_processed: 3,
     Template.refund_issued: 4,
+    Template.order_stuck: 0,
+    Template.low_stock: 0,
 }
 
 # Statuses in which nothing has been paid: a cancellation then refunds nothing and may come without lines_cancelled.
@@ -161,11 +179,14 @@ Cause = (
     | CancellationRejected
 )
 
+# The events that call for a message to the operators.
+Alarm = OrderStuck | LowStock
+
 
 @dataclass(frozen=True, slots=True)
 class Links:
-    """Where a message may point: the order service's public address (the customer's wait-or-cancel page) and the
-    key that signs a customer's links (none: the notice has no link)."""
+    """Where a message may point: the order service's public address (the customer's wait-or-cancel page, an
+    order's single view for operators) and the key that signs a customer's links (none: the notice has no link)."""
 
     order_url: str = "http://127.0.0.1:8081"
     key: bytes | None = field(default=None, repr=False)
@@ -178,6 +199,10 @@ class Links:
             return None
         params = signed_links.query(self.key, order_id, line_ids, issued_at + self.lifetime)
         return f"{self.base}/customer/orders/{order_id}/backorders?{urlencode(params, safe=',')}"
+
+    def order_view(self, order_id: uuid.UUID) -> str:
+        """The order's single view in the order service (an operator's bearer token reads it)."""
+        return f"{self.base}/orders/{order_id}"
 
     @property
     def base(self) -> str:
@@ -206,6 +231,10 @@ class Notice:
     @property
     def stage(self) -> int:
         return STAGES[self.template]
+
+    @property
+    def audience(self) -> Audience:
+        return Audience.operators if self.template in OPERATOR_TEMPLATES else Audience.customer
 
     @property
     def language(self) -> Language:
@@ -287,19 +316,24 @@ def template_for(event: object) -> Template | None:
             return Template.return_processed
         case CancellationRejected(data=refusal) if refusal.requested_by.startswith(TOLD_OF_REFUSALS):
             return Template.cancellation_refused
+        case OrderStuck():
+            return Template.order_stuck
+        case LowStock():
+            return Template.low_stock
     return None
 
 
 def tell(events: Iterable[Cause], contacts: Mapping[uuid.UUID, Contact], links: Links = NO_LINKS) -> Told:
     """The messages `events` call for, each to its order's contact in `contacts`; the confirmation goes to the
-    customer its acceptance names. An event about an order without a known contact waits for it (never dropped)."""
+    customer its acceptance names. An event about an order without a known contact waits for it (never dropped).
+    Operators' messages are `alert`'s."""
     notices: list[Notice] = []
     awaiting: list[AwaitingContact] = []
     # One "your order is cancelled" per order, also when a batch holds both events of an unpaid order's cancellation.
     cancelled: set[uuid.UUID] = set()
     for event in events:
         template = template_for(event)
-        if template is None:
+        if template is None or template in OPERATOR_TEMPLATES:
             continue
         if isinstance(event, OrderAccepted):
             notices.append(order_confirmation(event))
@@ -315,6 +349,23 @@ def tell(events: Iterable[Cause], contacts: Mapping[uuid.UUID, Contact], links: 
         else:
             notices.append(_WRITERS[template](event, contact, links))
     return Told(notices, awaiting)
+
+
+def alert(
+    events: Iterable[object], operators: Sequence[str], links: Links, contacts: Mapping[uuid.UUID, Contact]
+) -> list[Notice]:
+    """The operators' messages `events` call for: one each, to every operator at once. None when no operator is
+    configured. An order's contact, when known, only names its order number: an alert never waits for it."""
+    if not operators:
+        return []
+    notices = []
+    for event in events:
+        match event:
+            case OrderStuck():
+                notices.append(order_stuck(event, operators, links, contacts.get(event.data.order_id)))
+            case LowStock():
+                notices.append(low_stock(event, operators))
+    return notices
 
 
 def _notice(event: Cause, template: Template, contact: Contact, values: Mapping[str, Any]) -> Notice:
@@ -535,6 +586,54 @@ def refund_issued(event: RefundIssued, contact: Contact, links: Links = NO_LINKS
         "refunded_total": data.refunded_total,
     }
     return _notice(event, Template.refund_issued, contact, values)
+
+
+def _operators_notice(
+    event: Alarm, template: Template, operators: Sequence[str], order_id: uuid.UUID | None, values: Mapping[str, Any]
+) -> Notice:
+    return Notice(
+        notification_id=notification_id(event.id, template),
+        order_id=order_id,
+        cause_event_id=event.id,
+        template=template,
+        channel=NotificationChannel.email,
+        # One mail to every operator: the same alert in each inbox, recorded once.
+        recipient=", ".join(operators),
+        recipient_name=None,
+        locale=Language.en.value,
+        values=values,
+        cause_at=event.time,
+    )
+
+
+def order_stuck(event: OrderStuck, operators: Sequence[str], links: Links, contact: Contact | None) -> Notice:
+    """An order sits without progress: what has not happened, for how long, and where to look at it."""
+    data = event.data
+    values = {
+        "order_id": str(data.order_id),
+        "order_number": contact.external_order_id if contact else None,
+        "channel": contact.channel if contact else None,
+        "kind": data.kind.value if data.kind else None,
+        "reason": data.reason,
+        "status": data.status.value,
+        "since": data.since,
+        "age_hours": data.age_hours,
+        "fulfillment_id": str(data.fulfillment_id) if data.fulfillment_id else None,
+        "order_url": links.order_view(data.order_id),
+    }
+    return _operators_notice(event, Template.order_stuck, operators, data.order_id, values)
+
+
+def low_stock(event: LowStock, operators: Sequence[str]) -> Notice:
+    """A SKU runs low at a source: what is left against the threshold."""
+    data = event.data
+    values = {
+        "sku": data.sku,
+        "source_code": data.source_code,
+        "available": data.available,
+        "threshold": data.threshold,
+    }
+    return _operators_notice(event, Template.low_stock, operators, None, values)
 
 
 _WRITERS = {

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from oms_runtime import add_messaging_tables
 
-from .domain import AwaitingContact, Cause, Contact, Delivery, Status, Template
+from .domain import Audience, AwaitingContact, Cause, Contact, Delivery, Status, Template
 from .rendering import Rendered
 
 metadata = sa.MetaData()
@@ -66,8 +66,11 @@ notifications = sa.Table(
     # go out in (stage, cause_at) order, one at a time.
     sa.Column("stage", sa.SmallInteger, nullable=False),
     sa.Column("cause_at", sa.DateTime(timezone=True), nullable=False),
+    # customer (in the order of their order's story) or operators (outside every story: sent as soon as due).
+    sa.Column("audience", sa.Text, nullable=False, server_default="customer"),
     sa.UniqueConstraint("cause_event_id", "template", name="notifications_once_per_event_and_template"),
     sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name="notifications_status"),
+    sa.CheckConstraint("audience IN ('customer', 'operators')", name="notifications_audience"),
     sa.CheckConstraint("status <> 'pending' OR next_attempt_at IS NOT NULL", name="notifications_pending_is_due"),
     # Only messages still to send are in the sender's index; the sent record grows without slowing it down.
     sa.Index(
@@ -76,13 +79,14 @@ notifications = sa.Table(
         postgresql_where=sa.text("status = 'pending'"),
     ),
     sa.Index("notifications_by_order", "order_id", "created_at"),
-    # What the sender asks before sending a message: does an earlier one of the same order still wait?
+    sa.Index("notifications_by_template", "template", "created_at"),
+    # What the sender asks before sending a customer's message: does an earlier one of the same order still wait?
     sa.Index(
         "notifications_pending_by_order",
         "order_id",
         "stage",
         "cause_at",
-        postgresql_where=sa.text("status = 'pending'"),
+        postgresql_where=sa.text("status = 'pending' AND audience = 'customer'"),
     ),
     # One "your order is cancelled" per order, whichever event carried it (domain.template_for).
     sa.Index(
@@ -240,12 +244,12 @@ async def queue(
         """
         INSERT INTO notifications (
             id, order_id, cause_event_id, template, channel, recipient, recipient_name, locale, subject, body_text,
-            body_html, traceparent, stage, cause_at, status, attempts, next_attempt_at
+            body_html, traceparent, stage, cause_at, audience, status, attempts, next_attempt_at
         )
-        SELECT u.*, 'pending', 0, $15::timestamptz
+        SELECT u.*, 'pending', 0, $16::timestamptz
         FROM unnest(
             $1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::text[], $11::text[], $12::text[], $13::smallint[], $14::timestamptz[]
+            $9::text[], $10::text[], $11::text[], $12::text[], $13::smallint[], $14::timestamptz[], $15::text[]
         ) AS u
         -- Every unique key of a notification means "already told": (event, template), and the one cancellation
         -- per order. Rows of one statement are checked against each other too: the first in the batch stays.
@@ -266,6 +270,7 @@ async def queue(
         list(traceparents),
         [m.notice.stage for m in messages],
         [m.notice.cause_at for m in messages],
+        [m.notice.audience.value for m in messages],
         due,
     )
     return [row["id"] for row in rows]
@@ -286,6 +291,7 @@ class Outgoing:
     body_text: str
     body_html: str
     traceparent: str | None
+    audience: Audience
     delivery: Delivery
 
 
@@ -293,19 +299,24 @@ async def lock_due(pg: asyncpg.Connection, now: datetime, limit: int) -> list[Ou
     """Lock up to `limit` pending notifications due by `now`, oldest due first. Rows another sender holds are
     skipped, so two instances never send the same message.
 
-    An order's messages go out one at a time, in (stage, cause_at) order: a message is not due while an earlier
-    message of its order is still pending (waiting for its next try, or being sent by another sender), so the
-    customer never reads the pre-warning before the confirmation, nor a parcel's delivery before its shipping."""
+    An order's messages to its customer go out one at a time, in (stage, cause_at) order: a message is not due
+    while an earlier message of its order is still pending (waiting for its next try, or being sent by another
+    sender), so the customer never reads the pre-warning before the confirmation, nor a parcel's delivery before its
+    shipping. The operators' messages stand outside that story: an alert about an order neither waits behind its
+    customer's mails nor holds one up."""
     rows = await pg.fetch(
         """
         SELECT id, order_id, cause_event_id, template, channel, recipient, recipient_name, subject, body_text,
-               body_html, traceparent, attempts, next_attempt_at, last_error
+               body_html, traceparent, audience, attempts, next_attempt_at, last_error
         FROM notifications AS n
         WHERE status = 'pending' AND next_attempt_at <= $1
-          AND NOT EXISTS (
-              SELECT 1 FROM notifications AS earlier
-              WHERE earlier.order_id = n.order_id AND earlier.status = 'pending'
-                AND (earlier.stage, earlier.cause_at, earlier.id) < (n.stage, n.cause_at, n.id)
+          AND (
+              n.audience = 'operators'
+              OR NOT EXISTS (
+                  SELECT 1 FROM notifications AS earlier
+                  WHERE earlier.order_id = n.order_id AND earlier.status = 'pending' AND earlier.audience = 'customer'
+                    AND (earlier.stage, earlier.cause_at, earlier.id) < (n.stage, n.cause_at, n.id)
+              )
           )
         ORDER BY next_attempt_at
         LIMIT $2
@@ -327,6 +338,7 @@ async def lock_due(pg: asyncpg.Connection, now: datetime, limit: int) -> list[Ou
             body_text=row["body_text"],
             body_html=row["body_html"],
             traceparent=row["traceparent"],
+            audience=Audience(row["audience"]),
             delivery=Delivery(
                 status=Status.pending,
                 attempts=row["attempts"],
@@ -362,29 +374,46 @@ async def record_deliveries(pg: asyncpg.Connection, deliveries: Sequence[tuple[u
     )
 
 
+_LISTED = (
+    "id",
+    "order_id",
+    "template",
+    "audience",
+    "channel",
+    "locale",
+    "recipient",
+    "recipient_name",
+    "subject",
+    "body_text",
+    "status",
+    "attempts",
+    "cause_event_id",
+    "created_at",
+    "sent_at",
+    "failed_at",
+    "next_attempt_at",
+    "last_error",
+)
+
+
 async def notifications_of_order(conn: AsyncConnection, order_id: uuid.UUID) -> list[sa.Row]:
-    """Every notification about an order, in the order they go out to the customer."""
+    """Every message to an order's customer, in the order they go out."""
     n = notifications
     result = await conn.execute(
-        sa.select(
-            n.c.id,
-            n.c.template,
-            n.c.channel,
-            n.c.locale,
-            n.c.recipient,
-            n.c.recipient_name,
-            n.c.subject,
-            n.c.body_text,
-            n.c.status,
-            n.c.attempts,
-            n.c.cause_event_id,
-            n.c.created_at,
-            n.c.sent_at,
-            n.c.failed_at,
-            n.c.next_attempt_at,
-            n.c.last_error,
-        )
-        .where(n.c.order_id == order_id)
+        sa.select(*(n.c[name] for name in _LISTED))
+        .where(n.c.order_id == order_id, n.c.audience == Audience.customer.value)
         .order_by(n.c.stage, n.c.cause_at, n.c.id)
     )
+    return list(result)
+
+
+async def notifications_by_template(
+    conn: AsyncConnection, template: Template, order_id: uuid.UUID | None, limit: int
+) -> list[sa.Row]:
+    """The messages made from one template (of one order, when given), newest first, at most `limit`."""
+    n = notifications
+    query = sa.select(*(n.c[name] for name in _LISTED)).where(n.c.template == template.value)
+    if order_id is not None:
+        query = query.where(n.c.order_id == order_id)
+    result = await conn.execute(query.order_by(n.c.created_at.desc(), n.c.id).limit(limit))
     return list(result)
