@@ -193,6 +193,8 @@ async def test_allocations_other_than_a_queued_backorder_are_skipped_not_dead_le
         (ROUTING_PLANS, "fulfillment_planned", "split_prewarning"),
         (INVENTORY_ALLOCATIONS, "inventory_backorder_queued", "backorder_notice"),
         (ORDER_EVENTS, "fulfillment_shipped", "shipped"),
+        (ORDER_EVENTS, "order_status_changed", "payment_failed"),
+        (ORDER_EVENTS, "order_lines_returned", "return_processed"),
     ],
 )
 async def test_an_event_before_its_orders_acceptance_waits_and_is_queued_once_the_contact_arrives(
