@@ -77,6 +77,17 @@ async def network(service: Service, events: Any, *sources: tuple[str, tuple[str,
     )
 
 
+async def gathering_whole_order(service: Service, events: Any, sku: str, gathering: str, other: str):
+    """An order that ships complete waits for 3 units of `sku`: 2 arrived at `gathering` and are set aside for it
+    there (it gathers there); 1 arrived at `other`, which cannot ship it whole, and stays available."""
+    await network(service, events, (gathering, ("DE",)), (other, ("DE",)))
+    whole = events.plan(backordered=(("1", sku, 3),), ship_to_country="DE", ship_complete=True)
+    await deliver(service, ROUTING_PLANS, whole)
+    await deliver(service, INVENTORY_RECEIPTS, events.received(sku, gathering, 2))
+    await deliver(service, INVENTORY_RECEIPTS, events.received(sku, other, 1))
+    return whole
+
+
 # --- the issue's example ------------------------------------------------------------------------------------------
 
 
@@ -335,6 +346,22 @@ async def test_an_order_that_ships_complete_joining_beside_part_of_its_stock_gat
     (allocated,) = of_type(emitted, BackorderAllocated)
     assert allocated.data.order_id == whole.data.order_id
     assert sorted((x.line_id, x.sku, x.quantity) for x in allocated.data.lines) == [("1", tent, 2), ("2", lamp, 1)]
+
+
+async def test_a_line_joining_beside_stock_passes_over_an_older_order_gathering_elsewhere_and_keeps_its_claim(
+    inventory, events, fresh_sku
+):
+    gathering, other = fresh("WH"), fresh("WH")
+    whole = await gathering_whole_order(inventory, events, fresh_sku, gathering, other)
+    assert await stock_row(inventory, fresh_sku, other) == (1, 0, 0)
+    joining = events.plan(backordered=(("1", fresh_sku, 1),), ship_to_country="DE")
+
+    emitted = await deliver(inventory, ROUTING_PLANS, joining)
+
+    (allocated,) = of_type(emitted, BackorderAllocated)
+    assert (allocated.data.order_id, allocated.data.source_code) == (joining.data.order_id, other)
+    assert await queue_of(inventory, fresh_sku) == [(whole.data.order_id, "1", 3, 2, gathering)]
+    assert await stock_row(inventory, fresh_sku, gathering) == (2, 0, 2)
 
 
 async def test_an_order_that_ships_complete_joining_beside_all_of_its_stock_leaves_at_once_as_one_shipment(
@@ -646,11 +673,7 @@ async def test_units_set_aside_at_a_source_that_is_deactivated_go_back_and_the_o
     inventory, client, events, fresh_sku
 ):
     east, west = fresh("EAST"), fresh("WEST")
-    await network(inventory, events, (east, ("DE",)), (west, ("DE",)))
-    whole = events.plan(backordered=(("1", fresh_sku, 3),), ship_to_country="DE", ship_complete=True)
-    await deliver(inventory, ROUTING_PLANS, whole)
-    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, east, 2))
-    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, west, 1))
+    whole = await gathering_whole_order(inventory, events, fresh_sku, east, west)
     assert await queue_of(inventory, fresh_sku) == [(whole.data.order_id, "1", 3, 2, east)]
 
     emitted = await deliver(inventory, ROUTING_NETWORK, events.source_deactivated(east))

@@ -258,10 +258,12 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
     # offers the new lines, or waits and then finds the new lines in the queue. Reserving alone takes no queue
     # lock: it only takes units that are available, which no waiting line the source may serve wants (a release
     # served it first, or set the units aside).
+    # The network, when lines join: a release needs it (which source may serve which line), and so do their dates.
+    sources = await store.all_sources(pg) if new_lines else {}
     batch = await _Batch.lock(
         pg,
         {line.sku for line in new_lines},
-        {},
+        sources,
         keys=(key for s in shipments for key in s.stock_keys()),
         orders={line.order_id for line in new_lines if line.terms.ship_complete},
     )
@@ -282,14 +284,11 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
         for line in plan.backordered_lines
         if (plan.order_id, line.line_id) in queued
     }
-    places = await _places_of_new_lines(pg, sku_of)
+    places = await _places_of_new_lines(pg, sku_of, sources)
     # Routing may have backordered a line for which a source already holds stock (its view of stock lags): that
     # source serves the queue now, oldest line first, instead of leaving the line to wait for a receipt that may
     # never come.
-    offered = where_new_lines_may_be_served(batch.after, set(sku_of.values()))
-    if offered:
-        batch.sources = await store.all_sources(pg)
-        batch.offer(offered)
+    batch.offer(where_new_lines_may_be_served(batch.after, set(sku_of.values())))
     release = await _serve_backorders(batch)
     await batch.save(release)
 
@@ -327,7 +326,9 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
     batch.emit(tx, release, _Causes(messages[-1], queued_by_sku, reserved_by), threshold)
 
 
-async def _places_of_new_lines(pg: asyncpg.Connection, sku_of: Mapping[int, str]) -> dict[int, tuple[int, date | None]]:
+async def _places_of_new_lines(
+    pg: asyncpg.Connection, sku_of: Mapping[int, str], sources: Mapping[str, SourceState]
+) -> dict[int, tuple[int, date | None]]:
     """Each new line's place in its SKU's queue (by arrival), and its expected date when announced receipts give
     one."""
     if not sku_of:
@@ -347,7 +348,7 @@ async def _places_of_new_lines(pg: asyncpg.Connection, sku_of: Mapping[int, str]
         # Dating a line means handing announced units to every line ahead of it first: read those queues whole, and
         # those of SKUs without announcements too (an order that ships complete waits for its last line).
         queue = await store.waiting_queue(pg, set(firsts))
-        dates = expected_dates(queue, expected, await store.all_sources(pg))
+        dates = expected_dates(queue, expected, sources)
         for arrival, (position, _) in places.items():
             places[arrival] = (position, dates.get(arrival))
     return places
