@@ -5,6 +5,7 @@ units of a waiting line adds them; lines served as they join are never announced
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -523,3 +524,49 @@ async def test_a_plan_delivered_again_after_its_line_was_served_does_not_queue_i
 
     assert await deliver(inventory, ROUTING_PLANS, plan.model_copy(update={"id": uuid.uuid4()})) == []
     assert await queue_of(inventory, fresh_sku) == []
+
+
+async def test_a_cancellation_and_the_plan_it_overtook_on_two_instances_at_once_end_the_same_either_way(
+    inventory, second_inventory, events, fresh_source
+):
+    await network(inventory, events, fresh_source)
+    for _ in range(5):
+        sku = fresh("SKU")
+        await deliver(inventory, INVENTORY_RECEIPTS, events.received(sku, fresh_source, 10))
+        shipment = events.shipment(fresh_source, ("1", sku, 3))
+        plan = events.plan(shipment, backordered=(("2", sku, 20),), ship_to_country="DE", planned_at=datetime.now(UTC))
+        cancellation = events.units_cancelled(
+            plan.data.order_id,
+            ("1", sku, 1, "reserved", shipment.shipment_id),
+            ("2", sku, 5, "backordered", None),
+        )
+
+        await asyncio.gather(
+            deliver(inventory, ROUTING_PLANS, plan), deliver(second_inventory, ORDER_EVENTS, cancellation)
+        )
+
+        # Plan first: the reservation and the queue give the units back. Cancellation first: the plan reserves and
+        # queues the rest. Either way 2 units are reserved, the 10 on hand went to the line (8 after the 2), and
+        # 20 - 5 - 8 = 7 units wait, with nothing remembered.
+        assert await reservation_of(inventory, shipment.shipment_id) == {"1": (3, 1, "reserved")}
+        assert await stock_row(inventory, sku, fresh_source) == (10, 10, 0)
+        assert await queue_of(inventory, sku) == [(plan.data.order_id, "2", 7)]
+        assert await tombstones_of_order(inventory, plan.data.order_id) == []
+
+
+async def test_tombstones_no_plan_used_within_the_retention_are_pruned(inventory, events, fresh_sku):
+    stale = uuid.uuid4()
+    async with inventory.database.transaction() as conn:
+        await (await driver(conn)).execute(
+            "INSERT INTO tombstones (order_id, line_id, quantity, cancelled_at, created_at) "
+            "VALUES ($1, '1', 2, now() - interval '9 days', now() - interval '9 days')",
+            stale,
+        )
+    fresh_order = uuid.uuid4()
+
+    await deliver(
+        inventory, ORDER_EVENTS, events.units_cancelled(fresh_order, ("1", fresh_sku, 1, "backordered", None))
+    )
+
+    assert await tombstones_of_order(inventory, stale) == []
+    assert await tombstones_of_order(inventory, fresh_order) == [("1", 1, None)]
