@@ -33,7 +33,8 @@ class Target:
     channel_topic: str
     collector: Collector
     watch: procstat.Watch
-    terminal: tuple[str, ...] = stats.TERMINAL
+    terminal: tuple[str, ...] = stats.TERMINAL  # what a point waits for (drain) and "every hop" is judged on
+    judged: tuple[str, ...] = stats.JUDGED  # what "sustained" is decided on
     hops: tuple[str, ...] = stats.HOPS
     criteria: stats.Criteria = field(default_factory=stats.Criteria)
 
@@ -166,17 +167,15 @@ def measure(
     planned = [round((t0 + i * interval) * 1000) for i in range(len(ids))]
     pairs = [(p, tracks.get(i) or stats.OrderTrack()) for p, i in zip(planned, ids, strict=True)]
     window = (round(window_start * 1000), round(window_end * 1000))
-    verdict = stats.judge(
-        offered_rate=rate,
-        window=window,
-        tracks=pairs,
-        generator_lag_p99_s=final.get("lag_p99", float("inf")),
-        generator_lag_max_s=final.get("lag_max", float("inf")),
-        generator_sent=final.get("sent", 0),
-        generator_planned=final.get("planned", len(ids)),
-        criteria=target.criteria,
-        terminal=target.terminal,
-    )
+    generator = {
+        "generator_lag_p99_s": final.get("lag_p99", float("inf")),
+        "generator_lag_max_s": final.get("lag_max", float("inf")),
+        "generator_sent": final.get("sent", 0),
+        "generator_planned": final.get("planned", len(ids)),
+    }
+    common = {"offered_rate": rate, "window": window, "tracks": pairs, "criteria": target.criteria, **generator}
+    verdict = stats.judge(**common, terminal=target.judged)
+    every_hop = stats.judge(**common, terminal=target.terminal)
     in_window = [t for p, t in pairs if window[0] <= p < window[1]]
     latency = {}
     for hop in target.hops:
@@ -199,6 +198,7 @@ def measure(
         "replanned": sum(1 for _, t in pairs if t.replanned),
         "generator": {k: final.get(k) for k in ("planned", "sent", "failed_messages", "lag_p50", "lag_p99", "lag_max")},
         "verdict": {"sustained": verdict.sustained, "valid": verdict.valid, "reasons": verdict.reasons},
+        "every_hop": {"sustained": every_hop.sustained, "reasons": every_hop.reasons, "hops": list(target.terminal)},
         "latency_s": latency,
         "throughput_per_s": throughput,
         "cpu_s_per_order": {name: c / n for name, c in cpu.items()} if n else {},

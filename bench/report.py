@@ -81,20 +81,30 @@ def markdown(results: dict[str, Any]) -> str:
         if config.get("sampler"):
             lines += [f"Trace sampler in force: {config['sampler']}", ""]
         lines += [
-            "| offered | e2e p50 ms | e2e p99 ms | mail p99 ms | through (requested) | verdict |",
-            "|---:|---:|---:|---:|---:|---|",
+            "| offered | e2e p50 ms | e2e p99 ms | mail p99 ms | through (requested) | sustained (e2e) "
+            "| every hop kept up |",
+            "|---:|---:|---:|---:|---:|---|---|",
         ]
         for p in config["points"]:
             lat = p["latency_s"]
             e2e = lat.get(stats.END_TO_END, {})
             mail = lat.get("mail", {})
-            verdict = "sustained" if p["verdict"]["sustained"] else "no: " + "; ".join(p["verdict"]["reasons"])
+            verdict = "yes" if p["verdict"]["sustained"] else "no: " + "; ".join(p["verdict"]["reasons"])
+            every = p.get("every_hop", {})
+            others = [r for r in every.get("reasons", []) if r not in p["verdict"]["reasons"]]
+            every_said = "yes" if every.get("sustained") else "no" + (": " + "; ".join(others) if others else "")
             through = p["throughput_per_s"].get(stats.END_TO_END)
             lines.append(
                 f"| {p['offered_rate']:g}/s | {_ms(e2e.get('p50'))} | {_ms(e2e.get('p99'))} | "
-                f"{_ms(mail.get('p99'))} | {_rate(through)} | {verdict} |"
+                f"{_ms(mail.get('p99'))} | {_rate(through)} | {verdict} | {every_said} |"
             )
-        lines += ["", f"Sustained: **{_rate(config.get('sustained'))}**", ""]
+        lines += [
+            "",
+            f"Sustained (submitted → fulfillment requested): **{_rate(config.get('sustained'))}**; every hop "
+            f"({', '.join(config['points'][0]['every_hop']['hops']) if config['points'] else '–'}) kept up at "
+            f"{_rate(config.get('every_hop_sustained'))} at most (of the rates measured).",
+            "",
+        ]
         if config.get("idle_cores"):
             lines += [
                 "Idle, before any load (cores): "
@@ -133,25 +143,22 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    styles = {"p50": "--", "p99": "-"}
+    # One colour per configuration; the line says which hop and percentile.
+    lines = ((stats.END_TO_END, "p50", "--", "o"), (stats.END_TO_END, "p99", "-", "o"), ("mail", "p99", ":", "s"))
     drawn = False
-    for config in results.get("configs", []):
+    for n, config in enumerate(results.get("configs", [])):
+        colour = f"C{n}"
         points = sorted((p for p in config["points"] if p["verdict"]["valid"]), key=lambda p: p["offered_rate"])
-        if not points:
-            continue
-        for hop in (stats.END_TO_END, "mail"):
-            for q, style in styles.items():
-                xs = [p["offered_rate"] for p in points if not math.isnan(p["latency_s"].get(hop, {}).get(q, math.nan))]
-                ys = [
-                    p["latency_s"][hop][q] * 1000
-                    for p in points
-                    if not math.isnan(p["latency_s"].get(hop, {}).get(q, math.nan))
-                ]
-                if xs:
-                    ax.plot(xs, ys, style, marker="o", label=f"{config['label']}: {HOP_LABELS[hop]} {q}")
-                    drawn = True
+        for hop, q, style, marker in lines:
+            measured = [(p["offered_rate"], p["latency_s"].get(hop, {}).get(q, math.nan)) for p in points]
+            measured = [(x, y * 1000) for x, y in measured if not math.isnan(y)]
+            if measured:
+                xs, ys = zip(*measured, strict=True)
+                label = f"{config['label']}: {HOP_LABELS[hop]} {q}"
+                ax.plot(xs, ys, linestyle=style, marker=marker, color=colour, label=label)
+                drawn = True
         if config.get("sustained"):
-            ax.axvline(config["sustained"], color="grey", linestyle=":", linewidth=1)
+            ax.axvline(config["sustained"], color=colour, linestyle=":", linewidth=1)
     ax.set_xlabel("offered rate (orders/s)")
     ax.set_ylabel("latency from submission (ms)")
     ax.set_title("OMS: latency against offered rate (open loop)")
