@@ -20,27 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from bench import checks, procstat, report, stats
 from bench.collect import Collector, system_profile
-from bench.point import Target, Timing, run_point
+from bench.point import Target, Timing, console, progress_bar, run_point
 from bench.system import REPO, Infra, Ports, Services
-
-console = Console(stderr=True)
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("sent · {task.fields[done]} through · generator lag max {task.fields[lag]:.0f} ms"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    )
 
 
 def machine() -> str:
@@ -54,14 +39,6 @@ def machine() -> str:
     )
     load = os.getloadavg()
     return f"{os.cpu_count()} cores ({cpu}), load average at start {load[0]:.2f}, Python {platform.python_version()}"
-
-
-async def idle(watch: procstat.Watch, seconds: float) -> dict[str, float]:
-    """What each process burns with nothing to do (cores), before any load."""
-    before = watch.cpu()
-    await asyncio.sleep(seconds)
-    after = watch.cpu()
-    return {name: (after[name] - before[name]) / seconds for name in after if name in before}
 
 
 class ThreePL:
@@ -141,7 +118,7 @@ class Bench:
             watch.add("3pl simulator", threepl_pid)
             watch.add("collector (harness)", os.getpid())
             target = Target("system", infra.bootstrap, "oms.channel.orders.v1", collector, watch)
-            config["idle_cores"] = await idle(watch, self.args.idle)
+            config["idle_cores"] = await procstat.idle(watch, self.args.idle)
             config["sampler"] = None
             await body(target, services, config)
             try:

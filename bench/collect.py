@@ -147,3 +147,27 @@ class Collector:
 
     def mean_sizes(self) -> dict[str, int]:
         return {kind: round(total / n) for kind, (n, total) in self.sizes.items() if n}
+
+
+async def consumer_lag(bootstrap: str, prefixes: tuple[str, ...]) -> int:
+    """Records the consumer groups whose names start with `prefixes` have not committed yet, over all their
+    partitions: 0 when the services (or the chain) have consumed everything published so far."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    ends = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await admin.start()
+    await ends.start()
+    try:
+        committed: dict[tuple[str, TopicPartition], int] = {}
+        for group, *_ in await admin.list_consumer_groups():
+            if group.startswith(prefixes):
+                for tp, meta in (await admin.list_consumer_group_offsets(group)).items():
+                    committed[(group, tp)] = meta.offset
+        if not committed:
+            return 0
+        end = await ends.end_offsets(list({tp for _, tp in committed}))
+        return sum(max(0, end[tp] - offset) for (_, tp), offset in committed.items())
+    finally:
+        await ends.stop()
+        await admin.close()

@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from bench import baseline, chain, procstat, stats
 from bench.collect import Collector, Profile
-from bench.point import Target
+from bench.point import Target, console
 
 REPO = Path(__file__).resolve().parent.parent
 PERF_TOPIC = "bench.perf"
@@ -163,8 +163,6 @@ async def pg_bench(infra, seconds: float) -> dict[str, Any]:
 
 
 async def run_all(bench, infra, system_config: dict[str, Any]) -> dict[str, Any]:
-    from bench.__main__ import console
-
     scale = bench.args.limits_scale
     sizes = system_config.get("mean_record_bytes") or {}
     mean_size = round(sum(sizes.values()) / len(sizes)) if sizes else 800
@@ -271,9 +269,16 @@ async def chain_sweep(bench, infra, sizes: dict[str, int], system_sustained: flo
         await collector.start()
         hops = ("accepted", "paid", "planned", "reserved", "requested", "mail")
         target = Target(
-            "chain", infra.bootstrap, chain.CHANNEL, collector, watch, terminal=("requested", "mail"), hops=hops
+            "chain",
+            infra.bootstrap,
+            chain.CHANNEL,
+            collector,
+            watch,
+            terminal=("requested", "mail"),
+            hops=hops,
+            groups=("bench-chain.",),
         )
-        config["idle_cores"] = {}
+        config["idle_cores"] = await procstat.idle(watch, bench.args.idle)
         rates = [float(r) for r in bench.args.chain_rates.split(",")] if bench.args.chain_rates else None
         start = max(bench.args.start, system_sustained or 0)
         search = stats.Search(

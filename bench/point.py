@@ -16,12 +16,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.progress import Progress
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench import orders, procstat, stats
-from bench.collect import Collector
+from bench.collect import Collector, consumer_lag
 
 REPO = Path(__file__).resolve().parent.parent
+
+console = Console(stderr=True)
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sent · {task.fields[done]} through · generator lag max {task.fields[lag]:.0f} ms"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 @dataclass
@@ -35,6 +50,7 @@ class Target:
     watch: procstat.Watch
     terminal: tuple[str, ...] = stats.TERMINAL  # what a point waits for (drain) and "every hop" is judged on
     judged: tuple[str, ...] = stats.JUDGED  # what "sustained" is decided on
+    groups: tuple[str, ...] = ("oms-", "bench-3pl")  # consumer groups that must have caught up between points
     hops: tuple[str, ...] = stats.HOPS
     criteria: stats.Criteria = field(default_factory=stats.Criteria)
 
@@ -125,22 +141,28 @@ async def run_point(
         cpu_start = watch.cpu()
     if cpu_end is None:
         cpu_end = watch.cpu()
-    # Drain: until every order of the point is through, or the drain time is up.
+    # Drain: until every order of the point is through and every consumer group has caught up (what the orders
+    # caused besides, such as stock levels, is consumed too), or the drain time is up.
     if progress is not None and task is not None:
         progress.update(task, description=f"{label}: draining", completed=count)
     deadline = time.monotonic() + timing.drain
+    lag = None
     while time.monotonic() < deadline:
         done = completed()
         watch.sample_rss()
         if progress is not None and task is not None:
             progress.update(task, done=done)
         if done == count:
-            break
+            lag = await consumer_lag(target.bootstrap, target.groups)
+            if lag == 0:
+                break
         await asyncio.sleep(1.0)
     if progress is not None and task is not None:
         progress.update(task, description=f"{label}: measured", done=completed())
     watch.processes = [p for p in watch.processes if p.name != "load generator"]
     result = measure(target, rate, timing, ids, t0, window_start, window_end, final, cpu_start, cpu_end)
+    result["drained"] = completed() == count and lag == 0
+    result["consumer_lag_after_drain"] = lag
     # Reset the counters for the next point.
     for i in ids:
         tracks.pop(i, None)

@@ -6,6 +6,7 @@ its own), counted with the CPU its exited children already spent (cutime/cstime)
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,3 +101,11 @@ class Watch:
 
     def peaks(self) -> dict[str, int]:
         return {p.name: p.peak_rss_kb for p in self.processes}
+
+
+async def idle(watch: Watch, seconds: float) -> dict[str, float]:
+    """What each process burns with nothing to do (cores), before any load."""
+    before = watch.cpu()
+    await asyncio.sleep(seconds)
+    after = watch.cpu()
+    return {name: (after[name] - before[name]) / seconds for name in after if name in before}
