@@ -85,7 +85,7 @@ def markdown(results: dict[str, Any]) -> str:
             "| every hop kept up |",
             "|---:|---:|---:|---:|---:|---|---|",
         ]
-        for p in config["points"]:
+        for p in sorted(config["points"], key=lambda p: p["offered_rate"]):
             lat = p["latency_s"]
             e2e = lat.get(stats.END_TO_END, {})
             mail = lat.get("mail", {})
@@ -142,7 +142,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 7))
     # One colour per configuration; the line says which hop and percentile.
     lines = ((stats.END_TO_END, "p50", "--", "o"), (stats.END_TO_END, "p99", "-", "o"), ("mail", "p99", ":", "s"))
     drawn = False
@@ -164,7 +164,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_title("OMS: latency against offered rate (open loop)")
     if drawn:
         ax.set_yscale("log")
-        ax.legend(fontsize=7, loc="upper left")
+        # Below the axes: over them it would hide the points at low rates.
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
