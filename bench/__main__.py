@@ -118,6 +118,7 @@ class Bench:
             watch.add("3pl simulator", threepl_pid)
             watch.add("collector (harness)", os.getpid())
             target = Target("system", infra.bootstrap, "oms.channel.orders.v1", collector, watch)
+            target.channels = self.args.channels
             config["idle_cores"] = await procstat.idle(watch, self.args.idle)
             config["sampler"] = None
             await body(target, services, config)
@@ -275,6 +276,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--window", type=float, default=30.0, help="measured seconds per point (30)")
     parser.add_argument("--drain", type=float, default=60.0, help="seconds a point may take to drain (60)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--channels", type=int, default=4, help="channels the orders come from (4)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured before the load (10)")
     parser.add_argument(
         "--no-at-fractions",

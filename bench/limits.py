@@ -277,6 +277,7 @@ async def chain_sweep(bench, infra, sizes: dict[str, int], system_sustained: flo
             terminal=("requested", "mail"),
             hops=hops,
             groups=("bench-chain.",),
+            channels=bench.args.channels,
         )
         config["idle_cores"] = await procstat.idle(watch, bench.args.idle)
         rates = [float(r) for r in bench.args.chain_rates.split(",")] if bench.args.chain_rates else None

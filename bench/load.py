@@ -38,7 +38,7 @@ def emit(**fields: object) -> None:
 
 async def play(args: argparse.Namespace) -> None:
     count = round(args.rate * args.seconds)
-    orders = bench_orders.build(args.tag, count, args.seed)
+    orders = bench_orders.build(args.tag, count, args.seed, args.channels)
     # As a channel would publish: acknowledged by every in-sync replica, idempotent.
     producer = AIOKafkaProducer(
         bootstrap_servers=args.bootstrap,
@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--topic", default="oms.channel.orders.v1")
     parser.add_argument("--tag", required=True, help="makes the external order ids of this point unique")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--channels", type=int, default=len(bench_orders.CHANNELS), help="how many channels")
     parser.add_argument("--rate", type=float, required=True, help="orders per second")
     parser.add_argument("--seconds", type=float, required=True)
     asyncio.run(play(parser.parse_args()))

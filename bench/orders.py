@@ -68,21 +68,26 @@ def order_id(key: str) -> uuid.UUID:
     return uuid.uuid5(ORDER_NAMESPACE, key)
 
 
-def keys(tag: str, count: int, seed: int) -> list[str]:
-    """The record keys of a point's orders, in submission order (cheap: the collector needs only these)."""
+def channel_names(n: int) -> list[str]:
+    """The first `n` channels: the four named ones, then channel-5, channel-6 ..."""
+    return [*CHANNELS, *(f"channel-{i}" for i in range(len(CHANNELS) + 1, n + 1))][:n]
+
+
+def keys(tag: str, count: int, seed: int, channels: int = len(CHANNELS)) -> list[str]:
+    """The record keys of a point's orders, in submission order (cheap: the collector needs only these). Each order
+    comes from one of `channels` channels, drawn at random."""
+    names = channel_names(channels)
     rng = random.Random(seed)
-    return [f"{rng.choice(CHANNELS)}:{tag}-{i}" for i in range(count)]
+    return [f"{rng.choice(names)}:{tag}-{i}" for i in range(count)]
 
 
-def build(tag: str, count: int, seed: int) -> list[Order]:
+def build(tag: str, count: int, seed: int, channels: int = len(CHANNELS)) -> list[Order]:
     """`count` valid orders of one to three lines over the bench SKUs, with their payments, as channels publish them.
     Same tag, count and seed: same orders (event ids included; only the placed_at/time stamps differ)."""
-    rng = random.Random(seed)
     content = random.Random(seed + 1)
     id_space = uuid.uuid5(uuid.NAMESPACE_URL, f"oms-bench:{tag}:{seed}")
     out = []
-    for i, key in enumerate(keys(tag, count, seed)):
-        rng.random()  # keys() drew the channel from the same stream; keep content independent of it
+    for i, key in enumerate(keys(tag, count, seed, channels)):
         channel, _, external = key.partition(":")
         country = content.choice(COUNTRIES)
         address = samples.DEMO_ADDRESSES[country]

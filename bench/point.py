@@ -50,7 +50,10 @@ class Target:
     watch: procstat.Watch
     terminal: tuple[str, ...] = stats.TERMINAL  # what a point waits for (drain) and "every hop" is judged on
     judged: tuple[str, ...] = stats.JUDGED  # what "sustained" is decided on
-    groups: tuple[str, ...] = ("oms-", "bench-3pl")  # consumer groups that must have caught up between points
+    groups: tuple[str, ...] = ("oms-", "bench-3pl")
+    channels: int = (
+        4  # how many channels the orders come from  # consumer groups that must have caught up between points
+    )
     hops: tuple[str, ...] = stats.HOPS
     criteria: stats.Criteria = field(default_factory=stats.Criteria)
 
@@ -67,7 +70,7 @@ async def run_point(
 ) -> dict[str, Any]:
     seconds = timing.warmup + timing.window
     count = round(rate * seconds)
-    ids = [str(orders.order_id(k)) for k in orders.keys(tag, count, seed)]
+    ids = [str(orders.order_id(k)) for k in orders.keys(tag, count, seed, target.channels)]
     label = f"{target.name} {rate:g}/s"
     task = progress.add_task(f"{label}: preparing", total=count, done=0, lag=0.0) if progress else None
     generator = await asyncio.create_subprocess_exec(
@@ -82,6 +85,8 @@ async def run_point(
         tag,
         "--seed",
         str(seed),
+        "--channels",
+        str(target.channels),
         "--rate",
         str(rate),
         "--seconds",
