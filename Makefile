@@ -18,7 +18,8 @@ TEST_ENV := OMS_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
 	OMS_TEST_SASL_KAFKA_PORT=$(TEST_SASL_KAFKA_PORT)
 PYTEST_ARGS ?=
 
-.PHONY: help setup run stop test test-infra test-infra-down infra infra-down migrate topics schemas asyncapi lint clean
+.PHONY: help setup run stop test test-infra test-infra-down infra infra-down migrate topics schemas asyncapi lint clean \
+	bench bench-quick
 
 help:
 	@echo "make run         the whole OMS locally (Kafka, PostgreSQL, four services, demo network); Ctrl-C stops"
@@ -26,6 +27,8 @@ help:
 	@echo "make test        every test, against a real Kafka broker and PostgreSQL started for the tests"
 	@echo "make schemas     regenerate contracts/schemas/ (JSON Schema of every event)"
 	@echo "make asyncapi    regenerate docs/asyncapi/ from the services' FastStream apps"
+	@echo "make bench       the benchmark: rate sweep, limits, baseline; report in bench/results/<timestamp>/"
+	@echo "make bench-quick one short point (50 orders/s, 20 s): a smoke run of the benchmark"
 	@echo "make lint        ruff"
 
 $(UV):
@@ -76,6 +79,16 @@ schemas: setup
 
 asyncapi: setup
 	$(UV) run python -m oms_tools.asyncapi
+
+# The benchmark starts (and stops) a broker, a database and the services of its own, on ports of its own
+# (Kafka 20092, PostgreSQL 16132, HTTP 18081-18084, SMTP 18025), so it never meets `make run` or `make test`.
+BENCH_ARGS ?=
+
+bench: setup
+	$(UV) run --frozen python -m bench sweep $(BENCH_ARGS)
+
+bench-quick: setup
+	$(UV) run --frozen python -m bench quick --rate 50 --window 20 $(BENCH_ARGS)
 
 lint: setup
 	$(UV) run ruff check . && $(UV) run ruff format --check .
