@@ -117,11 +117,6 @@ class Services:
             "OMS_DEMO_SOURCES": "0",
             "OMS_NOTIFICATIONS_SMTP_PORT": str(p.smtp),
             **{f"OMS_{s.upper()}_HTTP_PORT": str(p.http(s)) for s in SERVICES},
-            # run.sh hands OMS_PG_PORT to deploy/postgres only; the services' URLs default to 5432.
-            **{
-                f"OMS_{s.upper()}_DATABASE_URL": f"postgresql+asyncpg://oms:oms@127.0.0.1:{p.postgres}/oms_{s}"
-                for s in SERVICES
-            },
             **self.extra_env,
         }
         # The services' own settings are the defaults run.sh gives them; a caller's OMS_ tuning must not leak in.

@@ -34,6 +34,11 @@ export OMS_NOTIFICATIONS_SMTP_HOST="${OMS_NOTIFICATIONS_SMTP_HOST:-127.0.0.1}"
 export OMS_NOTIFICATIONS_SMTP_PORT="${OMS_NOTIFICATIONS_SMTP_PORT:-1025}"
 export OMS_TRACE_FILE="${OMS_TRACE_FILE:-$RUN/traces.jsonl}"
 export OMS_ROUTING_URL="http://127.0.0.1:${PORT[routing]}" OMS_INVENTORY_URL="http://127.0.0.1:${PORT[inventory]}"
+# Each service's database on the PostgreSQL this script starts (or finds), unless a URL is given.
+for service in "${SERVICES[@]}"; do
+  var="OMS_${service^^}_DATABASE_URL"
+  export "$var=${!var:-postgresql+asyncpg://oms:oms@127.0.0.1:${OMS_PG_PORT:-5432}/oms_$service}"
+done
 
 say() { echo "oms: $*" >&2; }
 
