@@ -1,10 +1,12 @@
 """The HTTP surface every service shares: health, readiness naming what is down, and bearer-token principals."""
 
+import logging
+
 import httpx
 import pytest
 from fastapi import APIRouter
 
-from oms_runtime import Principal
+from oms_runtime import Principal, http
 
 UNREACHABLE_DATABASE = "postgresql+asyncpg://oms:oms@127.0.0.1:1/nowhere"
 
@@ -31,14 +33,22 @@ async def test_readyz_answers_200_when_the_database_and_the_broker_are_reachable
     assert response.json() == {"status": "ready", "service": "probe"}
 
 
-async def test_readyz_answers_503_naming_the_database_when_it_is_unreachable(make_service, kafka_bootstrap):
+async def test_readyz_says_database_unreachable_in_plain_words_and_logs_the_detail(
+    make_service, kafka_bootstrap, caplog
+):
+    """/readyz answers anyone: the address of the database (and the password in its URL) is for the log only."""
     service = make_service(UNREACHABLE_DATABASE, bootstrap=kafka_bootstrap)
-    async with service.lifespan(service.http), client(service) as http:
-        response = await http.get("/readyz")
+    with caplog.at_level(logging.WARNING, logger="oms_runtime.service"):
+        async with service.lifespan(service.http), client(service) as http:
+            response = await http.get("/readyz")
+            again = await http.get("/readyz")
     assert response.status_code == 503
-    body = response.json()
-    assert body["status"] == "unavailable"
-    assert list(body["problems"]) == ["database"]
+    assert response.json() == {"status": "unavailable", "problems": {"database": "database unreachable"}}
+    assert again.json() == response.json()
+    for secret in ("127.0.0.1", ":1", "nowhere", "oms:oms", "Error", "errno"):
+        assert secret not in response.text
+    [detail] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not ready")]
+    assert "database: " in detail and "Connect" in detail, "the log says what the answer does not, once"
 
 
 async def test_readyz_answers_503_naming_kafka_when_the_service_has_no_broker_connection(make_service, database_url):
@@ -46,7 +56,7 @@ async def test_readyz_answers_503_naming_kafka_when_the_service_has_no_broker_co
     async with client(service) as http:
         response = await http.get("/readyz")
     assert response.status_code == 503
-    assert list(response.json()["problems"]) == ["kafka"]
+    assert response.json()["problems"] == {"kafka": "kafka unreachable"}
 
 
 @pytest.fixture
@@ -82,3 +92,23 @@ async def test_an_endpoint_behind_principal_gets_the_principal_of_a_known_token(
         response = await http.get("/whoami", headers={"Authorization": "Bearer cs-token"})
     assert response.status_code == 200
     assert response.json() == {"principal": "cs-agent"}
+
+
+def test_a_token_is_compared_with_every_configured_token_and_no_prefix_matches(monkeypatch):
+    """Constant time: which token matched, or how much of one, must not show in how long the answer takes. Every
+    configured token is compared (as a fixed-length digest), also after a match."""
+    tokens = {"alpha-token": "alpha", "beta-token": "beta", "gamma-token": "gamma"}
+    compared = []
+    compare = http.hmac.compare_digest
+
+    def counting(a, b):
+        compared.append((len(a), len(b)))
+        return compare(a, b)
+
+    monkeypatch.setattr(http.hmac, "compare_digest", counting)
+    assert http.principal_of(tokens, "alpha-token") == "alpha"
+    assert len(compared) == len(tokens), "no early exit after the first token matched"
+    assert {lengths for lengths in compared} == {(32, 32)}, "digests of one length, whatever the tokens' lengths"
+    for near_miss in ("alpha", "alpha-token ", "alpha-toke", "", "ALPHA-TOKEN"):
+        assert http.principal_of(tokens, near_miss) is None
+    assert http.principal_of({}, "alpha-token") is None

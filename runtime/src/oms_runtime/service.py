@@ -78,6 +78,7 @@ class Service:
         self._after_commit: list[Callable[[], None]] = [self.relay.wake]
         self._workers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._unready: dict[str, str] = {}
         self.http: FastAPI = http.create_app(self, description)
 
     def consumer(self, topic: Topic, *, on_invalid: InvalidHandler | None = None) -> Callable[[Handler], Handler]:
@@ -171,17 +172,27 @@ class Service:
             log.info("oms-%s stopped", self.name)
 
     async def readiness(self) -> dict[str, str]:
-        """What is not reachable, by name; empty when the service is ready."""
+        """What keeps the service from being ready, in plain words by part; empty when it is ready.
+
+        `/readyz` answers without a token, so it never shows a connection string, a host or an exception: the detail
+        goes to the log, once each time it changes."""
         problems: dict[str, str] = {}
+        details: dict[str, str] = {}
         try:
             await asyncio.wait_for(self.database.ping(), 2.0)
         except Exception as error:
-            problems["database"] = repr(error)
+            problems["database"], details["database"] = "database unreachable", repr(error)
         try:
             assert self.relay.producer is not None, "relay not started"
             await asyncio.wait_for(self.relay.producer.client.fetch_all_metadata(), 2.0)
         except Exception as error:
-            problems["kafka"] = repr(error)
+            problems["kafka"], details["kafka"] = "kafka unreachable", repr(error)
+        if details != self._unready:
+            if details:
+                log.warning("not ready: %s", "; ".join(f"{part}: {why}" for part, why in details.items()))
+            else:
+                log.info("ready")
+            self._unready = details
         return problems
 
     def run(self) -> None:
