@@ -8,8 +8,16 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import sqlalchemy as sa
+from aiokafka.errors import KafkaError
 from sqlalchemy.dialects.postgresql import BYTEA, JSONB, UUID
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    PendingRollbackError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 
@@ -73,19 +81,62 @@ async def driver(conn: AsyncConnection) -> asyncpg.Connection:
     return raw.driver_connection
 
 
-_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "08000", "08003", "08006"}
+# SQLSTATEs that say nothing about the message being applied, only about the database it is applied to; the same
+# message applies once the database is back (PostgreSQL's appendix A, "PostgreSQL Error Codes").
+_TRANSIENT_CLASSES = (
+    "08",  # connection exception: refused, lost, rejected
+    "28",  # invalid authorization: a password or pg_hba.conf being changed
+    "40",  # transaction rollback: serialization failure, deadlock, statement completion unknown
+    "53",  # insufficient resources: too many connections, disk full, out of memory
+    "57",  # operator intervention: admin or crash shutdown, cannot connect now (starting up, recovering),
+    # query canceled (statement_timeout, pg_cancel_backend), idle session timeout
+    "58",  # system error: I/O error
+)
+_TRANSIENT_SQLSTATES = {
+    "3D000",  # the database does not exist (yet): deployment order, not the message
+    "55P03",  # lock not available (lock_timeout)
+    "55006",  # object in use
+    "25006",  # read-only transaction: a standby during a failover
+    "25P03",  # idle in transaction session timeout
+    "25P04",  # transaction timeout
+    # The schema is behind the code: the service runs before its migrations. Every message would fail alike, and
+    # dead-lettering them all would lose the stream; waiting for `alembic upgrade` loses nothing.
+    "42P01",  # undefined table
+    "42703",  # undefined column
+}
+# Errors raised around a connection rather than by a statement: a pool that gave no connection in time, a
+# connection invalidated in the middle of a transaction, one closed under the driver.
+_TRANSIENT_TYPES = (
+    OSError,  # refused, reset, unreachable, name resolution, a unix socket that is not there (includes ConnectionError)
+    TimeoutError,
+    asyncio.TimeoutError,
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PendingRollbackError,
+    PoolTimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+)
 
 
-def is_transient(error: BaseException) -> bool:
-    """True for failures that a retry can cure: the database or broker unreachable, a deadlock, a restart."""
-    if isinstance(error, OperationalError | InterfaceError | ConnectionError | TimeoutError | asyncio.TimeoutError):
+def _sqlstate(error: BaseException) -> str | None:
+    return getattr(error, "sqlstate", None) or getattr(getattr(error, "orig", None), "sqlstate", None)
+
+
+def is_transient(error: BaseException, _seen: frozenset[int] = frozenset()) -> bool:
+    """True for failures that a retry can cure: the database or broker unreachable, restarting, overloaded, a
+    deadlock, a statement timeout. The consumers retry these forever and never dead-letter a message for them; an
+    error raised from (or while handling) a transient one is transient too."""
+    if isinstance(error, _TRANSIENT_TYPES):
         return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    if isinstance(error, asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+    if isinstance(error, KafkaError) and error.retriable:
         return True
-    sqlstate = getattr(error, "sqlstate", None) or getattr(getattr(error, "orig", None), "sqlstate", None)
-    if sqlstate in _TRANSIENT_SQLSTATES or (sqlstate or "").startswith("08"):
+    sqlstate = _sqlstate(error)
+    if sqlstate is not None and (sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith(_TRANSIENT_CLASSES)):
         return True
     cause = error.__cause__ or error.__context__
-    return cause is not None and cause is not error and is_transient(cause)
+    seen = _seen | {id(error)}
+    return cause is not None and id(cause) not in seen and is_transient(cause, seen)

@@ -118,8 +118,10 @@ class Relay:
         self._wake.set()
 
     async def start(self) -> None:
-        self.producer = self._new_producer()
-        await self.producer.start()
+        """Start publishing. Kafka need not be reachable: the relay connects when it can, and until then every row
+        waits in the outbox."""
+        with contextlib.suppress(Exception):
+            await self._connect()  # at once when Kafka answers, so that readiness need not wait for the first pass
         self._task = asyncio.create_task(self._run(), name=f"{self.service}-outbox-relay")
 
     async def stop(self) -> None:
@@ -127,7 +129,8 @@ class Relay:
         self._wake.set()
         if self._task:
             await self._task
-        await self.producer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
 
     async def drain(self) -> None:
         """Publish everything committed so far (used at shutdown and by tests)."""
@@ -138,9 +141,13 @@ class Relay:
         return kafka_producer(self.bootstrap, f"oms-{self.service}-relay")
 
     async def _run(self) -> None:
+        self._wake.set()  # a first pass at once: rows may be waiting from before the start
         await run_when_woken(
             self._wake, self._publish, interval=_SWEEP_SECONDS, what="outbox relay", running=lambda: not self._stopping
         )
+        if self.producer is None:
+            log.warning("outbox not drained at shutdown: Kafka was never reachable (the next start publishes it)")
+            return
         try:
             await self.drain()
         except Exception as error:
@@ -156,9 +163,9 @@ class Relay:
             after = self._last_id
 
     async def _publish_batch(self, after_id: int) -> int:
-        if self._dead_session is not None:
+        if self.producer is None or self._dead_session is not None:
             # Outside the transaction: the advisory lock is not held while a producer connects.
-            await self._replace_producer()
+            await self._connect()
         async with self.database.transaction() as conn:
             pg = await driver(conn)
             await pg.execute("SELECT pg_advisory_xact_lock($1)", _RELAY_LOCK)
@@ -199,7 +206,8 @@ class Relay:
             raise
         self._failures = 0
 
-    async def _replace_producer(self) -> None:
+    async def _connect(self) -> None:
+        """Start a producer: the first one, or a fresh one (a new producer id) in place of one whose session died."""
         fresh = self._new_producer()
         try:
             await fresh.start()
@@ -208,14 +216,18 @@ class Relay:
                 await fresh.stop()
             raise
         old, self.producer = self.producer, fresh
-        log.warning(
-            "outbox relay: its Kafka producer cannot publish any more (%r); a new one resends from the outbox",
-            self._dead_session,
-        )
+        if old is None:
+            log.info("outbox relay connected to Kafka")
+        else:
+            log.warning(
+                "outbox relay: its Kafka producer cannot publish any more (%r); a new one resends from the outbox",
+                self._dead_session,
+            )
+            self.producer_restarts += 1
         self._dead_session, self._failures = None, 0
-        self.producer_restarts += 1
-        with contextlib.suppress(Exception):
-            await old.stop()
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
 
     async def _send(self, producer: AIOKafkaProducer, row) -> asyncio.Future:
         stored = row["headers"]

@@ -20,7 +20,7 @@ from oms_contracts import Topic
 
 from . import http, telemetry
 from .consumer import BatchConsumer, Handler, InvalidHandler
-from .database import Database
+from .database import Database, is_transient
 from .outbox import Relay
 from .settings import ServiceSettings
 
@@ -79,6 +79,8 @@ class Service:
         self._workers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._unready: dict[str, str] = {}
+        self._starting: asyncio.Task[None] | None = None
+        self._consumers_started = False
         self.http: FastAPI = http.create_app(self, description)
 
     def consumer(self, topic: Topic, *, on_invalid: InvalidHandler | None = None) -> Callable[[Handler], Handler]:
@@ -148,28 +150,63 @@ class Service:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
-        await self.relay.start()
-        for hook in self._startup:
-            await hook()
-        await self.broker.start()
-        self._tasks = [asyncio.create_task(w(), name=w.__name__) for w in self._workers]
-        log.info("oms-%s started", self.name)
+        """Serve HTTP at once and start the rest in the background: a service started while Kafka or PostgreSQL is
+        down answers /healthz, says in /readyz what it waits for, and becomes ready when they come back."""
+        self._starting = asyncio.create_task(self._start(), name=f"{self.name}-start")
         try:
             yield
         finally:
-            # Offsets first, while the Kafka consumers still run. A batch still being applied commits its own
-            # offsets before it returns, and the broker's stop waits for it before stopping its consumer.
-            for consumer in self.consumers:
-                consumer.stopping = True
-            for consumer in self.consumers:
-                await consumer.close()
-            await self.broker.stop()
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.relay.stop()
-            await self.database.dispose()
-            log.info("oms-%s stopped", self.name)
+            await self._stop()
+
+    async def _start(self) -> None:
+        await self.relay.start()
+        for hook in self._startup:
+            await self._until_done(hook.__name__, hook)
+        self._tasks = [asyncio.create_task(w(), name=w.__name__) for w in self._workers]
+        await self._until_done("consumers", self._start_consumers)
+        self._consumers_started = True
+        log.info("oms-%s started", self.name)
+
+    async def _until_done(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await step()
+                return
+            except Exception as error:
+                level = logging.WARNING if is_transient(error) else logging.ERROR
+                log.log(level, "%s of oms-%s not started, retrying in %.1fs: %r", what, self.name, delay, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _start_consumers(self) -> None:
+        try:
+            await self.broker.start()
+        except BaseException:
+            # Subscribers that did start are stopped, so that the next attempt starts each of them once.
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+            raise
+
+    async def _stop(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+        # Offsets first, while the Kafka consumers still run. A batch still being applied commits its own offsets
+        # before it returns, and the broker's stop waits for it before stopping its consumer.
+        for consumer in self.consumers:
+            consumer.stopping = True
+        for consumer in self.consumers:
+            await consumer.close()
+        await self.broker.stop()
+        self._consumers_started = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.relay.stop()
+        await self.database.dispose()
+        log.info("oms-%s stopped", self.name)
 
     async def readiness(self) -> dict[str, str]:
         """What keeps the service from being ready, in plain words by part; empty when it is ready.
@@ -182,11 +219,16 @@ class Service:
             await asyncio.wait_for(self.database.ping(), 2.0)
         except Exception as error:
             problems["database"], details["database"] = "database unreachable", repr(error)
-        try:
-            assert self.relay.producer is not None, "relay not started"
-            await asyncio.wait_for(self.relay.producer.client.fetch_all_metadata(), 2.0)
-        except Exception as error:
-            problems["kafka"], details["kafka"] = "kafka unreachable", repr(error)
+        producer = self.relay.producer
+        if producer is None:
+            problems["kafka"], details["kafka"] = "kafka unreachable", "no connection to Kafka yet"
+        else:
+            try:
+                await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
+            except Exception as error:
+                problems["kafka"], details["kafka"] = "kafka unreachable", repr(error)
+        if not self._consumers_started:
+            problems["consumers"] = details["consumers"] = "consumers not started yet"
         if details != self._unready:
             if details:
                 log.warning("not ready: %s", "; ".join(f"{part}: {why}" for part, why in details.items()))
