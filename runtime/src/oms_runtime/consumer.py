@@ -2,8 +2,9 @@
 
 For each batch a subscriber receives:
 1. every record is validated against its topic's contract (bytes straight into Pydantic);
-2. one database transaction records the event ids in the inbox (a redelivered id is skipped), runs the handler,
-   and writes the events it emits, plus dead letters for records that can never be processed, to the outbox;
+2. one database transaction records the events' (source, id) in the inbox (a redelivered event is skipped), runs
+   the handler, and writes the events it emits, plus dead letters for records that can never be processed, to the
+   outbox;
 3. only after the commit are the offsets committed (asynchronously: the inbox makes a redelivery harmless).
 
 A transient failure (database or broker unreachable) is retried with backoff, never skipped. Any other failure of
@@ -18,6 +19,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -56,6 +58,11 @@ class Incoming(Generic[E]):
     def id(self) -> uuid.UUID:
         return self.event.id
 
+    @property
+    def key(self) -> tuple[str, uuid.UUID]:
+        """What the inbox knows it by: CloudEvents identify an event by its source and id together."""
+        return self.event.source, self.event.id
+
 
 @dataclass(slots=True)
 class Invalid:
@@ -68,6 +75,11 @@ class Invalid:
     @property
     def id(self) -> uuid.UUID:
         return uuid.uuid5(_UNDECODABLE, f"{self.record.topic}:{self.record.partition}:{self.record.offset}")
+
+    @property
+    def key(self) -> tuple[str, uuid.UUID]:
+        # No source can be trusted from a record that did not validate; '' is the inbox's "any source".
+        return "", self.id
 
 
 Message = Incoming[Any] | Invalid
@@ -139,6 +151,31 @@ class Transaction:
             _describe(error),
             extra={"order_id": _subject(message)},
         )
+
+
+async def prune_inbox(database: Database, retention: timedelta, chunk: int = 10_000) -> int:
+    """Delete the inbox rows older than `retention`, `chunk` rows per transaction (short locks, bounded WAL);
+    return how many went. Kafka redelivers only what was not committed, within minutes: a retention of days leaves
+    the inbox nothing to forget that it could still need."""
+    pruned = 0
+    while True:
+        async with database.transaction() as conn:
+            gone = await (await driver(conn)).fetchval(
+                """
+                WITH gone AS (
+                    DELETE FROM inbox WHERE ctid = ANY(ARRAY(
+                        SELECT ctid FROM inbox WHERE received_at < now() - $1::interval LIMIT $2
+                    ))
+                    RETURNING 1
+                )
+                SELECT count(*) FROM gone
+                """,
+                retention,
+                chunk,
+            )
+        pruned += gone
+        if gone < chunk:
+            return pruned
 
 
 Handler = Callable[[Transaction, list[Incoming[Any]]], Awaitable[None]]
@@ -312,19 +349,29 @@ class BatchConsumer:
             await append(conn, tx.outbox)
 
     async def _claim(self, tx: Transaction, messages: list[Message]) -> list[Message]:
-        """Record the batch in the inbox; return the messages not seen before, each id once."""
+        """Record the batch in the inbox; return the messages not seen before, each (source, id) once.
+
+        A row with source '' (written before the inbox kept sources, or by a service not upgraded yet) stands for
+        the id from any source, so an event applied before the upgrade is not applied again when redelivered."""
         pg = await tx.pg()
         rows = await pg.fetch(
-            "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[]) "
-            "ON CONFLICT DO NOTHING RETURNING event_id",
+            """
+            INSERT INTO inbox (consumer, source, event_id)
+            SELECT $1, u.source, u.event_id FROM unnest($2::text[], $3::uuid[]) AS u(source, event_id)
+            WHERE NOT EXISTS (
+                SELECT 1 FROM inbox o WHERE o.consumer = $1 AND o.source = '' AND o.event_id = u.event_id
+            )
+            ON CONFLICT DO NOTHING RETURNING source, event_id
+            """,
             self.name,
-            [m.id for m in messages],
+            [m.key[0] for m in messages],
+            [m.key[1] for m in messages],
         )
-        new = {row["event_id"] for row in rows}
+        new = {(row["source"], row["event_id"]) for row in rows}
         fresh = []
         for message in messages:
-            if message.id in new:
-                new.discard(message.id)
+            if message.key in new:
+                new.discard(message.key)
                 fresh.append(message)
             else:
                 message.span.set_attribute("oms.duplicate", True)

@@ -1,4 +1,7 @@
-"""What every service's Alembic env.py runs: migrations on the service's own database, over asyncpg."""
+"""What every service's Alembic env.py runs (migrations on the service's own database, over asyncpg), and the
+migration steps of the messaging tables every service has, which each service's own revisions call.
+
+A step here is history: once released it never changes; a later change of the messaging tables is a new step."""
 
 from __future__ import annotations
 
@@ -33,3 +36,27 @@ def _migrate(connection: sa.Connection, context: Any, metadata: sa.MetaData) -> 
     context.configure(connection=connection, target_metadata=metadata, compare_type=True)
     with context.begin_transaction():
         context.run_migrations()
+
+
+def messaging_0003_upgrade(op: Any) -> None:
+    """The inbox keyed by the CloudEvent's (source, id), as CloudEvents define an event's identity: two producers
+    may use the same id. Rows from before keep source '' — the key of records that never validated too — and the
+    consumer treats a row with source '' as covering every source, so a redelivery of an event applied before the
+    upgrade is still skipped. A BRIN index on received_at lets the inbox be pruned by age at almost no cost per
+    insert (rows arrive in time order)."""
+    op.add_column("inbox", sa.Column("source", sa.Text(), server_default="", nullable=False))
+    op.drop_constraint("inbox_pkey", "inbox", type_="primary")
+    op.create_primary_key("inbox_pkey", "inbox", ["consumer", "source", "event_id"])
+    op.create_index("inbox_received_at_idx", "inbox", ["received_at"], postgresql_using="brin")
+
+
+def messaging_0003_downgrade(op: Any) -> None:
+    op.drop_index("inbox_received_at_idx", table_name="inbox")
+    # One row per (consumer, event_id) again: the same id from two sources becomes one entry.
+    op.execute(
+        "DELETE FROM inbox a USING inbox b "
+        "WHERE a.consumer = b.consumer AND a.event_id = b.event_id AND a.source > b.source"
+    )
+    op.drop_constraint("inbox_pkey", "inbox", type_="primary")
+    op.create_primary_key("inbox_pkey", "inbox", ["consumer", "event_id"])
+    op.drop_column("inbox", "source")

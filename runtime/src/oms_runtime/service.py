@@ -19,8 +19,9 @@ from faststream.specification import AsyncAPI
 from oms_contracts import Topic
 
 from . import http, telemetry
-from .consumer import BatchConsumer, Handler, InvalidHandler
+from .consumer import BatchConsumer, Handler, InvalidHandler, prune_inbox
 from .database import Database, is_transient
+from .loop import run_when_woken
 from .outbox import Relay
 from .settings import ServiceSettings
 
@@ -82,6 +83,7 @@ class Service:
         self._starting: asyncio.Task[None] | None = None
         self._consumers_started = False
         self.http: FastAPI = http.create_app(self, description)
+        self.worker(self._prune_inbox)
 
     def consumer(self, topic: Topic, *, on_invalid: InvalidHandler | None = None) -> Callable[[Handler], Handler]:
         """Subscribe a batch handler to a topic, in this service's consumer group for that topic."""
@@ -147,6 +149,17 @@ class Service:
         """A background loop that runs while the service runs (e.g. a sender, a stuck-order sweep)."""
         self._workers.append(loop)
         return loop
+
+    async def _prune_inbox(self) -> None:
+        wake = asyncio.Event()
+        wake.set()  # once at start, then every interval
+
+        async def prune() -> None:
+            pruned = await prune_inbox(self.database, self.settings.inbox_retention)
+            if pruned:
+                log.info("inbox: forgot %d events applied more than %s ago", pruned, self.settings.inbox_retention)
+
+        await run_when_woken(wake, prune, interval=self.settings.inbox_prune_interval_s, what="inbox pruning")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AliasChoices, Field, field_validator
@@ -41,6 +42,10 @@ class ServiceSettings(BaseSettings):
     # one JSON span per line into this file (what the end-to-end test reads).
     trace_file: str | None = None
     db_pool_size: int = Field(default=10, ge=1)
+    # How long the inbox remembers an applied event (OMS_INBOX_RETENTION: seconds or ISO 8601, e.g. P7D), and how
+    # often it forgets older ones. Far longer than any redelivery: Kafka redelivers only uncommitted offsets.
+    inbox_retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
+    inbox_prune_interval_s: float = Field(default=3600.0, gt=0)
 
     @field_validator("api_tokens", mode="before")
     @classmethod

@@ -1,0 +1,26 @@
+"""The messaging tables every service has: the inbox keyed by the CloudEvent's (source, id) and prunable by age
+(oms_runtime.migrations has the step and why).
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-08
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+from oms_runtime import migrations
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    migrations.messaging_0003_upgrade(op)
+
+
+def downgrade() -> None:
+    migrations.messaging_0003_downgrade(op)
