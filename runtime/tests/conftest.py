@@ -4,6 +4,7 @@ probe handler records its effects), a probe service whose handler each test stee
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 import uuid
@@ -240,8 +241,8 @@ async def kafka_topic(kafka_bootstrap: str) -> AsyncIterator[Callable[..., Await
     """Create probe topics on the broker (deleted after the test)."""
     created: list[str] = []
 
-    async def create(partitions: int = 1) -> Topic:
-        topic = probe_topic()
+    async def create(partitions: int = 1, config: dict[str, str] | None = None) -> Topic:
+        topic = dataclasses.replace(probe_topic(), config=config or {})
         await ensure_topics(kafka_bootstrap, [topic], partitions=partitions)
         created.append(topic.name)
         return topic

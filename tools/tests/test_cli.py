@@ -26,6 +26,10 @@ COMMANDS = [
     ["demo", "ship"],
     ["dlq"],
     ["dlq", "tail"],
+    ["outbox"],
+    ["outbox", "parked"],
+    ["outbox", "retry"],
+    ["outbox", "drop"],
 ]
 
 

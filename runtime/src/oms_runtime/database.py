@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 
 def add_messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
-    """The outbox (events waiting for the relay) and inbox (events already applied) of one service's database."""
+    """The outbox (events waiting for the relay) and inbox (events already applied) of one service's database, and
+    beside them `parked_messages` (outbox rows that can never be published)."""
     outbox = sa.Table(
         "outbox",
         metadata,
@@ -45,6 +46,21 @@ def add_messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         sa.Column("event_id", UUID(as_uuid=True), primary_key=True),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.Index("inbox_received_at_idx", "received_at", postgresql_using="brin"),
+    )
+    # Outbox rows the relay could never publish, with why; `oms outbox` lists, retries and drops them.
+    sa.Table(
+        "parked_messages",
+        metadata,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),  # the row's id in the outbox
+        sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("key", sa.Text, nullable=True),
+        sa.Column("payload", BYTEA, nullable=False),
+        sa.Column("headers", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("error_class", sa.Text, nullable=False),
+        sa.Column("error_message", sa.Text, nullable=False),
+        sa.Column("parked_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("attempts", sa.Integer, nullable=False),
     )
     return outbox, inbox
 

@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -43,14 +44,38 @@ def messaging_0003_upgrade(op: Any) -> None:
     may use the same id. Rows from before keep source '' — the key of records that never validated too — and the
     consumer treats a row with source '' as covering every source, so a redelivery of an event applied before the
     upgrade is still skipped. A BRIN index on received_at lets the inbox be pruned by age at almost no cost per
-    insert (rows arrive in time order)."""
+    insert (rows arrive in time order). And `parked_messages` (below)."""
     op.add_column("inbox", sa.Column("source", sa.Text(), server_default="", nullable=False))
     op.drop_constraint("inbox_pkey", "inbox", type_="primary")
     op.create_primary_key("inbox_pkey", "inbox", ["consumer", "source", "event_id"])
     op.create_index("inbox_received_at_idx", "inbox", ["received_at"], postgresql_using="brin")
+    # Outbox rows the relay can never publish (too large, a topic that does not exist), moved aside so that they
+    # never stall the rest of the service's output; `oms outbox` lists, retries and drops them.
+    op.create_table(
+        "parked_messages",
+        sa.Column("id", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("topic", sa.Text(), nullable=False),
+        sa.Column("key", sa.Text(), nullable=True),
+        sa.Column("payload", postgresql.BYTEA(), nullable=False),
+        sa.Column(
+            "headers", postgresql.JSONB(astext_type=sa.Text()), server_default=sa.text("'[]'::jsonb"), nullable=False
+        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("error_class", sa.Text(), nullable=False),
+        sa.Column("error_message", sa.Text(), nullable=False),
+        sa.Column("parked_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
 
 
 def messaging_0003_downgrade(op: Any) -> None:
+    # Parked rows go back to the outbox rather than away: the relay of the older version tries them again.
+    op.execute(
+        "INSERT INTO outbox (topic, key, payload, headers, created_at) "
+        "SELECT topic, key, payload, headers, created_at FROM parked_messages ORDER BY id"
+    )
+    op.drop_table("parked_messages")
     op.drop_index("inbox_received_at_idx", table_name="inbox")
     # One row per (consumer, event_id) again: the same id from two sources becomes one entry.
     op.execute(

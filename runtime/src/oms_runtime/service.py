@@ -58,7 +58,12 @@ class Service:
         self.settings = settings
         self.name = settings.service
         self.database = Database(settings.database_url, settings.db_pool_size)
-        self.relay = Relay(self.database, settings.kafka_bootstrap, self.name)
+        self.relay = Relay(
+            self.database,
+            settings.kafka_bootstrap,
+            self.name,
+            unknown_topic_grace_s=settings.relay_unknown_topic_grace_s,
+        )
         self.broker = KafkaBroker(
             settings.kafka_bootstrap,
             client_id=f"oms-{self.name}",

@@ -46,6 +46,9 @@ class ServiceSettings(BaseSettings):
     # often it forgets older ones. Far longer than any redelivery: Kafka redelivers only uncommitted offsets.
     inbox_retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
     inbox_prune_interval_s: float = Field(default=3600.0, gt=0)
+    # How long the relay keeps messages for a topic Kafka does not have (or will not let it write to) before it parks
+    # them: a topic created a moment ago may be unknown for a few seconds.
+    relay_unknown_topic_grace_s: float = Field(default=60.0, gt=0)
 
     @field_validator("api_tokens", mode="before")
     @classmethod

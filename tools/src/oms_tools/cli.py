@@ -26,9 +26,10 @@ from oms_contracts import FIXED_TOPICS
 from oms_contracts.common import BackorderPolicy
 from oms_contracts.topics import CHANNEL_ORDERS, INVENTORY_RECEIPTS
 from oms_contracts.types import SourceCode
+from oms_runtime import outbox as relay_outbox
 from oms_runtime.topics import ensure_topics
 
-from . import demo, samples
+from . import demo, outbox, samples
 from .dlq import tail
 from .errors import FAILED, INVALID, UNREACHABLE, ToolError
 from .kafka import new_traceparent, producer, require_topics, send, talking_to, trace_id_of
@@ -63,7 +64,14 @@ dlq_app = typer.Typer(
 )
 app.add_typer(topics_app, name="topics")
 app.add_typer(demo_app, name="demo")
+outbox_app = typer.Typer(
+    help="Messages a service's outbox relay could never publish (too large, a topic that does not exist): it parks "
+    "them so that the rest of the service's output goes on. List them, put them back after a fix, or drop them.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(outbox_app, name="outbox")
 
 
 @app.callback()
@@ -592,3 +600,111 @@ def dlq_tail(
     _run(run, bootstrap=bootstrap, stoppable=True)
     if not follow:
         typer.echo(f"{count} dead letter(s)", err=True)
+
+
+# oms outbox parked / retry / drop -----------------------------------------------------------------------------------
+
+log = logging.getLogger("oms_tools.outbox")
+
+Service = Annotated[
+    outbox.ServiceName,
+    typer.Option("--service", "-s", case_sensitive=False, help="Whose outbox: the service's own database."),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        show_default=False,
+        help="The service's database; by default OMS_<SERVICE>_DATABASE_URL, else OMS_DATABASE_URL, else the local "
+        "one of `make run` (the password is never printed).",
+    ),
+]
+
+
+@outbox_app.callback()
+def _outbox() -> None:
+    """Messages a service's outbox relay parked."""
+
+
+@outbox_app.command("parked", epilog=EXIT_CODES)
+def outbox_parked(
+    service: Service,
+    database_url: DatabaseUrl = None,
+    full: Annotated[bool, typer.Option("--full", help="Print whole payloads and keys.")] = False,
+) -> None:
+    """List the service's parked messages, oldest first: topic, key, event type, the error that parked it, when it
+    was written and parked, after how many tries, and its payload."""
+    url = outbox.database_url(service, database_url)
+
+    async def read() -> list[Any]:
+        async with outbox.transaction(url) as pg:
+            return await relay_outbox.parked(pg)
+
+    rows = _run(read) or []
+    for row in rows:
+        typer.echo(outbox.format_parked(row, full=full))
+    typer.echo(f"{len(rows)} parked message(s) in {service.value}'s outbox", err=True)
+
+
+@outbox_app.command("retry", epilog=EXIT_CODES)
+def outbox_retry(
+    service: Service,
+    ids: Annotated[list[int] | None, typer.Argument(help="Parked message ids (as `oms outbox parked` shows).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every parked message of the service.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Put parked messages back into the outbox, after the cause is fixed (the topic created, a limit raised).
+
+    They join the outbox behind everything waiting there, in the order they were parked in, and the running
+    service's relay publishes them within a second; one that still cannot be published is parked again."""
+    if bool(ids) == every:
+        raise typer.BadParameter("name parked message ids, or --all (not both)", param_hint="IDS / --all")
+    url = outbox.database_url(service, database_url)
+
+    async def move() -> list[int]:
+        async with outbox.transaction(url) as pg:
+            return await relay_outbox.retry_parked(pg, None if every else ids)
+
+    moved = _run(move) or []
+    if not every and (missing := sorted(set(ids or ()) - set(moved))):
+        # The transaction committed what it found: the others were retried or dropped already, or never existed.
+        typer.echo(f"no parked message {', '.join(map(str, missing))} in {service.value}'s outbox", err=True)
+    typer.echo(
+        f"{len(moved)} parked message(s) back in {service.value}'s outbox"
+        + (f": {', '.join(map(str, moved))}" if moved else "")
+    )
+    if not every and not moved:
+        raise typer.Exit(FAILED)
+
+
+@outbox_app.command("drop", epilog=EXIT_CODES)
+def outbox_drop(
+    service: Service,
+    message_id: Annotated[int, typer.Argument(metavar="ID", help="The parked message's id.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why it may be lost (kept in the log line).")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Delete one parked message for good, saying why. It is never published; the line this prints (and logs) is
+    what remains of it."""
+    if not reason.strip():
+        raise typer.BadParameter("say why the message may be lost", param_hint="--reason")
+    url = outbox.database_url(service, database_url)
+
+    async def drop() -> Any:
+        async with outbox.transaction(url) as pg:
+            return await relay_outbox.drop_parked(pg, message_id)
+
+    row = _run(drop)
+    if row is None:
+        raise _fail(ToolError(f"no parked message {message_id} in {service.value}'s outbox", FAILED))
+    log.warning(
+        "dropped parked message %d of %s (topic %s, key %s, %s, %d bytes): %s",
+        row["id"],
+        service.value,
+        row["topic"],
+        row["key"],
+        row["error_class"],
+        len(row["payload"]),
+        reason,
+    )
+    typer.echo(f"dropped parked message {row['id']} of {service.value} ({row['topic']}, key {row['key']}): {reason}")

@@ -1,5 +1,5 @@
-"""The messaging tables every service has: the inbox keyed by the CloudEvent's (source, id) and prunable by age
-(oms_runtime.migrations has the step and why).
+"""The messaging tables every service has: the inbox keyed by the CloudEvent's (source, id) and prunable by age,
+and `parked_messages` for outbox rows that can never be published (oms_runtime.migrations has the step and why).
 
 Revision ID: 0003
 Revises: 0002
