@@ -10,7 +10,7 @@ from pydantic import Field, HttpUrl, ValidationError
 
 from .common import Address, Customer, Line, LineQuantity, OrderOptions, PricedLine, ShippingMethod
 from .envelope import CloudEvent
-from .types import Contract, CurrencyCode, Money, NonEmptyStr, SourceCode, Text, UtcDatetime
+from .types import Contract, Count, CurrencyCode, Money, NonEmptyStr, SourceCode, Text, UtcDatetime
 
 
 class OrderStatus(StrEnum):
@@ -73,7 +73,10 @@ class OrderRejectedData(Contract):
     external_order_id: str | None = None
     rejected_event_id: uuid.UUID | None = None
     reason: Text
-    errors: list[FieldError] = Field(default_factory=list)
+    errors: list[FieldError] = Field(
+        default_factory=list, description="The field errors, the first 50 of them (each field and message cut short)"
+    )
+    errors_omitted: Count = Field(default=0, description="How many more field errors there were than `errors` lists")
 
 
 class StatusChangedData(OrderRef):

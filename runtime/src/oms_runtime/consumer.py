@@ -42,6 +42,12 @@ E = TypeVar("E", bound=CloudEvent)
 # How long a stopping consumer waits for its offsets to be committed; then they are left for redelivery.
 _FLUSH_SECONDS = 10.0
 
+# The most of an original record's value a dead letter keeps: the broker's default message.max.bytes is 1 MB, and a
+# dead letter carries its error and origin in headers beside the value. A larger one is cut, and says so.
+DEAD_LETTER_MAX_BYTES = 900_000
+# Of a validation error with many field errors, the dead letter's header names this many.
+_ERRORS_NAMED = 20
+
 # Records that never validated have no event id of their own; their inbox key is derived from where they sit.
 _UNDECODABLE = uuid.UUID("3d0bf7c6-94a4-4c52-9a0b-9a7e0e3c6a11")
 
@@ -95,9 +101,12 @@ class Refused(Exception):
 class Transaction:
     """What a handler gets: the open database transaction and the means to emit events from it."""
 
-    def __init__(self, conn: AsyncConnection, service: str) -> None:
+    def __init__(
+        self, conn: AsyncConnection, service: str, *, dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
+    ) -> None:
         self.conn = conn
         self.service = service
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.outbox: list[OutboxMessage] = []
         self._pg = None
 
@@ -136,13 +145,18 @@ class Transaction:
             ("oms-error-message", _describe(error)[:4000]),
             ("oms-service", self.service),
         ]
+        value = record.value or b""
+        if len(value) > self.dead_letter_max_bytes:
+            # Whole, it might be more than the broker takes: the dead letter would be parked instead of read.
+            headers += [("oms-truncated", "true"), ("oms-original-size", str(len(value)))]
+            value = value[: self.dead_letter_max_bytes]
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         # The outbox's text and jsonb columns cannot hold NUL; a dead letter that cannot be written would stop the
         # partition for good.
         if key is not None:
             key = key.replace("\x00", "\ufffd")
         headers = [(name, value.replace("\x00", "\ufffd")) for name, value in headers]
-        self.outbox.append(OutboxMessage(DEAD_LETTERS.name, key, record.value or b"", headers))
+        self.outbox.append(OutboxMessage(DEAD_LETTERS.name, key, value, headers))
         log.warning(
             "dead-lettered %s[%d]@%d: %s",
             record.topic,
@@ -185,9 +199,11 @@ InvalidHandler = Callable[[Transaction, Invalid], Awaitable[bool]]
 def _describe(error: BaseException) -> str:
     if isinstance(error, ValidationError):
         parts = []
-        for e in error.errors():
-            where = ".".join(str(p) for p in e["loc"] if not str(p).startswith("oms."))
+        for e in error.errors(include_url=False, include_input=False)[:_ERRORS_NAMED]:
+            where = ".".join(str(p)[:200] for p in e["loc"] if not str(p).startswith("oms."))
             parts.append(f"{where}: {e['msg']}" if where else e["msg"])
+        if error.error_count() > _ERRORS_NAMED:
+            parts.append(f"and {error.error_count() - _ERRORS_NAMED} more")
         return f"{error.error_count()} validation error(s): " + "; ".join(parts)
     return str(error) or type(error).__name__
 
@@ -209,8 +225,10 @@ class BatchConsumer:
         service: str,
         on_commit: Callable[[], None],
         on_invalid: InvalidHandler | None = None,
+        dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
     ) -> None:
         self.name = name
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.topic = topic
         self.handler = handler
         self.database = database
@@ -328,7 +346,7 @@ class BatchConsumer:
 
     async def _apply(self, messages: list[Message], poison: BaseException | None = None) -> None:
         async with self.database.transaction() as conn:
-            tx = Transaction(conn, self.service)
+            tx = Transaction(conn, self.service, dead_letter_max_bytes=self.dead_letter_max_bytes)
             fresh = await self._claim(tx, messages)
             if poison is not None:
                 for message in fresh:

@@ -103,6 +103,7 @@ class Service:
                 service=self.name,
                 on_commit=self._committed,
                 on_invalid=on_invalid,
+                dead_letter_max_bytes=self.settings.dead_letter_max_bytes,
             )
             self.consumers.append(consumer)
 

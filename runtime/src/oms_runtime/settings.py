@@ -49,6 +49,9 @@ class ServiceSettings(BaseSettings):
     # How long the relay keeps messages for a topic Kafka does not have (or will not let it write to) before it parks
     # them: a topic created a moment ago may be unknown for a few seconds.
     relay_unknown_topic_grace_s: float = Field(default=60.0, gt=0)
+    # The most of an original record's value a dead letter keeps (a larger one is cut and says so in its headers):
+    # below the broker's default message.max.bytes (1 MB), with room for the key and the headers.
+    dead_letter_max_bytes: int = Field(default=900_000, ge=1)
 
     @field_validator("api_tokens", mode="before")
     @classmethod

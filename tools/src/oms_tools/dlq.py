@@ -55,6 +55,9 @@ def format_dead_letter(record: ConsumerRecord, *, full: bool = False) -> str:
     ]
     if traceparent := headers.get("traceparent"):
         rows.append(_field("trace", traceparent))
+    if headers.get("oms-truncated") == "true":
+        kept = len(record.value or b"")
+        rows.append(_field("truncated", f"kept the first {kept} of {headers.get('oms-original-size', '?')} bytes"))
     rows.append(_field("payload", payload or "(empty)"))
     return "\n".join(rows) + "\n"
 
