@@ -57,12 +57,14 @@ class Probe:
     What it does with an event is steered by the event's `reference`: "boom..." raises an unexpected error and
     "refuse..." is refused, both after writing; `transient_failures` makes the next calls fail as if a dependency were
     down; `odd_failures` makes the next calls fail with an error of no transient kind (what a driver may raise in the
-    middle of an outage); `gate` holds every call until it is set."""
+    middle of an outage); `gate` holds every call until it is set; a reference in `fixed` is applied however it
+    starts (the cause of its refusal was fixed)."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
         self.transient_failures = 0
         self.odd_failures = 0
+        self.fixed: set[str] = set()
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
 
@@ -83,6 +85,8 @@ class Probe:
         )
         for e in events:
             reference = e.event.data.reference or ""
+            if reference in self.fixed:
+                continue
             if reference.startswith("boom"):
                 raise RuntimeError(f"cannot apply {reference}")
             if reference.startswith("refuse"):

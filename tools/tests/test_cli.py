@@ -26,6 +26,7 @@ COMMANDS = [
     ["demo", "ship"],
     ["dlq"],
     ["dlq", "tail"],
+    ["dlq", "replay"],
     ["outbox"],
     ["outbox", "parked"],
     ["outbox", "retry"],
@@ -109,6 +110,7 @@ def test_missing_or_broken_demo_files_are_named(oms, tmp_path: Path) -> None:
         ["demo", "order"],
         ["demo", "ship", "--once"],
         ["dlq", "tail"],
+        ["dlq", "replay", "--topic", "oms.channel.orders.v1"],
     ],
     ids=" ".join,
 )

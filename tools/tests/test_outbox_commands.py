@@ -21,6 +21,8 @@ from oms_runtime.outbox import OutboxMessage, Relay, append
 from oms_runtime.topics import ensure_topics
 from oms_tools.cli import app
 
+from .conftest import until
+
 OMS = str(Path(sys.executable).parent / "oms")
 
 
@@ -59,14 +61,6 @@ async def parked_ids(url: str) -> list[int]:
         return [row["id"] for row in await conn.fetch("SELECT id FROM parked_messages ORDER BY id")]
     finally:
         await conn.close()
-
-
-async def until(check, what: str, within: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not within {within:.0f}s: {what}")
-        await asyncio.sleep(0.1)
 
 
 async def test_a_message_parked_for_a_missing_topic_is_listed_and_published_after_oms_outbox_retry(

@@ -45,6 +45,8 @@ _FLUSH_SECONDS = 10.0
 # The most of an original record's value a dead letter keeps: the broker's default message.max.bytes is 1 MB, and a
 # dead letter carries its error and origin in headers beside the value. A larger one is cut, and says so.
 DEAD_LETTER_MAX_BYTES = 900_000
+# The most of the original's own headers a dead letter carries along.
+_HEADER_BYTES = 16 * 1024
 # Of a validation error with many field errors, the dead letter's header names this many.
 _ERRORS_NAMED = 20
 
@@ -69,6 +71,10 @@ class Incoming(Generic[E]):
         """What the inbox knows it by: CloudEvents identify an event by its source and id together."""
         return self.event.source, self.event.id
 
+    @property
+    def position(self) -> tuple[str, uuid.UUID]:
+        return _position(self.record)
+
 
 @dataclass(slots=True)
 class Invalid:
@@ -80,12 +86,21 @@ class Invalid:
 
     @property
     def id(self) -> uuid.UUID:
-        return uuid.uuid5(_UNDECODABLE, f"{self.record.topic}:{self.record.partition}:{self.record.offset}")
+        return _position(self.record)[1]
 
     @property
     def key(self) -> tuple[str, uuid.UUID]:
-        # No source can be trusted from a record that did not validate; '' is the inbox's "any source".
-        return "", self.id
+        # No source can be trusted from a record that did not validate: it is known by where it sat.
+        return _position(self.record)
+
+    @property
+    def position(self) -> tuple[str, uuid.UUID]:
+        return _position(self.record)
+
+
+def _position(record: ConsumerRecord) -> tuple[str, uuid.UUID]:
+    """An inbox key for one record as it sits in its topic, with source '' (the inbox's "any source")."""
+    return "", uuid.uuid5(_UNDECODABLE, f"{record.topic}:{record.partition}:{record.offset}")
 
 
 Message = Incoming[Any] | Invalid
@@ -136,7 +151,7 @@ class Transaction:
 
     def dead_letter(self, message: Message, error: BaseException) -> None:
         record = message.record
-        headers = list(telemetry.trace_headers(record.headers).items())
+        headers = _passed_on(record.headers)
         headers += [
             ("oms-original-topic", record.topic),
             ("oms-original-partition", str(record.partition)),
@@ -145,18 +160,18 @@ class Transaction:
             ("oms-error-message", _describe(error)[:4000]),
             ("oms-service", self.service),
         ]
-        value = record.value or b""
-        if len(value) > self.dead_letter_max_bytes:
+        payload = record.value or b""
+        if len(payload) > self.dead_letter_max_bytes:
             # Whole, it might be more than the broker takes: the dead letter would be parked instead of read.
-            headers += [("oms-truncated", "true"), ("oms-original-size", str(len(value)))]
-            value = value[: self.dead_letter_max_bytes]
+            headers += [("oms-truncated", "true"), ("oms-original-size", str(len(payload)))]
+            payload = payload[: self.dead_letter_max_bytes]
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         # The outbox's text and jsonb columns cannot hold NUL; a dead letter that cannot be written would stop the
         # partition for good.
         if key is not None:
             key = key.replace("\x00", "\ufffd")
-        headers = [(name, value.replace("\x00", "\ufffd")) for name, value in headers]
-        self.outbox.append(OutboxMessage(DEAD_LETTERS.name, key, value, headers))
+        headers = [(name.replace("\x00", "\ufffd"), value.replace("\x00", "\ufffd")) for name, value in headers]
+        self.outbox.append(OutboxMessage(DEAD_LETTERS.name, key, payload, headers))
         log.warning(
             "dead-lettered %s[%d]@%d: %s",
             record.topic,
@@ -194,6 +209,27 @@ async def prune_inbox(database: Database, retention: timedelta, chunk: int = 10_
 
 Handler = Callable[[Transaction, list[Incoming[Any]]], Awaitable[None]]
 InvalidHandler = Callable[[Transaction, Invalid], Awaitable[bool]]
+
+
+def _passed_on(headers: telemetry.Headers | None) -> list[tuple[str, str]]:
+    """The original's headers a dead letter carries, so that a replay (`oms dlq replay`) passes them on: the trace
+    headers when W3C-valid, any other header whose value is text; never the original's own oms-* headers (the dead
+    letter's are the runtime's), nor a null or binary value (the outbox stores headers as text), and at most
+    _HEADER_BYTES of them."""
+    kept = list(telemetry.trace_headers(headers).items())
+    room = _HEADER_BYTES
+    for name, value in headers or ():
+        if name in telemetry.TRACE_HEADERS or name.startswith("oms-") or value is None:
+            continue
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        room -= len(name) + len(value)
+        if room < 0:
+            break
+        kept.append((name, text))
+    return kept
 
 
 def _describe(error: BaseException) -> str:
@@ -347,7 +383,9 @@ class BatchConsumer:
     async def _apply(self, messages: list[Message], poison: BaseException | None = None) -> None:
         async with self.database.transaction() as conn:
             tx = Transaction(conn, self.service, dead_letter_max_bytes=self.dead_letter_max_bytes)
-            fresh = await self._claim(tx, messages)
+            # A dead letter is recorded by the record's position, not its event: a redelivery of that record is not
+            # dead-lettered twice, while a replay of the dead letter (a new record, the same event) is applied.
+            fresh = await self._claim(tx, messages, by_position=poison is not None)
             if poison is not None:
                 for message in fresh:
                     message.span.record_exception(poison)
@@ -366,12 +404,13 @@ class BatchConsumer:
                     await self.handler(tx, valid)
             await append(conn, tx.outbox)
 
-    async def _claim(self, tx: Transaction, messages: list[Message]) -> list[Message]:
+    async def _claim(self, tx: Transaction, messages: list[Message], *, by_position: bool = False) -> list[Message]:
         """Record the batch in the inbox; return the messages not seen before, each (source, id) once.
 
         A row with source '' (written before the inbox kept sources, or by a service not upgraded yet) stands for
         the id from any source, so an event applied before the upgrade is not applied again when redelivered."""
         pg = await tx.pg()
+        keys = [m.position if by_position else m.key for m in messages]
         rows = await pg.fetch(
             """
             INSERT INTO inbox (consumer, source, event_id)
@@ -382,14 +421,14 @@ class BatchConsumer:
             ON CONFLICT DO NOTHING RETURNING source, event_id
             """,
             self.name,
-            [m.key[0] for m in messages],
-            [m.key[1] for m in messages],
+            [key[0] for key in keys],
+            [key[1] for key in keys],
         )
         new = {(row["source"], row["event_id"]) for row in rows}
         fresh = []
-        for message in messages:
-            if message.key in new:
-                new.discard(message.key)
+        for message, key in zip(messages, keys, strict=True):
+            if key in new:
+                new.discard(key)
                 fresh.append(message)
             else:
                 message.span.set_attribute("oms.duplicate", True)

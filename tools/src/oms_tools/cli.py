@@ -14,25 +14,26 @@ import logging
 import secrets
 import signal
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
+from aiokafka import ConsumerRecord
 from pydantic import TypeAdapter, ValidationError
 
-from oms_contracts import FIXED_TOPICS
+from oms_contracts import DEAD_LETTERS, FIXED_TOPICS
 from oms_contracts.common import BackorderPolicy
 from oms_contracts.topics import CHANNEL_ORDERS, INVENTORY_RECEIPTS
 from oms_contracts.types import SourceCode
 from oms_runtime import outbox as relay_outbox
 from oms_runtime.topics import ensure_topics
 
-from . import demo, outbox, samples
+from . import demo, dlq, outbox, samples
 from .dlq import tail
 from .errors import FAILED, INVALID, UNREACHABLE, ToolError
-from .kafka import new_traceparent, producer, require_topics, send, talking_to, trace_id_of
+from .kafka import existing_topics, new_traceparent, producer, require_topics, send, talking_to, trace_id_of
 from .readiness import wait_until_inventory_knows
 from .ship import Shipper
 
@@ -600,6 +601,111 @@ def dlq_tail(
     _run(run, bootstrap=bootstrap, stoppable=True)
     if not follow:
         typer.echo(f"{count} dead letter(s)", err=True)
+
+
+# oms dlq replay ----------------------------------------------------------------------------------------------------
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _check_time(value: str | None) -> datetime | None:
+    """An RFC 3339 time (UTC when it has no offset), or a duration ago: 30m, 2h, 7d."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text[:-1].isdigit() and text[-1:] in _DURATION:
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _DURATION[text[-1]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is neither a time (2026-12-01T10:00:00Z) nor a duration ago (2h)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _check_positions(values: list[str] | None) -> list[str] | None:
+    for value in values or ():
+        partition, sep, offset = value.partition(":")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            raise typer.BadParameter(f"{value!r} is not PARTITION:OFFSET of {DEAD_LETTERS.name} (e.g. 2:41)")
+    return values
+
+
+@dlq_app.command("replay", epilog=EXIT_CODES)
+def dlq_replay(
+    at: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--at",
+            metavar="PARTITION:OFFSET",
+            callback=_check_positions,
+            help="A dead letter's position on oms.dlq.v1, as `oms dlq tail` shows it (repeatable).",
+        ),
+    ] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="Only dead letters of this original topic.")] = None,
+    error_class: Annotated[
+        str | None, typer.Option("--error-class", help="Only those dead-lettered with this error class (Refused...).")
+    ] = None,
+    service: Annotated[str | None, typer.Option("--service", help="Only those the service dead-lettered.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only those dead-lettered at or after: a time (RFC 3339) or a duration ago (2h)."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Only those dead-lettered before: a time or a duration ago.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be replayed; publish nothing.")] = False,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+) -> None:
+    """Publish chosen dead letters again to the topic they came from, after the cause is fixed (a source now known,
+    a bug fixed): the original key and value and the original's headers, plus `oms-replayed-from` naming the dead
+    letter, with the OMS producer settings (idempotent, acks=all), in the order they were dead-lettered.
+
+    Choose by position (`--at`) and/or by filters, which all must match; at least one is needed. The consumer
+    applies a replayed event as new (a dead letter is remembered by its position, not its event) or dead-letters it
+    again. A dead letter whose value was cut (over 900 kB) is not replayed: the original is not in it."""
+    if not (at or topic or error_class or service or since or until):
+        raise typer.BadParameter("choose with --at or a filter (--topic, --error-class, --service, --since, --until)")
+    selection = dlq.Selection(
+        at=frozenset((int(p), int(o)) for p, _, o in (value.partition(":") for value in at or ())),
+        original_topic=topic,
+        error_class=error_class,
+        service=service,
+        since=_check_time(since),
+        until=_check_time(until),
+    )
+
+    async def replay() -> tuple[int, int]:
+        letters = await dlq.chosen(bootstrap, selection)
+        existing = await existing_topics(bootstrap)
+        ready: list[ConsumerRecord] = []
+        skipped = 0
+        for letter in letters:
+            why = dlq.why_not_replayable(letter)
+            original = dict(letter.headers or ()).get("oms-original-topic", b"").decode("utf-8", "replace")
+            if why is None and original not in existing:
+                why = f"its topic {original} does not exist on Kafka at {bootstrap}"
+            if why is not None:
+                typer.echo(f"skipped  {dlq.describe(letter)}: {why}", err=True)
+                skipped += 1
+            else:
+                ready.append(letter)
+        if dry_run:
+            for letter in ready:
+                typer.echo(f"would replay  {dlq.describe(letter)}")
+            return len(ready), skipped
+        async with producer(bootstrap, "oms-dlq-replay") as client:
+            for letter in ready:
+                original = dict(letter.headers).get("oms-original-topic", b"").decode()
+                # One at a time, acknowledged, in the order they were dead-lettered: a key's events stay in order.
+                await client.send_and_wait(original, letter.value, key=letter.key, headers=dlq.replayed_headers(letter))
+                typer.echo(f"replayed  {dlq.describe(letter)}")
+        return len(ready), skipped
+
+    result = _run(replay, bootstrap=bootstrap)
+    done, skipped = result or (0, 0)
+    typer.echo(f"{done} dead letter(s) {'would be ' if dry_run else ''}replayed, {skipped} skipped", err=True)
 
 
 # oms outbox parked / retry / drop -----------------------------------------------------------------------------------
