@@ -11,8 +11,11 @@ export UV
 # test traffic and tests never see theirs.
 TEST_KAFKA_PORT ?= 19092
 TEST_PG_PORT ?= 15432
+# The access-control tests start (and stop) a broker with SASL/SCRAM and ACLs of their own on this port (and the next).
+TEST_SASL_KAFKA_PORT ?= $(shell echo $$(($(TEST_KAFKA_PORT) + 300)))
 TEST_ENV := OMS_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
-	OMS_TEST_POSTGRES_URL=postgresql://oms:oms@127.0.0.1:$(TEST_PG_PORT)/postgres
+	OMS_TEST_POSTGRES_URL=postgresql://oms:oms@127.0.0.1:$(TEST_PG_PORT)/postgres \
+	OMS_TEST_SASL_KAFKA_PORT=$(TEST_SASL_KAFKA_PORT)
 PYTEST_ARGS ?=
 
 .PHONY: help setup run stop test test-infra test-infra-down infra infra-down migrate topics schemas asyncapi lint clean
@@ -60,6 +63,7 @@ test-infra:
 
 test-infra-down:
 	OMS_KAFKA_PORT=$(TEST_KAFKA_PORT) deploy/kafka/kafka.sh stop
+	OMS_KAFKA_PORT=$(TEST_SASL_KAFKA_PORT) deploy/kafka/kafka.sh stop
 	OMS_PG_PORT=$(TEST_PG_PORT) deploy/postgres/postgres.sh stop
 
 test: setup test-infra

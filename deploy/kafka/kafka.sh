@@ -9,7 +9,17 @@
 #   OMS_KAFKA_STATE (<repo>/.cache/kafka-<port>),
 #   OMS_KAFKA_LIBS (<repo>/.cache/kafka-libs-<version>), KAFKA_VERSION (4.1.1),
 #   OMS_KAFKA_HEAP (1g), KAFKA_HOME (use an installed distribution's libs/),
-#   OMS_KAFKA_WAIT (seconds to wait for the broker, 90).
+#   OMS_KAFKA_WAIT (seconds to wait for the broker, 90),
+#   OMS_KAFKA_SECURITY (plaintext | sasl; plaintext),
+#   OMS_KAFKA_ADMIN_USER (admin), OMS_KAFKA_ADMIN_PASSWORD (required for sasl).
+#
+# With OMS_KAFKA_SECURITY=sasl the client listener is SASL_PLAINTEXT with
+# SCRAM-SHA-512, the StandardAuthorizer refuses whatever no ACL allows, and the
+# admin user (its SCRAM credential written into the metadata log when the
+# storage is formatted) is the only super user. The controller listener
+# authenticates the same admin with SASL/PLAIN from the broker's own config:
+# SCRAM credentials live in the metadata log, which the controller must serve
+# before anyone can read them. Other users and their ACLs: `oms acl` (README).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -29,9 +39,37 @@ PROPS="$STATE/server.properties"
 PIDFILE="$STATE/kafka.pid"
 LOG="$STATE/kafka.log"
 BOOTSTRAP="127.0.0.1:$PORT"
+SECURITY="${OMS_KAFKA_SECURITY:-plaintext}"
+ADMIN_USER="${OMS_KAFKA_ADMIN_USER:-admin}"
 
 log() { echo "kafka[$PORT]: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+# What start, status and wait need to talk to the broker (stop and reset do not).
+check_security() {
+  case "$SECURITY" in
+  plaintext) ;;
+  sasl)
+    [[ -n "${OMS_KAFKA_ADMIN_PASSWORD:-}" ]] || { log "ERROR: OMS_KAFKA_SECURITY=sasl needs OMS_KAFKA_ADMIN_PASSWORD"; exit 2; }
+    # Both end up in JAAS strings (between double quotes) and in a SCRAM spec (name=..,password=..]).
+    if [[ ! "$ADMIN_USER" =~ ^[A-Za-z0-9._-]+$ || "$OMS_KAFKA_ADMIN_PASSWORD" =~ [][\"\\\;,=[:space:]] ]]; then
+      log "ERROR: OMS_KAFKA_ADMIN_USER is letters, digits, '.', '_' and '-'; the password has no quotes, backslashes, brackets, ';', ',', '=' or spaces"
+      exit 2
+    fi
+    ;;
+  *) log "ERROR: OMS_KAFKA_SECURITY is plaintext or sasl, not '$SECURITY'"; exit 2 ;;
+  esac
+}
+
+# A JAAS line for the admin: `scram` logs in over SCRAM; `plain` is the
+# controller listener's PLAIN login, which also lists the users it accepts.
+jaas() {
+  local password="$OMS_KAFKA_ADMIN_PASSWORD"
+  case "$1" in
+    scram) echo "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$ADMIN_USER\" password=\"$password\";" ;;
+    plain) echo "org.apache.kafka.common.security.plain.PlainLoginModule required username=\"$ADMIN_USER\" password=\"$password\" user_$ADMIN_USER=\"$password\";" ;;
+  esac
+}
 
 # start/stop/reset of one instance run one at a time: two concurrent starts
 # would both format and launch, and the loser would overwrite the pid file.
@@ -88,6 +126,11 @@ answers() {
     PROBE_CFG="$(mktemp)"
     trap 'rm -f "$PROBE_CFG"' EXIT
     printf 'request.timeout.ms=3000\ndefault.api.timeout.ms=5000\n' >"$PROBE_CFG"
+    if [[ "$SECURITY" == sasl ]]; then
+      # mktemp made the file readable by its owner only.
+      printf '%s\n' security.protocol=SASL_PLAINTEXT sasl.mechanism=SCRAM-SHA-512 \
+        "sasl.jaas.config=$(jaas scram)" >>"$PROBE_CFG"
+    fi
   fi
   timeout 20 java -Xmx128m -XX:TieredStopAtLevel=1 -cp "$LIBS/*" \
     org.apache.kafka.tools.BrokerApiVersionsCommand \
@@ -121,18 +164,55 @@ wait_ready() {
 }
 
 write_props() {
-  cat >"$PROPS" <<EOF
+  # In sasl mode the file holds the admin password: readable by its owner only.
+  rm -f "$PROPS"
+  (umask 077; { listener_props; common_props; } >"$PROPS")
+}
+
+# How clients, the broker and the controller reach each other (and log in).
+listener_props() {
+  cat <<EOF
 # Written by deploy/kafka/kafka.sh on every start; edit the script, not this file.
 process.roles=broker,controller
 node.id=1
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
 # A dynamic single-voter quorum (StorageTool --standalone); controller.quorum.voters
 # would conflict with it.
 controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
+EOF
+  if [[ "$SECURITY" != sasl ]]; then
+    cat <<EOF
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+EOF
+    return
+  fi
+  cat <<EOF
+listeners=SASL_PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=SASL_PLAINTEXT://127.0.0.1:$PORT
+inter.broker.listener.name=SASL_PLAINTEXT
+listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT
+# Clients and the broker itself: SCRAM-SHA-512, users from the metadata log.
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=$(jaas scram)
+# Broker to controller: PLAIN, the admin from this file (SCRAM users are known
+# only once the controller has read the metadata log).
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.controller.plain.sasl.jaas.config=$(jaas plain)
+# Whatever no ACL allows is refused; only the admin (the broker itself, the
+# controller, operators) bypasses ACLs.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:$ADMIN_USER
+EOF
+}
+
+common_props() {
+  cat <<EOF
 log.dirs=$STATE/data
 # The project creates its topics explicitly; a typo must not invent a topic.
 auto.create.topics.enable=false
@@ -166,12 +246,25 @@ start() {
   mkdir -p "$STATE/data"
   write_props
   [[ -f "$LOG" ]] && mv -f "$LOG" "$LOG.1"
+  # A storage formatted for one mode has the other's users (or none): switching
+  # takes a reset, not a surprise at the first login.
+  local formatted_for
+  formatted_for="$(cat "$STATE/security" 2>/dev/null || echo plaintext)"
+  if [[ -f "$STATE/data/meta.properties" && "$formatted_for" != "$SECURITY" ]]; then
+    die "$STATE holds a broker formatted for security '$formatted_for', not '$SECURITY'; run: OMS_KAFKA_PORT=$PORT $0 reset"
+  fi
   if [[ ! -f "$STATE/data/meta.properties" ]]; then
     [[ -s "$STATE/cluster.id" ]] || java_cp kafka.tools.StorageTool random-uuid >"$STATE/cluster.id"
-    log "formatting KRaft storage in $STATE/data (cluster id $(cat "$STATE/cluster.id"))"
+    log "formatting KRaft storage in $STATE/data (cluster id $(cat "$STATE/cluster.id"), security $SECURITY)"
+    local scram=()
+    if [[ "$SECURITY" == sasl ]]; then
+      # The admin's SCRAM credential enters the metadata log with the format.
+      scram=(--add-scram "SCRAM-SHA-512=[name=$ADMIN_USER,password=$OMS_KAFKA_ADMIN_PASSWORD]")
+    fi
     java_cp kafka.tools.StorageTool format --standalone --ignore-formatted \
-      -t "$(cat "$STATE/cluster.id")" -c "$PROPS" >>"$LOG" 2>&1 \
+      -t "$(cat "$STATE/cluster.id")" -c "$PROPS" "${scram[@]}" >>"$LOG" 2>&1 \
       || { tail -n 20 "$LOG" >&2; die "storage format failed"; }
+    echo "$SECURITY" >"$STATE/security"
   fi
   log "starting Kafka $KAFKA_VERSION (state $STATE, log $LOG)"
   # setsid: the broker outlives this shell and ignores its terminal's signals.
@@ -215,10 +308,10 @@ stop() {
 
 case "${1:-}" in
   fetch)  fetch; log "libs ready in $LIBS" ;;
-  start)  lock; start ;;
+  start)  check_security; lock; start ;;
   stop)   if [[ -d "$STATE" ]]; then lock; fi; stop ;;
-  status) if answers; then echo running; else echo stopped; exit 3; fi ;;
-  wait)   wait_ready || exit 1; log "running on $BOOTSTRAP" ;;
+  status) check_security; if answers; then echo running; else echo stopped; exit 3; fi ;;
+  wait)   check_security; wait_ready || exit 1; log "running on $BOOTSTRAP" ;;
   logs)   [[ -f "$LOG" ]] || die "no log at $LOG"; tail -n "${2:-100}" "$LOG" ;;
   reset)  if [[ -d "$STATE" ]]; then lock; fi; stop; rm -rf "$STATE"; log "state $STATE deleted" ;;
   *)      echo "usage: $0 fetch|start|stop|status|wait|logs [N]|reset" >&2; exit 2 ;;

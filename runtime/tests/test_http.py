@@ -69,7 +69,7 @@ async def test_readyz_names_kafka_and_the_consumers_before_the_service_has_start
         response = await http.get("/readyz")
     assert response.status_code == 503
     assert response.json()["problems"] == {
-        "kafka": "kafka unreachable",
+        "kafka": "kafka not connected yet",
         "consumers": "consumers not started yet",
     }
 

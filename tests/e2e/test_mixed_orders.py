@@ -1,16 +1,26 @@
 """Mixed orders through all four services on the real broker and databases: what is in stock ships at once, the
-rest when stock arrives (FIFO), a split ships from two warehouses, and the customer is told at every step."""
+rest when stock arrives (FIFO), a split ships from two warehouses, the customer is told at every step, and a line
+routing backorders on a stale view of stock ships from the stock already there."""
 
 from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from oms_contracts import fulfillment
-from oms_contracts.topics import CHANNEL_ORDERS, FULFILLMENT_UPDATES, INVENTORY_RECEIPTS, fulfillment_requests
+from oms_contracts.common import Address
+from oms_contracts.inventory import StockLevelChanged, StockLevelChangedData
+from oms_contracts.topics import (
+    CHANNEL_ORDERS,
+    FULFILLMENT_UPDATES,
+    INVENTORY_RECEIPTS,
+    INVENTORY_STOCK,
+    fulfillment_requests,
+)
 from oms_tools import samples
 
 from .conftest import System, eventually, read_until, run_id
@@ -18,9 +28,9 @@ from .conftest import System, eventually, read_until, run_id
 pytestmark = pytest.mark.timeout(300)
 
 
-async def _routable(system: System, sku: str, source: str, quantity: int = 1) -> None:
-    """Routing's projection has caught up with inventory: a one-line order of `sku` would ship from `source`."""
-    probe = samples.order_submitted(f"probe-{run_id()}", [(sku, quantity, "1.00")])
+async def _simulated(system: System, sku: str, quantity: int = 1, address: Address = samples.BERLIN) -> dict:
+    """The plan routing would make now for a one-line order of `sku` to `address` (routing's /simulate)."""
+    probe = samples.order_submitted(f"probe-{run_id()}", [(sku, quantity, "1.00")], address=address)
     paid = {
         "order_id": str(probe.data.order_id),
         "channel": "web-eu",
@@ -33,13 +43,19 @@ async def _routable(system: System, sku: str, source: str, quantity: int = 1) ->
         "options": {"ship_complete": False, "backorder_policy": "allow"},
     }
     async with system.http() as http:
+        r = await http.post(system.url("routing", "/simulate"), json=paid)
+    assert r.status_code == 200, r.text
+    return r.json()
 
-        async def planned_there():
-            r = await http.post(system.url("routing", "/simulate"), json=paid)
-            shipments = r.json()["shipments"] if r.status_code == 200 else []
-            return [s for s in shipments if s["source_code"] == source]
 
-        await eventually(planned_there, what=f"routing to see {sku} at {source}")
+async def _routable(system: System, sku: str, source: str, quantity: int = 1) -> None:
+    """Routing's projection has caught up with inventory: a one-line order of `sku` would ship from `source`."""
+
+    async def planned_there():
+        shipments = (await _simulated(system, sku, quantity))["shipments"]
+        return [s for s in shipments if s["source_code"] == source]
+
+    await eventually(planned_there, what=f"routing to see {sku} at {source}")
 
 
 async def _stock(system: System, sku: str, source: str, quantity: int) -> None:
@@ -238,3 +254,78 @@ async def test_three_backorders_are_served_oldest_first_and_the_third_keeps_its_
             await warehouse.stop()
     assert _units(third.data.lines) == [(sku, 1)]
     assert (await _order(system, orders[2]))["status"] == "awaiting_fulfillment"
+
+
+def _level(sku: str, source: str, available: int, changed_at: datetime) -> StockLevelChanged:
+    level = StockLevelChangedData(
+        sku=sku, source_code=source, on_hand=available, reserved=0, available=available, changed_at=changed_at
+    )
+    return StockLevelChanged(source="/e2e", subject=sku, data=level)
+
+
+async def test_a_line_routing_backorders_on_a_stale_view_of_stock_is_requested_from_the_stock_already_there(
+    system: System, network
+):
+    """Routing plans from its projection of inventory's stock levels, which lags. Here it is held stale on purpose:
+    it keeps a level of WH-EAST stamped later than anything inventory publishes (as a level from a clock running
+    ahead would be), so it ignores the receipt's level and backorders a line inventory holds stock for. Inventory
+    serves that line from the stock already there, at once, without any further receipt."""
+    rid = run_id()
+    here, unseen = f"STALE-HERE-{rid}", f"STALE-UNSEEN-{rid}"
+    poland = samples.DEMO_ADDRESSES["PL"]  # only WH-EAST ships to Poland
+    await _stock(system, here, "WH-EAST", 3)
+    await _routable(system, here, "WH-EAST")
+
+    levels = system.consumer(INVENTORY_STOCK.name)
+    await levels.start()
+    try:
+        # Levels of one SKU share a partition, so routing reads them in this order: the level from the future, the
+        # receipt's level (ignored: older), and a marker at WH-WEST (which does not ship to Poland) that shows when
+        # routing has read the receipt's level.
+        await system.publish(INVENTORY_STOCK.name, _level(unseen, "WH-EAST", 0, datetime(2099, 1, 1, tzinfo=UTC)))
+        await _stock(system, unseen, "WH-EAST", 2)
+
+        def inventorys_level(record) -> bool:
+            event = json.loads(record.value)
+            data = event["data"]
+            return event["source"] == "/oms/inventory" and (data["sku"], data["source_code"]) == (unseen, "WH-EAST")
+
+        await read_until(levels, inventorys_level)
+    finally:
+        await levels.stop()
+    await system.publish(INVENTORY_STOCK.name, _level(unseen, "WH-WEST", 1, datetime.now(UTC)))
+    await _routable(system, unseen, "WH-WEST")
+    stale = await _simulated(system, unseen, 2, poland)
+    assert stale["shipments"] == [] and [x["sku"] for x in stale["backordered_lines"]] == [unseen]
+    async with system.http() as http:
+        stock = (await http.get(system.url("inventory", f"/stock/{unseen}"))).json()
+    assert [(s["source_code"], s["available"]) for s in stock["sources"]] == [("WH-EAST", 2)]
+
+    submitted = samples.order_submitted(f"stale-{rid}", [(here, 1, "10.00"), (unseen, 2, "7.50")], address=poland)
+    order_id = submitted.data.order_id
+    warehouse = system.consumer(fulfillment_requests("WH-EAST").name)
+    await warehouse.start()
+    try:
+        await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
+        # The in-stock line as planned, and the backordered one from the stock routing did not see: two requests.
+        requests: list[fulfillment.FulfillmentRequested] = []
+
+        def both(record) -> bool:
+            event = json.loads(record.value)
+            if event["type"] == fulfillment.FulfillmentRequested.TYPE and event["data"]["order_id"] == str(order_id):
+                requests.append(fulfillment.FulfillmentRequested.model_validate_json(record.value))
+            return len(requests) == 2
+
+        await read_until(warehouse, both)
+    finally:
+        await warehouse.stop()
+    assert sorted(_units(r.data.lines) for r in requests) == [[(here, 1)], [(unseen, 2)]]
+
+    async with system.http() as http:
+        [plan] = (await http.get(system.url("routing", f"/plans/{order_id}"))).json()["plans"]
+        queue = (await http.get(system.url("inventory", f"/backorders/{unseen}"))).json()
+    assert [(x["sku"], x["quantity"]) for x in plan["backordered_lines"]] == [(unseen, 2)]
+    assert queue == []
+    order = await _order(system, order_id, "awaiting_fulfillment")
+    assert _line(order, unseen)["state"] == "requested"
+    assert _line(order, unseen)["quantities"]["requested"] == 2

@@ -76,18 +76,23 @@ async def test_an_order_goes_from_submission_to_fulfilled_through_all_four_servi
         assert warehouse["reserved"] == 0 and warehouse["on_hand"] <= 8
 
         # The customer got the order confirmation over SMTP, and notifications recorded it.
+        subject = f"Subject: Your order {submitted.data.external_order_id} is confirmed"
+
         async def confirmation():
-            return [m for m in system.mailbox.messages if submitted.data.external_order_id in m["data"]]
+            return [m for m in system.mailbox.messages if subject in m["data"]]
 
         [mail] = await eventually(confirmation, what="the confirmation mail")
         assert mail["to"] == ["ada@example.com"]
 
         async def recorded():
             r = await http.get(system.url("notifications", "/notifications"), params={"order_id": str(order_id)})
-            return [n for n in r.json() if n["status"] == "sent"] if r.status_code == 200 else None
+            sent = [n for n in r.json() if n["status"] == "sent"] if r.status_code == 200 else []
+            return sent if {n["template"] for n in sent} == {"order_confirmation", "shipped"} else None
 
-        [sent] = await eventually(recorded, what="the notification record")
-        assert sent["template"] == "order_confirmation" and sent["recipient"] == "ada@example.com"
+        # The confirmation, then the parcel's shipped mail: the customer's story in order.
+        mails = await eventually(recorded, what="the notification records")
+        assert [n["template"] for n in mails] == ["order_confirmation", "shipped"]
+        assert {n["recipient"] for n in mails} == {"ada@example.com"}
 
     # One trace follows the order through every service.
     trace_ids = {t["trace_id"] for t in timeline}

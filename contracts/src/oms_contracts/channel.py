@@ -14,6 +14,7 @@ from .common import (
     LineQuantity,
     OrderOptions,
     PricedLine,
+    ReturnedLine,
     ShippingMethod,
     order_id_for,
 )
@@ -84,8 +85,8 @@ class CancellationRequestedData(ChannelOrderRef):
 
 
 class ReturnReceivedData(ChannelOrderRef):
-    lines: list[LineQuantity] = Field(min_length=1)
-    source_code: SourceCode
+    lines: list[ReturnedLine] = Field(min_length=1)
+    source_code: SourceCode = Field(description="Where the parcel came back: a warehouse, or a store (return in store)")
     reason: Text
 
 

@@ -104,6 +104,15 @@ class LineQuantity(Contract):
     quantity: Quantity
 
 
+class ReturnCondition(StrEnum):
+    resellable = "resellable"  # back on the shelf of the source that received it
+    damaged = "damaged"  # refunded, not restocked
+
+
+class ReturnedLine(LineQuantity):
+    condition: ReturnCondition = ReturnCondition.resellable
+
+
 class OrderOptions(Contract):
     ship_complete: bool = False
     backorder_policy: BackorderPolicy = BackorderPolicy.allow

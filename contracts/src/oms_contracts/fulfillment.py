@@ -58,7 +58,11 @@ class FulfillmentDeliveredData(FulfillmentRef):
 
 
 class FulfillmentCancelledData(FulfillmentRef):
+    """The source will not ship these units: its answer to a cancel request, or its own decision (a shelf found
+    empty). The order service tells the two apart; what it did not ask to cancel is planned again elsewhere."""
+
     lines: list[LineQuantity] = Field(min_length=1)
+    reason: Text | None = None
 
 
 class _FulfillmentEvent(CloudEvent):

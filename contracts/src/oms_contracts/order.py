@@ -8,7 +8,16 @@ from typing import Literal
 
 from pydantic import Field, HttpUrl, ValidationError
 
-from .common import Address, Customer, Line, LineQuantity, OrderOptions, PricedLine, ShippingMethod
+from .common import (
+    Address,
+    Customer,
+    Line,
+    LineQuantity,
+    OrderOptions,
+    PricedLine,
+    ReturnCondition,
+    ShippingMethod,
+)
 from .envelope import CloudEvent
 from .types import Contract, Count, CurrencyCode, Money, NonEmptyStr, SourceCode, Text, UtcDatetime
 
@@ -86,6 +95,11 @@ class StatusChangedData(OrderRef):
     note: Text | None = None
     at: UtcDatetime
     cause_event_id: uuid.UUID | None = None
+    cause_type: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Type of the event or request behind the change, e.g. oms.channel.payment_failed.v1 or http",
+    )
 
 
 class OrderPaidData(OrderRef):
@@ -102,6 +116,20 @@ class OrderPaidData(OrderRef):
     options: OrderOptions
 
 
+class UnitsFrom(StrEnum):
+    """Where cancelled units were when they were cancelled: what inventory must give back for them."""
+
+    open = "open"  # not planned yet: nothing held
+    backordered = "backordered"  # waiting in the SKU's queue: leaves it
+    reserved = "reserved"  # reserved at a source, not requested: the reservation is released
+    requested = "requested"  # the source confirmed it will not ship them: its fulfillment.cancelled released them
+
+
+class CancelledUnits(Line):
+    from_state: UnitsFrom = Field(alias="from")
+    fulfillment_id: uuid.UUID | None = Field(default=None, description="For reserved and requested units")
+
+
 class LinesCancelledData(OrderRef):
     lines: list[LineQuantity] = Field(min_length=1)
     reason: Text
@@ -109,6 +137,14 @@ class LinesCancelledData(OrderRef):
     refund_amount: Money
     currency: CurrencyCode
     grand_total: Money = Field(description="The order total after the cancellation")
+    cancellation_id: uuid.UUID | None = Field(default=None, description="The request this answers, if one asked")
+    units: list[CancelledUnits] = Field(default_factory=list, description="Where each cancelled unit was")
+    status: OrderStatus | None = Field(default=None, description="The order's status after the cancellation")
+
+
+class RefundCause(StrEnum):
+    cancellation = "cancellation"
+    return_ = "return"
 
 
 class RefundIssuedData(OrderRef):
@@ -117,12 +153,60 @@ class RefundIssuedData(OrderRef):
     currency: CurrencyCode
     reason: Text
     lines: list[LineQuantity] = Field(default_factory=list)
+    cause: RefundCause | None = None
+    cancellation_id: uuid.UUID | None = None
+    return_id: uuid.UUID | None = None
+    refunded_total: Money | None = Field(default=None, description="Everything refunded on the order so far")
+
+
+class StuckKind(StrEnum):
+    paid_not_planned = "paid_not_planned"
+    requested_not_accepted = "requested_not_accepted"
+    accepted_not_shipped = "accepted_not_shipped"
+    backorder_overdue = "backorder_overdue"
+    no_progress = "no_progress"
 
 
 class OrderStuckData(OrderRef):
     status: OrderStatus
     since: UtcDatetime
     age_hours: float = Field(ge=0)
+    kind: StuckKind | None = None
+    reason: Text | None = Field(default=None, description="What has not happened, in words an operator reads")
+    fulfillment_id: uuid.UUID | None = None
+
+
+class CancellationRejectedData(OrderRef):
+    """A cancellation that could not be done (in whole or in part): the units named here stay on the order."""
+
+    cancellation_id: uuid.UUID
+    lines: list[LineQuantity] = Field(min_length=1)
+    reason: Text
+    requested_by: NonEmptyStr
+
+
+class ReplanRequestedData(OrderRef):
+    """A source will not ship these units (rejected or cancelled the fulfillment): plan them again without it."""
+
+    fulfillment_id: uuid.UUID
+    source_code: SourceCode
+    lines: list[Line] = Field(min_length=1)
+    reason: Text
+
+
+class ReturnedUnits(Line):
+    condition: ReturnCondition
+
+
+class LinesReturnedData(OrderRef):
+    """A return the order service accepted: what came back where, and what is refunded for it."""
+
+    return_id: uuid.UUID
+    source_code: SourceCode = Field(description="Where it was received; resellable units are restocked there")
+    lines: list[ReturnedUnits] = Field(min_length=1)
+    reason: Text
+    refund_amount: Money
+    currency: CurrencyCode
 
 
 class OrderFulfillmentShippedData(OrderRef):
@@ -203,3 +287,18 @@ class OrderFulfillmentShipped(_OrderEvent):
 class OrderFulfillmentDelivered(_OrderEvent):
     type: Literal["oms.order.fulfillment_delivered.v1"] = "oms.order.fulfillment_delivered.v1"
     data: OrderFulfillmentDeliveredData
+
+
+class CancellationRejected(_OrderEvent):
+    type: Literal["oms.order.cancellation_rejected.v1"] = "oms.order.cancellation_rejected.v1"
+    data: CancellationRejectedData
+
+
+class ReplanRequested(_OrderEvent):
+    type: Literal["oms.order.replan_requested.v1"] = "oms.order.replan_requested.v1"
+    data: ReplanRequestedData
+
+
+class LinesReturned(_OrderEvent):
+    type: Literal["oms.order.lines_returned.v1"] = "oms.order.lines_returned.v1"
+    data: LinesReturnedData

@@ -39,7 +39,7 @@ def _migrate(connection: sa.Connection, context: Any, metadata: sa.MetaData) -> 
         context.run_migrations()
 
 
-def messaging_0003_upgrade(op: Any) -> None:
+def inbox_by_source_and_parked_messages_upgrade(op: Any) -> None:
     """The inbox keyed by the CloudEvent's (source, id), as CloudEvents define an event's identity: two producers
     may use the same id. Rows from before keep source '' — the key of records that never validated too — and the
     consumer treats a row with source '' as covering every source, so a redelivery of an event applied before the
@@ -69,7 +69,7 @@ def messaging_0003_upgrade(op: Any) -> None:
     )
 
 
-def messaging_0003_downgrade(op: Any) -> None:
+def inbox_by_source_and_parked_messages_downgrade(op: Any) -> None:
     # Parked rows go back to the outbox rather than away: the relay of the older version tries them again.
     op.execute(
         "INSERT INTO outbox (topic, key, payload, headers, created_at) "

@@ -51,6 +51,7 @@ from opentelemetry import trace
 
 from . import telemetry
 from .database import Database, driver
+from .kafka import Kafka, client_options
 from .loop import run_when_woken
 
 log = logging.getLogger(__name__)
@@ -119,10 +120,10 @@ async def append(conn, messages: Sequence[OutboxMessage]) -> None:
     )
 
 
-def kafka_producer(bootstrap: str, client_id: str) -> AIOKafkaProducer:
+def kafka_producer(kafka: Kafka, client_id: str) -> AIOKafkaProducer:
     """The one producer configuration the OMS publishes with: idempotent, acknowledged by all in-sync replicas."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **client_options(kafka),
         client_id=client_id,
         acks="all",
         enable_idempotence=True,
@@ -198,7 +199,7 @@ class PublishingHeldBack(Exception):
 
 class Relay:
     def __init__(
-        self, database: Database, bootstrap: str, service: str, *, unknown_topic_grace_s: float = 60.0
+        self, database: Database, bootstrap: Kafka, service: str, *, unknown_topic_grace_s: float = 60.0
     ) -> None:
         self.database = database
         self.service = service
@@ -206,6 +207,8 @@ class Relay:
         self.unknown_topic_grace_s = unknown_topic_grace_s
         # Replaced when its session dies (readiness asks the current one).
         self.producer: AIOKafkaProducer | None = None
+        # Why the last attempt to start a producer failed (readiness says it in plain words); None once one runs.
+        self.connect_error: BaseException | None = None
         self._wake = asyncio.Event()
         self._last_id = 0
         self._last_sweep = 0.0
@@ -481,10 +484,12 @@ class Relay:
         fresh = self._new_producer()
         try:
             await fresh.start()
-        except BaseException:
+        except BaseException as error:
+            self.connect_error = error
             with contextlib.suppress(Exception):
                 await fresh.stop()
             raise
+        self.connect_error = None
         old, self.producer = self.producer, fresh
         if old is None:
             log.info("outbox relay connected to Kafka")

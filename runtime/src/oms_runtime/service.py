@@ -21,6 +21,7 @@ from oms_contracts import Topic
 from . import http, telemetry
 from .consumer import BatchConsumer, Handler, InvalidHandler, prune_inbox
 from .database import Database, is_transient
+from .kafka import kafka_problem
 from .loop import run_when_woken
 from .outbox import Relay
 from .settings import ServiceSettings
@@ -59,13 +60,12 @@ class Service:
         self.name = settings.service
         self.database = Database(settings.database_url, settings.db_pool_size)
         self.relay = Relay(
-            self.database,
-            settings.kafka_bootstrap,
-            self.name,
-            unknown_topic_grace_s=settings.relay_unknown_topic_grace_s,
+            self.database, settings, self.name, unknown_topic_grace_s=settings.relay_unknown_topic_grace_s
         )
         self.broker = KafkaBroker(
             settings.kafka_bootstrap,
+            # SASL and/or TLS from the settings, as the relay's producer and the admin client have them.
+            security=settings.kafka_security(),
             client_id=f"oms-{self.name}",
             apply_types=False,
             # Topics are created from the contracts by `oms topics create`, never as a side effect of subscribing.
@@ -238,14 +238,18 @@ class Service:
             await asyncio.wait_for(self.database.ping(), 2.0)
         except Exception as error:
             problems["database"], details["database"] = "database unreachable", repr(error)
-        producer = self.relay.producer
-        if producer is None:
-            problems["kafka"], details["kafka"] = "kafka unreachable", "no connection to Kafka yet"
-        else:
+        producer, failure = self.relay.producer, self.relay.connect_error
+        if producer is not None:
             try:
                 await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
+                failure = None
             except Exception as error:
-                problems["kafka"], details["kafka"] = "kafka unreachable", repr(error)
+                failure = error
+        if failure is not None:
+            # Told apart from a broker that does not answer: a login refused, an authorization missing.
+            problems["kafka"], details["kafka"] = f"kafka {await kafka_problem(self.settings, failure)}", repr(failure)
+        elif producer is None:
+            problems["kafka"] = details["kafka"] = "kafka not connected yet"
         if not self._consumers_started:
             problems["consumers"] = details["consumers"] = "consumers not started yet"
         if details != self._unready:

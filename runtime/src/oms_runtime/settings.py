@@ -7,14 +7,17 @@ from datetime import timedelta
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from .kafka import KafkaSettings
 
 
-class ServiceSettings(BaseSettings):
+class ServiceSettings(KafkaSettings):
     """What every service needs. A subclass names the service and its database and HTTP port defaults.
 
     Shared values read OMS_<NAME> (OMS_KAFKA_BOOTSTRAP ...); per-service values read OMS_<SERVICE>_<NAME> first
-    (OMS_ORDER_DATABASE_URL, OMS_ORDER_HTTP_PORT), so one environment file can configure all four services.
+    (OMS_ORDER_DATABASE_URL, OMS_ORDER_HTTP_PORT), so one environment file can configure all four services. How the
+    service reaches Kafka (OMS_KAFKA_BOOTSTRAP, OMS_KAFKA_SECURITY_PROTOCOL, OMS_KAFKA_SASL_* ...) is KafkaSettings'.
     """
 
     # populate_by_name: `OrderSettings(database_url=...)` (tests, tools) sets the field; without it the keyword is
@@ -27,7 +30,6 @@ class ServiceSettings(BaseSettings):
 
     service: ClassVar[str]
 
-    kafka_bootstrap: str = "127.0.0.1:9092"
     database_url: str
     http_host: str = "127.0.0.1"
     http_port: int

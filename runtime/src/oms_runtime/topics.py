@@ -10,16 +10,18 @@ from aiokafka.errors import for_code
 
 from oms_contracts import Topic
 
+from .kafka import Kafka, client_options
+
 log = logging.getLogger(__name__)
 
 _ALREADY_EXISTS = 36
 
 
 async def ensure_topics(
-    bootstrap: str, topics: Iterable[Topic], *, partitions: int = 6, replication_factor: int = 1
+    kafka: Kafka, topics: Iterable[Topic], *, partitions: int = 6, replication_factor: int = 1
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names created. Existing topics are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="oms-topics", request_timeout_ms=30_000)
+    admin = AIOKafkaAdminClient(**client_options(kafka), client_id="oms-topics", request_timeout_ms=30_000)
     await admin.start()
     try:
         wanted = {t.name: t for t in topics}

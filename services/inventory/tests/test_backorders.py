@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from oms_contracts.inventory import BackorderAllocated, BackorderQueued, StockLevelChanged
+from oms_contracts.inventory import BackorderAllocated, BackorderQueued, ShipmentReserved, StockLevelChanged
 from oms_contracts.routing import RuleChainSet
 from oms_contracts.topics import (
     DEAD_LETTERS,
@@ -23,6 +23,8 @@ from oms_contracts.topics import (
     ROUTING_NETWORK,
     ROUTING_PLANS,
 )
+from oms_inventory import store
+from oms_inventory.domain import ReleaseTerms
 from oms_runtime import Service
 from oms_runtime.database import driver
 from oms_runtime.testing import Emitted, deliver
@@ -73,6 +75,17 @@ async def network(service: Service, events: Any, *sources: tuple[str, tuple[str,
     await deliver(
         service, ROUTING_NETWORK, *(events.source_upserted(code, countries=countries) for code, countries in sources)
     )
+
+
+async def gathering_whole_order(service: Service, events: Any, sku: str, gathering: str, other: str):
+    """An order that ships complete waits for 3 units of `sku`: 2 arrived at `gathering` and are set aside for it
+    there (it gathers there); 1 arrived at `other`, which cannot ship it whole, and stays available."""
+    await network(service, events, (gathering, ("DE",)), (other, ("DE",)))
+    whole = events.plan(backordered=(("1", sku, 3),), ship_to_country="DE", ship_complete=True)
+    await deliver(service, ROUTING_PLANS, whole)
+    await deliver(service, INVENTORY_RECEIPTS, events.received(sku, gathering, 2))
+    await deliver(service, INVENTORY_RECEIPTS, events.received(sku, other, 1))
+    return whole
 
 
 # --- the issue's example ------------------------------------------------------------------------------------------
@@ -194,6 +207,178 @@ async def test_a_released_shipment_is_settled_like_any_other_when_it_ships(inven
 
     assert await stock_row(inventory, fresh_sku, fresh_source) == (0, 0, 0)
     assert await reservations_of(inventory, allocated.data.shipment_id) == {"1": (fresh_source, 2, "shipped")}
+
+
+# --- lines that join while the stock is already there -------------------------------------------------------------
+# Routing plans from its own view of stock levels, which lags: it may backorder a line for which a source already
+# holds stock. That line is served at once, as if the stock had just arrived, instead of waiting for a receipt that
+# may never come.
+
+
+async def test_a_line_backordered_while_its_source_already_holds_the_stock_is_served_at_once(
+    inventory, events, fresh_sku, fresh_source
+):
+    await network(inventory, events, (fresh_source, ("DE",)))
+    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, fresh_source, 3))
+    plan = events.plan(backordered=(("1", fresh_sku, 2),), ship_to_country="DE")
+
+    emitted = await deliver(inventory, ROUTING_PLANS, plan)
+
+    # Queued first, then allocated: one topic, keyed by the order, so the order service learns it in that order.
+    kinds = [e.headers["ce-type"] for e in emitted if e.topic == INVENTORY_ALLOCATIONS.name]
+    assert kinds == [BackorderQueued.TYPE, BackorderAllocated.TYPE]
+    assert {e.key for e in emitted if e.topic == INVENTORY_ALLOCATIONS.name} == {str(plan.data.order_id)}
+    (allocated,) = of_type(emitted, BackorderAllocated)
+    assert (allocated.data.order_id, allocated.data.source_code) == (plan.data.order_id, fresh_source)
+    assert [(x.line_id, x.sku, x.quantity) for x in allocated.data.lines] == [("1", fresh_sku, 2)]
+    assert allocated.data.ship_by == datetime.now(UTC).date() + timedelta(days=1)
+    (level,) = of_type(emitted, StockLevelChanged)
+    assert (level.data.sku, level.data.source_code) == (fresh_sku, fresh_source)
+    assert (level.data.on_hand, level.data.reserved, level.data.available) == (3, 2, 1)
+    assert await queue_of(inventory, fresh_sku) == []
+    assert await reservations_of(inventory, allocated.data.shipment_id) == {"1": (fresh_source, 2, "reserved")}
+
+
+async def test_a_plan_that_reserves_a_shipment_and_backorders_what_the_same_source_still_has_gets_both(
+    inventory, events, fresh_sku, fresh_source
+):
+    await network(inventory, events, (fresh_source, ("DE",)))
+    other = fresh("SKU")
+    await deliver(
+        inventory,
+        INVENTORY_RECEIPTS,
+        events.received(fresh_sku, fresh_source, 1),
+        events.received(other, fresh_source, 4),
+    )
+    plan = events.plan(
+        events.shipment(fresh_source, ("1", other, 3)), backordered=(("2", fresh_sku, 1),), ship_to_country="DE"
+    )
+
+    emitted = await deliver(inventory, ROUTING_PLANS, plan)
+
+    kinds = [e.headers["ce-type"] for e in emitted if e.topic == INVENTORY_ALLOCATIONS.name]
+    assert kinds == [ShipmentReserved.TYPE, BackorderQueued.TYPE, BackorderAllocated.TYPE]
+    # One level per stock row the batch changed, with its final value.
+    levels = {(x.data.sku, x.data.reserved, x.data.available) for x in of_type(emitted, StockLevelChanged)}
+    assert levels == {(other, 3, 1), (fresh_sku, 1, 0)}
+
+
+async def test_an_older_line_the_source_cannot_serve_is_passed_over_and_the_line_that_joins_is_served(
+    inventory, events, fresh_sku, fresh_source
+):
+    await network(inventory, events, (fresh_source, ("DE",)))
+    to_france = events.plan(backordered=(("1", fresh_sku, 1),), ship_to_country="FR")
+    await deliver(inventory, ROUTING_PLANS, to_france)
+    # The source does not ship to France: the receipt leaves its stock available, and the French line waits.
+    assert (
+        of_type(
+            await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, fresh_source, 1)),
+            BackorderAllocated,
+        )
+        == []
+    )
+    to_germany = events.plan(backordered=(("1", fresh_sku, 1),), ship_to_country="DE")
+
+    emitted = await deliver(inventory, ROUTING_PLANS, to_germany)
+
+    (allocated,) = of_type(emitted, BackorderAllocated)
+    assert allocated.data.order_id == to_germany.data.order_id
+    assert [line[0] for line in await queue_of(inventory, fresh_sku)] == [to_france.data.order_id]
+    assert await stock_row(inventory, fresh_sku, fresh_source) == (1, 1, 0)
+
+
+async def test_lines_that_join_together_beside_stock_are_served_oldest_first(
+    inventory, client, events, fresh_sku, fresh_source
+):
+    await network(inventory, events, (fresh_source, ("DE",)))
+    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, fresh_source, 1))
+    older = events.plan(backordered=(("1", fresh_sku, 1),), ship_to_country="DE")
+    younger = events.plan(backordered=(("1", fresh_sku, 1),), ship_to_country="DE")
+
+    emitted = await deliver(inventory, ROUTING_PLANS, older, younger)
+
+    (allocated,) = of_type(emitted, BackorderAllocated)
+    assert allocated.data.order_id == older.data.order_id
+    assert len(of_type(emitted, BackorderQueued)) == 2
+    queue = (await client.get(f"/backorders/{fresh_sku}")).json()
+    assert [(b["order_id"], b["position"]) for b in queue] == [(str(younger.data.order_id), 1)]
+
+
+async def test_a_line_left_waiting_beside_stock_is_served_before_the_line_that_joins(
+    inventory, events, fresh_sku, fresh_source
+):
+    # A version before this one queued lines without offering them the stock already there: such a line still
+    # waits at the front when the next line of its SKU joins, and the source serves it first (FIFO).
+    await network(inventory, events, (fresh_source, ("DE",)))
+    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, fresh_source, 1))
+    left, left_plan = uuid.uuid4(), uuid.uuid4()
+    async with inventory.database.transaction() as conn:
+        await store.queue_backorders(
+            await driver(conn), [store.NewBackorder(left, left_plan, "1", fresh_sku, 1, ReleaseTerms("DE"))]
+        )
+    joining = events.plan(backordered=(("1", fresh_sku, 1),), ship_to_country="DE")
+
+    emitted = await deliver(inventory, ROUTING_PLANS, joining)
+
+    (allocated,) = of_type(emitted, BackorderAllocated)
+    assert allocated.data.order_id == left
+    assert [line[0] for line in await queue_of(inventory, fresh_sku)] == [joining.data.order_id]
+
+
+async def test_an_order_that_ships_complete_joining_beside_part_of_its_stock_gathers_it_and_leaves_whole(
+    inventory, events, fresh_source
+):
+    tent, lamp = fresh("TENT"), fresh("LAMP")
+    await network(inventory, events, (fresh_source, ("DE",)))
+    await deliver(inventory, INVENTORY_RECEIPTS, events.received(tent, fresh_source, 2))
+    whole = events.plan(backordered=(("1", tent, 2), ("2", lamp, 1)), ship_to_country="DE", ship_complete=True)
+
+    emitted = await deliver(inventory, ROUTING_PLANS, whole)
+
+    # The source has the tents, not the lamp: the tents are set aside for the order, which ships whole later.
+    assert of_type(emitted, BackorderAllocated) == []
+    assert await stock_row(inventory, tent, fresh_source) == (2, 0, 2)
+    younger = events.plan(backordered=(("1", tent, 1),), ship_to_country="DE")
+    assert of_type(await deliver(inventory, ROUTING_PLANS, younger), BackorderAllocated) == []
+
+    emitted = await deliver(inventory, INVENTORY_RECEIPTS, events.received(lamp, fresh_source, 1))
+
+    (allocated,) = of_type(emitted, BackorderAllocated)
+    assert allocated.data.order_id == whole.data.order_id
+    assert sorted((x.line_id, x.sku, x.quantity) for x in allocated.data.lines) == [("1", tent, 2), ("2", lamp, 1)]
+
+
+async def test_a_line_joining_beside_stock_passes_over_an_older_order_gathering_elsewhere_and_keeps_its_claim(
+    inventory, events, fresh_sku
+):
+    gathering, other = fresh("WH"), fresh("WH")
+    whole = await gathering_whole_order(inventory, events, fresh_sku, gathering, other)
+    assert await stock_row(inventory, fresh_sku, other) == (1, 0, 0)
+    joining = events.plan(backordered=(("1", fresh_sku, 1),), ship_to_country="DE")
+
+    emitted = await deliver(inventory, ROUTING_PLANS, joining)
+
+    (allocated,) = of_type(emitted, BackorderAllocated)
+    assert (allocated.data.order_id, allocated.data.source_code) == (joining.data.order_id, other)
+    assert await queue_of(inventory, fresh_sku) == [(whole.data.order_id, "1", 3, 2, gathering)]
+    assert await stock_row(inventory, fresh_sku, gathering) == (2, 0, 2)
+
+
+async def test_an_order_that_ships_complete_joining_beside_all_of_its_stock_leaves_at_once_as_one_shipment(
+    inventory, events, fresh_source
+):
+    tent, lamp = fresh("TENT"), fresh("LAMP")
+    await network(inventory, events, (fresh_source, ("DE",)))
+    await deliver(
+        inventory, INVENTORY_RECEIPTS, events.received(tent, fresh_source, 2), events.received(lamp, fresh_source, 1)
+    )
+    whole = events.plan(backordered=(("1", tent, 2), ("2", lamp, 1)), ship_to_country="DE", ship_complete=True)
+
+    emitted = await deliver(inventory, ROUTING_PLANS, whole)
+
+    (allocated,) = of_type(emitted, BackorderAllocated)
+    assert sorted((x.line_id, x.sku, x.quantity) for x in allocated.data.lines) == [("1", tent, 2), ("2", lamp, 1)]
+    assert await queue_of(inventory, tent) == [] and await queue_of(inventory, lamp) == []
 
 
 # --- orders that ship complete ------------------------------------------------------------------------------------
@@ -488,11 +673,7 @@ async def test_units_set_aside_at_a_source_that_is_deactivated_go_back_and_the_o
     inventory, client, events, fresh_sku
 ):
     east, west = fresh("EAST"), fresh("WEST")
-    await network(inventory, events, (east, ("DE",)), (west, ("DE",)))
-    whole = events.plan(backordered=(("1", fresh_sku, 3),), ship_to_country="DE", ship_complete=True)
-    await deliver(inventory, ROUTING_PLANS, whole)
-    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, east, 2))
-    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, west, 1))
+    whole = await gathering_whole_order(inventory, events, fresh_sku, east, west)
     assert await queue_of(inventory, fresh_sku) == [(whole.data.order_id, "1", 3, 2, east)]
 
     emitted = await deliver(inventory, ROUTING_NETWORK, events.source_deactivated(east))
@@ -553,6 +734,27 @@ async def test_two_instances_restocking_one_sku_at_two_sources_at_once_never_ser
             await stock_row(inventory, sku, west),
         )
         assert (e_on + w_on, e_res + w_res) == (6, 4)
+
+
+async def test_a_line_joining_while_another_instance_receives_its_stock_is_served_either_way(
+    inventory, second_inventory, events, fresh_source
+):
+    # The plan and the receipt take the SKU's queue lock: whichever comes second sees what the first committed, so
+    # the line is served by the receipt (it found the line) or by the plan (it found the stock), never left waiting.
+    await network(inventory, events, (fresh_source, ("DE",)))
+    for _ in range(8):
+        sku = fresh("SKU")
+        plan = events.plan(backordered=(("1", sku, 2),), ship_to_country="DE")
+
+        results = await asyncio.gather(
+            deliver(inventory, ROUTING_PLANS, plan),
+            deliver(second_inventory, INVENTORY_RECEIPTS, events.received(sku, fresh_source, 2)),
+        )
+
+        (allocated,) = [a for batch in results for a in of_type(batch, BackorderAllocated)]
+        assert allocated.data.order_id == plan.data.order_id
+        assert await queue_of(inventory, sku) == []
+        assert await stock_row(inventory, sku, fresh_source) == (2, 2, 0)
 
 
 # --- long queues --------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from oms_inventory.domain import (
     reserve_shipments,
     settle_fulfillments,
     stock_at,
+    where_new_lines_may_be_served,
 )
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -516,6 +517,30 @@ def test_an_order_that_ships_complete_is_expected_when_its_last_line_is():
     assert expected_dates(lines, both[:1], NETWORK) == {}
 
 
+# --- lines that join beside stock ---------------------------------------------------------------------------------
+
+
+def test_new_lines_may_be_served_wherever_units_of_their_skus_are_available():
+    rows = stock(
+        Stock("A", "WH", on_hand=2),
+        Stock("A", "EAST", on_hand=3, reserved=3),
+        Stock("A", "FR-WH", on_hand=1),
+        Stock("B", "WH", on_hand=5),
+        Stock("A", "GONE", on_hand=2, reserved=1, set_aside=1),
+    )
+    assert where_new_lines_may_be_served(rows, {"A"}) == [("A", "FR-WH"), ("A", "WH")]
+    assert where_new_lines_may_be_served(rows, set()) == []
+
+
+def test_a_line_that_joins_beside_stock_is_served_behind_the_older_lines_the_source_may_serve():
+    lines = [line(1, terms=FR), line(2), line(3)]
+    rows = stock(Stock("A", "WH", on_hand=1))
+    result = release(rows, lines, increased=where_new_lines_may_be_served(rows, {"A"}))
+    # Line 3 just joined: the French line is passed over, line 2 is older and the source may serve it.
+    assert served(result) == [(order(2), "WH", [("1", "A", 1)])]
+    assert after(result, lines)[3].state is BackorderState.waiting
+
+
 # --- properties over random histories ----------------------------------------------------------------------------
 
 SKUS = ("A", "B")
@@ -559,6 +584,8 @@ class World:
             self.joined[arrival] = quantity
             arrivals.append(arrival)
         self.orders.append(arrivals)
+        # As the plans' handler does: sources that already hold units of a SKU that gained lines serve its queue.
+        self.release({}, offered=where_new_lines_may_be_served(self.stock, {sku for sku, _ in lines}))
 
     def receive(self, movement: Receipt | Count) -> None:
         if not self.sources[movement.source_code].active:
@@ -582,10 +609,15 @@ class World:
         self.release({}, [LineCancellation(target.order_id, target.line_id, quantity)])
 
     def release(
-        self, moved: dict[StockKey, Stock], cancelled: list[LineCancellation] = (), reconsidered: set[str] = frozenset()
+        self,
+        moved: dict[StockKey, Stock],
+        cancelled: list[LineCancellation] = (),
+        reconsidered: set[str] = frozenset(),
+        offered: list[StockKey] = (),
     ) -> None:
         before_stock = {**self.stock, **moved}
         increased = [key for key in moved if moved[key].available > stock_at(self.stock, key).available]
+        increased += [key for key in offered if key not in increased]
         waiting = [x for x in self.lines.values() if x.state is BackorderState.waiting]
         result = release_backorders(
             before_stock,
@@ -639,6 +671,7 @@ class World:
         self.stock_is_conserved_and_never_oversold()
         self.no_younger_line_is_served_while_an_older_one_the_source_can_serve_waits(got)
         self.stock_left_where_it_rose_is_wanted_by_no_line_there(rose)
+        self.nothing_waits_beside_stock_that_may_serve_it()
 
     def whole_lines_are_served_whole(
         self, was: Backorder, allocated: AllocatedLine, at: str, result: Release, before: dict[int, Backorder]
@@ -706,6 +739,11 @@ class World:
             here = self.sources[code]
             if stock_at(self.stock, (sku, code)).available and here.active:
                 assert not any(x.sku == sku and wants(x, here) for x in self.lines.values())
+
+    def nothing_waits_beside_stock_that_may_serve_it(self) -> None:
+        """Wherever units are available, no waiting line that source may serve wants them: not after a restock,
+        and not after a line joined while the units were already there."""
+        self.stock_left_where_it_rose_is_wanted_by_no_line_there(set(self.stock))
 
 
 def place(world: World, x: Backorder) -> int:

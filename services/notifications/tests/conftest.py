@@ -14,14 +14,28 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from oms_contracts import CloudEvent, order_id_for
-from oms_contracts.inventory import BackorderQueued
-from oms_contracts.order import OrderAccepted, OrderFulfillmentDelivered, OrderFulfillmentShipped
+from oms_contracts.inventory import BackorderQueued, LowStock, StockLevelChanged
+from oms_contracts.order import (
+    CancellationRejected,
+    LinesCancelled,
+    LinesReturned,
+    OrderAccepted,
+    OrderFulfillmentDelivered,
+    OrderFulfillmentShipped,
+    OrderStuck,
+    RefundIssued,
+    StatusChanged,
+)
 from oms_contracts.routing import FulfillmentPlanned
 from oms_notifications.app import create_service
 from oms_notifications.settings import NotificationsSettings
 from oms_runtime import Service
 
 TOKEN = "test-token"
+# The operators and the customer-link key of the session's service.
+OPERATORS = ["ops@example.com", "oncall@example.com"]
+LINK_KEY = "a-test-key-of-more-than-32-bytes-for-customer-links"
+PAYMENT_FAILED = "oms.channel.payment_failed.v1"
 
 
 def accepted_order(
@@ -206,9 +220,169 @@ def parcel_delivered(
     return _event(OrderFulfillmentDelivered, "/oms/order", order_id, at, data)
 
 
+# After the sale: what the order service tells of cancellations, refunds, returns and stuck orders.
+
+AFTER_SALE = PLANNED_AT + timedelta(days=2)
+
+
+def cancelled_lines(
+    order_id: uuid.UUID,
+    lines: Sequence[tuple[str, int]] = (("2", 1),),
+    *,
+    refund: str = "7.50",
+    grand_total: str = "44.97",
+    status: str | None = "awaiting_fulfillment",
+    reason: str = "customer asked",
+    actor: str = "customer:c-1",
+    units: Sequence[tuple[str, str, int, str]] = (),
+    at: datetime | None = None,
+) -> LinesCancelled:
+    """`oms.order.lines_cancelled.v1`: (line id, quantity) cancelled; `units` as (line id, sku, quantity, from)."""
+    data = {
+        "lines": [{"line_id": line_id, "quantity": q} for line_id, q in lines],
+        "reason": reason,
+        "actor": actor,
+        "refund_amount": refund,
+        "currency": "EUR",
+        "grand_total": grand_total,
+        "units": [{"line_id": i, "sku": sku, "quantity": q, "from": f} for i, sku, q, f in units],
+        "status": status,
+    }
+    return _event(LinesCancelled, "/oms/order", order_id, at or AFTER_SALE, data)
+
+
+def status_changed(
+    order_id: uuid.UUID,
+    from_status: str | None = "payment_processing",
+    to_status: str = "cancelled",
+    *,
+    note: str | None = "payment failed: card declined",
+    cause_type: str | None = PAYMENT_FAILED,
+    at: datetime | None = None,
+) -> StatusChanged:
+    """`oms.order.status_changed.v1`, by default a failed payment cancelling the order."""
+    at = at or AFTER_SALE
+    data = {
+        "from": from_status,
+        "to": to_status,
+        "actor": "channel:web-eu",
+        "note": note,
+        "at": at.isoformat(),
+        "cause_type": cause_type,
+    }
+    return _event(StatusChanged, "/oms/order", order_id, at, data)
+
+
+def refund(
+    order_id: uuid.UUID,
+    amount: str = "7.50",
+    *,
+    refunded_total: str | None = "7.50",
+    cause: str | None = "cancellation",
+    at: datetime | None = None,
+) -> RefundIssued:
+    data = {
+        "refund_id": str(uuid.uuid4()),
+        "amount": amount,
+        "currency": "EUR",
+        "reason": "cancelled by the customer",
+        "cause": cause,
+        "refunded_total": refunded_total,
+    }
+    return _event(RefundIssued, "/oms/order", order_id, at or AFTER_SALE + timedelta(seconds=1), data)
+
+
+def returned_lines(
+    order_id: uuid.UUID,
+    lines: Sequence[tuple[str, str, int, str]] = (
+        ("1", "SKU-RED-MUG", 1, "resellable"),
+        ("2", "SKU-TEA-500G", 1, "damaged"),
+    ),
+    *,
+    refund: str = "27.49",
+    source_code: str = "STORE-BERLIN",
+) -> LinesReturned:
+    """`oms.order.lines_returned.v1`: (line id, sku, quantity, condition) per returned line."""
+    data = {
+        "return_id": str(uuid.uuid4()),
+        "source_code": source_code,
+        "lines": [{"line_id": i, "sku": sku, "quantity": q, "condition": c} for i, sku, q, c in lines],
+        "reason": "does not fit",
+        "refund_amount": refund,
+        "currency": "EUR",
+    }
+    return _event(LinesReturned, "/oms/order", order_id, AFTER_SALE + timedelta(days=5), data)
+
+
+def rejected_cancellation(
+    order_id: uuid.UUID,
+    lines: Sequence[tuple[str, int]] = (("1", 2),),
+    *,
+    requested_by: str = "customer:c-1",
+    reason: str = "already shipped: the parcel left WH-1 before the source could stop it",
+) -> CancellationRejected:
+    data = {
+        "cancellation_id": str(uuid.uuid4()),
+        "lines": [{"line_id": line_id, "quantity": q} for line_id, q in lines],
+        "reason": reason,
+        "requested_by": requested_by,
+    }
+    return _event(CancellationRejected, "/oms/order", order_id, AFTER_SALE, data)
+
+
+def stuck(
+    order_id: uuid.UUID,
+    *,
+    kind: str | None = "accepted_not_shipped",
+    reason: str | None = "accepted by WH-1 26 hours ago, not shipped",
+    age_hours: float = 26.0,
+    fulfillment_id: uuid.UUID | None = None,
+) -> OrderStuck:
+    data = {
+        "status": "awaiting_fulfillment",
+        "since": (AFTER_SALE - timedelta(hours=age_hours)).isoformat(),
+        "age_hours": age_hours,
+        "kind": kind,
+        "reason": reason,
+        "fulfillment_id": str(fulfillment_id) if fulfillment_id else None,
+    }
+    return _event(OrderStuck, "/oms/order", order_id, AFTER_SALE, data)
+
+
+def low(sku: str = "SKU-RED-MUG", source_code: str = "WH-1", available: int = 2, threshold: int = 5) -> LowStock:
+    return LowStock.model_validate(
+        {
+            "source": "/oms/inventory",
+            "time": AFTER_SALE.isoformat(),
+            "data": {"sku": sku, "source_code": source_code, "available": available, "threshold": threshold},
+        }
+    )
+
+
+def level_changed(sku: str = "SKU-RED-MUG", available: int = 40) -> StockLevelChanged:
+    return StockLevelChanged.model_validate(
+        {
+            "source": "/oms/inventory",
+            "data": {
+                "sku": sku,
+                "source_code": "WH-1",
+                "on_hand": available + 2,
+                "reserved": 2,
+                "available": available,
+                "changed_at": AFTER_SALE.isoformat(),
+            },
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def settings(service_database: Callable[[str], str]) -> NotificationsSettings:
-    return NotificationsSettings(database_url=service_database("notifications"), api_tokens={TOKEN: "cs-test"})
+    return NotificationsSettings(
+        database_url=service_database("notifications"),
+        api_tokens={TOKEN: "cs-test"},
+        ops_email=OPERATORS,
+        customer_link_key=LINK_KEY,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -325,3 +499,43 @@ def fulfillment_shipped() -> Callable[..., OrderFulfillmentShipped]:
 @pytest.fixture(scope="session")
 def fulfillment_delivered() -> Callable[..., OrderFulfillmentDelivered]:
     return parcel_delivered
+
+
+@pytest.fixture(scope="session")
+def order_lines_cancelled() -> Callable[..., LinesCancelled]:
+    return cancelled_lines
+
+
+@pytest.fixture(scope="session")
+def order_status_changed() -> Callable[..., StatusChanged]:
+    return status_changed
+
+
+@pytest.fixture(scope="session")
+def order_refund_issued() -> Callable[..., RefundIssued]:
+    return refund
+
+
+@pytest.fixture(scope="session")
+def order_lines_returned() -> Callable[..., LinesReturned]:
+    return returned_lines
+
+
+@pytest.fixture(scope="session")
+def order_cancellation_rejected() -> Callable[..., CancellationRejected]:
+    return rejected_cancellation
+
+
+@pytest.fixture(scope="session")
+def order_stuck() -> Callable[..., OrderStuck]:
+    return stuck
+
+
+@pytest.fixture(scope="session")
+def inventory_low_stock() -> Callable[..., LowStock]:
+    return low
+
+
+@pytest.fixture(scope="session")
+def stock_level_changed() -> Callable[..., StockLevelChanged]:
+    return level_changed

@@ -5,7 +5,7 @@ import uuid
 import httpx
 import pytest
 
-from oms_contracts.topics import INVENTORY_ALLOCATIONS, ORDER_EVENTS, ROUTING_PLANS
+from oms_contracts.topics import INVENTORY_ALLOCATIONS, INVENTORY_STOCK, ORDER_EVENTS, ROUTING_PLANS
 from oms_notifications.sender import Sender, SmtpServer
 from oms_runtime.testing import deliver
 
@@ -149,3 +149,96 @@ async def test_the_openapi_document_names_every_answer_of_the_notifications_list
     assert {"200", "401", "404", "422"} <= set(operation["responses"])
     view = document["components"]["schemas"]["NotificationView"]["properties"]
     assert {"template", "locale", "recipient", "subject", "body_text", "status", "attempts", "created_at"} <= set(view)
+
+
+# The operators' alerts, listed by template.
+
+
+async def test_alerts_are_listed_by_template_newest_first_and_not_among_the_customers_messages(
+    service, client, pg, order_accepted, order_stuck, inventory_low_stock, settings
+):
+    acceptance = order_accepted("1001")
+    order_id = acceptance.data.order_id
+    first, second = order_stuck(order_id, kind="paid_not_planned"), order_stuck(order_id, kind="no_progress")
+    await deliver(service, ORDER_EVENTS, acceptance, first)
+    await deliver(service, ORDER_EVENTS, second)
+    await deliver(service, INVENTORY_STOCK, inventory_low_stock())
+
+    stuck = await client.get("/notifications", params={"template": "order_stuck"}, headers=auth())
+    low = await client.get("/notifications", params={"template": "low_stock"}, headers=auth())
+    of_order = await client.get("/notifications", params={"order_id": str(order_id)}, headers=auth())
+
+    assert stuck.status_code == 200
+    assert [n["cause_event_id"] for n in stuck.json()] == [str(second.id), str(first.id)]
+    alert = stuck.json()[0]
+    assert (alert["audience"], alert["order_id"], alert["recipient_name"]) == ("operators", str(order_id), None)
+    assert alert["recipient"] == ", ".join(settings.ops_email)
+    assert "no progress" in alert["subject"]
+    [low_alert] = low.json()
+    assert (low_alert["template"], low_alert["order_id"]) == ("low_stock", None)
+    # What the customer was told: the confirmation only.
+    assert [(n["template"], n["audience"]) for n in of_order.json()] == [("order_confirmation", "customer")]
+
+
+async def test_a_template_and_an_order_narrow_the_list_to_that_orders_messages_of_that_template(
+    service, client, pg, order_accepted, order_stuck
+):
+    one, other = order_accepted("1001").data.order_id, order_accepted("1002").data.order_id
+    await deliver(service, ORDER_EVENTS, order_stuck(one), order_stuck(other))
+
+    response = await client.get(
+        "/notifications", params={"template": "order_stuck", "order_id": str(one)}, headers=auth()
+    )
+
+    assert [n["order_id"] for n in response.json()] == [str(one)]
+
+
+async def test_a_template_without_messages_lists_none_and_an_order_without_such_messages_is_not_found(client, pg):
+    order_id = uuid.uuid4()
+
+    none_yet = await client.get("/notifications", params={"template": "low_stock"}, headers=auth())
+    not_found = await client.get(
+        "/notifications", params={"template": "order_stuck", "order_id": str(order_id)}, headers=auth()
+    )
+
+    assert (none_yet.status_code, none_yet.json()) == (200, [])
+    assert not_found.status_code == 404
+    assert not_found.json() == {"detail": f"no order_stuck message about order {order_id}"}
+
+
+async def test_the_list_is_cut_at_the_limit(service, client, pg, inventory_low_stock):
+    await deliver(service, INVENTORY_STOCK, *(inventory_low_stock(f"SKU-{n}") for n in range(5)))
+
+    response = await client.get("/notifications", params={"template": "low_stock", "limit": 3}, headers=auth())
+
+    assert len(response.json()) == 3
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"template": "no_such_template"}, {"template": "low_stock", "limit": 0}, {"template": "low_stock", "limit": 1001}],
+)
+async def test_an_unknown_template_or_a_limit_out_of_range_is_refused(client, params):
+    response = await client.get("/notifications", params=params, headers=auth())
+
+    assert response.status_code == 422
+
+
+async def test_listing_needs_an_order_or_a_template_and_says_so(client):
+    response = await client.get("/notifications", headers=auth())
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": "give order_id, template, or both"}
+
+
+async def test_the_openapi_document_names_the_template_filter_with_every_template(client):
+    document = (await client.get("/openapi.json")).json()
+
+    operation = document["paths"]["/notifications"]["get"]
+    parameters = {p["name"]: p for p in operation["parameters"]}
+    assert set(parameters) == {"order_id", "template", "limit"}
+    template_schema = document["components"]["schemas"]["Template"]
+    assert {"order_stuck", "low_stock", "lines_cancelled", "refund_issued"} <= set(template_schema["enum"])
+    assert {"401", "404", "422"} <= set(operation["responses"])
+    view = document["components"]["schemas"]["NotificationView"]["properties"]
+    assert {"order_id", "audience"} <= set(view)

@@ -9,7 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oms_notifications.domain import Contact, Language, Notice, Template, contact_of, order_confirmation, tell
+from oms_notifications.domain import (
+    OPERATOR_TEMPLATES,
+    Contact,
+    Language,
+    Links,
+    Notice,
+    Template,
+    alert,
+    contact_of,
+    order_confirmation,
+    tell,
+)
 from oms_notifications.rendering import MAX_SUBJECT_LENGTH, long_date, money, render
 
 
@@ -104,13 +115,28 @@ def test_dates_are_written_out_in_the_customers_language():
 # One notice of every template, for an order whose customer typed markup into their name.
 ORDER = uuid.uuid4()
 NAME = "Ada <b>&</b> Co"
+# No link key: the backorder notice says to reply (the signed link is tested on its own below).
+LINKS = Links()
+
+
+CUSTOMER_TEMPLATES = [t for t in Template if t not in OPERATOR_TEMPLATES]
 
 
 @pytest.fixture(scope="session")
 def every_notice(
-    order_accepted, fulfillment_planned, inventory_backorder_queued, fulfillment_shipped, fulfillment_delivered
+    order_accepted,
+    fulfillment_planned,
+    inventory_backorder_queued,
+    fulfillment_shipped,
+    fulfillment_delivered,
+    order_lines_cancelled,
+    order_status_changed,
+    order_cancellation_rejected,
+    order_lines_returned,
+    order_refund_issued,
 ):
-    """`every_notice("de")`: a notice of every template, by template, for a customer writing in that language."""
+    """`every_notice("de")`: a notice of every customer template, by template, for a customer writing in that
+    language."""
 
     def write(language: str) -> dict[Template, Notice]:
         locale = {"en": "en-GB", "de": "de_AT"}[language]
@@ -123,8 +149,20 @@ def every_notice(
             inventory_backorder_queued(order_id, [("SKU-<i>", 1, date(2026, 12, 1)), ("SKU-LATER", 2, None)]),
             fulfillment_shipped(order_id),
             fulfillment_delivered(order_id),
+            order_lines_cancelled(order_id, [("2", 1)], refund="1234.5", grand_total="39.98", reason="<i>gone</i>"),
+            order_cancellation_rejected(order_id, [("1", 2)], reason="already shipped <i>today</i>"),
+            order_lines_returned(order_id),
+            order_refund_issued(order_id, "1234.5", refunded_total="2000", cause="return"),
         ]
-        return {n.template: n for n in tell(events, {order_id: contact}).notices}
+        notices = {n.template: n for n in tell(events, {order_id: contact}, LINKS).notices}
+        # Two ways an order ends, each for an order of its own (one "cancelled" per order).
+        for ending in (
+            order_lines_cancelled(order_id, [("1", 2)], refund="52.47", grand_total="0.00", status="cancelled"),
+            order_status_changed(order_id, "payment_processing", note="payment failed: card <i>declined</i>"),
+        ):
+            [notice] = tell([ending], {order_id: contact}, LINKS).notices
+            notices[notice.template] = notice
+        return notices
 
     return write
 
@@ -134,11 +172,11 @@ def notices(request, every_notice) -> dict[Template, Notice]:
     return every_notice(request.param)
 
 
-def test_there_is_a_message_of_every_template(notices):
-    assert set(notices) == set(Template)
+def test_there_is_a_message_of_every_customer_template(notices):
+    assert set(notices) == set(CUSTOMER_TEMPLATES)
 
 
-@pytest.mark.parametrize("template", list(Template))
+@pytest.mark.parametrize("template", CUSTOMER_TEMPLATES)
 def test_every_subject_names_the_order_number_on_one_line(notices, template):
     subject = render(notices[template]).subject
 
@@ -146,7 +184,7 @@ def test_every_subject_names_the_order_number_on_one_line(notices, template):
     assert "\n" not in subject
 
 
-@pytest.mark.parametrize("template", list(Template))
+@pytest.mark.parametrize("template", CUSTOMER_TEMPLATES)
 def test_every_html_body_is_a_complete_document_in_its_language_that_escapes_what_came_from_outside(notices, template):
     notice = notices[template]
     html = render(notice).html
@@ -159,7 +197,7 @@ def test_every_html_body_is_a_complete_document_in_its_language_that_escapes_wha
     assert "WEB-1001" in html
 
 
-@pytest.mark.parametrize("template", list(Template))
+@pytest.mark.parametrize("template", CUSTOMER_TEMPLATES)
 def test_every_plain_text_body_is_readable_text_with_what_came_from_outside_as_is(notices, template):
     text = render(notices[template]).text
 
@@ -384,3 +422,207 @@ def test_a_prewarning_lists_exactly_each_parcels_items_and_what_follows(
     assert parcels == [list(s) for s in shipments]
     follows = [found for heading, found in sections.items() if heading.startswith(("To follow", "Folgt später"))]
     assert follows == ([list(backordered)] if backordered else [])
+
+
+# After the sale, in both languages: amounts and dates the customer's way.
+
+
+def test_lines_cancelled_mail_lists_the_items_the_refund_and_the_new_total(notices):
+    notice = notices[Template.lines_cancelled]
+    rendered = render(notice)
+
+    if notice.language is Language.de:
+        assert rendered.subject == "Artikel Ihrer Bestellung WEB-1001 wurden storniert"
+        assert "storniert:\n\n- 1 x SKU-TEA-500G\n\nGrund: <i>gone</i>\n" in rendered.text
+        assert "Wir erstatten Ihnen dafür 1.234,50 EUR" in rendered.text
+        assert "Ihre Bestellung kostet jetzt 39,98 EUR." in rendered.text
+        assert "1.234,50 EUR" in rendered.html
+    else:
+        assert rendered.subject == "Items of your order WEB-1001 have been cancelled"
+        assert "cancelled these items of your order WEB-1001:\n\n- 1 x SKU-TEA-500G\n\nReason: <i>gone</i>\n" in (
+            rendered.text
+        )
+        assert "We will refund 1,234.50 EUR for them" in rendered.text
+        assert "Your order now comes to 39.98 EUR." in rendered.text
+        assert "1,234.50 EUR" in rendered.html
+    assert "&lt;i&gt;gone&lt;/i&gt;" in rendered.html
+
+
+@pytest.mark.parametrize(("language", "words"), [("en", "You will not be charged for them."), ("de", "nicht belastet")])
+def test_lines_cancelled_before_payment_says_nothing_is_charged_instead_of_a_refund(
+    order_accepted, order_lines_cancelled, language, words
+):
+    contact = contact_of(order_accepted(locale=language).data)
+
+    [notice] = tell([order_lines_cancelled(contact.order_id, refund="0.00")], {contact.order_id: contact}).notices
+    rendered = render(notice)
+
+    assert words in rendered.text and words in rendered.html
+    assert "refund" not in rendered.text and "erstatten" not in rendered.text
+
+
+def test_order_cancelled_mail_gives_the_reason_the_items_and_the_refund(notices):
+    notice = notices[Template.order_cancelled]
+    rendered = render(notice)
+
+    if notice.language is Language.de:
+        assert rendered.subject == "Ihre Bestellung WEB-1001 wurde storniert"
+        assert "Stornierte Artikel:\n- 2 x SKU-RED-MUG\n" in rendered.text
+        assert "Wir erstatten Ihnen 52,47 EUR" in rendered.text
+    else:
+        assert rendered.subject == "Your order WEB-1001 has been cancelled"
+        assert "Reason: customer asked\n" in rendered.text
+        assert "Cancelled items:\n- 2 x SKU-RED-MUG\n" in rendered.text
+        assert "We will refund 52.47 EUR" in rendered.text
+    assert "52" in rendered.html
+
+
+@pytest.mark.parametrize(
+    ("language", "reason", "not_charged"),
+    [
+        ("en", "Reason: changed my mind", "You have not been charged"),
+        ("de", "Grund: changed my mind", "nichts berechnet"),
+    ],
+)
+def test_order_cancelled_before_payment_has_the_reason_and_no_refund(
+    order_accepted, order_status_changed, language, reason, not_charged
+):
+    contact = contact_of(order_accepted(locale=language).data)
+    change = order_status_changed(contact.order_id, "pending", note="cancelled: changed my mind", cause_type="http")
+
+    [notice] = tell([change], {contact.order_id: contact}).notices
+    rendered = render(notice)
+
+    assert notice.template is Template.order_cancelled
+    assert reason in rendered.text and not_charged in rendered.text
+    assert "EUR" not in rendered.text
+    assert "\n\n\n" not in rendered.text
+
+
+def test_payment_failed_mail_says_why_and_that_nothing_was_charged(notices):
+    notice = notices[Template.payment_failed]
+    rendered = render(notice)
+
+    if notice.language is Language.de:
+        assert rendered.subject == "Ihre Bestellung WEB-1001 wurde storniert: Die Zahlung ist nicht erfolgt"
+        assert "Die Meldung des Zahlungsanbieters: card <i>declined</i>\n" in rendered.text
+        assert "Ihnen wurde nichts berechnet." in rendered.text
+    else:
+        assert rendered.subject == "Your order WEB-1001 has been cancelled: the payment did not go through"
+        assert "What the payment provider told us: card <i>declined</i>\n" in rendered.text
+        assert "You have not been charged." in rendered.text
+    assert "card &lt;i&gt;declined&lt;/i&gt;" in rendered.html
+    assert "EUR" not in rendered.text
+
+
+def test_cancellation_refused_mail_names_what_stays_and_why(notices):
+    notice = notices[Template.cancellation_refused]
+    rendered = render(notice)
+
+    if notice.language is Language.de:
+        assert rendered.subject == "Einige Artikel Ihrer Bestellung WEB-1001 konnten nicht storniert werden"
+        assert "Diese konnten wir nicht stornieren:\n\n- 2 x SKU-RED-MUG\n\nWarum: already shipped <i>today</i>\n" in (
+            rendered.text
+        )
+    else:
+        assert rendered.subject == "Some items of your order WEB-1001 could not be cancelled"
+        assert "We could not cancel these:\n\n- 2 x SKU-RED-MUG\n\nWhy: already shipped <i>today</i>\n" in (
+            rendered.text
+        )
+    assert "already shipped &lt;i&gt;today&lt;/i&gt;" in rendered.html
+
+
+def test_return_processed_mail_words_each_items_condition_for_a_customer(notices):
+    notice = notices[Template.return_processed]
+    rendered = render(notice)
+
+    if notice.language is Language.de:
+        assert rendered.subject == "Ihre Rücksendung zur Bestellung WEB-1001 ist eingegangen"
+        expected = ["- 1 x SKU-RED-MUG, in einwandfreiem Zustand\n", "- 1 x SKU-TEA-500G, beschädigt\n", "27,49 EUR"]
+    else:
+        assert rendered.subject == "We have received your return for order WEB-1001"
+        expected = ["- 1 x SKU-RED-MUG, in good condition\n", "- 1 x SKU-TEA-500G, damaged\n", "27.49 EUR"]
+    for words in expected:
+        assert words in rendered.text
+    assert "resellable" not in rendered.text and "resellable" not in rendered.html
+
+
+def test_refund_mail_gives_the_amount_what_for_and_the_total_refunded(notices):
+    notice = notices[Template.refund_issued]
+    rendered = render(notice)
+
+    if notice.language is Language.de:
+        assert rendered.subject == "Erstattung von 1.234,50 EUR für Ihre Bestellung WEB-1001"
+        assert "wir haben Ihnen 1.234,50 EUR für Ihre Rücksendung aus Ihrer Bestellung WEB-1001" in rendered.text
+        assert "Bisher zu dieser Bestellung erstattet: 2.000,00 EUR\n" in rendered.text
+    else:
+        assert rendered.subject == "Refund of 1,234.50 EUR for your order WEB-1001"
+        assert "we have refunded 1,234.50 EUR for your return of your order WEB-1001" in rendered.text
+        assert "Refunded on this order so far: 2,000.00 EUR\n" in rendered.text
+
+
+@pytest.mark.parametrize(
+    ("language", "until"),
+    [
+        ("en", "the link works until Saturday, 12 December 2026"),
+        ("de", "der Link gilt bis Samstag, 12. Dezember 2026"),
+    ],
+)
+def test_backorder_notice_with_a_link_key_offers_the_signed_wait_or_cancel_link_and_says_until_when(
+    order_accepted, inventory_backorder_queued, language, until
+):
+    contact = contact_of(order_accepted(locale=language).data)
+    links = Links("https://shop.example", b"k" * 32)
+
+    [notice] = tell([inventory_backorder_queued(contact.order_id)], {contact.order_id: contact}, links).notices
+    rendered = render(notice)
+
+    url = notice.values["cancel_url"]
+    assert url.startswith(f"https://shop.example/customer/orders/{contact.order_id}/backorders?lines=1&expires=")
+    assert f"{until}):\n{url}\n" in rendered.text
+    assert f'<a href="{url.replace("&", "&amp;")}">' in rendered.html
+    assert "reply" not in rendered.text and "Antworten" not in rendered.text
+
+
+# The operators' alerts: English, every fact an operator acts on, escaped in HTML.
+
+
+def test_a_stuck_order_alert_names_kind_reason_age_and_links_the_single_view(order_accepted, order_stuck):
+    contact = contact_of(order_accepted("WEB-7").data)
+    event = order_stuck(contact.order_id, kind="paid_not_planned", reason="paid <b>31 min</b> ago", age_hours=0.52)
+    [notice] = alert([event], ["ops@example.com"], Links("https://oms.example"), {contact.order_id: contact})
+
+    rendered = render(notice)
+
+    view = f"https://oms.example/orders/{contact.order_id}"
+    assert rendered.subject == "Stuck order WEB-7: paid, not planned for 1 h"
+    assert f"Order {contact.order_id} (web-eu order WEB-7) is stuck: paid, not planned.\n" in rendered.text
+    assert "What has not happened: paid <b>31 min</b> ago\n" in rendered.text
+    assert "Status: awaiting_fulfillment, since Monday, 30 November 2026, 08:28 UTC (0.5 hours)\n" in rendered.text
+    assert f"Single view: {view}\nTimeline: {view}/timeline\n" in rendered.text
+    assert "paid &lt;b&gt;31 min&lt;/b&gt; ago" in rendered.html and "<b>" not in rendered.html
+    assert f'<a href="{view}">' in rendered.html
+    assert '<html lang="en">' in rendered.html
+
+
+def test_a_stuck_order_alert_without_contact_or_kind_still_reads_well(order_stuck):
+    order_id = uuid.uuid4()
+    event = order_stuck(order_id, kind=None, reason=None)
+    [notice] = alert([event], ["ops@example.com"], Links(), {})
+
+    rendered = render(notice)
+
+    assert rendered.subject == f"Stuck order {order_id}: no progress for 26 h"
+    assert f"Order {order_id} is stuck: no progress.\n" in rendered.text
+    assert "What has not happened" not in rendered.text
+    assert "\n\n\n" not in rendered.text
+
+
+def test_a_low_stock_alert_names_sku_source_what_is_left_and_the_threshold(inventory_low_stock):
+    [notice] = alert([inventory_low_stock("SKU-<x>", "WH-1", 2, 5)], ["ops@example.com"], Links(), {})
+
+    rendered = render(notice)
+
+    assert rendered.subject == "Low stock: SKU-<x> at WH-1 (2 available)"
+    assert "SKU-<x> is running low at WH-1: 2 available, the low-stock threshold is 5.\n" in rendered.text
+    assert "SKU-&lt;x&gt;" in rendered.html and "<x>" not in rendered.html

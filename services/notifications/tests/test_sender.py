@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, date, datetime, timedelta
 
 from oms_contracts.notification import NotificationFailed, NotificationSent
-from oms_contracts.topics import INVENTORY_ALLOCATIONS, NOTIFICATIONS, ORDER_EVENTS, ROUTING_PLANS
+from oms_contracts.topics import INVENTORY_ALLOCATIONS, INVENTORY_STOCK, NOTIFICATIONS, ORDER_EVENTS, ROUTING_PLANS
 from oms_notifications.domain import RetryPolicy
 from oms_notifications.sender import Sender, SmtpServer
 from oms_runtime.testing import deliver, take_outbox
@@ -404,3 +405,121 @@ async def test_a_woken_sender_sends_an_orders_mails_one_after_another_without_wa
         "Your order 8008 is confirmed",
         "Your order 8008 will arrive in 2 parcels",
     ]
+
+
+# After the sale, over a real SMTP server: the customer's mails in their story, the operators' alerts outside it.
+
+
+async def test_a_cancellation_and_its_refund_reach_a_german_customer_in_the_order_they_happened(
+    service, pg, order_accepted, order_lines_cancelled, order_refund_issued, smtp_server
+):
+    mail, port = smtp_server()
+    acceptance = order_accepted("8101", email="erika@example.de", name="Erika Müller", locale="de-DE")
+    order_id = acceptance.data.order_id
+    cancelled = order_lines_cancelled(order_id, [("2", 1)], refund="1234.5", grand_total="39.98")
+    # The refund is published at the very instant of its cancellation: its stage still puts it after.
+    refunded = order_refund_issued(order_id, "1234.5", refunded_total="1234.5", at=cancelled.time)
+    await deliver(service, ORDER_EVENTS, acceptance, refunded, cancelled)
+
+    assert await drain(sender_for(service, port)) == 3
+
+    assert [m["Subject"] for m in mail.received] == [
+        "Ihre Bestellung 8101 ist bestätigt",
+        "Artikel Ihrer Bestellung 8101 wurden storniert",
+        "Erstattung von 1.234,50 EUR für Ihre Bestellung 8101",
+    ]
+    notice = mail.received[1]
+    assert notice["To"] == "Erika Müller <erika@example.de>"
+    text = notice.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert "- 1 x SKU-TEA-500G\n" in text
+    assert "Wir erstatten Ihnen dafür 1.234,50 EUR" in text
+    assert "Ihre Bestellung kostet jetzt 39,98 EUR." in text
+    assert "1.234,50 EUR" in notice.get_body(("html",)).get_content()
+    sent = [e.event for e in await take_outbox(service)]
+    assert [e.data.template for e in sent] == ["order_confirmation", "lines_cancelled", "refund_issued"]
+
+
+async def test_a_stuck_order_alert_reaches_every_operator_in_one_mail_and_is_announced_as_sent(
+    service, pg, order_stuck, settings, smtp_server
+):
+    mail, port = smtp_server()
+    event = order_stuck(uuid.uuid4())
+    await deliver(service, ORDER_EVENTS, event)
+
+    assert await sender_for(service, port).send_due() == 1
+
+    [message] = mail.received
+    assert mail.recipients == [settings.ops_email]
+    assert message["To"] == ", ".join(settings.ops_email)
+    assert message["Subject"].startswith(f"Stuck order {event.data.order_id}: accepted, not shipped")
+    assert message["X-OMS-Order-Id"] == str(event.data.order_id)
+    assert f"http://127.0.0.1:8081/orders/{event.data.order_id}" in message.get_body(("plain",)).get_content()
+    [emitted] = await take_outbox(service)
+    assert emitted.key == str(event.data.order_id)
+    assert isinstance(emitted.event, NotificationSent)
+    assert (emitted.event.data.template, emitted.event.data.recipient) == ("order_stuck", ", ".join(settings.ops_email))
+
+
+async def test_a_low_stock_alert_about_no_order_is_sent_and_keyed_by_its_notification(
+    service, pg, inventory_low_stock, smtp_server
+):
+    mail, port = smtp_server()
+    await deliver(service, INVENTORY_STOCK, inventory_low_stock("SKU-RED-MUG", "WH-1", 2, 5))
+
+    assert await sender_for(service, port).send_due() == 1
+
+    [message] = mail.received
+    assert message["Subject"] == "Low stock: SKU-RED-MUG at WH-1 (2 available)"
+    assert message["X-OMS-Order-Id"] is None
+    [emitted] = await take_outbox(service)
+    assert emitted.event.data.order_id is None
+    assert emitted.key == str(emitted.event.data.notification_id)
+
+
+async def test_an_alert_about_an_order_does_not_wait_behind_its_customers_mail_being_retried(
+    service, pg, order_accepted, order_stuck, smtp_server
+):
+    mail, port = smtp_server(refuse_with="452 4.2.2 Mailbox full", refused={"full@example.com"})
+    acceptance = order_accepted("8102", email="full@example.com")
+    await deliver(service, ORDER_EVENTS, acceptance)
+    await deliver(service, ORDER_EVENTS, order_stuck(acceptance.data.order_id))
+
+    await drain(sender_for(service, port))
+
+    assert [m["Subject"].split(":")[0] for m in mail.received] == ["Stuck order 8102"]
+    rows = {r["template"]: r for r in await pg.fetch("SELECT template, status, attempts FROM notifications")}
+    assert (rows["order_confirmation"]["status"], rows["order_confirmation"]["attempts"]) == ("pending", 1)
+    assert rows["order_stuck"]["status"] == "sent"
+
+
+async def test_an_alert_being_retried_does_not_hold_up_its_orders_customer_mails(
+    service, pg, order_accepted, order_stuck, fulfillment_shipped, settings, smtp_server
+):
+    mail, port = smtp_server(refuse_with="451 4.3.0 Try again later", refused=set(settings.ops_email))
+    acceptance = order_accepted("8103", email="ada@example.com")
+    order_id = acceptance.data.order_id
+    # The alert is queued first and is older than the customer's mails.
+    await deliver(service, ORDER_EVENTS, order_stuck(order_id))
+    await deliver(service, ORDER_EVENTS, acceptance, fulfillment_shipped(order_id))
+
+    await drain(sender_for(service, port))
+
+    assert [m["Subject"] for m in mail.received] == [
+        "Your order 8103 is confirmed",
+        "Part of your order 8103 is on its way",
+    ]
+    alert = await pg.fetchrow("SELECT status, attempts FROM notifications WHERE template = 'order_stuck'")
+    assert (alert["status"], alert["attempts"]) == ("pending", 1)
+
+
+async def test_an_alert_refused_for_one_operator_still_reaches_the_others_and_is_not_sent_again(
+    service, pg, order_stuck, settings, smtp_server
+):
+    refused = settings.ops_email[0]
+    mail, port = smtp_server(refuse_with="550 5.1.1 No such user here", refused={refused})
+    await deliver(service, ORDER_EVENTS, order_stuck(uuid.uuid4()))
+
+    await drain(sender_for(service, port))
+
+    assert mail.recipients == [[a for a in settings.ops_email if a != refused]]
+    assert await pg.fetchval("SELECT status FROM notifications") == "sent"

@@ -492,6 +492,197 @@ def test_an_allocation_for_an_order_that_takes_no_fulfillment_is_refused():
     unchanged_by(order, lambda: order.allocate_backorder(allocation(everything(order)), CAUSE), "takes no fulfillment")
 
 
+# -- backorder_queued: inventory says which units joined its queues -------------------------------------------------
+# Plans (routing topic) and inventory's answers (allocations topic) overtake each other. Inventory's answers about one
+# order keep their order: each shipment's reservation, then backorder_queued, then any backorder_allocated.
+
+
+def test_backorder_queued_that_overtakes_its_plan_backorders_the_units_and_the_late_plan_moves_nothing():
+    order = paid_order(("TENT", 1, "99.00"), ("LAMP", 3, "10.00"))
+    order.queue_backorder(units_of(order, "2", 3), CAUSE)
+    assert units(order, "2") == {L.backordered: 3} and units(order, "1") == {L.open: 1}
+    assert order.status is S.paid  # the tent is not placed yet
+    plan(order, [units_of(order, "1", 1)], units_of(order, "2", 3))
+    assert units(order, "2") == {L.backordered: 3} and units(order, "1") == {L.reserved: 1}
+
+
+def test_backorder_queued_after_its_plan_moves_nothing():
+    order, _ = mixed_order()
+    before = copy.deepcopy(order.lines)
+    order.queue_backorder(units_of(order, "2", 3), CAUSE)
+    assert {i: x.units for i, x in order.lines.items()} == {i: x.units for i, x in before.items()}
+    assert order.status is S.awaiting_fulfillment
+
+
+def test_backorder_queued_of_every_unit_moves_a_paid_order_to_awaiting_fulfillment():
+    order = paid_order(("A", 2, "1.00"), ("B", 1, "1.00"))
+    order.queue_backorder(everything(order), CAUSE)
+    assert order.status is S.awaiting_fulfillment
+    assert [t.to_status for t in order.transitions[-1:]] == [S.awaiting_fulfillment]
+    plan(order, backordered=everything(order))
+    assert order.status is S.awaiting_fulfillment and units(order, "1") == {L.backordered: 2}
+
+
+def test_backorder_queued_after_the_rejection_of_the_plans_shipment_of_the_same_line_leaves_those_units_open():
+    # A line split between a shipment (2) and the backorder (3): inventory rejects the shipment, its units are
+    # open again for the re-plan; the announcement of the 3 queued units must not backorder them.
+    order = paid_order(("LAMP", 5, "10.00"))
+    [shipment_id] = plan(order, [units_of(order, "1", 2)], units_of(order, "1", 3))
+    order.reject_reservation(reserved(order, shipment_id), "short", CAUSE)
+    order.queue_backorder(units_of(order, "1", 3), CAUSE)
+    assert units(order, "1") == {L.open: 2, L.backordered: 3}
+
+
+def test_a_plan_after_the_rejection_and_the_announcement_of_its_split_line_leaves_the_rejected_units_open():
+    order = paid_order(("LAMP", 5, "10.00"))
+    shipment_id, plan_id = uuid.uuid4(), uuid.uuid4()
+    order.reject_reservation(
+        domain.Reservation(shipment_id, "WH-EAST", units_of(order, "1", 2), plan_id), "short", CAUSE
+    )
+    order.queue_backorder(units_of(order, "1", 3), CAUSE)
+    order.apply_plan(plan_id, [planned(shipment_id, units_of(order, "1", 2))], units_of(order, "1", 3), [], CAUSE)
+    assert units(order, "1") == {L.open: 2, L.backordered: 3}
+    assert order.fulfillments[shipment_id].status is F.rejected
+
+
+def test_an_allocation_after_backorder_queued_that_overtook_the_plan_takes_the_backordered_units():
+    order = paid_order(("TENT", 1, "99.00"), ("LAMP", 3, "10.00"))
+    order.queue_backorder(units_of(order, "2", 3), CAUSE)
+    order.allocate_backorder(allocation(units_of(order, "2", 2)), CAUSE)
+    plan(order, [units_of(order, "1", 1)], units_of(order, "2", 3))
+    assert units(order, "2") == {L.requested: 2, L.backordered: 1} and units(order, "1") == {L.reserved: 1}
+
+
+def test_an_announcement_that_comes_after_its_allocation_backorders_only_what_was_not_allocated():
+    # An allocation committed by a later transaction can be published before the announcement of an earlier one.
+    order = paid_order(("LAMP", 3, "10.00"))
+    order.allocate_backorder(allocation(units_of(order, "1", 2)), CAUSE)
+    order.queue_backorder(units_of(order, "1", 3), CAUSE)
+    assert units(order, "1") == {L.requested: 2, L.backordered: 1}
+    plan(order, backordered=units_of(order, "1", 3))
+    assert units(order, "1") == {L.requested: 2, L.backordered: 1}
+
+
+def test_a_re_plan_whose_announcement_came_first_supersedes_no_live_shipment_of_the_same_shape():
+    order = paid_order(("LAMP", 4, "10.00"))
+    first, second = plan(order, [units_of(order, "1", 2), units_of(order, "1", 2)])
+    order.request_fulfillment(reserved(order, second), CAUSE)
+    order.reject_fulfillment(first, "WH-EAST", "no staff", CAUSE)
+    # Routing re-plans the 2 rejected units as a backorder; inventory's announcement of them comes first.
+    order.queue_backorder(units_of(order, "1", 2), CAUSE)
+    plan(order, backordered=units_of(order, "1", 2), attempt=2)
+    assert order.fulfillments[second].status is F.requested
+    assert units(order, "1") == {L.requested: 2, L.backordered: 2}
+
+
+def test_backorder_queued_naming_a_line_the_order_does_not_have_is_refused():
+    order, _ = mixed_order()
+    unknown = [domain.ShipmentLine("9", "LAMP", 1)]
+    unchanged_by(order, lambda: order.queue_backorder(unknown, CAUSE), "has no line 9 of LAMP")
+    other_sku = [domain.ShipmentLine("2", "TENT", 1)]
+    unchanged_by(order, lambda: order.queue_backorder(other_sku, CAUSE), "has no line 2 of TENT")
+
+
+def test_backorder_queued_for_an_unpaid_order_is_refused():
+    order = new_order()
+    unchanged_by(order, lambda: order.queue_backorder(everything(order), CAUSE), "takes no fulfillment")
+
+
+def test_a_late_backorder_queued_with_nothing_to_move_changes_no_units_whatever_the_status():
+    order, shipment_id = mixed_order()
+    allocated = allocation(units_of(order, "2", 3))
+    order.allocate_backorder(allocated, CAUSE)
+    order.ship_parcel(shipment_id, "WH-EAST", parcel("T1"), CAUSE)
+    order.ship_parcel(allocated.fulfillment_id, "WH-WEST", parcel("T2"), CAUSE)
+    assert order.status is S.fulfilled
+    order.queue_backorder(units_of(order, "2", 3), CAUSE)
+    assert units(order, "2") == {L.shipped: 3} and order.status is S.fulfilled
+
+
+# Every arrival order of one plan's messages: routing's plan on its topic; inventory's answers on theirs, in the
+# order inventory emits them (the shipment's reservation or rejection, backorder_queued, then allocations), except
+# that an allocation may come before the announcement (committed later, published first: see allocate_backorder).
+
+
+def _mixed_messages(order: domain.Order, rejected: bool, split: int):
+    """A plan of a 2-unit TENT and 1 LAMP in one shipment, 3 more LAMPs and 2 STOVEs backordered; inventory's answers,
+    the backorder served in two allocations (the first takes `split` LAMPs and both STOVEs)."""
+    plan_id, shipment_id = uuid.UUID(int=100), uuid.UUID(int=101)
+    shipped = [*units_of(order, "1", 2), *units_of(order, "2", 1)]
+    waiting = [*units_of(order, "2", 3), *units_of(order, "3", 2)]
+    reservation = domain.Reservation(shipment_id, "WH-EAST", shipped, plan_id, date(2026, 11, 26))
+    first = domain.Allocation(uuid.UUID(int=1), "WH-WEST", [*units_of(order, "2", split), *units_of(order, "3", 2)])
+    second = domain.Allocation(uuid.UUID(int=2), "WH-EAST", units_of(order, "2", 3 - split)) if split < 3 else None
+
+    def the_plan():
+        order.apply_plan(plan_id, [planned(shipment_id, shipped)], waiting, [], CAUSE)
+
+    def decision():
+        if rejected:
+            order.reject_reservation(reservation, "short", CAUSE)
+        else:
+            order.request_fulfillment(reservation, CAUSE)
+
+    inventory = [
+        ("decision", decision),
+        ("queued", lambda: order.queue_backorder(waiting, CAUSE)),
+        ("allocated", lambda: order.allocate_backorder(first, CAUSE)),
+    ]
+    if second is not None:
+        inventory.append(("allocated again", lambda: order.allocate_backorder(second, CAUSE)))
+    return ("plan", the_plan), inventory
+
+
+def _state(order: domain.Order):
+    return (
+        order.status,
+        {i: {s: n for s, n in x.units.items() if n} for i, x in order.lines.items()},
+        {
+            f: (x.status, x.source_code, sorted((y.line_id, y.quantity) for y in x.lines))
+            for f, x in order.fulfillments.items()
+        },
+        sorted(str(type(e).__name__) for e in order.events),
+    )
+
+
+def _check_timeline(order: domain.Order) -> None:
+    timeline = order.transitions
+    for before_t, after_t in itertools.pairwise(timeline):
+        assert after_t.from_status is before_t.to_status
+        assert after_t.to_status in TRANSITIONS[before_t.to_status]
+    assert timeline[-1].to_status is order.status
+
+
+@settings(max_examples=300, deadline=None)
+@given(rejected=st.booleans(), split=st.integers(1, 3), data=st.data())
+def test_every_arrival_order_of_a_mixed_plan_and_inventorys_answers_ends_in_the_same_state(rejected, split, data):
+    def run(arrangement) -> domain.Order:
+        order = paid_order(("TENT", 2, "99.00"), ("LAMP", 4, "10.00"), ("STOVE", 2, "50.00"))
+        the_plan, inventory = _mixed_messages(order, rejected, split)
+        names = dict([the_plan, *inventory])
+        for name in arrangement(the_plan[0], [n for n, _ in inventory]):
+            names[name]()
+            _check_units_add_up(order)
+            _check_status_follows_units(order)
+        _check_timeline(order)
+        return order
+
+    expected = run(lambda p, inventory: [p, *inventory])
+
+    def drawn(p, inventory):
+        # The announcement may come after the first allocation; the plan anywhere.
+        if data.draw(st.booleans(), label="allocation before its announcement"):
+            i = inventory.index("queued")
+            inventory[i], inventory[i + 1] = inventory[i + 1], inventory[i]
+        at = data.draw(st.integers(0, len(inventory)), label="plan arrives after")
+        return [*inventory[:at], p, *inventory[at:]]
+
+    got = run(drawn)
+    assert _state(got) == _state(expected)
+    assert [t.to_status for t in got.transitions] == [t.to_status for t in expected.transitions]
+    assert {i: x.backorder for i, x in got.lines.items()} == {i: x.backorder for i, x in expected.lines.items()}
+
+
 # -- parcels ----------------------------------------------------------------------------------------------------
 
 
@@ -749,7 +940,7 @@ PAYING = ["capture", "capture", "capture", "authorize", "fail", "cancel"]
 # Weighted towards what moves an order forward, so that walks reach fulfilled and delivered; refusals come from
 # drawing fulfillments, lines and quantities that do not fit.
 FULFILLING = ["plan", "reserve", "reserve", "reject", "accept", "allocate", "allocate", "ship", "ship", "ship"]
-FULFILLING += ["resend", "deliver", "deliver", "replan"]
+FULFILLING += ["resend", "deliver", "deliver", "replan", "overtaken", "overtaken"]
 
 
 def _walk_step(order: domain.Order, data) -> None:
@@ -775,6 +966,8 @@ def _walk_step(order: domain.Order, data) -> None:
                     target.append(domain.ShipmentLine(line.line_id, line.sku, n))
                     left -= n
         plan(order, [s for s in shipments if s], backordered, unfulfillable)
+    elif action == "overtaken":
+        _overtaken_plan(order, data)
     elif action == "allocate":
         line = data.draw(st.sampled_from(list(order.lines.values())))
         n = data.draw(st.integers(1, line.units[L.backordered] + 1))
@@ -821,6 +1014,54 @@ def _walk_step(order: domain.Order, data) -> None:
         plan(order, [ship] if ship else [], rest, attempt=2)
 
 
+def _overtaken_plan(order: domain.Order, data) -> None:
+    """A plan of open units, one shipment and a backorder, applied with inventory's answers to it in any arrival
+    order: the plan anywhere among them; the reservation (or rejection) of the shipment, backorder_queued and an
+    allocation of part of the backorder in the order inventory emits them, the allocation possibly first."""
+    shipment, backordered = [], []
+    for line in order.lines.values():
+        left = line.units[L.open]
+        for target in (shipment, backordered):
+            n = data.draw(st.integers(0, left), label=f"{line.line_id}")
+            if n:
+                target.append(domain.ShipmentLine(line.line_id, line.sku, n))
+                left -= n
+    plan_id, shipment_id = uuid.uuid4(), uuid.uuid4()
+    reservation = domain.Reservation(shipment_id, "WH-EAST", shipment, plan_id)
+    allocated = [
+        domain.ShipmentLine(x.line_id, x.sku, n) for x in backordered if (n := data.draw(st.integers(0, x.quantity)))
+    ]
+    answers = []
+    if shipment:
+        if data.draw(st.booleans(), label="reserved"):
+            answers.append(lambda: order.request_fulfillment(reservation, CAUSE))
+        else:
+            answers.append(lambda: order.reject_reservation(reservation, "short", CAUSE))
+    if backordered:
+        answers.append(lambda: order.queue_backorder(backordered, CAUSE))
+    if allocated:
+        at = len(answers) - (1 if data.draw(st.booleans(), label="allocation first") else 0)
+        answers.insert(at, lambda: order.allocate_backorder(allocation(allocated), CAUSE))
+    shipments = [planned(shipment_id, shipment)] if shipment else []
+    answers.insert(
+        data.draw(st.integers(0, len(answers)), label="plan after"),
+        lambda: order.apply_plan(plan_id, shipments, backordered, [], CAUSE),
+    )
+    for answer in answers:
+        # Each is a message of its own: a refused one changes nothing, and the next is still applied.
+        _applied_or_refused_changing_nothing(order, answer)
+
+
+def _applied_or_refused_changing_nothing(order: domain.Order, apply) -> None:
+    before = copy.deepcopy(order)
+    try:
+        apply()
+    except OrderRefusal:
+        assert order.status is before.status and order.lines == before.lines
+        assert order.fulfillments == before.fulfillments
+        assert len(order.transitions) == len(before.transitions) and len(order.events) == len(before.events)
+
+
 def _finish(order: domain.Order) -> None:
     def checked() -> None:
         _check_units_add_up(order)
@@ -852,19 +1093,13 @@ def _finish(order: domain.Order) -> None:
 
 @settings(max_examples=400, deadline=None)
 @given(st.data())
-def test_any_walk_of_plans_allocations_parcels_and_deliveries_keeps_units_status_and_timeline_consistent(data):
+def test_any_walk_of_plans_answers_in_any_arrival_order_parcels_and_deliveries_keeps_units_status_and_timeline(data):
     order = new_order(("A", 3, "5.00"), ("B", 2, "6.00"), ("C", 1, "7.00"))
     if data.draw(st.booleans(), label="paid at once"):
         order.capture_payment(order.grand_total, "EUR", "p", CAUSE)
     for _ in range(data.draw(st.integers(1, 40), label="steps")):
-        before = copy.deepcopy(order)
-        try:
-            _walk_step(order, data)
-        except OrderRefusal:
-            # A refused message changes nothing.
-            assert order.status is before.status and order.lines == before.lines
-            assert order.fulfillments == before.fulfillments
-            assert len(order.transitions) == len(before.transitions) and len(order.events) == len(before.events)
+        # A refused message changes nothing.
+        _applied_or_refused_changing_nothing(order, lambda: _walk_step(order, data))
         _check_units_add_up(order)
         _check_status_follows_units(order)
         for f in order.fulfillments.values():

@@ -252,19 +252,118 @@ async def test_a_backorder_allocation_is_a_new_fulfillment_requested_on_its_sour
     assert quantities(await view(order_service, order_id), "2") == ("requested", {"requested": 3})
 
 
-async def test_backorder_queued_changes_no_order_and_is_not_dead_lettered(order_service):
-    submitted, _ = await mixed_order(order_service, "mixed-queued")
-    queued = inventory.BackorderQueued(
+def backorder_queued(order_id, lines):
+    """Inventory's announcement that `lines` [(line_id, sku, units)] joined their SKUs' queues."""
+    return inventory.BackorderQueued(
         source="/oms/inventory",
-        subject=str(submitted.data.order_id),
+        subject=str(order_id),
         data=inventory.BackorderQueuedData(
-            order_id=submitted.data.order_id,
-            lines=[inventory.BackorderedLine(line_id="2", sku="LAMP", quantity=3, position=1)],
+            order_id=order_id,
+            lines=[
+                inventory.BackorderedLine(line_id=line_id, sku=sku, quantity=n, position=1) for line_id, sku, n in lines
+            ],
         ),
     )
+
+
+async def test_backorder_queued_after_its_plan_moves_no_unit_and_requests_nothing(order_service):
+    submitted, _ = await mixed_order(order_service, "mixed-queued")
     before = await view(order_service, submitted.data.order_id)
+    queued = backorder_queued(submitted.data.order_id, [("2", "LAMP", 3)])
     assert await deliver(order_service, INVENTORY_ALLOCATIONS, queued) == []
-    assert await view(order_service, submitted.data.order_id) == before
+    after = await view(order_service, submitted.data.order_id)
+    assert [quantities(after, x) for x in ("1", "2")] == [quantities(before, x) for x in ("1", "2")]
+    assert after["status"] == before["status"] and after["fulfillments"] == before["fulfillments"]
+
+
+async def test_inventorys_answers_that_overtake_the_plan_request_at_once_and_the_late_plan_changes_nothing(
+    order_service,
+):
+    # Inventory reserved the tent, queued the lamps and served them at once from stock routing did not know of:
+    # one transaction, so one batch here, in that order; the plan comes last.
+    submitted = samples.order_submitted("overtaken", [("TENT", 1, "99.00"), ("LAMP", 3, "10.00")])
+    order_id = submitted.data.order_id
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = mixed_plan(submitted, [("1", 1)], [("2", 3)])
+    allocated = samples.backorder_allocated(order_id, [("2", "LAMP", 3)], "WH-EAST")
+
+    emitted = await deliver(
+        order_service,
+        INVENTORY_ALLOCATIONS,
+        reserved(plan),
+        backorder_queued(order_id, [("2", "LAMP", 3)]),
+        allocated,
+    )
+
+    assert types(emitted) == [
+        "oms.order.status_changed.v1",
+        "oms.fulfillment.requested.v1",
+        "oms.fulfillment.requested.v1",
+    ]
+    assert emitted[2].event.data.fulfillment_id == allocated.data.shipment_id
+    assert await deliver(order_service, ROUTING_PLANS, plan) == []
+    order = await view(order_service, order_id)
+    assert quantities(order, "1") == ("requested", {"requested": 1})
+    assert quantities(order, "2") == ("requested", {"requested": 3})
+    assert order["status"] == "awaiting_fulfillment"
+    assert await timeline(order_service, order_id) == [
+        (None, "pending"),
+        ("pending", "payment_processing"),
+        ("payment_processing", "paid"),
+        ("paid", "awaiting_fulfillment"),
+    ]
+
+
+ARRIVALS = {
+    "plan first": ["plan", "reserved", "queued", "allocated"],
+    "plan after the reservation": ["reserved", "plan", "queued", "allocated"],
+    "plan after the announcement": ["reserved", "queued", "plan", "allocated"],
+    "plan last": ["reserved", "queued", "allocated", "plan"],
+    "inventory in one batch, then the plan": ["reserved+queued+allocated", "plan"],
+}
+
+
+@pytest.mark.parametrize("arrival", list(ARRIVALS))
+async def test_a_mixed_order_ends_the_same_whichever_of_plan_and_inventorys_answers_comes_first(order_service, arrival):
+    submitted = samples.order_submitted(f"arrival-{uuid.uuid4().hex[:6]}", [("TENT", 1, "99.00"), ("LAMP", 3, "10.00")])
+    order_id = submitted.data.order_id
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = mixed_plan(submitted, [("1", 1)], [("2", 3)])
+    messages = {
+        "plan": (ROUTING_PLANS, plan),
+        "reserved": (INVENTORY_ALLOCATIONS, reserved(plan)),
+        "queued": (INVENTORY_ALLOCATIONS, backorder_queued(order_id, [("2", "LAMP", 3)])),
+        "allocated": (INVENTORY_ALLOCATIONS, samples.backorder_allocated(order_id, [("2", "LAMP", 2)], "WH-WEST")),
+    }
+    requests = []
+    for step in ARRIVALS[arrival]:
+        batch = [messages[name] for name in step.split("+")]
+        emitted = await deliver(order_service, batch[0][0], *(event for _, event in batch))
+        assert not [e for e in emitted if e.topic == "oms.dlq.v1"]
+        requests += [e.event.data.source_code for e in emitted if e.topic.startswith("oms.fulfillment.requests.")]
+
+    assert sorted(requests) == ["WH-EAST", "WH-WEST"]
+    order = await view(order_service, order_id)
+    assert order["status"] == "awaiting_fulfillment"
+    assert quantities(order, "1") == ("requested", {"requested": 1})
+    assert quantities(order, "2") == ("backordered", {"requested": 2, "backordered": 1})
+    assert sorted((f["source_code"], f["status"]) for f in order["fulfillments"]) == [
+        ("WH-EAST", "requested"),
+        ("WH-WEST", "requested"),
+    ]
+    assert (await timeline(order_service, order_id))[-1] == ("paid", "awaiting_fulfillment")
+
+
+async def test_a_backorder_queued_naming_a_line_the_order_does_not_have_is_dead_lettered(order_service):
+    submitted, _ = await mixed_order(order_service, f"bad-queued-{uuid.uuid4().hex[:6]}")
+    other = samples.order_submitted(f"bad-queued-other-{uuid.uuid4().hex[:6]}", [("LAMP", 2, "10.00")])
+    await deliver(order_service, CHANNEL_ORDERS, other, samples.payment_captured(other))
+    bad = backorder_queued(submitted.data.order_id, [("2", "TENT", 1)])
+    good = backorder_queued(other.data.order_id, [("1", "LAMP", 2)])
+    message = await refused(
+        order_service, INVENTORY_ALLOCATIONS, bad, lambda e: "oms.order.status_changed.v1" in types(e), good
+    )
+    assert "has no line 2 of TENT" in message
 
 
 async def test_parcels_move_a_mixed_order_through_partially_fulfilled_fulfilled_and_delivered(order_service):

@@ -24,12 +24,24 @@ async def test_the_migrations_create_exactly_the_tables_of_the_store(service_dat
     finally:
         await engine.dispose()
     assert diff == []
-    assert version == "0003"
+    assert version == "0004"
 
 
 def _alembic(url: str, *args: str) -> None:
     env = {**os.environ, "OMS_ORDER_DATABASE_URL": url}
     subprocess.run([sys.executable, "-m", "alembic", "-c", str(ALEMBIC_INI), *args], check=True, env=env, cwd=ROOT)
+
+
+async def _insert_order(conn, order_id: uuid.UUID, external_id: str, status: str) -> None:
+    """An order row as every revision so far stores it."""
+    await conn.execute(
+        sa.text(
+            "INSERT INTO orders (order_id, channel, external_order_id, status, currency, placed_at, customer, "
+            "shipping_address, shipping_method, options, shipping_total, tax_total, discount_total, "
+            "grand_total) VALUES (:id, 'web', :ext, :status, 'EUR', now(), '{}', '{}', 'standard', '{}', 0, 0, 0, 10)"
+        ),
+        {"id": order_id, "ext": external_id, "status": status},
+    )
 
 
 async def test_orders_stored_before_parcels_stay_valid_through_the_upgrade_and_back(create_database):
@@ -39,15 +51,7 @@ async def test_orders_stored_before_parcels_stay_valid_through_the_upgrade_and_b
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.execute(
-                sa.text(
-                    "INSERT INTO orders (order_id, channel, external_order_id, status, currency, placed_at, customer, "
-                    "shipping_address, shipping_method, options, shipping_total, tax_total, discount_total, "
-                    "grand_total) VALUES (:id, 'web', '1', 'partially_fulfilled', 'EUR', now(), '{}', '{}', "
-                    "'standard', '{}', 0, 0, 0, 10)"
-                ),
-                {"id": order_id},
-            )
+            await _insert_order(conn, order_id, "1", "partially_fulfilled")
             await conn.execute(
                 sa.text(
                     "INSERT INTO order_lines VALUES (:id, '1', 'A', 2, 1, 'shipped'), (:id, '2', 'B', 3, 1, 'open'), "
@@ -90,11 +94,50 @@ async def test_orders_stored_before_parcels_stay_valid_through_the_upgrade_and_b
         await engine.dispose()
 
 
+async def test_lines_stored_before_backorder_counts_count_what_entered_the_backorder_as_planned(create_database):
+    url = create_database("order_0002").replace("postgresql://", "postgresql+asyncpg://", 1)
+    _alembic(url, "upgrade", "0002")
+    order_id = uuid.uuid4()
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await _insert_order(conn, order_id, "2", "awaiting_fulfillment")
+            # Line 1: 2 units still wait, 3 were allocated; line 2: requested from its plan's shipment.
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO order_lines (order_id, line_id, sku, quantity, unit_price, state, "
+                    "quantity_backordered, quantity_requested) VALUES "
+                    "(:id, '1', 'A', 5, 1, 'backordered', 2, 3), (:id, '2', 'B', 1, 1, 'requested', 0, 1)"
+                ),
+                {"id": order_id},
+            )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO fulfillments (fulfillment_id, order_id, plan_id, source_code, status, lines) VALUES "
+                    '(:a, :id, NULL, \'WH\', \'requested\', \'[{"line_id": "1", "sku": "A", "quantity": 3}]\'), '
+                    '(:p, :id, :plan, \'WH\', \'requested\', \'[{"line_id": "2", "sku": "B", "quantity": 1}]\')'
+                ),
+                {"id": order_id, "a": uuid.uuid4(), "p": uuid.uuid4(), "plan": uuid.uuid4()},
+            )
+        _alembic(url, "upgrade", "head")
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                sa.text(
+                    "SELECT line_id, backorder_planned, backorder_announced, backorder_entered FROM order_lines "
+                    "ORDER BY line_id"
+                )
+            )
+            assert [tuple(row) for row in rows] == [("1", 5, 0, 5), ("2", 0, 0, 0)]
+        _alembic(url, "downgrade", "0002")
+    finally:
+        await engine.dispose()
+
+
 async def test_inbox_rows_from_before_the_inbox_kept_sources_stay_as_any_source_through_the_upgrade_and_back(
     create_database,
 ):
-    url = create_database("order_0002").replace("postgresql://", "postgresql+asyncpg://", 1)
-    _alembic(url, "upgrade", "0002")
+    url = create_database("order_inbox").replace("postgresql://", "postgresql+asyncpg://", 1)
+    _alembic(url, "upgrade", "0003")
     event_id = uuid.uuid4()
     engine = create_async_engine(url)
     try:
@@ -108,7 +151,7 @@ async def test_inbox_rows_from_before_the_inbox_kept_sources_stay_as_any_source_
             await conn.execute(
                 sa.text("INSERT INTO inbox (consumer, source, event_id) VALUES ('c', '/oms/x', :id)"), {"id": event_id}
             )
-        _alembic(url, "downgrade", "0002")
+        _alembic(url, "downgrade", "0003")
         async with engine.connect() as conn:
             assert (await conn.execute(sa.text("SELECT consumer, event_id FROM inbox"))).all() == [("c", event_id)]
     finally:

@@ -26,8 +26,10 @@ from oms_contracts.routing import Source, TransitDays
 from oms_routing.domain import (
     DEFAULT_RULES,
     Availability,
+    Fulfillment,
     PlanningNetwork,
     PlanRequest,
+    ReplanRefused,
     RoutedOrder,
     RuleChains,
     candidates,
@@ -457,6 +459,15 @@ def test_ship_complete_waits_whole_when_no_source_has_everything(make_source, ma
     assert made.backordered_lines
 
 
+def test_ship_complete_waits_whole_even_when_the_search_gives_way_to_the_heuristic(make_source, make_order):
+    # Found by hypothesis: the heuristic knew no bound on shipments and split a ship-complete order.
+    order = make_order(uuid.uuid4(), [("1", "A", 1), ("2", "B", 1)], options=OrderOptions(ship_complete=True))
+    network = [make_source("WH-A"), make_source("WH-B")]
+    made = plan_now(first(order), network, {("WH-A", "A"): 1, ("WH-B", "B"): 1}, search_steps=0)
+    assert made.shipments == []
+    assert [line_id for line_id, _, _ in waiting(made)] == ["1", "2"]
+
+
 def test_ship_complete_with_backorders_denied_makes_every_line_unfulfillable(make_source, make_order):
     options = OrderOptions(ship_complete=True, backorder_policy=BackorderPolicy.deny)
     order = make_order(uuid.uuid4(), [("1", "A", 4)], options=options)
@@ -535,6 +546,56 @@ def test_pickup_source_without_the_stock_backorders_rather_than_ship_from_elsewh
     assert made.backordered_lines[0].reason == "pickup source STORE-1 cannot ship the item"
 
 
+# --- destinations no source could ever serve -----------------------------------------------------------------------
+
+
+def test_a_country_no_active_source_ships_to_is_unfulfillable_even_when_backorders_are_allowed(make_source, make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 1), ("2", "B", 2)], options=OrderOptions(ship_complete=True))
+    network = [make_source("WH-FR", countries=["FR"]), make_source("WH-DE-OFF", active=False)]
+    made = plan_now(first(order), network, everywhere(["WH-FR", "WH-DE-OFF"], "AB"))
+    assert made.shipments == [] and made.backordered_lines == []
+    assert waiting(made) == [("1", 1, "no source ships to DE"), ("2", 2, "no source ships to DE")]
+
+
+def test_a_country_whose_only_sources_lack_stock_were_rejected_or_are_full_backorders_rather(make_source, make_order):
+    # Stock arrives, a rejection was one shipment's, and capacity comes back tomorrow: the line can still be served.
+    order = make_order(uuid.uuid4(), [("1", "A", 1)])
+    network = [make_source("WH-EMPTY"), make_source("WH-REJECTED"), make_source("WH-FULL", daily_capacity=1)]
+    request = PlanRequest(order, tuple(order.lines), attempt=2, excluded=frozenset({"WH-REJECTED"}))
+    prepared = PlanningNetwork(network, NOW, {"WH-FULL": 1})
+    made = plan(
+        request,
+        prepared,
+        Availability(everywhere(["WH-REJECTED", "WH-FULL"], "A")),
+        planned_at=NOW,
+        max_attempts=MAX_ATTEMPTS,
+    )
+    assert made.shipments == [] and made.unfulfillable_lines == []
+    assert [ln.line_id for ln in made.backordered_lines] == ["1"]
+
+
+def test_a_pickup_at_a_store_unknown_or_inactive_is_unfulfillable_even_when_backorders_are_allowed(
+    make_source, make_order
+):
+    network = [make_source("WH-1"), make_source("STORE-CLOSED", SourceType.store, active=False)]
+    for store in ("STORE-CLOSED", "STORE-NOWHERE"):
+        made = plan_now(
+            first(pickup_order(make_order, [("1", "A", 1)], store=store)),
+            network,
+            everywhere(["WH-1", "STORE-CLOSED"], "A"),
+        )
+        assert made.shipments == [] and made.backordered_lines == []
+        assert waiting(made) == [("1", 1, f"pickup store {store} is not in the network")]
+
+
+def test_a_destination_no_source_serves_is_unfulfillable_also_after_the_last_attempt(make_source, make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 1)])
+    request = PlanRequest(order, tuple(order.lines), attempt=MAX_ATTEMPTS + 1, excluded=frozenset({"WH-1"}))
+    made = plan_now(request, [make_source("WH-AT", countries=["AT"])], {})
+    assert made.backordered_lines == []
+    assert waiting(made) == [("1", 1, "no source ships to DE; rejected by WH-1")]
+
+
 def test_a_rejection_excludes_the_source_and_counts_one_more_attempt(make_source, make_order):
     order = make_order(uuid.uuid4(), [("1", "SKU-1", 1), ("2", "SKU-2", 1)])
     routed, request = RoutedOrder(order).rejected("WH-EAST", order.lines[:1])
@@ -571,6 +632,122 @@ def test_after_the_last_attempt_the_replan_backorders_even_with_a_source_left(ma
     made = plan_now(request, [make_source("WH-2")], {("WH-2", "SKU-1"): 5})
     assert made.shipments == []
     assert made.backordered_lines[0].reason == "no source left for the item after 3 attempts; rejected by WH-1"
+
+
+# --- re-plans of a fulfillment --------------------------------------------------------------------------------------
+
+
+def planned_fulfillment(order, source_code, lines, **fields) -> Fulfillment:
+    return Fulfillment(uuid.uuid4(), order.order_id, source_code, tuple(lines), **fields)
+
+
+def test_a_replan_request_plans_the_named_lines_again_without_the_source_one_attempt_on(make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 2), ("2", "B", 1)])
+    fulfillment = planned_fulfillment(order, "WH-1", order.lines)
+
+    replan = RoutedOrder(order).replan(fulfillment, "WH-1", [Line(line_id="1", sku="A", quantity=1)])
+
+    assert (replan.order.attempts, replan.order.excluded) == (2, frozenset({"WH-1"}))
+    assert replan.request == PlanRequest(order, (Line(line_id="1", sku="A", quantity=1),), 2, frozenset({"WH-1"}))
+    assert replan.fulfillment.replanned == {"1": 1}
+    assert replan.fulfillment.withdrawn is False  # the rest of it still leaves WH-1
+
+
+def test_a_fulfillment_all_of_whose_units_are_planned_again_is_withdrawn_from_its_source(make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 2), ("2", "B", 1)])
+    fulfillment = planned_fulfillment(order, "WH-1", order.lines)
+
+    first = RoutedOrder(order).replan(fulfillment, "WH-1", order.lines[:1])
+    second = first.order.replan(first.fulfillment, "WH-1", order.lines[1:])
+
+    assert second.fulfillment.withdrawn is True
+    assert second.fulfillment.replanned == {"1": 2, "2": 1}
+    assert second.request is not None and second.request.attempt == 3
+
+
+def test_lines_of_a_fulfillment_already_planned_again_are_not_planned_twice(make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 2), ("2", "B", 1)])
+    fulfillment = planned_fulfillment(order, "WH-1", order.lines)
+    first = RoutedOrder(order).replan(fulfillment, "WH-1", order.lines)
+
+    again = first.order.replan(first.fulfillment, "WH-1", order.lines)
+    partly = first.order.replan(first.fulfillment, "WH-1", order.lines[:1])
+
+    assert again.request is None and again.lines == () and again.order == first.order
+    assert partly.request is None
+
+
+def test_a_replan_of_a_fulfillment_routing_never_planned_is_checked_against_the_order(make_order):
+    # A backorder allocation: inventory made the fulfillment; routing knows the paid order only.
+    order = make_order(uuid.uuid4(), [("1", "A", 3), ("2", "B", 1)])
+    allocation = Fulfillment(uuid.uuid4(), order.order_id)
+
+    replan = RoutedOrder(order).replan(allocation, "WH-9", [Line(line_id="1", sku="A", quantity=3)])
+
+    assert replan.request is not None
+    assert (replan.request.lines, replan.request.excluded) == ((order.lines[0],), frozenset({"WH-9"}))
+    assert replan.fulfillment.replanned == {"1": 3}
+    assert replan.fulfillment.withdrawn is False  # nothing of routing's to withdraw
+
+
+@pytest.mark.parametrize(
+    ("source_code", "lines", "reason"),
+    [
+        ("WH-2", [("1", "A", 1)], "was planned at WH-1, not WH-2"),
+        ("WH-1", [("9", "A", 1)], "has no line 9"),
+        ("WH-1", [("1", "B", 1)], "line 1 of order {order} is A, not B"),
+        ("WH-1", [("1", "A", 3)], "3 units of line 1 asked, fulfillment {fulfillment} has 2"),
+        ("WH-1", [("2", "B", 1)], "fulfillment {fulfillment} has no line 2"),
+        ("WH-1", [("1", "A", 1), ("1", "A", 1)], "line 1 is named twice"),
+    ],
+)
+def test_a_replan_naming_what_the_fulfillment_does_not_hold_is_refused(make_order, source_code, lines, reason):
+    order = make_order(uuid.uuid4(), [("1", "A", 2), ("2", "B", 1)])
+    fulfillment = planned_fulfillment(order, "WH-1", order.lines[:1])
+    asked = [Line(line_id=i, sku=sku, quantity=q) for i, sku, q in lines]
+    with pytest.raises(ReplanRefused) as refused:
+        RoutedOrder(order).replan(fulfillment, source_code, asked)
+    assert reason.format(order=order.order_id, fulfillment=fulfillment.fulfillment_id) in str(refused.value)
+
+
+def test_a_replan_of_an_unplanned_fulfillment_asking_more_than_the_order_has_is_refused(make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 2)])
+    with pytest.raises(ReplanRefused, match=f"3 units of line 1 asked, order {order.order_id} has 2"):
+        RoutedOrder(order).replan(
+            Fulfillment(uuid.uuid4(), order.order_id), "WH-1", [Line(line_id="1", sku="A", quantity=3)]
+        )
+
+
+def test_a_replan_of_another_orders_fulfillment_is_refused(make_order):
+    order, other = (make_order(uuid.uuid4(), [("1", "A", 1)]) for _ in range(2))
+    with pytest.raises(ReplanRefused, match=f"is of order {other.order_id}, not of {order.order_id}"):
+        RoutedOrder(order).replan(planned_fulfillment(other, "WH-1", other.lines), "WH-1", other.lines)
+
+
+def test_a_rejected_reservation_withdraws_the_shipment_and_needs_one_routing_planned(make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 2)])
+    shipment = planned_fulfillment(order, "WH-1", order.lines)
+
+    replan = RoutedOrder(order).reservation_rejected(shipment, "WH-1", order.lines)
+
+    assert replan.fulfillment.withdrawn is True
+    assert replan.request is not None and replan.request.excluded == frozenset({"WH-1"})
+    with pytest.raises(ReplanRefused, match="was not planned by routing"):
+        RoutedOrder(order).reservation_rejected(Fulfillment(uuid.uuid4(), order.order_id), "WH-1", order.lines)
+
+
+def test_replans_past_the_last_attempt_wait_with_the_sources_that_turned_them_down(make_source, make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 1)])
+    routed = RoutedOrder(order)
+    for code in ("WH-1", "WH-2", "WH-3"):
+        replan = routed.replan(planned_fulfillment(order, code, order.lines), code, order.lines)
+        routed = replan.order
+    assert replan.request is not None and replan.request.attempt == MAX_ATTEMPTS + 1
+    made = plan_now(
+        replan.request, [make_source(c) for c in ("WH-1", "WH-2", "WH-3", "WH-4")], everywhere(["WH-4"], "A")
+    )
+    assert made.shipments == []
+    assert waiting(made) == [("1", 1, "no source left for the item after 3 attempts; rejected by WH-1, WH-2, WH-3")]
 
 
 def test_a_batch_never_promises_the_same_unit_twice(make_source, make_order):
@@ -729,6 +906,14 @@ def _may_ship(request: PlanRequest, source: Source, today: dict[str, int]) -> bo
     return allowed and not (full and today.get(source.code, 0) >= source.daily_capacity)
 
 
+def could_ever_serve(order: OrderPaidData, network) -> bool:
+    """Written from the rules: some active source ships to the order (its pickup store, or its country), whatever
+    its stock, capacity or rejections."""
+    if order.shipping_method is ShippingMethod.pickup:
+        return any(s.active and s.code == order.pickup_source for s in network)
+    return any(s.active and order.shipping_address.country in s.countries for s in network)
+
+
 def brute_force(request: PlanRequest, network, stock, today) -> tuple[int, dict[str, int]]:
     """The fewest shipments and the units of each SKU that ship now, by trying every set of sources."""
     if request.attempt > MAX_ATTEMPTS:
@@ -798,8 +983,11 @@ def check_plan(made, request: PlanRequest, network, stock, today) -> None:
         sources = [s.source_code for s in made.shipments if any(ln.sku == sku for ln in s.lines)]
         if len(sources) > 1:
             assert not any(stock.get((s.code, sku), 0) >= demands[sku] for s in network if _may_ship(request, s, today))
-    # The backorder policy decides where what waits goes; every plan says what inventory needs.
-    if order.options.backorder_policy is BackorderPolicy.deny:
+    # The backorder policy decides where what waits goes, unless no source could ever ship it (then it is
+    # unfulfillable whatever the policy); every plan says what inventory needs.
+    if not could_ever_serve(order, network):
+        assert made.shipments == made.backordered_lines == []
+    elif order.options.backorder_policy is BackorderPolicy.deny:
         assert made.backordered_lines == []
     else:
         assert made.unfulfillable_lines == []
@@ -891,6 +1079,20 @@ def test_plans_of_a_batch_together_never_promise_more_than_is_available_nor_pass
                 assert shipments[shipment.source_code] <= capacity
     assert all(units <= stock.get(key, 0) for key, units in promised.items())
     assert [p.order_id for p in made] == [r.order.order_id for r in requests]
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests=st.lists(requests(), min_size=1, max_size=4), network=networks(), stock=levels, today=planned_today)
+def test_no_plan_ever_backorders_a_line_no_active_source_could_ever_serve(requests, network, stock, today):
+    made = plan_all(
+        requests, PlanningNetwork(network, NOW, today), Availability(stock), planned_at=NOW, max_attempts=MAX_ATTEMPTS
+    )
+    for p, request in zip(made, requests, strict=True):
+        if not could_ever_serve(request.order, network):
+            assert p.backordered_lines == [] and p.shipments == []
+            assert units_by_sku(p.unfulfillable_lines) == units_by_sku(request.lines)
+        for line in p.backordered_lines:
+            assert could_ever_serve(request.order, network), line
 
 
 @settings(max_examples=60, deadline=None)

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from oms_contracts.common import Line, OrderOptions, RoutingRule, SourceType
-from oms_contracts.fulfillment import FulfillmentRejected, FulfillmentRejectedData, FulfillmentShipped
+from oms_contracts.common import Address, Line, OrderOptions, RoutingRule, ShippingMethod, SourceType
 from oms_contracts.inventory import (
+    BackorderAllocated,
+    BackorderAllocatedData,
     LowStock,
     LowStockData,
     ReservationRejected,
@@ -19,7 +20,7 @@ from oms_contracts.inventory import (
     StockLevelChanged,
     StockLevelChangedData,
 )
-from oms_contracts.order import OrderPaid, StatusChanged, StatusChangedData
+from oms_contracts.order import OrderPaid, ReplanRequested, ReplanRequestedData, StatusChanged, StatusChangedData
 from oms_contracts.routing import FulfillmentPlanned, FulfillmentPlannedData, PlannedShipment
 from oms_contracts.topics import (
     DEAD_LETTERS,
@@ -113,17 +114,32 @@ def reservation_rejected(plan: FulfillmentPlannedData, shipment: PlannedShipment
     )
 
 
-def fulfillment_rejected(plan: FulfillmentPlannedData, shipment: PlannedShipment):
-    return FulfillmentRejected(
-        source=f"/sources/{shipment.source_code}",
-        subject=str(plan.order_id),
-        data=FulfillmentRejectedData(
-            fulfillment_id=shipment.shipment_id,
-            order_id=plan.order_id,
-            source_code=shipment.source_code,
-            reason="damaged in the warehouse",
+def replan_requested(order_id, fulfillment_id, source_code: str, lines: list[Line]) -> ReplanRequested:
+    """The order service asks: the source will not ship these lines (it rejected or cancelled them)."""
+    return ReplanRequested(
+        source="/oms/order",
+        subject=str(order_id),
+        data=ReplanRequestedData(
+            order_id=order_id,
+            fulfillment_id=fulfillment_id,
+            source_code=source_code,
+            lines=lines,
+            reason=f"{source_code} rejected the fulfillment: damaged in the warehouse",
         ),
     )
+
+
+def replan_of(plan: FulfillmentPlannedData, shipment: PlannedShipment, lines: list[Line] | None = None):
+    """A re-plan request for a shipment routing planned: all of its lines unless told."""
+    return replan_requested(plan.order_id, shipment.shipment_id, shipment.source_code, lines or shipment.lines)
+
+
+async def planned_with_two_sources_to_spare(routing, make_source, make_order, sku, codes):
+    """A one-line order planned at one of three warehouses that all hold its SKU: two re-plans could still ship it."""
+    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"]), make_source(codes["WH-C"]))
+    await deliver(routing, INVENTORY_STOCK, *(level(sku, codes[c], 5) for c in ("WH-A", "WH-B", "WH-C")))
+    order = make_order(uuid.uuid4(), [("1", sku, 1)])
+    return order, plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
 
 
 async def test_paid_order_is_planned_from_the_own_warehouse_not_the_nearer_dropship(
@@ -229,30 +245,30 @@ async def test_a_stock_level_newer_than_the_shortage_report_is_not_overwritten(
     assert (await stock_at(routing, sku))[codes["WH-A"]][2] == 9
 
 
-async def test_fulfillment_rejected_by_the_source_replans_without_it(routing, make_source, make_order, sku, codes):
+async def test_a_replan_request_plans_the_shipments_lines_again_without_its_source(
+    routing, make_source, make_order, sku, codes
+):
     await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["DS-A"], SourceType.dropship))
     await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(sku, codes["DS-A"], 5))
     order = make_order(uuid.uuid4(), [("1", sku, 1)])
     first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
 
-    second = plan_of(await deliver(routing, FULFILLMENT_UPDATES, fulfillment_rejected(first, first.shipments[0])))
+    second = plan_of(await deliver(routing, ORDER_EVENTS, replan_of(first, first.shipments[0])))
 
     assert second.attempt == 2
-    assert [s.source_code for s in second.shipments] == [codes["DS-A"]]
+    assert [(s.source_code, s.lines) for s in second.shipments] == [(codes["DS-A"], order.lines)]
+    assert second.shipments[0].reason.endswith(f"; rejected by {codes['WH-A']}")
     assert (await stock_at(routing, sku))[codes["WH-A"]][2] == 5  # a source's rejection says nothing about stock
 
 
-async def test_a_shipment_rejected_by_inventory_and_by_its_source_is_replanned_once(
+async def test_a_shipment_rejected_by_inventory_and_then_asked_again_by_the_order_service_is_replanned_once(
     routing, make_source, make_order, sku, codes
 ):
-    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"]), make_source(codes["WH-C"]))
-    await deliver(routing, INVENTORY_STOCK, *(level(sku, codes[c], 5) for c in ("WH-A", "WH-B", "WH-C")))
-    order = make_order(uuid.uuid4(), [("1", sku, 1)])
-    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    order, first = await planned_with_two_sources_to_spare(routing, make_source, make_order, sku, codes)
     shipment = first.shipments[0]
 
     replanned = await deliver(routing, INVENTORY_ALLOCATIONS, reservation_rejected(first, shipment))
-    again = await deliver(routing, FULFILLMENT_UPDATES, fulfillment_rejected(first, shipment))
+    again = await deliver(routing, ORDER_EVENTS, replan_of(first, shipment))
 
     assert plan_of(replanned).attempt == 2
     assert again == []
@@ -269,11 +285,9 @@ async def test_after_max_attempts_the_rejected_lines_are_backordered(routing, ma
     for attempt in (2, 3, 4):
         rejected_by.append(plan.shipments[0].source_code)
         rejection = (
-            reservation_rejected(plan, plan.shipments[0], 5)
-            if attempt % 2
-            else fulfillment_rejected(plan, plan.shipments[0])
+            reservation_rejected(plan, plan.shipments[0], 5) if attempt % 2 else replan_of(plan, plan.shipments[0])
         )
-        topic = INVENTORY_ALLOCATIONS if attempt % 2 else FULFILLMENT_UPDATES
+        topic = INVENTORY_ALLOCATIONS if attempt % 2 else ORDER_EVENTS
         plan = plan_of(await deliver(routing, topic, rejection))
         assert plan.attempt == attempt
         assert not {s.source_code for s in plan.shipments} & set(rejected_by)
@@ -294,29 +308,26 @@ async def test_with_backorders_denied_exhausted_lines_become_unfulfillable(
     order = make_order(uuid.uuid4(), [("1", sku, 1)], options=OrderOptions(backorder_policy="deny"))
     first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
 
-    second = plan_of(await deliver(routing, FULFILLMENT_UPDATES, fulfillment_rejected(first, first.shipments[0])))
+    second = plan_of(await deliver(routing, ORDER_EVENTS, replan_of(first, first.shipments[0])))
 
     assert second.backordered_lines == []
     assert [(ln.line_id, ln.sku, ln.quantity) for ln in second.unfulfillable_lines] == [("1", sku, 1)]
 
 
-async def test_rejection_of_a_shipment_routing_never_planned_is_dead_lettered_alone(
+async def test_a_rejected_reservation_of_a_shipment_routing_never_planned_is_dead_lettered_alone(
     routing, make_source, make_order, sku, codes
 ):
     await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"]))
     await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(sku, codes["WH-B"], 5))
     order = make_order(uuid.uuid4(), [("1", sku, 1)])
     first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
-    stranger = FulfillmentPlannedData(
-        order_id=uuid.uuid4(), plan_id=uuid.uuid4(), attempt=1, planned_at=T0, shipments=[first.shipments[0]]
-    )
-    stranger_shipment = first.shipments[0].model_copy(update={"shipment_id": uuid.uuid4()})
+    stranger = first.shipments[0].model_copy(update={"shipment_id": uuid.uuid4()})
 
     emitted = await deliver(
         routing,
-        FULFILLMENT_UPDATES,
-        fulfillment_rejected(stranger, stranger_shipment),
-        fulfillment_rejected(first, first.shipments[0]),
+        INVENTORY_ALLOCATIONS,
+        reservation_rejected(first, stranger),
+        reservation_rejected(first, first.shipments[0]),
     )
 
     by_topic = {e.topic: e for e in emitted}
@@ -326,23 +337,59 @@ async def test_rejection_of_a_shipment_routing_never_planned_is_dead_lettered_al
     assert by_topic[ROUTING_PLANS.name].event.data.attempt == 2
 
 
-async def test_other_fulfillment_updates_and_allocations_are_skipped(routing, make_source, make_order, sku, codes):
-    shipped = FulfillmentShipped.model_validate(
-        {
-            "source": "/sources/x",
-            "subject": str(uuid.uuid4()),
-            "data": {
-                "fulfillment_id": str(uuid.uuid4()),
-                "order_id": str(uuid.uuid4()),
-                "source_code": "X",
-                "carrier": "DHL",
-                "tracking_number": "1",
-                "shipped_at": "2026-11-23T10:00:00Z",
-                "lines": [{"line_id": "1", "quantity": 1}],
-            },
-        }
+async def test_a_replan_request_for_an_order_routing_never_saw_paid_is_dead_lettered_with_the_reason(routing, sku):
+    order_id, fulfillment_id = uuid.uuid4(), uuid.uuid4()
+
+    emitted = await deliver(
+        routing,
+        ORDER_EVENTS,
+        replan_requested(order_id, fulfillment_id, "WH-X", [Line(line_id="1", sku=sku, quantity=1)]),
     )
-    assert await deliver(routing, FULFILLMENT_UPDATES, shipped) == []
+
+    (dead,) = emitted
+    assert dead.topic == DEAD_LETTERS.name
+    assert dead.headers["oms-error-class"] == "Refused"
+    assert dead.headers["oms-error-message"] == (
+        f"order {order_id} was never paid to routing: nothing to plan fulfillment {fulfillment_id} with"
+    )
+    assert await plans_in_db(routing, order_id) == []
+
+
+async def test_a_replan_request_for_lines_the_shipment_does_not_hold_is_dead_lettered_and_plans_nothing(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"]))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(sku, codes["WH-B"], 5))
+    order = make_order(uuid.uuid4(), [("1", sku, 2)])
+    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    shipment = first.shipments[0]
+
+    emitted = await deliver(routing, ORDER_EVENTS, replan_of(first, shipment, [Line(line_id="1", sku=sku, quantity=3)]))
+
+    (dead,) = emitted
+    assert dead.headers["oms-error-message"] == (f"3 units of line 1 asked, fulfillment {shipment.shipment_id} has 2")
+    assert [p.attempt for p in await plans_in_db(routing, order.order_id)] == [1]
+
+
+async def test_routing_no_longer_reads_fulfillment_updates_so_a_sources_rejection_plans_nothing_by_itself(routing):
+    # The order service tells a source's own cancellation from its answer to a customer's, and asks with
+    # order.replan_requested; re-planning on the source's update as well would plan the same lines twice.
+    assert FULFILLMENT_UPDATES.name not in {c.topic.name for c in routing.consumers}
+
+
+async def test_allocations_other_than_a_rejected_reservation_are_skipped(routing, make_order, sku):
+    order_id = uuid.uuid4()
+    allocated = BackorderAllocated(
+        source="/oms/inventory",
+        subject=str(order_id),
+        data=BackorderAllocatedData(
+            order_id=order_id,
+            shipment_id=uuid.uuid4(),
+            source_code="WH-X",
+            lines=[Line(line_id="1", sku=sku, quantity=1)],
+        ),
+    )
+    assert await deliver(routing, INVENTORY_ALLOCATIONS, allocated) == []
 
 
 async def test_stock_levels_upsert_the_projection_keeping_the_last_level_per_key(routing, sku, codes):
@@ -380,19 +427,16 @@ async def test_an_inactive_source_is_never_planned(routing, make_source, make_or
     assert plan.shipments[0].lines == [Line(line_id="1", sku=sku, quantity=1)]
 
 
-async def test_concurrent_rejections_of_one_shipment_on_two_topics_replan_it_once(
+async def test_a_rejected_reservation_and_a_replan_request_of_one_shipment_at_once_replan_it_once(
     routing, make_source, make_order, sku, codes
 ):
-    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"]), make_source(codes["WH-C"]))
-    await deliver(routing, INVENTORY_STOCK, *(level(sku, codes[c], 5) for c in ("WH-A", "WH-B", "WH-C")))
-    order = make_order(uuid.uuid4(), [("1", sku, 1)])
-    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    order, first = await planned_with_two_sources_to_spare(routing, make_source, make_order, sku, codes)
     shipment = first.shipments[0]
 
     # Two consumers, two database connections: the shipment's row lock orders them.
     emitted = await asyncio.gather(
         deliver(routing, INVENTORY_ALLOCATIONS, reservation_rejected(first, shipment)),
-        deliver(routing, FULFILLMENT_UPDATES, fulfillment_rejected(first, shipment)),
+        deliver(routing, ORDER_EVENTS, replan_of(first, shipment)),
     )
 
     assert len([e for batch in emitted for e in batch if e.topic == ROUTING_PLANS.name]) == 1
@@ -504,7 +548,143 @@ async def test_daily_capacity_counts_todays_planned_shipments_and_a_rejected_one
     assert [s.source_code for s in second.shipments] == [codes["WH-B"]]
     assert second.shipments[0].reason.endswith(f"; {codes['WH-A']} at capacity (1 shipment today)")
 
-    await deliver(routing, FULFILLMENT_UPDATES, fulfillment_rejected(first, first.shipments[0]))
+    await deliver(routing, ORDER_EVENTS, replan_of(first, first.shipments[0]))
     third = plan_of(await deliver(routing, ORDER_EVENTS, paid(later)))
 
     assert [s.source_code for s in third.shipments] == [codes["WH-A"]]
+
+
+# --- re-plans the order service asks for ---------------------------------------------------------------------------
+
+
+async def test_a_backorder_allocated_fulfillment_routing_never_planned_is_planned_again_from_the_paid_order(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"], lat=53.55, lon=9.99))
+    order = make_order(uuid.uuid4(), [("1", sku, 2), ("2", f"{sku}-X", 1)], shipping_method=ShippingMethod.express)
+    backordered = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    assert [ln.line_id for ln in backordered.backordered_lines] == ["1", "2"]
+    # Stock came to WH-A; inventory allocated line 1 there as a fulfillment of its own making, and WH-A then
+    # cancelled it (the shelf was empty). WH-B has it meanwhile.
+    allocated = uuid.uuid4()
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-B"], 4))
+
+    replanned = plan_of(
+        await deliver(
+            routing, ORDER_EVENTS, replan_requested(order.order_id, allocated, codes["WH-A"], order.lines[:1])
+        )
+    )
+
+    assert replanned.attempt == 2
+    (shipment,) = replanned.shipments
+    assert (shipment.source_code, shipment.lines) == (codes["WH-B"], order.lines[:1])
+    assert (shipment.estimated_delivery_date - shipment.estimated_ship_date).days == 1  # express, as the order paid
+    assert shipment.reason.endswith(f"; rejected by {codes['WH-A']}")
+    assert (replanned.ship_to_country, replanned.pickup_source, replanned.rules) == ("DE", None, list(DEFAULT_RULES))
+    assert [p.attempt for p in await plans_in_db(routing, order.order_id)] == [1, 2]
+
+
+async def test_a_replan_request_resent_under_a_new_event_id_or_twice_in_a_batch_plans_the_lines_once(
+    routing, make_source, make_order, sku, codes
+):
+    order, first = await planned_with_two_sources_to_spare(routing, make_source, make_order, sku, codes)
+    shipment = first.shipments[0]
+
+    twice = await deliver(routing, ORDER_EVENTS, replan_of(first, shipment), replan_of(first, shipment))
+    resent = await deliver(routing, ORDER_EVENTS, replan_of(first, shipment))
+
+    assert plan_of(twice).attempt == 2
+    assert resent == []
+    assert [p.attempt for p in await plans_in_db(routing, order.order_id)] == [1, 2]
+
+
+async def test_a_later_replan_of_other_lines_of_the_same_fulfillment_plans_those_lines(
+    routing, make_source, make_order, sku, codes
+):
+    other = f"{sku}-B"
+    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"], lat=53.55, lon=9.99))
+    await deliver(routing, INVENTORY_STOCK, *(level(s, codes[c], 5) for s in (sku, other) for c in ("WH-A", "WH-B")))
+    order = make_order(uuid.uuid4(), [("1", sku, 1), ("2", other, 1)])
+    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    shipment = first.shipments[0]
+
+    one = plan_of(await deliver(routing, ORDER_EVENTS, replan_of(first, shipment, order.lines[:1])))
+    two = plan_of(await deliver(routing, ORDER_EVENTS, replan_of(first, shipment, order.lines[1:])))
+
+    assert [(p.attempt, [(s.source_code, s.lines) for s in p.shipments]) for p in (one, two)] == [
+        (2, [(codes["WH-B"], order.lines[:1])]),
+        (3, [(codes["WH-B"], order.lines[1:])]),
+    ]
+
+
+async def test_after_max_attempts_replan_requests_make_lines_unfulfillable_when_backorders_are_denied(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, *(make_source(code) for code in codes.values()))
+    await deliver(routing, INVENTORY_STOCK, *(level(sku, code, 5) for code in codes.values()))
+    order = make_order(uuid.uuid4(), [("1", sku, 1)], options=OrderOptions(backorder_policy="deny"))
+    plan = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    turned_down = []
+
+    while plan.shipments:
+        turned_down.append(plan.shipments[0].source_code)
+        plan = plan_of(await deliver(routing, ORDER_EVENTS, replan_of(plan, plan.shipments[0])))
+
+    assert plan.attempt == 4
+    assert plan.backordered_lines == []
+    assert [(ln.line_id, ln.reason) for ln in plan.unfulfillable_lines] == [
+        ("1", f"no source left for the item after 3 attempts; rejected by {', '.join(sorted(turned_down))}")
+    ]
+
+
+async def test_a_partly_replanned_shipment_keeps_its_place_in_the_daily_capacity_until_all_of_it_is_replanned(
+    routing, make_source, make_order, sku, codes
+):
+    other = f"{sku}-B"
+    await add_sources(
+        routing,
+        make_source(codes["WH-A"], daily_capacity=1),
+        make_source(codes["WH-B"], lat=53.55, lon=9.99),
+    )
+    await deliver(routing, INVENTORY_STOCK, *(level(s, codes[c], 9) for s in (sku, other) for c in ("WH-A", "WH-B")))
+    early = make_order(uuid.uuid4(), [("1", sku, 1), ("2", other, 1)])
+    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(early)))
+    assert [s.source_code for s in first.shipments] == [codes["WH-A"]]
+
+    await deliver(routing, ORDER_EVENTS, replan_of(first, first.shipments[0], early.lines[:1]))
+    still_full = plan_of(await deliver(routing, ORDER_EVENTS, paid(make_order(uuid.uuid4(), [("1", sku, 1)]))))
+    await deliver(routing, ORDER_EVENTS, replan_of(first, first.shipments[0], early.lines[1:]))
+    freed = plan_of(await deliver(routing, ORDER_EVENTS, paid(make_order(uuid.uuid4(), [("1", sku, 1)]))))
+
+    assert [s.source_code for s in still_full.shipments] == [codes["WH-B"]]
+    assert [s.source_code for s in freed.shipments] == [codes["WH-A"]]
+
+
+# --- destinations no source serves ---------------------------------------------------------------------------------
+
+
+async def test_a_country_no_source_ships_to_is_unfulfillable_even_when_backorders_are_allowed(
+    routing, make_source, make_order, sku, codes
+):
+    await add_sources(routing, make_source(codes["WH-A"]))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5))
+    reykjavik = Address(name="Ada L", line1="Laugavegur 1", city="Reykjavik", country="IS")
+    order = make_order(uuid.uuid4(), [("1", sku, 1)], shipping_address=reykjavik)
+
+    plan = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+
+    assert plan.shipments == [] and plan.backordered_lines == []
+    assert [(ln.line_id, ln.quantity, ln.reason) for ln in plan.unfulfillable_lines] == [
+        ("1", 1, "no source ships to IS")
+    ]
+
+
+async def test_a_pickup_at_a_store_not_in_the_network_is_unfulfillable(routing, make_order, sku):
+    order = make_order(
+        uuid.uuid4(), [("1", sku, 1)], shipping_method=ShippingMethod.pickup, pickup_source="STORE-NOWHERE"
+    )
+
+    plan = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+
+    assert plan.backordered_lines == []
+    assert [ln.reason for ln in plan.unfulfillable_lines] == ["pickup store STORE-NOWHERE is not in the network"]

@@ -44,6 +44,7 @@ async def test_migrations_on_a_fresh_database_match_the_store_metadata(migrated_
         "outbox",
         "parked_messages",
         "plans",
+        "replanned_lines",
         "rule_chains",
         "shipments",
         "sources",
@@ -64,7 +65,7 @@ def alembic(url: str, *args: str) -> None:
     )
 
 
-async def test_upgrading_a_routing_database_keeps_its_sources_and_counts_old_shipments_on_their_plans_day(
+async def test_upgrading_keeps_sources_counts_old_shipments_on_their_plans_day_and_their_lines_as_replanned(
     create_database,
 ):
     url = create_database("routing_upgrade")
@@ -92,6 +93,15 @@ async def test_upgrading_a_routing_database_keeps_its_sources_and_counts_old_shi
             order_id,
             plan_id,
         )
+        rejected = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO shipments (shipment_id, order_id, plan_id, source_code, lines, rejected_at) "
+            "VALUES ($1, $2, $3, 'WH-OLD', $4::jsonb, now())",
+            rejected,
+            order_id,
+            plan_id,
+            '[{"line_id": "1", "sku": "A", "quantity": 2}, {"line_id": "2", "sku": "B", "quantity": 1}]',
+        )
 
         alembic(url, "upgrade", "head")
 
@@ -104,7 +114,16 @@ async def test_upgrading_a_routing_database_keeps_its_sources_and_counts_old_shi
             "transit_days": '{"express": 1, "standard": 3}',
             "daily_capacity": None,
         }
-        assert await conn.fetchval("SELECT planned_on FROM shipments WHERE plan_id = $1", plan_id) == date(2026, 11, 22)
+        days = await conn.fetch("SELECT DISTINCT planned_on FROM shipments WHERE plan_id = $1", plan_id)
+        assert [r["planned_on"] for r in days] == [date(2026, 11, 22)]
+        # A shipment rejected before was re-planned whole: asked again now, it plans nothing.
+        replanned = await conn.fetch(
+            "SELECT fulfillment_id, line_id, order_id, source_code, quantity FROM replanned_lines ORDER BY line_id"
+        )
+        assert [tuple(r) for r in replanned] == [
+            (rejected, "1", order_id, "WH-OLD", 2),
+            (rejected, "2", order_id, "WH-OLD", 1),
+        ]
     finally:
         await conn.close()
     alembic(url, "downgrade", "0001")

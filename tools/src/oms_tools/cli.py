@@ -11,8 +11,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import secrets
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,17 +25,27 @@ import typer
 from aiokafka import ConsumerRecord
 from pydantic import TypeAdapter, ValidationError
 
-from oms_contracts import DEAD_LETTERS, FIXED_TOPICS
+from oms_contracts import DEAD_LETTERS, FIXED_TOPICS, fulfillment_requests
 from oms_contracts.common import BackorderPolicy
 from oms_contracts.topics import CHANNEL_ORDERS, INVENTORY_RECEIPTS
 from oms_contracts.types import SourceCode
 from oms_runtime import outbox as relay_outbox
+from oms_runtime.kafka import Kafka, KafkaSettings
 from oms_runtime.topics import ensure_topics
 
-from . import demo, dlq, outbox, samples
+from . import acl, demo, dlq, outbox, samples
 from .dlq import tail
 from .errors import FAILED, INVALID, UNREACHABLE, ToolError
-from .kafka import existing_topics, new_traceparent, producer, require_topics, send, talking_to, trace_id_of
+from .kafka import (
+    admin,
+    existing_topics,
+    new_traceparent,
+    producer,
+    require_topics,
+    send,
+    talking_to,
+    trace_id_of,
+)
 from .readiness import wait_until_inventory_knows
 from .ship import Shipper
 
@@ -71,8 +83,14 @@ outbox_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
+acl_app = typer.Typer(
+    help="Who may do what on a broker with SASL/SCRAM and ACLs: a principal per fulfillment source and per service.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(acl_app, name="acl")
 
 
 @app.callback()
@@ -168,7 +186,17 @@ def _fail(error: ToolError) -> typer.Exit:
     return typer.Exit(error.exit_code)
 
 
-def _run(make: Callable[[], Awaitable[T]], *, bootstrap: str | None = None, stoppable: bool = False) -> T | None:
+def _kafka(bootstrap: str) -> KafkaSettings:
+    """The connection every Kafka client of a command uses: --bootstrap, and the login (OMS_KAFKA_SECURITY_PROTOCOL,
+    OMS_KAFKA_SASL_USERNAME, OMS_KAFKA_SASL_PASSWORD, OMS_KAFKA_SSL_*) from the environment, as the services read it."""
+    try:
+        return KafkaSettings(kafka_bootstrap=bootstrap)
+    except ValidationError as error:
+        problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        raise _fail(ToolError(f"Kafka settings: {problems}", INVALID)) from None
+
+
+def _run(make: Callable[[], Awaitable[T]], *, kafka: Kafka | None = None, stoppable: bool = False) -> T | None:
     """Run one command's coroutine; expected failures end the process with a message and an exit code.
 
     A `stoppable` command (one that runs until stopped) ends normally on Ctrl-C or SIGTERM and returns None; any
@@ -180,9 +208,9 @@ def _run(make: Callable[[], Awaitable[T]], *, bootstrap: str | None = None, stop
             with contextlib.suppress(NotImplementedError, RuntimeError):  # no signal handlers on this platform
                 asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         try:
-            if bootstrap is None:
+            if kafka is None:
                 return await make()
-            async with talking_to(bootstrap):
+            async with talking_to(kafka):
                 return await make()
         except asyncio.CancelledError:
             if stoppable:
@@ -231,9 +259,10 @@ def topics_create(
     Idempotent: existing topics are left as they are and reported as existing. A source's request topic is not one
     of them: the routing service creates it when the source joins the network."""
     topics = FIXED_TOPICS
+    kafka = _kafka(bootstrap)
     created = _run(
-        lambda: ensure_topics(bootstrap, topics, partitions=partitions, replication_factor=replication_factor),
-        bootstrap=bootstrap,
+        lambda: ensure_topics(kafka, topics, partitions=partitions, replication_factor=replication_factor),
+        kafka=kafka,
     )
     for topic in topics:
         typer.echo(f"{'created' if topic.name in created else 'exists '}  {topic.name}")
@@ -369,16 +398,17 @@ def demo_stock(
     if not reference.strip() or len(reference) > 200:
         raise typer.BadParameter("1 to 200 characters", param_hint="--reference")
     receipts = [samples.stock_received(s.sku, s.source_code, s.quantity, reference=reference) for s in stock.stock]
+    kafka = _kafka(bootstrap)
 
     async def publish() -> None:
-        await require_topics(bootstrap, [INVENTORY_RECEIPTS.name], "run `oms topics create` first")
+        await require_topics(kafka, [INVENTORY_RECEIPTS.name], "run `oms topics create` first")
         if wait:
             sources = {line.source_code for line in stock.stock}
             await wait_until_inventory_knows(inventory_url, token, sources, seconds=wait_timeout, echo=typer.echo)
-        async with producer(bootstrap, "oms-demo-stock") as client:
+        async with producer(kafka, "oms-demo-stock") as client:
             await asyncio.gather(*(send(client, INVENTORY_RECEIPTS.name, receipt) for receipt in receipts))
 
-    _run(publish, bootstrap=bootstrap)
+    _run(publish, kafka=kafka)
     by_sku: dict[str, list[str]] = {}
     for line in stock.stock:
         by_sku.setdefault(line.sku, []).append(f"{line.source_code} {line.quantity}")
@@ -502,14 +532,15 @@ def demo_order(
         events.append(samples.payment_captured(submitted))
     first = new_traceparent()
     traces = [first, *(new_traceparent(trace_id_of(first)) for _ in events[1:])]
+    kafka = _kafka(bootstrap)
 
     async def publish() -> None:
-        await require_topics(bootstrap, [CHANNEL_ORDERS.name], "run `oms topics create` first")
-        async with producer(bootstrap, f"oms-demo-channel-{channel}"[:100]) as client:
+        await require_topics(kafka, [CHANNEL_ORDERS.name], "run `oms topics create` first")
+        async with producer(kafka, f"oms-demo-channel-{channel}"[:100]) as client:
             for event, traceparent in zip(events, traces, strict=True):
                 await send(client, CHANNEL_ORDERS.name, event, [("traceparent", traceparent.encode())])
 
-    _run(publish, bootstrap=bootstrap)
+    _run(publish, kafka=kafka)
     d = submitted.data
     names = {sku: item.name for sku, item in catalogue.skus.items()}
     typer.echo(f"order_id     {d.order_id}")
@@ -564,8 +595,9 @@ def demo_ship(
     tracking number and URL, every line) on oms.fulfillment.updates.v1 keyed by order_id, carrying the request's
     traceparent. Cancel requests are ignored: everything ships at once. Runs until Ctrl-C."""
     codes = list(dict.fromkeys(sources or ())) or _load(lambda: demo.load_network(network_file))[0].codes
-    shipper = Shipper(bootstrap, codes, typer.echo, once=once, delay=delay, stop_after=timeout or None)
-    _run(shipper.run, bootstrap=bootstrap, stoppable=True)
+    kafka = _kafka(bootstrap)
+    shipper = Shipper(kafka, codes, typer.echo, once=once, delay=delay, stop_after=timeout or None)
+    _run(shipper.run, kafka=kafka, stoppable=True)
     typer.echo(f"answered {shipper.handled} fulfillment request(s)")
 
 
@@ -593,12 +625,13 @@ def dlq_tail(
 
     Reads without a consumer group, so tailing never moves anyone's offsets."""
     count = 0
+    kafka = _kafka(bootstrap)
 
     async def run() -> None:
         nonlocal count
-        count = await tail(bootstrap, typer.echo, from_beginning=from_beginning, follow=follow, full=full)
+        count = await tail(kafka, typer.echo, from_beginning=from_beginning, follow=follow, full=full)
 
-    _run(run, bootstrap=bootstrap, stoppable=True)
+    _run(run, kafka=kafka, stoppable=True)
     if not follow:
         typer.echo(f"{count} dead letter(s)", err=True)
 
@@ -667,6 +700,7 @@ def dlq_replay(
     again. A dead letter whose value was cut (over 900 kB) is not replayed: the original is not in it."""
     if not (at or topic or error_class or service or since or until):
         raise typer.BadParameter("choose with --at or a filter (--topic, --error-class, --service, --since, --until)")
+    kafka = _kafka(bootstrap)
     selection = dlq.Selection(
         at=frozenset((int(p), int(o)) for p, _, o in (value.partition(":") for value in at or ())),
         original_topic=topic,
@@ -677,8 +711,8 @@ def dlq_replay(
     )
 
     async def replay() -> tuple[int, int]:
-        letters = await dlq.chosen(bootstrap, selection)
-        existing = await existing_topics(bootstrap)
+        letters = await dlq.chosen(kafka, selection)
+        existing = await existing_topics(kafka)
         ready: list[ConsumerRecord] = []
         skipped = 0
         for letter in letters:
@@ -695,7 +729,7 @@ def dlq_replay(
             for letter in ready:
                 typer.echo(f"would replay  {dlq.describe(letter)}")
             return len(ready), skipped
-        async with producer(bootstrap, "oms-dlq-replay") as client:
+        async with producer(kafka, "oms-dlq-replay") as client:
             for letter in ready:
                 original = dict(letter.headers).get("oms-original-topic", b"").decode()
                 # One at a time, acknowledged, in the order they were dead-lettered: a key's events stay in order.
@@ -703,7 +737,7 @@ def dlq_replay(
                 typer.echo(f"replayed  {dlq.describe(letter)}")
         return len(ready), skipped
 
-    result = _run(replay, bootstrap=bootstrap)
+    result = _run(replay, kafka=kafka)
     done, skipped = result or (0, 0)
     typer.echo(f"{done} dead letter(s) {'would be ' if dry_run else ''}replayed, {skipped} skipped", err=True)
 
@@ -814,3 +848,154 @@ def outbox_drop(
         reason,
     )
     typer.echo(f"dropped parked message {row['id']} of {service.value} ({row['topic']}, key {row['key']}): {reason}")
+
+
+# oms acl -----------------------------------------------------------------------------------------------------------
+
+_PRINCIPAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MIN_PASSWORD = 12
+
+
+def _check_principal(value: str | None) -> str | None:
+    if value is not None and not _PRINCIPAL.fullmatch(value):
+        raise typer.BadParameter(f"{value!r}: a principal is 1 to 100 letters, digits, '.', '_' and '-'")
+    return value
+
+
+Principal = Annotated[
+    str | None,
+    typer.Option("--principal", callback=_check_principal, help="The SCRAM user name (ACLs name it User:<name>)."),
+]
+PasswordStdin = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin",
+        help=f"Read the password (at least {MIN_PASSWORD} characters) from the first line of standard input, instead "
+        "of generating one.",
+    ),
+]
+KeepPassword = Annotated[
+    bool,
+    typer.Option("--keep-password", help="Leave the principal's SCRAM credential as it is; only add the ACLs."),
+]
+
+
+@acl_app.callback()
+def _acl() -> None:
+    """Principals and ACLs. Runs as the operator: OMS_KAFKA_SECURITY_PROTOCOL, OMS_KAFKA_SASL_USERNAME and
+    OMS_KAFKA_SASL_PASSWORD of a super user (the broker's admin)."""
+
+
+def _password(from_stdin: bool, keep: bool) -> tuple[str | None, bool]:
+    """The password to set (None: keep the credential) and whether it was generated here."""
+    if keep:
+        if from_stdin:
+            raise typer.BadParameter("either --keep-password or --password-stdin", param_hint="--keep-password")
+        return None, False
+    if not from_stdin:
+        return acl.new_password(), True
+    password = sys.stdin.readline().rstrip("\r\n")
+    if len(password) < MIN_PASSWORD:
+        raise typer.BadParameter(
+            f"the first line of standard input must hold a password of at least {MIN_PASSWORD} characters",
+            param_hint="--password-stdin",
+        )
+    return password, False
+
+
+def _grant(kafka: KafkaSettings, principal: str, password: str | None, acls: list[acl.Acl]) -> None:
+    async def grant() -> None:
+        async with admin(kafka) as client:
+            if password is not None:
+                await acl.upsert_scram_user(client, principal, password)
+            await acl.create_acls(client, acls)
+
+    _run(grant, kafka=kafka)
+
+
+def _report(kafka: KafkaSettings, principal: str, password: str | None, generated: bool, acls: list[acl.Acl]) -> None:
+    protocol = kafka.kafka_security_protocol if kafka.kafka_security_protocol.startswith("SASL_") else "SASL_SSL"
+    typer.echo(f"principal  User:{principal} (SCRAM-SHA-512)")
+    if password is None:
+        typer.echo("password   unchanged")
+    elif generated:
+        typer.echo(f"password   {password}")
+        typer.echo("           shown once: hand it over now over a safe channel (--password-stdin sets your own)")
+    else:
+        typer.echo("password   set from standard input")
+    typer.echo(
+        f"connect    bootstrap.servers={kafka.kafka_bootstrap} security.protocol={protocol} "
+        "sasl.mechanism=SCRAM-SHA-512"
+    )
+    typer.echo(f"ACLs ({len(acls)}, ALLOW from any host):")
+    for entry in acls:
+        typer.echo(f"  {entry.describe()}")
+
+
+@acl_app.command("grant-source", epilog=EXIT_CODES)
+def acl_grant_source(
+    source: Annotated[str, typer.Argument(metavar="SOURCE_CODE", help="The source's code in the network.")],
+    principal: Principal = None,
+    password_stdin: PasswordStdin = False,
+    keep_password: KeepPassword = False,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+) -> None:
+    """Onboard a fulfillment source (a 3PL, a WMS, a dropshipper): a SCRAM principal, READ on its own request topic
+    oms.fulfillment.requests.{SOURCE_CODE}.v1 in consumer groups named `{principal}.*`, WRITE on
+    oms.fulfillment.updates.v1. Nothing else: no other source's requests, no order events, no channel orders.
+
+    The principal defaults to the source code in lower case. Idempotent: run it again to rotate the password (or
+    with --keep-password to only restore the ACLs)."""
+    _check_sources([source])
+    who = principal or source.lower()
+    _check_principal(who)
+    password, generated = _password(password_stdin, keep_password)
+    kafka = _kafka(bootstrap)
+    acls = acl.source_acls(source, who)
+    _grant(kafka, who, password, acls)
+    typer.echo(f"source     {source}: reads {fulfillment_requests(source).name} in groups {acl.group_prefix(who)}*")
+    _report(kafka, who, password, generated, acls)
+
+
+@acl_app.command("grant-service", epilog=EXIT_CODES)
+def acl_grant_service(
+    service: Annotated[
+        str, typer.Argument(metavar="SERVICE", help=f"One of {', '.join(acl.SERVICES)}.", show_default=False)
+    ],
+    principal: Principal = None,
+    password_stdin: PasswordStdin = False,
+    keep_password: KeepPassword = False,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+) -> None:
+    """Give an OMS service its principal (default oms-SERVICE) and exactly the ACLs its code needs: READ on the topics
+    it consumes in groups `oms-SERVICE.*`, WRITE on the topics its outbox publishes to (the dead letters included);
+    order WRITE on every source's request topic, routing CREATE on them. Start the service with
+    OMS_KAFKA_SECURITY_PROTOCOL, OMS_KAFKA_SASL_USERNAME and OMS_KAFKA_SASL_PASSWORD."""
+    if service not in acl.SERVICES:
+        raise typer.BadParameter(f"{service!r} is not one of {', '.join(acl.SERVICES)}", param_hint="SERVICE")
+    who = principal or acl.service_principal(service)
+    password, generated = _password(password_stdin, keep_password)
+    kafka = _kafka(bootstrap)
+    acls = acl.service_acls(service, who)
+    _grant(kafka, who, password, acls)
+    _report(kafka, who, password, generated, acls)
+
+
+@acl_app.command("show", epilog=EXIT_CODES)
+def acl_show(principal: Principal = None, bootstrap: Bootstrap = DEFAULT_BOOTSTRAP) -> None:
+    """List the SCRAM users and the ACLs on the broker (or those of one principal)."""
+    kafka = _kafka(bootstrap)
+
+    async def read() -> tuple[dict[str, list[str]], list[acl.Acl]]:
+        async with admin(kafka) as client:
+            return await acl.scram_users(client), await acl.describe_acls(client, principal)
+
+    users, acls = _run(read, kafka=kafka)
+    if principal is not None:
+        users = {name: mechanisms for name, mechanisms in users.items() if name == principal}
+    typer.echo(f"SCRAM users ({len(users)}):")
+    for name, mechanisms in users.items():
+        typer.echo(f"  User:{name:<23} {', '.join(mechanisms)}")
+    typer.echo(f"ACLs ({len(acls)}):")
+    for entry in acls:
+        typer.echo(f"  {entry.describe()}")

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from oms_contracts import DEAD_LETTERS
+from oms_runtime.kafka import Kafka, bootstrap_of, client_options
 
 from .errors import FAILED, ToolError
 from .kafka import partitions_of
@@ -64,13 +65,14 @@ def format_dead_letter(record: ConsumerRecord, *, full: bool = False) -> str:
     return "\n".join(rows) + "\n"
 
 
-async def tail(bootstrap: str, echo: Echo, *, from_beginning: bool, follow: bool, full: bool) -> int:
+async def tail(kafka: Kafka, echo: Echo, *, from_beginning: bool, follow: bool, full: bool) -> int:
     """Print dead letters as they arrive (or, without `follow`, up to the current end). Returns how many."""
-    numbers = await partitions_of(bootstrap, DEAD_LETTERS.name)
+    bootstrap = bootstrap_of(kafka)
+    numbers = await partitions_of(kafka, DEAD_LETTERS.name)
     if numbers is None:
         raise ToolError(f"topic {DEAD_LETTERS.name} not found on Kafka at {bootstrap}: run `oms topics create`", FAILED)
     partitions = [TopicPartition(DEAD_LETTERS.name, p) for p in numbers]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, client_id="oms-dlq-tail")
+    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=None, client_id="oms-dlq-tail")
     try:
         await consumer.start()
         consumer.assign(partitions)
@@ -145,17 +147,19 @@ def replayed_headers(record: ConsumerRecord) -> list[tuple[str, bytes]]:
     return [*kept, (REPLAYED_FROM, f"{record.topic}[{record.partition}]@{record.offset}".encode())]
 
 
-async def chosen(bootstrap: str, selection: Selection) -> list[ConsumerRecord]:
+async def chosen(kafka: Kafka, selection: Selection) -> list[ConsumerRecord]:
     """The dead letters the selection chooses, from the first the topic keeps (or `since`) to where it ends now,
     in order of partition and offset."""
-    numbers = await partitions_of(bootstrap, DEAD_LETTERS.name)
+    numbers = await partitions_of(kafka, DEAD_LETTERS.name)
     if numbers is None:
-        raise ToolError(f"topic {DEAD_LETTERS.name} not found on Kafka at {bootstrap}: run `oms topics create`", FAILED)
+        raise ToolError(
+            f"topic {DEAD_LETTERS.name} not found on Kafka at {bootstrap_of(kafka)}: run `oms topics create`", FAILED
+        )
     if selection.at:
         numbers = [p for p in numbers if any(p == partition for partition, _ in selection.at)]
     partitions = [TopicPartition(DEAD_LETTERS.name, p) for p in numbers]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, client_id="oms-dlq-replay"
+        **client_options(kafka), group_id=None, enable_auto_commit=False, client_id="oms-dlq-replay"
     )
     found: list[ConsumerRecord] = []
     try:

@@ -8,9 +8,19 @@ from collections.abc import AsyncIterator, Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
+)
 
 from oms_contracts import CONTENT_TYPE, CloudEvent
+from oms_runtime.kafka import Kafka, bootstrap_of, client_options, kafka_problem
 from oms_runtime.outbox import kafka_producer
 
 from .errors import FAILED, UNREACHABLE, ToolError
@@ -21,14 +31,29 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 @contextlib.asynccontextmanager
-async def talking_to(bootstrap: str) -> AsyncIterator[None]:
-    """Turn the broker's failures into one line: `cannot reach Kafka at X`, a timeout, or the broker's error."""
+async def talking_to(kafka: Kafka) -> AsyncIterator[None]:
+    """Turn the broker's failures into one line: `cannot reach Kafka at X`, a refused login, a refused operation, a
+    timeout, or the broker's error."""
+    bootstrap = bootstrap_of(kafka)
     try:
         yield
     except ToolError:
         raise
-    except (KafkaConnectionError, NodeNotReadyError, ConnectionError):
+    except (KafkaConnectionError, NodeNotReadyError, ConnectionError) as error:
+        # A client that cannot bootstrap does not say why; a refused login is not an unreachable broker.
+        if await kafka_problem(kafka, error) == "authentication failed":
+            raise ToolError(
+                f"Kafka at {bootstrap} refused the login (check OMS_KAFKA_SASL_USERNAME, OMS_KAFKA_SASL_PASSWORD and "
+                "OMS_KAFKA_SASL_MECHANISM)",
+                FAILED,
+            ) from None
         raise ToolError(f"cannot reach Kafka at {bootstrap}", UNREACHABLE) from None
+    except (TopicAuthorizationFailedError, GroupAuthorizationFailedError, ClusterAuthorizationFailedError) as error:
+        raise ToolError(
+            f"Kafka at {bootstrap} refused the operation to this principal ({_short(error)}): an ACL is missing "
+            "(oms acl show)",
+            FAILED,
+        ) from None
     except (KafkaTimeoutError, RequestTimedOutError, TimeoutError) as error:
         raise ToolError(f"timed out waiting for Kafka at {bootstrap} ({_short(error)})", UNREACHABLE) from None
     except KafkaError as error:
@@ -46,8 +71,8 @@ def _short(error: BaseException) -> str:
 
 
 @contextlib.asynccontextmanager
-async def admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
-    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="oms-cli", request_timeout_ms=15_000)
+async def admin(kafka: Kafka) -> AsyncIterator[AIOKafkaAdminClient]:
+    client = AIOKafkaAdminClient(**client_options(kafka), client_id="oms-cli", request_timeout_ms=15_000)
     try:
         await client.start()
         yield client
@@ -55,33 +80,33 @@ async def admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
         await client.close()
 
 
-async def existing_topics(bootstrap: str) -> set[str]:
-    async with admin(bootstrap) as client:
+async def existing_topics(kafka: Kafka) -> set[str]:
+    async with admin(kafka) as client:
         return set(await client.list_topics())
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[int] | None:
+async def partitions_of(kafka: Kafka, topic: str) -> list[int] | None:
     """A topic's partition numbers, or None when the topic does not exist."""
-    async with admin(bootstrap) as client:
+    async with admin(kafka) as client:
         [described] = await client.describe_topics([topic])
     if described["error_code"] != 0 or not described["partitions"]:
         return None
     return sorted(p["partition"] for p in described["partitions"])
 
 
-async def require_topics(bootstrap: str, names: Iterable[str], hint: str) -> None:
+async def require_topics(kafka: Kafka, names: Iterable[str], hint: str) -> None:
     """Fail clearly when a topic is missing: the broker never creates OMS topics by itself, and a send to a missing
     topic would only time out."""
-    missing = sorted(set(names) - await existing_topics(bootstrap))
+    missing = sorted(set(names) - await existing_topics(kafka))
     if missing:
         which = "topic" if len(missing) == 1 else "topics"
-        raise ToolError(f"{which} {', '.join(missing)} not found on Kafka at {bootstrap}: {hint}", FAILED)
+        raise ToolError(f"{which} {', '.join(missing)} not found on Kafka at {bootstrap_of(kafka)}: {hint}", FAILED)
 
 
 @contextlib.asynccontextmanager
-async def producer(bootstrap: str, client_id: str) -> AsyncIterator[AIOKafkaProducer]:
+async def producer(kafka: Kafka, client_id: str) -> AsyncIterator[AIOKafkaProducer]:
     """A producer with the settings the OMS publishes with (idempotent, acks=all)."""
-    made = kafka_producer(bootstrap, client_id)
+    made = kafka_producer(kafka, client_id)
     try:
         await made.start()
         yield made

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from oms_contracts import Topic, fulfillment_requests
 from oms_contracts.fulfillment import FulfillmentCancelRequested, FulfillmentRequested
 from oms_contracts.topics import FULFILLMENT_UPDATES
+from oms_runtime.kafka import Kafka, client_options
 
 from . import samples
 from .errors import FAILED, ToolError
@@ -34,7 +35,7 @@ def group_of(source_code: str) -> str:
 
 @dataclass
 class Shipper:
-    bootstrap: str
+    kafka: Kafka
     sources: list[str]
     echo: Echo
     once: bool = False
@@ -49,18 +50,18 @@ class Shipper:
         Returns how many requests were answered."""
         topics = {code: fulfillment_requests(code) for code in self.sources}
         await require_topics(
-            self.bootstrap,
+            self.kafka,
             [t.name for t in topics.values()],
             "routing creates a source's request topic when the source joins the network; "
             "load it first (oms demo network) or pass --source for sources that exist",
         )
         async with contextlib.AsyncExitStack() as stack:
-            updates = await stack.enter_async_context(producer(self.bootstrap, "oms-demo-ship"))
+            updates = await stack.enter_async_context(producer(self.kafka, "oms-demo-ship"))
             consumers = {}
             for code, topic in topics.items():
                 consumer = AIOKafkaConsumer(
                     topic.name,
-                    bootstrap_servers=self.bootstrap,
+                    **client_options(self.kafka),
                     group_id=group_of(code),
                     client_id=group_of(code),
                     enable_auto_commit=False,

@@ -19,8 +19,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    migrations.messaging_0003_upgrade(op)
+    migrations.inbox_by_source_and_parked_messages_upgrade(op)
 
 
 def downgrade() -> None:
-    migrations.messaging_0003_downgrade(op)
+    migrations.inbox_by_source_and_parked_messages_downgrade(op)

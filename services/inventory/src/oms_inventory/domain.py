@@ -744,7 +744,8 @@ def release_backorders(
     """Serve the backorder queues from stock that became available, first come first served.
 
     The rule. Whenever the available units of a SKU at a source S rise (a receipt, a count upwards, a return, a
-    reservation released by a rejected or cancelled fulfillment, a claim released), S walks that SKU's waiting
+    reservation released by a rejected or cancelled fulfillment, a claim released), and whenever lines join the
+    SKU's queue while S holds available units of it (`where_new_lines_may_be_served`), S walks that SKU's waiting
     lines in arrival order, among the lines S may serve (`SourceState.serves`: active; ships to the line's country;
     a pickup line only at its store), and:
     * a line that may be split (its order is not ship_complete) gets min(available, waiting); what it still lacks
@@ -1047,6 +1048,19 @@ class _Release:
             frozenset(self.unlocked),
             self.unmatched,
         )
+
+
+def where_new_lines_may_be_served(stock: Mapping[StockKey, Stock], skus: Collection[str]) -> list[StockKey]:
+    """Where lines that just joined the queues of `skus` may find units at once: every (sku, source) of `stock`
+    with units of one of them available, in key order.
+
+    Routing plans from its own view of stock levels, which lags behind inventory's, so it may backorder a line while
+    a source already holds available units for it (a receipt routing has not heard of yet, a reservation given back
+    a moment ago). No increase of stock is coming to serve such a line: each of these sources therefore walks the
+    SKU's queue from its front, exactly as if the units had just arrived (`release_backorders`, `increased`). So
+    older lines the source may serve still come first, a line the source may not serve is passed over, and claims
+    and the groups of orders that ship complete keep their rules."""
+    return sorted(key for key, row in stock.items() if key[0] in skus and row.available > 0)
 
 
 def queue_positions(lines: Iterable[Backorder]) -> dict[int, int]:

@@ -2,7 +2,8 @@
 decide, save in set-based statements, emit. Every consumer runs inside the runtime's batch transaction.
 
 Whatever raises available stock (receipts, counts, returns, reservations given back, claims released by cancelled
-lines) goes through `_serve_backorders`: the SKU's waiting lines are served FIFO before anyone else sees the units."""
+lines) goes through `_serve_backorders`: the SKU's waiting lines are served FIFO before anyone else sees the units.
+So do plans whose backordered lines join a queue while a source already holds available units of that SKU."""
 
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ from oms_inventory.domain import (
     reserve_shipments,
     settle_fulfillments,
     stock_at,
+    where_new_lines_may_be_served,
 )
 from oms_inventory.settings import InventorySettings
 from oms_runtime import Incoming, Refused, Service, Transaction, telemetry
@@ -118,7 +120,10 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
         """Fulfillment plans: each planned shipment is reserved at its source all or nothing (shipment_reserved,
         or reservation_rejected with the shortages); backordered lines join their SKU's FIFO queue with the plan's
         terms (country, pickup store, ship complete) and are announced with their place and expected date
-        (backorder_queued). Unfulfillable lines are the order service's business. Publishes the new stock levels."""
+        (backorder_queued). Where a source already holds available units of a SKU that gained waiting lines
+        (routing planned on a view of stock that lagged), it serves that queue at once, oldest line first
+        (backorder_allocated, after the backorder_queued of the same order). Unfulfillable lines are the order
+        service's business. Publishes the new stock levels."""
         await receive_plans(tx, messages, threshold)
 
     @service.consumer(FULFILLMENT_UPDATES)
@@ -235,43 +240,57 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
             except InvalidShipment as error:
                 raise Refused(str(error)) from error
             cause_of_shipment.append(m)
+    new_lines = [
+        store.NewBackorder(
+            plan.order_id,
+            plan.plan_id,
+            line.line_id,
+            line.sku,
+            line.quantity,
+            ReleaseTerms(plan.ship_to_country, plan.pickup_source, plan.ship_complete),
+        )
+        for plan in (m.event.data for m in messages)
+        for line in plan.backordered_lines
+    ]
     pg = await tx.pg()
-    # Reserving takes no queue lock: it only takes units that are available, which waiting lines do not want
-    # (a release has served them first, or set the units aside).
-    before = await store.lock_stock(pg, (key for s in shipments for key in s.stock_keys()))
+    # Lines join their queues under the queue locks of their SKUs (and every stock row of those SKUs is locked):
+    # a release of one of them running at the same time has either committed its stock, which this batch then
+    # offers the new lines, or waits and then finds the new lines in the queue. Reserving alone takes no queue
+    # lock: it only takes units that are available, which no waiting line the source may serve wants (a release
+    # served it first, or set the units aside).
+    # The network, when lines join: a release needs it (which source may serve which line), and so do their dates.
+    sources = await store.all_sources(pg) if new_lines else {}
+    batch = await _Batch.lock(
+        pg,
+        {line.sku for line in new_lines},
+        sources,
+        keys=(key for s in shipments for key in s.stock_keys()),
+        orders={line.order_id for line in new_lines if line.terms.ship_complete},
+    )
     # After the locks: a concurrent batch deciding the same shipment has committed by now.
     decided = await store.decided_shipments(pg, {s.shipment_id for s in shipments})
     for s in shipments:
         if s.shipment_id in decided:
             # Its decision and event were committed together before; the outbox publishes that one.
             log.info("shipment %s of order %s already decided; not reserved again", s.shipment_id, s.order_id)
-    result = reserve_shipments(before, shipments, decided)
-    await store.save_stock(pg, list(result.stock.values()))
+    result = reserve_shipments(batch.before, shipments, decided)
+    batch.moved(result.stock)
     await store.insert_reservations(pg, result.reservations())
 
-    # Joining the queue takes no queue lock either: a new line stands behind every line a release may be serving.
-    queued = await store.queue_backorders(
-        pg,
-        [
-            store.NewBackorder(
-                plan.order_id,
-                plan.plan_id,
-                line.line_id,
-                line.sku,
-                line.quantity,
-                ReleaseTerms(plan.ship_to_country, plan.pickup_source, plan.ship_complete),
-            )
-            for plan in (m.event.data for m in messages)
-            for line in plan.backordered_lines
-        ],
-    )
+    queued = await store.queue_backorders(pg, new_lines)
     sku_of = {
         queued[(plan.order_id, line.line_id)]: line.sku
         for plan in (m.event.data for m in messages)
         for line in plan.backordered_lines
         if (plan.order_id, line.line_id) in queued
     }
-    places = await _places_of_new_lines(pg, sku_of)
+    places = await _places_of_new_lines(pg, sku_of, sources)
+    # Routing may have backordered a line for which a source already holds stock (its view of stock lags): that
+    # source serves the queue now, oldest line first, instead of leaving the line to wait for a receipt that may
+    # never come.
+    batch.offer(where_new_lines_may_be_served(batch.after, set(sku_of.values())))
+    release = await _serve_backorders(batch)
+    await batch.save(release)
 
     plan_of_shipment: dict[uuid.UUID, Incoming[Any]] = {}
     for s, cause in zip(shipments, cause_of_shipment, strict=True):
@@ -280,6 +299,7 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
     for decision in result.decisions:
         shipment_id = decision.shipment.shipment_id
         tx.emit(_reservation_event(decision, ship_by[shipment_id]), cause=plan_of_shipment[shipment_id])
+    queued_by_sku: dict[str, Incoming[Any]] = {}
     for m in messages:
         plan = m.event.data
         joined = [line for line in plan.backordered_lines if (plan.order_id, line.line_id) in queued]
@@ -297,12 +317,18 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
                         expected_date=expected,
                     )
                 )
+                queued_by_sku[line.sku] = m
             data = BackorderQueuedData(order_id=plan.order_id, lines=lines)
             tx.emit(BackorderQueued(source=SOURCE, subject=str(plan.order_id), data=data), cause=m)
-    _emit_stock_levels(tx, before, result.stock, {k: cause_of_shipment[i] for k, i in result.causes.items()}, threshold)
+    # Allocations after every backorder_queued: both travel on the allocations topic keyed by order, so the order
+    # service learns that units wait before it learns that they were served.
+    reserved_by = {key: cause_of_shipment[i] for key, i in result.causes.items()}
+    batch.emit(tx, release, _Causes(messages[-1], queued_by_sku, reserved_by), threshold)
 
 
-async def _places_of_new_lines(pg: asyncpg.Connection, sku_of: Mapping[int, str]) -> dict[int, tuple[int, date | None]]:
+async def _places_of_new_lines(
+    pg: asyncpg.Connection, sku_of: Mapping[int, str], sources: Mapping[str, SourceState]
+) -> dict[int, tuple[int, date | None]]:
     """Each new line's place in its SKU's queue (by arrival), and its expected date when announced receipts give
     one."""
     if not sku_of:
@@ -322,7 +348,7 @@ async def _places_of_new_lines(pg: asyncpg.Connection, sku_of: Mapping[int, str]
         # Dating a line means handing announced units to every line ahead of it first: read those queues whole, and
         # those of SKUs without announcements too (an order that ships complete waits for its last line).
         queue = await store.waiting_queue(pg, set(firsts))
-        dates = expected_dates(queue, expected, await store.all_sources(pg))
+        dates = expected_dates(queue, expected, sources)
         for arrival, (position, _) in places.items():
             places[arrival] = (position, dates.get(arrival))
     return places
@@ -453,16 +479,22 @@ class _Batch:
         skus: Collection[str],
         sources: Mapping[str, SourceState],
         create: Iterable[StockKey] = (),
+        keys: Iterable[StockKey] = (),
+        orders: Collection[uuid.UUID] = (),
     ) -> _Batch:
         """Queue locks, then stock rows (see store's lock order), of `skus` and of the SKUs of orders that ship
-        complete and wait for one of them."""
-        locked = frozenset(await store.queue_skus(pg, skus))
+        complete and wait for one of them (or are `orders`); and the stock rows of `keys`, in the same statement."""
+        locked = frozenset(await store.queue_skus(pg, skus, orders))
         await store.lock_queues(pg, locked)
-        return cls(pg, sources, locked, await store.lock_stock_of_skus(pg, locked, create))
+        return cls(pg, sources, locked, await store.lock_stock_of_skus(pg, locked, create, keys))
 
     def moved(self, changed: Mapping[StockKey, Stock]) -> None:
         self.after = {**self.before, **changed}
         self.increased = [key for key in changed if changed[key].available > stock_at(self.before, key).available]
+
+    def offer(self, keys: Iterable[StockKey]) -> None:
+        """These sources walk these SKUs' queues with what they have available, as if it had just arrived."""
+        self.increased += [key for key in keys if key not in self.increased]
 
     async def lock_more(self, skus: Collection[str]) -> None:
         """A line of a SKU not locked yet: lock it now (out of the usual order; see store)."""
@@ -526,6 +558,8 @@ async def _serve_backorders(
     rose: dict[str, int] = {}
     for key in batch.increased:
         units = batch.after[key].available - stock_at(batch.before, key).available
+        # Units offered to lines that just joined did not rise in this batch: all that is available is offered.
+        units = units if units > 0 else batch.after[key].available
         rose[key[0]] = rose.get(key[0], 0) + units
     reader = _QueueReader(batch.pg)
     first = {sku: min(max(FIRST_READ, 2 * units), MOST_AT_ONCE) for sku, units in rose.items()}

@@ -3,11 +3,13 @@ asyncpg on the batch's transaction), never one per line.
 
 Locks, always taken in this order, so that two instances queue behind each other instead of deadlocking:
 1. reservation rows (fulfillment updates only), by (shipment_id, line_id);
-2. the queue lock of each SKU whose waiting lines the transaction will change (`lock_queues`: a transaction-level
-   advisory lock per SKU, in the order of its key). Whoever reads waiting lines to change them holds it, so two
-   releases never serve the same line twice; queueing a new line needs no lock (it joins behind everyone);
-3. stock rows, in (sku, source_code) order, in one statement (a release locks every row of its SKUs: claims and
-   shipments may move at any source of them).
+2. the queue lock of each SKU whose waiting lines the transaction will change or join (`lock_queues`: a
+   transaction-level advisory lock per SKU, in the order of its key). Whoever reads waiting lines to change them
+   holds it, so two releases never serve the same line twice; a plan that queues lines holds it too, so that a
+   release serving that SKU at the same time either sees the new line or has committed the stock the plan then
+   sees (a line never waits beside stock nobody offered it);
+3. stock rows, in (sku, source_code) order, in one statement (a release, and a plan that queues lines, locks every
+   row of those SKUs: claims and shipments may move at any source of them).
 Waiting lines are then read and written under the queue lock, without row locks of their own. A release that meets
 an order that ships complete with a line of a SKU it did not foresee locks that SKU late; the rare deadlock this
 allows is detected by PostgreSQL and the batch retried (the runtime treats it as transient)."""
@@ -282,15 +284,18 @@ async def lock_queues(pg: asyncpg.Connection, skus: Collection[str]) -> None:
     )
 
 
-async def queue_skus(pg: asyncpg.Connection, skus: Collection[str]) -> set[str]:
+async def queue_skus(pg: asyncpg.Connection, skus: Collection[str], orders: Collection[uuid.UUID] = ()) -> set[str]:
     """`skus` and the SKUs a release over them may have to touch: those of every waiting line of an order that
-    ships complete and waits for one of them, and so on. Read without locks, to know which to lock."""
+    ships complete and waits for one of them (or is one of `orders`, whose new lines are joining), and so on. Read
+    without locks, to know which to lock."""
     if not skus:
         return set()
     rows = await pg.fetch(
         """
         WITH RECURSIVE reach(sku) AS (
             SELECT unnest($1::text[])
+            UNION
+            SELECT sku FROM backorders WHERE order_id = ANY($2::uuid[]) AND state = 'waiting' AND ship_complete
             UNION
             SELECT other.sku
             FROM reach
@@ -300,16 +305,21 @@ async def queue_skus(pg: asyncpg.Connection, skus: Collection[str]) -> set[str]:
         SELECT sku FROM reach
         """,
         list(skus),
+        list(orders),
     )
     return {row["sku"] for row in rows}
 
 
 async def lock_stock_of_skus(
-    pg: asyncpg.Connection, skus: Collection[str], create: Iterable[StockKey] = ()
+    pg: asyncpg.Connection,
+    skus: Collection[str],
+    create: Iterable[StockKey] = (),
+    keys: Iterable[StockKey] = (),
 ) -> dict[StockKey, Stock]:
-    """Lock every stock row of `skus` (hold their queue locks first), after creating at zero the rows of `create`
-    whose source is in the network and active. The queue locks make the create-then-lock pair safe: no other
-    transaction creates or locks rows of these SKUs in between."""
+    """Lock every stock row of `skus` (hold their queue locks first) and the existing rows of `keys`, in one
+    statement, after creating at zero the rows of `create` whose source is in the network and active. The queue
+    locks make the create-then-lock pair safe: no other transaction creates or locks rows of these SKUs in
+    between."""
     new_skus, new_sources = _sorted_keys(create)
     if new_skus:
         await pg.execute(
@@ -324,16 +334,21 @@ async def lock_stock_of_skus(
             new_skus,
             new_sources,
         )
+    key_skus, key_sources = _sorted_keys(keys)
     if not skus:
-        return {}
+        return await lock_stock(pg, keys=zip(key_skus, key_sources, strict=True))
+    # One statement, so that the rows are locked in one (sku, source_code) order whichever way they were named.
     rows = await pg.fetch(
         """
         SELECT sku, source_code, on_hand, reserved, set_aside FROM stock
         WHERE sku = ANY($1::text[])
+           OR (sku, source_code) IN (SELECT * FROM unnest($2::text[], $3::text[]))
         ORDER BY sku, source_code
         FOR UPDATE
         """,
         sorted(set(skus)),
+        key_skus,
+        key_sources,
     )
     return {(row["sku"], row["source_code"]): _stock(row) for row in rows}
 

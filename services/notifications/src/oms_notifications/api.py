@@ -1,4 +1,4 @@
-"""HTTP: what customer service asks the notifications service (bearer auth on everything but health)."""
+"""HTTP: what customer service and operators ask the notifications service (bearer auth on everything but health)."""
 
 from __future__ import annotations
 
@@ -12,24 +12,26 @@ from oms_contracts.notification import NotificationChannel
 from oms_runtime import Principal
 
 from . import store
-from .domain import Status
+from .domain import Audience, Status, Template
 
 router = APIRouter(tags=["notifications"])
 
 
 class NotificationView(BaseModel):
-    """One message about an order, as the customer got it (or will, once sent)."""
+    """One message, as its reader got it (or will, once sent)."""
 
     id: uuid.UUID
-    template: str = Field(description="order_confirmation, split_prewarning, backorder_notice, shipped, delivered")
+    order_id: uuid.UUID | None = Field(description="The order it is about; null for a low-stock alert")
+    template: Template
+    audience: Audience = Field(description="customer: the order's customer; operators: OMS_NOTIFICATIONS_OPS_EMAIL")
     locale: str = Field(
         description="The customer's locale; the message is in German for de, de-DE, de_AT…, else English"
     )
     channel: NotificationChannel
-    recipient: str
+    recipient: str = Field(description="The address; for operators, every address the alert went to, comma-separated")
     recipient_name: str | None
     subject: str
-    body_text: str = Field(description="The plain-text body, word for word what the customer reads")
+    body_text: str = Field(description="The plain-text body, word for word what the reader reads")
     status: Status
     attempts: int = Field(description="Tries to hand the message to the mail server so far")
     cause_event_id: uuid.UUID = Field(description="The event that called for the message")
@@ -44,27 +46,54 @@ class Problem(BaseModel):
     detail: str
 
 
+class ValidationProblem(BaseModel):
+    detail: list[dict] | str = Field(
+        description="What is wrong with the query: FastAPI's list of field errors, or a sentence"
+    )
+
+
 @router.get(
     "/notifications",
-    summary="Every message about an order, in the order they go out to the customer",
+    summary="The messages about an order, or made from one template (e.g. the operators' alerts)",
+    description=(
+        "`order_id` alone: every message to that order's customer, in the order they go out. `template` (with "
+        "`order_id` or without): the messages made from that template, newest first, at most `limit`; operators' "
+        "alerts (order_stuck, low_stock) are listed this way. At least one of the two is required."
+    ),
     responses={
         status.HTTP_401_UNAUTHORIZED: {"model": Problem, "description": "No bearer token, or an unknown one"},
         status.HTTP_404_NOT_FOUND: {
             "model": Problem,
-            "description": "No message about this order yet; the detail says whether some wait for the order's "
-            "contact (its order.accepted not consumed yet)",
+            "description": "An order is named and nothing matches; for an order without any message the detail "
+            "says whether some wait for the order's contact (its order.accepted not consumed yet)",
+        },
+        status.HTTP_422_UNPROCESSABLE_CONTENT: {
+            "model": ValidationProblem,
+            "description": "Neither order_id nor template, an order_id that is not a UUID, an unknown template, or "
+            "a limit out of range",
         },
     },
 )
-async def notifications_of_order(
-    request: Request, who: Principal, order_id: uuid.UUID = Query(description="The order's id")
+async def list_notifications(
+    request: Request,
+    who: Principal,
+    order_id: uuid.UUID | None = Query(default=None, description="The order's id"),
+    template: Template | None = Query(default=None, description="Only messages made from this template"),
+    limit: int = Query(default=100, ge=1, le=1000, description="With template: at most this many, newest first"),
 ) -> list[NotificationView]:
+    if order_id is None and template is None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give order_id, template, or both")
     async with request.app.state.service.database.connect() as conn:
-        rows = await store.notifications_of_order(conn, order_id)
-        waiting = 0 if rows else await store.count_awaiting_contact(conn, order_id)
-    if not rows:
+        if template is None:
+            rows = await store.notifications_of_order(conn, order_id)
+        else:
+            rows = await store.notifications_by_template(conn, template, order_id, limit)
+        waiting = 0 if rows or order_id is None else await store.count_awaiting_contact(conn, order_id)
+    if not rows and order_id is not None:
         detail = f"no message about order {order_id} yet"
-        if waiting:
+        if template is not None:
+            detail = f"no {template.value} message about order {order_id}"
+        elif waiting:
             detail += f"; {waiting} wait for the customer's contact, which comes with the order's acceptance"
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail)
     return [NotificationView.model_validate(row._mapping) for row in rows]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from oms_contracts.topics import NOTIFICATIONS
 from oms_runtime import Service
 
@@ -9,6 +11,8 @@ from . import handlers
 from .api import router
 from .sender import Sender
 from .settings import NotificationsSettings
+
+log = logging.getLogger(__name__)
 
 
 def create_service(settings: NotificationsSettings) -> Service:
@@ -18,7 +22,19 @@ def create_service(settings: NotificationsSettings) -> Service:
         "recorded with its delivery state.",
     )
     sender = Sender.from_settings(service.database, settings, after_commit=service.relay.wake)
-    handlers.register(service)
+    handlers.register(service, settings.links, settings.ops_email)
+
+    @service.on_startup
+    async def say_what_is_not_configured() -> None:
+        # Once, where an operator reads the start-up: both are valid choices, neither should be a surprise.
+        if settings.customer_link_key is None:
+            log.warning(
+                "OMS_CUSTOMER_LINK_KEY is not set: backorder notices carry no wait-or-cancel link and ask the "
+                "customer to reply instead"
+            )
+        if not settings.ops_email:
+            log.warning("OMS_NOTIFICATIONS_OPS_EMAIL is not set: no mail to operators (stuck orders, low stock)")
+
     # A committed batch may have queued mail: wake the sender instead of waiting for its tick.
     service.after_commit(sender.wake)
     service.worker(sender.run)

@@ -7,7 +7,7 @@ lacks is an error, never a silent blank. Dates and amounts are written the way e
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -59,6 +59,12 @@ def long_date(day: date, language: Language = Language.en) -> str:
     return f"{weekday}, {day.day} {month} {day.year}"
 
 
+def utc_time(moment: datetime, language: Language = Language.en) -> str:
+    """`Saturday, 28 November 2026, 09:00 UTC`: a moment for the operators, who compare it with their logs."""
+    moment = moment.astimezone(UTC)
+    return f"{long_date(moment, language)}, {moment:%H:%M} UTC"
+
+
 @jinja2.pass_context
 def _money_filter(context: jinja2.runtime.Context, amount: Decimal, currency: str) -> str:
     return money(amount, currency, Language(context["language"]))
@@ -67,6 +73,11 @@ def _money_filter(context: jinja2.runtime.Context, amount: Decimal, currency: st
 @jinja2.pass_context
 def _date_filter(context: jinja2.runtime.Context, day: date) -> str:
     return long_date(day, Language(context["language"]))
+
+
+@jinja2.pass_context
+def _time_filter(context: jinja2.runtime.Context, moment: datetime) -> str:
+    return utc_time(moment, Language(context["language"]))
 
 
 _environment = jinja2.Environment(
@@ -81,6 +92,7 @@ _environment = jinja2.Environment(
 )
 _environment.filters["money"] = _money_filter
 _environment.filters["long_date"] = _date_filter
+_environment.filters["utc_time"] = _time_filter
 
 
 @dataclass(frozen=True, slots=True)

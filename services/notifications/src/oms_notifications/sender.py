@@ -7,7 +7,8 @@ notification.sent.v1 or notification.failed.v1 through the outbox. If the proces
 deduplicates drops the copy: at most once per (event, template) as far as we can know, and never lost.
 
 An order's messages go out one at a time and in the order of its story (store.lock_due): the next one is due only
-once the one before it is sent or has failed for good, so the confirmation always comes first.
+once the one before it is sent or has failed for good, so the confirmation always comes first. Operators' alerts
+stand outside that story and go out as soon as they are due, in one mail to every operator.
 
 The sender is woken after each commit of the consumer and runs every second in any case, for retries that come due.
 """
@@ -41,7 +42,7 @@ from oms_runtime.outbox import append
 from oms_runtime.telemetry import context_from_traceparent, traceparent_of, tracer
 
 from . import store
-from .domain import Delivery, Outcome, RetryPolicy, outcome_of_reply
+from .domain import Audience, Delivery, Outcome, RetryPolicy, outcome_of_reply
 from .domain import Status as NotificationStatus
 from .settings import NotificationsSettings
 
@@ -234,7 +235,7 @@ class Sender:
         ) as span:
             traceparent = traceparent_of(span)
             try:
-                await smtp.send_message(self._message(notification))
+                refused, _ = await smtp.send_message(self._message(notification))
             except aiosmtplib.SMTPRecipientsRefused as error:
                 outcome = outcome_of_reply(min(refusal.code for refusal in error.recipients))
                 result = _Try(outcome, _say(error), traceparent=traceparent)
@@ -254,6 +255,10 @@ class Sender:
                 log.exception("notification %s could not be sent", notification.id)
                 result = _Try(Outcome.transient, _say(error), broken=True, traceparent=traceparent)
             else:
+                if refused:
+                    # Only a mail to several operators can be taken for some and refused for others; it went out,
+                    # and trying it again would repeat it to those who got it.
+                    log.warning("notification %s refused for %s: %s", notification.id, ", ".join(refused), refused)
                 return _Try(Outcome.delivered, traceparent=traceparent)
             span.set_status(Status(StatusCode.ERROR, result.error))
             log.warning("notification %s not sent (%s): %s", notification.id, result.outcome, result.error)
@@ -262,7 +267,11 @@ class Sender:
     def _message(self, notification: store.Outgoing) -> EmailMessage:
         message = EmailMessage()
         message["From"] = self.smtp.mail_from
-        message["To"] = Address(display_name=notification.recipient_name or "", addr_spec=notification.recipient)
+        if notification.audience is Audience.operators:
+            # One alert to every operator: the record holds them as one comma-separated list.
+            message["To"] = [Address(addr_spec=address.strip()) for address in notification.recipient.split(",")]
+        else:
+            message["To"] = Address(display_name=notification.recipient_name or "", addr_spec=notification.recipient)
         message["Subject"] = notification.subject
         message["Date"] = format_datetime(self.clock())
         # Derived from the notification id: a resend after a crash carries the same Message-ID.

@@ -1,11 +1,24 @@
+import json
+from datetime import timedelta
 from typing import Annotated, ClassVar
 
-from pydantic import Field, SecretStr
+from pydantic import EmailStr, Field, SecretStr, TypeAdapter, field_validator
+from pydantic_settings import NoDecode
 
+from oms_contracts.notification import NotificationData
 from oms_runtime import ServiceSettings, service_field
+from oms_runtime.links import MIN_KEY_BYTES
+
+from .domain import Links
 
 PositiveInt = Annotated[int, Field(ge=1)]
 Seconds = Annotated[float, Field(gt=0)]
+
+# An operators' mail is recorded, and announced in notification events, with all its recipients in one field.
+_RECIPIENT_LENGTH = next(
+    m.max_length for m in NotificationData.model_fields["recipient"].metadata if hasattr(m, "max_length")
+)
+_ADDRESSES: TypeAdapter[list[EmailStr]] = TypeAdapter(list[EmailStr])
 
 
 class NotificationsSettings(ServiceSettings):
@@ -30,3 +43,44 @@ class NotificationsSettings(ServiceSettings):
     # How many due messages one sender pass locks, and over how many SMTP connections it sends them at once.
     send_batch_size: PositiveInt = service_field("notifications", "send_batch_size", 100)
     smtp_connections: PositiveInt = service_field("notifications", "smtp_connections", 4)
+
+    # Where the order service answers the public: the customer's wait-or-cancel page, an order's single view.
+    order_public_url: str = service_field("notifications", "order_public_url", "http://127.0.0.1:8081")
+    # The key that signs customers' links, shared with the order service that checks them (OMS_CUSTOMER_LINK_KEY,
+    # its UTF-8 bytes, at least 32). Unset: the backorder notice carries no link and asks the customer to reply.
+    customer_link_key: SecretStr | None = None
+    # How long a wait-or-cancel link stays valid, from when the backorder was queued.
+    customer_link_days: PositiveInt = service_field("notifications", "customer_link_days", 14)
+    # The operators' addresses (stuck orders, low stock): a JSON list or comma-separated; empty, no operators' mail.
+    ops_email: Annotated[list[str], NoDecode] = service_field("notifications", "ops_email", [])
+
+    @field_validator("customer_link_key", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("customer_link_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_KEY_BYTES:
+            raise ValueError(f"OMS_CUSTOMER_LINK_KEY needs at least {MIN_KEY_BYTES} bytes")
+        return value
+
+    @field_validator("ops_email", mode="before")
+    @classmethod
+    def _addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [a for a in text.split(",") if a.strip()]
+        addresses = [str(a).strip() for a in _ADDRESSES.validate_python(value)]
+        if len(", ".join(addresses)) > _RECIPIENT_LENGTH:
+            raise ValueError(
+                f"OMS_NOTIFICATIONS_OPS_EMAIL: the addresses together must fit {_RECIPIENT_LENGTH} characters (one "
+                "mail goes to them all and is recorded with them); use a distribution list"
+            )
+        return addresses
+
+    @property
+    def links(self) -> Links:
+        key = self.customer_link_key.get_secret_value().encode() if self.customer_link_key else None
+        return Links(self.order_public_url, key, timedelta(days=self.customer_link_days))

@@ -5,6 +5,7 @@ batches are written as sets (one statement each).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from oms_runtime import add_messaging_tables
 
-from .domain import AwaitingContact, Cause, Contact, Delivery, Status, Template
+from .domain import Audience, AwaitingContact, Cause, Contact, Delivery, Status, Template
 from .rendering import Rendered
 
 metadata = sa.MetaData()
@@ -34,6 +35,8 @@ order_contacts = sa.Table(
     sa.Column("channel", sa.Text, nullable=False),
     sa.Column("external_order_id", sa.Text, nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # line_id -> SKU of the accepted order: cancellations and refusals name lines by id only.
+    sa.Column("line_skus", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
 )
 
 notifications = sa.Table(
@@ -63,8 +66,11 @@ notifications = sa.Table(
     # go out in (stage, cause_at) order, one at a time.
     sa.Column("stage", sa.SmallInteger, nullable=False),
     sa.Column("cause_at", sa.DateTime(timezone=True), nullable=False),
+    # customer (in the order of their order's story) or operators (outside every story: sent as soon as due).
+    sa.Column("audience", sa.Text, nullable=False, server_default="customer"),
     sa.UniqueConstraint("cause_event_id", "template", name="notifications_once_per_event_and_template"),
     sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name="notifications_status"),
+    sa.CheckConstraint("audience IN ('customer', 'operators')", name="notifications_audience"),
     sa.CheckConstraint("status <> 'pending' OR next_attempt_at IS NOT NULL", name="notifications_pending_is_due"),
     # Only messages still to send are in the sender's index; the sent record grows without slowing it down.
     sa.Index(
@@ -73,13 +79,21 @@ notifications = sa.Table(
         postgresql_where=sa.text("status = 'pending'"),
     ),
     sa.Index("notifications_by_order", "order_id", "created_at"),
-    # What the sender asks before sending a message: does an earlier one of the same order still wait?
+    sa.Index("notifications_by_template", "template", "created_at"),
+    # What the sender asks before sending a customer's message: does an earlier one of the same order still wait?
     sa.Index(
         "notifications_pending_by_order",
         "order_id",
         "stage",
         "cause_at",
-        postgresql_where=sa.text("status = 'pending'"),
+        postgresql_where=sa.text("status = 'pending' AND audience = 'customer'"),
+    ),
+    # One "your order is cancelled" per order, whichever event carried it (domain.template_for).
+    sa.Index(
+        "notifications_one_cancellation_per_order",
+        "order_id",
+        unique=True,
+        postgresql_where=sa.text("template IN ('order_cancelled', 'payment_failed')"),
     ),
 )
 
@@ -106,11 +120,14 @@ async def remember_contacts(pg: asyncpg.Connection, contacts: Sequence[Contact])
         return
     await pg.execute(
         """
-        INSERT INTO order_contacts (order_id, email, name, locale, channel, external_order_id)
-        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+        INSERT INTO order_contacts (order_id, email, name, locale, channel, external_order_id, line_skus)
+        SELECT u.order_id, u.email, u.name, u.locale, u.channel, u.external_order_id, u.line_skus::jsonb
+        FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+            AS u(order_id, email, name, locale, channel, external_order_id, line_skus)
         ON CONFLICT (order_id) DO UPDATE SET
             email = excluded.email, name = excluded.name, locale = excluded.locale,
-            channel = excluded.channel, external_order_id = excluded.external_order_id, updated_at = now()
+            channel = excluded.channel, external_order_id = excluded.external_order_id,
+            line_skus = excluded.line_skus, updated_at = now()
         """,
         [c.order_id for c in contacts],
         [c.email for c in contacts],
@@ -118,6 +135,7 @@ async def remember_contacts(pg: asyncpg.Connection, contacts: Sequence[Contact])
         [c.locale for c in contacts],
         [c.channel for c in contacts],
         [c.external_order_id for c in contacts],
+        [json.dumps(dict(c.line_skus)) for c in contacts],
     )
 
 
@@ -150,12 +168,12 @@ async def contacts_of(pg: asyncpg.Connection, order_ids: Collection[uuid.UUID]) 
         return {}
     rows = await pg.fetch(
         """
-        SELECT order_id, email, name, locale, channel, external_order_id
+        SELECT order_id, email, name, locale, channel, external_order_id, line_skus::text AS line_skus
         FROM order_contacts WHERE order_id = ANY($1::uuid[])
         """,
         list(order_ids),
     )
-    return {row["order_id"]: Contact(**row) for row in rows}
+    return {row["order_id"]: Contact(**{**row, "line_skus": json.loads(row["line_skus"])}) for row in rows}
 
 
 _CAUSE: TypeAdapter[Cause] = TypeAdapter(Annotated[Cause, Field(discriminator="type")])
@@ -217,22 +235,25 @@ async def count_awaiting_contact(conn: AsyncConnection, order_id: uuid.UUID) -> 
 async def queue(
     pg: asyncpg.Connection, messages: Sequence[Rendered], traceparents: Sequence[str | None], due: datetime
 ) -> list[uuid.UUID]:
-    """Queue rendered messages as pending, due at `due`; a (cause event, template) already queued is left as it is.
-    Returns the ids actually queued."""
+    """Queue rendered messages as pending, due at `due`. A (cause event, template) already queued is left as it is,
+    and so is a second "your order is cancelled" for an order (the first one queued stays). Returns the ids actually
+    queued."""
     if not messages:
         return []
     rows = await pg.fetch(
         """
         INSERT INTO notifications (
             id, order_id, cause_event_id, template, channel, recipient, recipient_name, locale, subject, body_text,
-            body_html, traceparent, stage, cause_at, status, attempts, next_attempt_at
+            body_html, traceparent, stage, cause_at, audience, status, attempts, next_attempt_at
         )
-        SELECT u.*, 'pending', 0, $15::timestamptz
+        SELECT u.*, 'pending', 0, $16::timestamptz
         FROM unnest(
             $1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-            $9::text[], $10::text[], $11::text[], $12::text[], $13::smallint[], $14::timestamptz[]
+            $9::text[], $10::text[], $11::text[], $12::text[], $13::smallint[], $14::timestamptz[], $15::text[]
         ) AS u
-        ON CONFLICT (cause_event_id, template) DO NOTHING
+        -- Every unique key of a notification means "already told": (event, template), and the one cancellation
+        -- per order. Rows of one statement are checked against each other too: the first in the batch stays.
+        ON CONFLICT DO NOTHING
         RETURNING id
         """,
         [m.notice.notification_id for m in messages],
@@ -249,6 +270,7 @@ async def queue(
         list(traceparents),
         [m.notice.stage for m in messages],
         [m.notice.cause_at for m in messages],
+        [m.notice.audience.value for m in messages],
         due,
     )
     return [row["id"] for row in rows]
@@ -269,6 +291,7 @@ class Outgoing:
     body_text: str
     body_html: str
     traceparent: str | None
+    audience: Audience
     delivery: Delivery
 
 
@@ -276,19 +299,24 @@ async def lock_due(pg: asyncpg.Connection, now: datetime, limit: int) -> list[Ou
     """Lock up to `limit` pending notifications due by `now`, oldest due first. Rows another sender holds are
     skipped, so two instances never send the same message.
 
-    An order's messages go out one at a time, in (stage, cause_at) order: a message is not due while an earlier
-    message of its order is still pending (waiting for its next try, or being sent by another sender), so the
-    customer never reads the pre-warning before the confirmation, nor a parcel's delivery before its shipping."""
+    An order's messages to its customer go out one at a time, in (stage, cause_at) order: a message is not due
+    while an earlier message of its order is still pending (waiting for its next try, or being sent by another
+    sender), so the customer never reads the pre-warning before the confirmation, nor a parcel's delivery before its
+    shipping. The operators' messages stand outside that story: an alert about an order neither waits behind its
+    customer's mails nor holds one up."""
     rows = await pg.fetch(
         """
         SELECT id, order_id, cause_event_id, template, channel, recipient, recipient_name, subject, body_text,
-               body_html, traceparent, attempts, next_attempt_at, last_error
+               body_html, traceparent, audience, attempts, next_attempt_at, last_error
         FROM notifications AS n
         WHERE status = 'pending' AND next_attempt_at <= $1
-          AND NOT EXISTS (
-              SELECT 1 FROM notifications AS earlier
-              WHERE earlier.order_id = n.order_id AND earlier.status = 'pending'
-                AND (earlier.stage, earlier.cause_at, earlier.id) < (n.stage, n.cause_at, n.id)
+          AND (
+              n.audience = 'operators'
+              OR NOT EXISTS (
+                  SELECT 1 FROM notifications AS earlier
+                  WHERE earlier.order_id = n.order_id AND earlier.status = 'pending' AND earlier.audience = 'customer'
+                    AND (earlier.stage, earlier.cause_at, earlier.id) < (n.stage, n.cause_at, n.id)
+              )
           )
         ORDER BY next_attempt_at
         LIMIT $2
@@ -310,6 +338,7 @@ async def lock_due(pg: asyncpg.Connection, now: datetime, limit: int) -> list[Ou
             body_text=row["body_text"],
             body_html=row["body_html"],
             traceparent=row["traceparent"],
+            audience=Audience(row["audience"]),
             delivery=Delivery(
                 status=Status.pending,
                 attempts=row["attempts"],
@@ -345,29 +374,46 @@ async def record_deliveries(pg: asyncpg.Connection, deliveries: Sequence[tuple[u
     )
 
 
+_LISTED = (
+    "id",
+    "order_id",
+    "template",
+    "audience",
+    "channel",
+    "locale",
+    "recipient",
+    "recipient_name",
+    "subject",
+    "body_text",
+    "status",
+    "attempts",
+    "cause_event_id",
+    "created_at",
+    "sent_at",
+    "failed_at",
+    "next_attempt_at",
+    "last_error",
+)
+
+
 async def notifications_of_order(conn: AsyncConnection, order_id: uuid.UUID) -> list[sa.Row]:
-    """Every notification about an order, in the order they go out to the customer."""
+    """Every message to an order's customer, in the order they go out."""
     n = notifications
     result = await conn.execute(
-        sa.select(
-            n.c.id,
-            n.c.template,
-            n.c.channel,
-            n.c.locale,
-            n.c.recipient,
-            n.c.recipient_name,
-            n.c.subject,
-            n.c.body_text,
-            n.c.status,
-            n.c.attempts,
-            n.c.cause_event_id,
-            n.c.created_at,
-            n.c.sent_at,
-            n.c.failed_at,
-            n.c.next_attempt_at,
-            n.c.last_error,
-        )
-        .where(n.c.order_id == order_id)
+        sa.select(*(n.c[name] for name in _LISTED))
+        .where(n.c.order_id == order_id, n.c.audience == Audience.customer.value)
         .order_by(n.c.stage, n.c.cause_at, n.c.id)
     )
+    return list(result)
+
+
+async def notifications_by_template(
+    conn: AsyncConnection, template: Template, order_id: uuid.UUID | None, limit: int
+) -> list[sa.Row]:
+    """The messages made from one template (of one order, when given), newest first, at most `limit`."""
+    n = notifications
+    query = sa.select(*(n.c[name] for name in _LISTED)).where(n.c.template == template.value)
+    if order_id is not None:
+        query = query.where(n.c.order_id == order_id)
+    result = await conn.execute(query.order_by(n.c.created_at.desc(), n.c.id).limit(limit))
     return list(result)

@@ -13,6 +13,11 @@ The order's status follows its units (`Order._follow_units`): `awaiting_fulfillm
 every unit waits in a backorder queue; `partially_fulfilled` while some units shipped and others remain;
 `fulfilled` when every unit that is not cancelled shipped; `delivered` when every shipped unit is delivered and
 nothing is left to ship.
+
+Routing's plans (`oms.routing.plans.v1`) and inventory's answers (`oms.inventory.allocations.v1`) travel on different
+topics and overtake each other; the order ends in the same state whichever comes first. Inventory's answers about
+one order keep their order (one partition): the reservation of each planned shipment, then `backorder_queued`, then
+any `backorder_allocated` of those units. Each tolerance this needs says, where it is made, why it is safe.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -156,6 +161,34 @@ class Transition:
     trace_id: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class BackorderCount:
+    """How many units of a line were backordered, as each of the two messages that say so counted them, and how
+    many entered the backorder here.
+
+    Routing's plan says which units of a line wait (`backordered_lines`); inventory's `backorder_queued` says which
+    units joined its queue. Either may arrive first, and between the two other messages may reopen units of the
+    same line (a rejected shipment of the plan: its units become open for the re-plan) or take units out of the
+    backorder (an allocation). So neither may simply move "n units, as far as there are open ones": whichever came
+    second would backorder the reopened units a second time. Each adds to its own total instead (`planned`,
+    `announced`); both describe the same units, so what should have entered the backorder is the larger of the two,
+    and what moves is what that says minus what already `entered` (`due`). Whichever message comes second finds its
+    units there and moves nothing.
+
+    Inventory announces exactly the lines a plan backordered, with the plan's quantities, and only once per waiting
+    line; so once every plan is in, `announced <= planned`, and the announcements alone never move more than routing
+    planned to wait."""
+
+    planned: int = 0
+    announced: int = 0
+    entered: int = 0
+
+    @property
+    def due(self) -> int:
+        """Units said to be backordered that have not entered the backorder here yet (never below 0)."""
+        return max(max(self.planned, self.announced) - self.entered, 0)
+
+
 @dataclass(slots=True)
 class Line:
     line_id: str
@@ -164,6 +197,7 @@ class Line:
     unit_price: Decimal
     # Units by state; they always add up to `quantity` (a check constraint says so in the database too).
     units: dict[LineState, int] = field(default_factory=dict)
+    backorder: BackorderCount = field(default_factory=BackorderCount)
 
     def __post_init__(self) -> None:
         if not self.units:
@@ -439,12 +473,17 @@ class Order:
         attempt: int = 1,
     ) -> None:
         """Record routing's plan: a planned fulfillment per shipment, backordered units into the queue's care,
-        unfulfillable units cancelled.
+        unfulfillable units cancelled. Refused: a line the order does not have (or of another SKU), shipments
+        placing more units than are open.
 
         Plans and inventory's answers travel on different topics, so either may be applied first:
         - a shipment inventory already reserved keeps its status and gains the plan's dates and reason;
-        - units an allocation already took out of the backorder are not backordered again (the plan backorders only
-          units still open);
+        - backordered units that inventory's `backorder_queued` or an allocation already put in (or took out of) the
+          backorder are not backordered again (`BackorderCount`); only units still open move;
+        - unfulfillable units are cancelled only as far as they are still open. Safe: no other message places units
+          routing could not place, so units of such a line that are not open were placed by this same plan's other
+          parts (or wait for the rejection a re-plan answers, below), and cancelling them would cancel units that
+          are on their way;
         - a re-plan (attempt > 1) may arrive before the rejection that caused it. Routing re-plans exactly the lines
           of the shipment that was rejected, so the one live fulfillment of an earlier plan holding exactly those
           lines, with nothing shipped, is that shipment: it is rejected now ("superseded"), and its late rejection
@@ -454,7 +493,9 @@ class Order:
         for shipment in shipments:
             self._known_lines(shipment.lines)
         self._known_lines([*backordered, *unfulfillable])
-        superseded = self._superseded(plan_id, attempt, [x for s in new for x in s.lines], backordered, unfulfillable)
+        counts = self._counted(backordered, "planned")
+        placed = [x for s in new for x in s.lines]
+        superseded = self._superseded(plan_id, attempt, placed, backordered, unfulfillable, counts)
         moves: list[Move] = []
         if superseded is not None:
             held = L.reserved if superseded.status is F.planned else L.requested
@@ -463,15 +504,16 @@ class Order:
         open_left = {x.line_id: x.units[L.open] for x in self.lines.values()}
         for line, n, _, _ in moves:
             open_left[line.line_id] += n
-        for x in (x for s in new for x in s.lines):
+        for x in placed:
             moves.append((self.lines[x.line_id], x.quantity, L.open, L.reserved))
             open_left[x.line_id] -= x.quantity
-        for target, items in ((L.backordered, backordered), (L.cancelled, unfulfillable)):
-            for x in items:
-                n = max(0, min(x.quantity, open_left[x.line_id]))
-                moves.append((self.lines[x.line_id], n, L.open, target))
-                open_left[x.line_id] -= n
+        moves += self._enter_backorder(counts, open_left)
+        for x in unfulfillable:
+            n = max(0, min(x.quantity, open_left[x.line_id]))
+            moves.append((self.lines[x.line_id], n, L.open, L.cancelled))
+            open_left[x.line_id] -= n
         self._move(moves)
+        self._count(counts)
         if superseded is not None:
             superseded.move(F.rejected)
             superseded.rejection = f"superseded by plan {plan_id} (attempt {attempt}); its rejection is on its way"
@@ -497,12 +539,19 @@ class Order:
         placed: list[ShipmentLine],
         backordered: list[ShipmentLine],
         unfulfillable: list[ShipmentLine],
+        counts: dict[str, BackorderCount],
     ) -> Fulfillment | None:
         """The shipment a re-plan replaces, when its rejection has not arrived yet (see `apply_plan`)."""
-        replanned_lines = _merged([*placed, *backordered, *unfulfillable])
-        if attempt < 2 or all(x.quantity <= self.lines[x.line_id].units[L.open] for x in replanned_lines):
+        if attempt < 2:
             return None
-        replanned = sorted((x.line_id, x.quantity) for x in replanned_lines)
+        # What the re-plan must take from open units: its new shipments, the backordered units inventory has not
+        # already put in the backorder (its backorder_queued may have come first), its unfulfillable units.
+        needs = Counter({line_id: count.due for line_id, count in counts.items()})
+        for x in (*placed, *unfulfillable):
+            needs[x.line_id] += x.quantity
+        if all(n <= self.lines[line_id].units[L.open] for line_id, n in needs.items()):
+            return None
+        replanned = sorted((x.line_id, x.quantity) for x in _merged([*placed, *backordered, *unfulfillable]))
         candidates = [
             f
             for f in self.fulfillments.values()
@@ -512,6 +561,52 @@ class Order:
             and sorted((x.line_id, x.quantity) for x in _merged(f.lines)) == replanned
         ]
         return candidates[0] if len(candidates) == 1 else None
+
+    def queue_backorder(self, items: list[ShipmentLine], cause: Cause) -> None:
+        """Inventory says these units joined their SKUs' queues (`backorder_queued`): make sure they are backordered.
+
+        It repeats what the plan said when the plan came first (then nothing moves, see `BackorderCount`); when it
+        overtook the plan, it backorders the units now, from units still open, so that the allocation that may follow
+        it on the same partition finds them backordered and the order awaits fulfillment as soon as every unit
+        waits. Refused: a line the order does not have, or of another SKU (inventory and the order disagree about
+        the order; an operator looks)."""
+        self._known_lines(items)
+        counts = self._counted(items, "announced")
+        open_left = {x.line_id: x.units[L.open] for x in self.lines.values()}
+        moves = self._enter_backorder(counts, open_left)
+        if any(n for _, n, _, _ in moves):
+            # Units only move while the order takes fulfillment; a late announcement with nothing to move is fine.
+            self._takes_fulfillment()
+        self._move(moves)
+        self._count(counts)
+        self._follow_units(cause, "every line backordered until stock arrives")
+
+    def _counted(self, items: list[ShipmentLine], said_by: str) -> dict[str, BackorderCount]:
+        """Each named line's backorder count with these units added to the total of `said_by`."""
+        counts: dict[str, BackorderCount] = {}
+        for x in items:
+            count = counts.get(x.line_id, self.lines[x.line_id].backorder)
+            counts[x.line_id] = replace(count, **{said_by: getattr(count, said_by) + x.quantity})
+        return counts
+
+    def _enter_backorder(self, counts: dict[str, BackorderCount], open_left: dict[str, int]) -> list[Move]:
+        """Moves of what is due into the backorder, from open units only; `counts` and `open_left` are updated.
+
+        Units due that are not open (still held by a shipment whose rejection is on its way) stay due: the plan
+        that replaces that shipment moves them, and an allocation of them takes them from open units (see
+        `allocate_backorder`)."""
+        moves: list[Move] = []
+        for line_id, count in counts.items():
+            n = max(0, min(count.due, open_left[line_id]))
+            moves.append((self.lines[line_id], n, L.open, L.backordered))
+            open_left[line_id] -= n
+            counts[line_id] = replace(count, entered=count.entered + n)
+        return moves
+
+    def _count(self, counts: dict[str, BackorderCount]) -> None:
+        for line_id, count in counts.items():
+            self.lines[line_id].backorder = count
+        self.changed = True
 
     def request_fulfillment(self, reservation: Reservation, cause: Cause) -> None:
         """Inventory reserved a planned shipment: it becomes a request to its source (`FulfillmentRequested`). A
@@ -540,8 +635,14 @@ class Order:
         allocation (same shipment) changes nothing.
 
         Refused when it names a line the order does not have, a cancelled or already shipped line, or more units than
-        wait. Units come out of the backorder first; units still open count as waiting too, because the allocation
-        may overtake the plan that backordered them (plans travel on another topic)."""
+        wait. Units come out of the backorder first. Inventory announces units queued (`backorder_queued`) before it
+        allocates them, on the same partition, so they are normally backordered by then; units still open count as
+        waiting too, and are counted as having entered the backorder (`BackorderCount`), because the allocation can
+        still come first: inventory's outbox relay publishes a row committed out of id order at its next sweep, so
+        an allocation committed by a later transaction may be published before the announcement of an earlier one;
+        and units the plan could not backorder (held by a shipment whose rejection came after the plan) wait open.
+        Safe: inventory allocates only units it queued for this line, so the announcement or plan that follows
+        finds them entered and moves nothing more."""
         if allocation.fulfillment_id in self.fulfillments:
             return
         self._takes_fulfillment()
@@ -567,6 +668,9 @@ class Order:
                 (line, item.quantity - from_queue, L.open, L.requested),
             ]
         self._move(moves)
+        for line, n, from_state, _ in moves:
+            if from_state is L.open and n:
+                line.backorder = replace(line.backorder, entered=line.backorder.entered + n)
         fulfillment = self._add_fulfillment(
             allocation.fulfillment_id, allocation.source_code, allocation.lines, None, F.requested
         )

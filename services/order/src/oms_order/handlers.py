@@ -322,10 +322,10 @@ def _on_plan(message: Incoming, order: Order | None, _orders, _outgoing: list[Cl
 
 async def on_inventory_allocations(tx: Transaction, messages: list[Incoming[CloudEvent]]) -> None:
     """A reserved shipment, or stock allocated to backordered units, becomes a fulfillment request on its source's
-    own topic (and the order awaits fulfillment); a refused reservation waits for routing's re-plan."""
-    # backorder_queued repeats what the plan already said (which units wait); it changes no order.
-    relevant = [m for m in messages if not isinstance(m.event, inventory.BackorderQueued)]
-    await _apply(tx, relevant, lambda m: m.event.data.order_id, _on_allocation)
+    own topic (and the order awaits fulfillment); a refused reservation waits for routing's re-plan. Units queued
+    for stock are backordered (when the plan has not said so yet), so that their allocation, which follows on the
+    same partition, finds them there."""
+    await _apply(tx, messages, lambda m: m.event.data.order_id, _on_allocation)
 
 
 def _on_allocation(message: Incoming, order: Order | None, _orders, _outgoing: list[CloudEvent]) -> Order:
@@ -334,6 +334,8 @@ def _on_allocation(message: Incoming, order: Order | None, _orders, _outgoing: l
     cause = _cause(message, "service:inventory", order)
     lines = [domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in data.lines]
     match event:
+        case inventory.BackorderQueued():
+            order.queue_backorder(lines, cause)
         case inventory.BackorderAllocated():
             order.allocate_backorder(domain.Allocation(data.shipment_id, data.source_code, lines, data.ship_by), cause)
         case inventory.ShipmentReserved():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterable
@@ -14,10 +15,22 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from oms_contracts.order import OrderStatus
 from oms_runtime import add_messaging_tables
 
-from .domain import Fulfillment, FulfillmentStatus, Line, LineState, Order, Parcel, ShipmentLine, Transition
+from .domain import (
+    BackorderCount,
+    Fulfillment,
+    FulfillmentStatus,
+    Line,
+    LineState,
+    Order,
+    Parcel,
+    ShipmentLine,
+    Transition,
+)
 
 metadata = sa.MetaData()
 add_messaging_tables(metadata)
+
+BACKORDER_COUNTS = [f.name for f in dataclasses.fields(BackorderCount)]
 
 # numeric without a fixed scale keeps amounts exactly as the channel sent them ("44.97", not "44.9700")
 _Money = sa.Numeric()
@@ -66,6 +79,12 @@ order_lines = sa.Table(
     sa.CheckConstraint("quantity > 0", name="order_lines_quantity_positive"),
     sa.CheckConstraint(" AND ".join(f"quantity_{s} >= 0" for s in LineState), name="order_lines_units_not_negative"),
     sa.CheckConstraint(" + ".join(f"quantity_{s}" for s in LineState) + " = quantity", name="order_lines_units_add_up"),
+    # Units backordered as routing's plans counted them, as inventory's backorder_queued counted them, and those
+    # that entered the backorder here (domain.BackorderCount): whichever message comes second moves nothing.
+    *(sa.Column(f"backorder_{c}", sa.Integer, nullable=False, server_default="0") for c in BACKORDER_COUNTS),
+    sa.CheckConstraint(
+        " AND ".join(f"backorder_{c} >= 0" for c in BACKORDER_COUNTS), name="order_lines_backorder_counts_not_negative"
+    ),
 )
 
 fulfillments = sa.Table(
@@ -161,8 +180,9 @@ def upsert(table: sa.Table, columns: list[str], *, update: list[str]) -> str:
 
 
 _UNITS = [f"quantity_{s}" for s in LineState]
-_LINE_COLUMNS = ["order_id", "line_id", "sku", "quantity", "unit_price", "state", *_UNITS]
-_UPSERT_LINES = upsert(order_lines, _LINE_COLUMNS, update=["state", *_UNITS])
+_COUNTS = [f"backorder_{c}" for c in BACKORDER_COUNTS]
+_LINE_COLUMNS = ["order_id", "line_id", "sku", "quantity", "unit_price", "state", *_UNITS, *_COUNTS]
+_UPSERT_LINES = upsert(order_lines, _LINE_COLUMNS, update=["state", *_UNITS, *_COUNTS])
 _FULFILLMENT_COLUMNS = [c.name for c in fulfillments.c if c.name != "updated_at"]
 _UPSERT_FULFILLMENTS = upsert(
     fulfillments,
@@ -200,6 +220,7 @@ async def load(pg, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Order]:
             row["quantity"],
             row["unit_price"],
             {s: row[f"quantity_{s}"] for s in LineState},
+            BackorderCount(**{c: row[f"backorder_{c}"] for c in BACKORDER_COUNTS}),
         )
     for row in await pg.fetch("SELECT * FROM fulfillments WHERE order_id = ANY($1::uuid[])", list(loaded)):
         loaded[row["order_id"]].fulfillments[row["fulfillment_id"]] = _fulfillment(row)
@@ -350,6 +371,7 @@ async def _upsert_lines(pg, changed: list[Order]) -> None:
         [line.unit_price for _, line in lines],
         [str(line.state) for _, line in lines],
         *([line.units[s] for _, line in lines] for s in LineState),
+        *([getattr(line.backorder, c) for _, line in lines] for c in BACKORDER_COUNTS),
     )
 
 

@@ -136,7 +136,7 @@ async def put_network(body: Network, request: Request, who: Principal) -> Networ
     # Every listed source, not only new ones: creation is idempotent, and a request topic lost since is restored.
     try:
         await ensure_topics(
-            settings.kafka_bootstrap,
+            settings,
             [fulfillment_requests(source.code) for source in body.sources],
             partitions=settings.request_topic_partitions,
             replication_factor=settings.request_topic_replication,

@@ -8,7 +8,7 @@ from .settings import RoutingSettings
 
 DESCRIPTION = (
     "Owns the fulfillment network and plans every paid order asynchronously: which source ships which lines, "
-    "re-planned without a source that rejected its shipment."
+    "re-planned without a source that will not ship its lines."
 )
 
 

@@ -8,7 +8,9 @@ A plan is made in four steps.
 2. **What ships now.** Lines of one SKU are one demand (two lines of a SKU need their sum). A demand that some
    candidate holds whole ships whole from one source; one that no candidate holds whole is split across candidates,
    as many units as they hold together. Whatever cannot ship now waits: backordered (`backorder_policy=allow`) or
-   unfulfillable (`deny`). A ship-complete order ships whole from one source or every line waits.
+   unfulfillable (`deny`). A ship-complete order ships whole from one source or every line waits. Lines no source
+   could ever ship (no active source ships to the country; the pickup store is unknown or inactive) are
+   unfulfillable whatever the policy: a backorder there would wait forever.
 3. **The fewest shipments.** The smallest set of candidates that ships all of step 2 (a minimum set cover). Exact
    for small orders: every set of the smallest size is searched (iterative deepening on the number of shipments,
    branching on the demand with the fewest holders, each set visited once, the last pick found with one AND of the
@@ -25,6 +27,12 @@ A plan is made in four steps.
    `PLAN_KEYS`); a tie passes to the next rule, and the sources' codes break the last tie. Each shipment keeps
    dates, distance, cost, and a reason naming the runner-up: the best other source that could have taken its
    place, and the rule that decided.
+
+**Re-plans.** Lines a source will not ship (inventory could not reserve a shipment, or the order service asks
+because the source rejected or cancelled a fulfillment, also one routing never planned: a backorder allocation)
+are planned again without that source, one attempt on; once the order's plans number `max_attempts`, they wait
+(backordered, or unfulfillable) with a reason naming the sources that turned them down. A line of a fulfillment is
+planned again at most once, however often it is asked.
 """
 
 from __future__ import annotations
@@ -360,6 +368,19 @@ def candidates(
     return found
 
 
+def unreachable(order: OrderPaidData, network: PlanningNetwork) -> str | None:
+    """Why no source could ever ship this order, whatever stock arrives: no active source ships to its country, or
+    its pickup store is unknown or inactive. None when some source could."""
+    if order.shipping_method is ShippingMethod.pickup:
+        pickup = network.sources.get(order.pickup_source or "")
+        if pickup is None or not pickup.source.active:
+            return f"pickup store {order.pickup_source or '(none named)'} is not in the network"
+        return None
+    country = order.shipping_address.country
+    # Stock, capacity and a source's rejection pass; a source that does not ship there never will.
+    return None if network.serving(country) else f"no source ships to {country}"
+
+
 def _worst_first(values: Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(values, reverse=True))
 
@@ -617,7 +638,11 @@ class _CoverSearch:
                 self._visit(0, 0, 0)
             except _OutOfSteps:
                 # Fewer shipments were ruled out; the best set of this size found so far stands, if any.
-                return self.assign(self.best[1] if self.best is not None else self._improved(self._greedy()))
+                chosen = self.best[1] if self.best is not None else self._improved(self._greedy())
+                # The heuristic knows no bound on shipments: a ship-complete order must not come back split.
+                if max_shipments is not None and chosen.bit_count() > max_shipments:
+                    return {}
+                return self.assign(chosen)
             if self.best is not None:
                 return self.assign(self.best[1])
         return {}
@@ -693,6 +718,103 @@ class RoutedOrder:
         routed = replace(self, attempts=self.attempts + 1, excluded=self.excluded | {source_code})
         return routed, PlanRequest(self.paid, tuple(lines), routed.attempts, routed.excluded)
 
+    def replan(self, fulfillment: Fulfillment, source_code: str, lines: Sequence[Line]) -> Replan:
+        """The order service asks: `source_code` will not ship these lines of `fulfillment` (it rejected or
+        cancelled them). They are planned again without it, one attempt on; also for a fulfillment routing never
+        planned (a backorder allocation of inventory's), whose lines are checked against the order's."""
+        self._check(fulfillment, source_code, lines)
+        # A line of a fulfillment is planned again once, however often it is asked (the same request resent under a
+        # new event id): planning it twice would ship its units twice.
+        fresh = tuple(line for line in lines if line.line_id not in fulfillment.replanned)
+        if not fresh:
+            return Replan(self, fulfillment, source_code, (), None)
+        replanned = {**fulfillment.replanned, **{line.line_id: line.quantity for line in fresh}}
+        # The source ships what was not planned again; with nothing left to ship it no longer counts against its
+        # daily capacity.
+        withdrawn = fulfillment.withdrawn or (
+            fulfillment.planned and all(replanned.get(ln.line_id, 0) >= ln.quantity for ln in fulfillment.lines)
+        )
+        routed, request = self.rejected(source_code, fresh)
+        after = replace(fulfillment, replanned=replanned, withdrawn=withdrawn)
+        return Replan(routed, after, source_code, fresh, request)
+
+    def reservation_rejected(self, fulfillment: Fulfillment, source_code: str, lines: Sequence[Line]) -> Replan:
+        """Inventory could not reserve a shipment routing planned: its lines are planned again without that source,
+        and the shipment never leaves it."""
+        if not fulfillment.planned:
+            raise ReplanRefused(
+                f"shipment {fulfillment.fulfillment_id} of order {self.paid.order_id} was not planned by routing"
+            )
+        replan = self.replan(fulfillment, source_code, lines)
+        return replace(replan, fulfillment=replace(replan.fulfillment, withdrawn=True))
+
+    def _check(self, fulfillment: Fulfillment, source_code: str, lines: Sequence[Line]) -> None:
+        """Refuses lines that are not the order's (or not the planned fulfillment's), in the words of the first."""
+        order_id = self.paid.order_id
+        if fulfillment.order_id != order_id:
+            raise ReplanRefused(
+                f"fulfillment {fulfillment.fulfillment_id} is of order {fulfillment.order_id}, not of {order_id}"
+            )
+        if fulfillment.planned and fulfillment.source_code != source_code:
+            raise ReplanRefused(
+                f"fulfillment {fulfillment.fulfillment_id} was planned at {fulfillment.source_code}, not {source_code}"
+            )
+        ordered = {line.line_id: line for line in self.paid.lines}
+        planned = {line.line_id: line for line in fulfillment.lines}
+        named: set[str] = set()
+        for line in lines:
+            if line.line_id in named:
+                raise ReplanRefused(f"line {line.line_id} is named twice")
+            named.add(line.line_id)
+            of_order = ordered.get(line.line_id)
+            if of_order is None:
+                raise ReplanRefused(f"order {order_id} has no line {line.line_id}")
+            if of_order.sku != line.sku:
+                raise ReplanRefused(f"line {line.line_id} of order {order_id} is {of_order.sku}, not {line.sku}")
+            # A fulfillment routing planned holds what it planned into it; one it never planned, at most the order.
+            if fulfillment.planned:
+                if line.line_id not in planned:
+                    raise ReplanRefused(f"fulfillment {fulfillment.fulfillment_id} has no line {line.line_id}")
+                most, of = planned[line.line_id].quantity, f"fulfillment {fulfillment.fulfillment_id}"
+            else:
+                most, of = of_order.quantity, f"order {order_id}"
+            if line.quantity > most:
+                raise ReplanRefused(f"{line.quantity} units of line {line.line_id} asked, {of} has {most}")
+
+
+class ReplanRefused(ValueError):
+    """Lines to plan again that are not the order's, or not the fulfillment's: nothing is planned."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fulfillment:
+    """A fulfillment of a routed order as routing knows it: the shipment it planned, if it did (inventory's backorder
+    allocations it did not), the units of each line already planned again, and whether it was withdrawn from its
+    source (then that source's daily capacity no longer counts it)."""
+
+    fulfillment_id: uuid.UUID
+    order_id: uuid.UUID
+    source_code: str | None = None  # None: routing never planned it
+    lines: tuple[Line, ...] = ()
+    replanned: Mapping[str, int] = field(default_factory=dict)  # line_id -> units
+    withdrawn: bool = False
+
+    @property
+    def planned(self) -> bool:
+        return self.source_code is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Replan:
+    """What one request to plan lines again decided: the order and the fulfillment as they now stand, the lines
+    planned again (none when each already was) and the plan request for them."""
+
+    order: RoutedOrder
+    fulfillment: Fulfillment
+    source_code: str
+    lines: tuple[Line, ...]
+    request: PlanRequest | None
+
 
 def plan(
     request: PlanRequest,
@@ -706,15 +828,18 @@ def plan(
     search_steps: int = EXACT_SEARCH_STEPS,
 ) -> FulfillmentPlannedData:
     """One plan for the request's lines: the fewest shipments that ship everything in stock now, ranked by the
-    order's rule chain; the rest backordered (unfulfillable when the order denies backorders). After
-    `max_attempts` plans no source is tried."""
+    order's rule chain; the rest backordered (unfulfillable when the order denies backorders, or when no source of
+    the network could ever ship to it). After `max_attempts` plans no source is tried."""
     if not isinstance(network, PlanningNetwork):
         network = PlanningNetwork(network, planned_at)
     order, lines = request.order, request.lines
     rules = chains.for_order(order)
     note = _excluded_note(request.excluded)
     shipments: list[PlannedShipment] = []
-    if request.attempt > max_attempts:
+    never = unreachable(order, network)
+    if never is not None:
+        unplanned = _waiting(lines, never)
+    elif request.attempt > max_attempts:
         unplanned = _waiting(lines, f"no source left for {_items(len(lines))} after {max_attempts} attempts")
     else:
         found = candidates(request, network, availability, rules)
@@ -730,7 +855,8 @@ def plan(
             shipments.append(_shipment(ranked[i], lines_at, reason, new_id()))
         unplanned = _unplanned(request, left, found)
     unplanned = [u.model_copy(update={"reason": _clip(u.reason + note)}) for u in unplanned]
-    backorder = order.options.backorder_policy is BackorderPolicy.allow
+    # A backorder waits for stock at a source that ships to the customer: where there is none, it would wait forever.
+    backorder = order.options.backorder_policy is BackorderPolicy.allow and never is None
     return FulfillmentPlannedData(
         order_id=order.order_id,
         plan_id=new_id(),

@@ -1,29 +1,32 @@
 """What routing consumes and what it emits, per topic:
 
 - order events: `order.paid` -> a plan (attempt 1) on `oms.routing.plans.v1`, ranked by the order's rule chain
-  (its own, else its channel's, else the default);
-- inventory allocations: `reservation_rejected` -> the projection lowered to what inventory reported, and a re-plan
-  of the rejected shipment's lines without that source;
-- fulfillment updates: `fulfillment.rejected` -> a re-plan of that shipment's lines without that source;
+  (its own, else its channel's, else the default); `order.replan_requested` (a source rejected or cancelled units
+  the order service did not ask to cancel) -> a plan of those lines without that source, one attempt on;
+- inventory allocations: `reservation_rejected` -> the projection lowered to what inventory reported, and a plan of
+  the rejected shipment's lines without that source;
 - stock levels: `stock_level_changed` -> the availability projection.
+
+Routing does not read the sources' fulfillment updates: only the order service can tell a source's own cancellation
+(planned again, through `replan_requested`) from its answer to a customer's (not planned again).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
 
-from oms_contracts.fulfillment import FulfillmentRejected
+from oms_contracts.common import Line
 from oms_contracts.inventory import ReservationRejected, StockLevelChanged
-from oms_contracts.order import OrderPaid, OrderPaidData
+from oms_contracts.order import OrderPaid, OrderPaidData, ReplanRequested
 from oms_contracts.routing import FulfillmentPlanned, FulfillmentPlannedData
-from oms_contracts.topics import FULFILLMENT_UPDATES, INVENTORY_ALLOCATIONS, INVENTORY_STOCK, ORDER_EVENTS
+from oms_contracts.topics import INVENTORY_ALLOCATIONS, INVENTORY_STOCK, ORDER_EVENTS
 from oms_runtime import Incoming, Refused, Service, Transaction
 
 from . import domain, store
@@ -35,12 +38,16 @@ SOURCE = "/oms/routing"
 
 
 @dataclass(frozen=True, slots=True)
-class Rejection:
-    """A shipment that inventory or its source turned down, whichever topic said so."""
+class Withdrawal:
+    """Lines of a fulfillment its source will not ship, whichever event said so, and the domain rule that decides
+    what is planned again (`RoutedOrder.replan` or `RoutedOrder.reservation_rejected`)."""
 
     message: Incoming[Any]
     order_id: uuid.UUID
-    shipment_id: uuid.UUID
+    fulfillment_id: uuid.UUID
+    source_code: str
+    lines: Sequence[Line]
+    decide: Callable[[domain.RoutedOrder, domain.Fulfillment, str, Sequence[Line]], domain.Replan]
 
 
 def register(service: Service) -> None:
@@ -49,22 +56,31 @@ def register(service: Service) -> None:
     @service.consumer(ORDER_EVENTS)
     async def on_order_events(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Plans every paid order once: the fewest shipments that ship what is in stock now (one when a source has
-        everything), ranked by the order's rule chain; what cannot ship now is backordered or unfulfillable."""
-        # Only a paid order is routing's business; the other order events are skipped on purpose.
+        everything), ranked by the order's rule chain; what cannot ship now is backordered or unfulfillable. Plans
+        again the lines of a fulfillment the order service asks for, without the source that will not ship them."""
+        # Only paid orders and re-plan requests are routing's business; the other order events are skipped on purpose.
         paid: dict[uuid.UUID, Incoming[Any]] = {}
+        asked: list[Withdrawal] = []
         for message in messages:
             if isinstance(message.event, OrderPaid):
                 paid.setdefault(message.event.data.order_id, message)
-        if not paid:
-            return
-        pg = await tx.pg()
-        new = await store.claim_orders(pg, [m.event.data for m in paid.values()])
-        causes = [m for order_id, m in paid.items() if order_id in new]
-        if not causes:
-            return
-        made, network = await _plan(tx, [domain.RoutedOrder(m.event.data).first_plan() for m in causes], settings)
-        await store.save_plans(pg, made, _days(network))
-        _emit_plans(tx, made, causes)
+            elif isinstance(message.event, ReplanRequested):
+                data = message.event.data
+                asked.append(
+                    Withdrawal(
+                        message,
+                        data.order_id,
+                        data.fulfillment_id,
+                        data.source_code,
+                        data.lines,
+                        domain.RoutedOrder.replan,
+                    )
+                )
+        if paid:
+            await _plan_paid(tx, list(paid.values()), settings)
+        # After the paid orders of the batch, so that a re-plan finds its order even when both came in one batch.
+        if asked:
+            await _replan(tx, asked, settings)
 
     @service.consumer(INVENTORY_ALLOCATIONS)
     async def on_allocations(tx: Transaction, messages: list[Incoming[Any]]) -> None:
@@ -82,17 +98,20 @@ def register(service: Service) -> None:
                     shortage.sku, data.source_code, shortage.available, message.event.time
                 )
         await store.record_shortages(await tx.pg(), list(shortages.values()))
-        await _replan(tx, [Rejection(m, m.event.data.order_id, m.event.data.shipment_id) for m in rejected], settings)
-
-    @service.consumer(FULFILLMENT_UPDATES)
-    async def on_fulfillment_updates(tx: Transaction, messages: list[Incoming[Any]]) -> None:
-        """Re-plans a shipment its source rejected, without that source."""
-        # Accepted, shipped, delivered and cancelled fulfillments need nothing from routing; skipped on purpose.
-        rejected = [m for m in messages if isinstance(m.event, FulfillmentRejected)]
-        if rejected:
-            await _replan(
-                tx, [Rejection(m, m.event.data.order_id, m.event.data.fulfillment_id) for m in rejected], settings
+        withdrawals = []
+        for message in rejected:
+            data = message.event.data
+            withdrawals.append(
+                Withdrawal(
+                    message,
+                    data.order_id,
+                    data.shipment_id,
+                    data.source_code,
+                    data.lines,
+                    domain.RoutedOrder.reservation_rejected,
+                )
             )
+        await _replan(tx, withdrawals, settings)
 
     @service.consumer(INVENTORY_STOCK)
     async def on_stock_levels(tx: Transaction, messages: list[Incoming[Any]]) -> None:
@@ -106,32 +125,61 @@ def register(service: Service) -> None:
         await store.record_stock_levels(await tx.pg(), list(latest.values()))
 
 
-async def _replan(tx: Transaction, rejections: list[Rejection], settings: RoutingSettings) -> None:
+async def _plan_paid(tx: Transaction, paid: list[Incoming[Any]], settings: RoutingSettings) -> None:
     pg = await tx.pg()
-    planned = await store.lock_shipments(pg, [r.shipment_id for r in rejections])
-    routed: dict[uuid.UUID, domain.RoutedOrder] = {}
-    requests: list[domain.PlanRequest] = []
+    new = await store.claim_orders(pg, [m.event.data for m in paid])
+    causes = [m for m in paid if m.event.data.order_id in new]
+    if not causes:
+        return
+    made, network = await _plan(tx, [domain.RoutedOrder(m.event.data).first_plan() for m in causes], settings)
+    await store.save_plans(pg, made, _days(network))
+    _emit_plans(tx, made, causes)
+
+
+async def _replan(tx: Transaction, withdrawals: list[Withdrawal], settings: RoutingSettings) -> None:
+    pg = await tx.pg()
+    # The orders first: their row locks make re-plans of one order take turns, and what is read after them is
+    # what the turn before left.
+    routed = await store.lock_orders(pg, (w.order_id for w in withdrawals))
+    known = await store.fulfillments_of(pg, (w.fulfillment_id for w in withdrawals))
+    replans: list[domain.Replan] = []
     causes: list[Incoming[Any]] = []
-    replanned: set[uuid.UUID] = set()
-    for rejection in rejections:
-        shipment, order_id = planned.get(rejection.shipment_id), rejection.order_id
-        if shipment is None or shipment.order.paid.order_id != order_id:
-            raise Refused(f"shipment {rejection.shipment_id} of order {order_id} was not planned by routing")
-        if shipment.rejected or shipment.shipment_id in replanned:
-            # Inventory and the source may both turn the same shipment down: its lines are re-planned once.
+    for w in withdrawals:
+        order = routed.get(w.order_id)
+        if order is None:
+            raise Refused(
+                f"order {w.order_id} was never paid to routing: nothing to plan fulfillment {w.fulfillment_id} with"
+            )
+        fulfillment = known.get(w.fulfillment_id) or domain.Fulfillment(w.fulfillment_id, w.order_id)
+        try:
+            replan = w.decide(order, fulfillment, w.source_code, w.lines)
+        except domain.ReplanRefused as refused:
+            raise Refused(str(refused)) from refused
+        routed[w.order_id], known[w.fulfillment_id] = replan.order, replan.fulfillment
+        if replan.request is None:
             log.info(
-                "shipment %s already re-planned", rejection.shipment_id, extra={"order_id": str(rejection.order_id)}
+                "fulfillment %s: its lines were planned again before",
+                w.fulfillment_id,
+                extra={"order_id": str(w.order_id)},
             )
             continue
-        order = routed.get(order_id, shipment.order)
-        routed[order_id], request = order.rejected(shipment.source_code, shipment.lines)
-        requests.append(request)
-        causes.append(rejection.message)
-        replanned.add(shipment.shipment_id)
-    if not requests:
-        return
-    made, network = await _plan(tx, requests, settings)
-    await store.save_plans(pg, made, _days(network), rejected=replanned, routed=routed.values())
+        replans.append(replan)
+        causes.append(w.message)
+    made: list[FulfillmentPlannedData] = []
+    planned_on: dict[str, date] = {}
+    if replans:
+        made, network = await _plan(tx, [r.request for r in replans if r.request is not None], settings)
+        planned_on = _days(network)
+    await store.save_plans(
+        pg,
+        made,
+        planned_on,
+        replans=replans,
+        # Also a shipment whose rejection had nothing left to plan: it no longer leaves its source.
+        withdrawn=[f.fulfillment_id for f in known.values() if f.planned and f.withdrawn],
+        # Each order as its last re-plan of the batch left it.
+        routed={r.order.paid.order_id: r.order for r in replans}.values(),
+    )
     _emit_plans(tx, made, causes)
 
 

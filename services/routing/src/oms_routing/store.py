@@ -20,7 +20,7 @@ from oms_contracts.order import OrderPaidData
 from oms_contracts.routing import FulfillmentPlannedData, Source
 from oms_runtime import add_messaging_tables
 
-from .domain import Availability, RoutedOrder
+from .domain import Availability, Fulfillment, Replan, RoutedOrder
 
 metadata = sa.MetaData()
 outbox, inbox = add_messaging_tables(metadata)
@@ -84,8 +84,8 @@ plans = sa.Table(
     sa.UniqueConstraint("order_id", "attempt", name="plans_order_id_attempt_key"),
 )
 
-# A planned shipment's lines, for re-planning them when the source or inventory rejects it (a fulfillment
-# rejection names only the shipment). `rejected_at` is set once: a shipment is re-planned at most once.
+# A planned shipment's lines, what a re-plan of it is checked against. `rejected_at`: it no longer leaves its source
+# (inventory could not reserve it, or every unit of it was planned again), so its source's capacity stops counting it.
 shipments = sa.Table(
     "shipments",
     metadata,
@@ -98,6 +98,19 @@ shipments = sa.Table(
     # The source's local date when it was planned: its daily capacity counts shipments per (source, this day).
     sa.Column("planned_on", sa.Date, nullable=False),
     sa.Index("shipments_source_code_planned_on_idx", "source_code", "planned_on"),
+)
+
+# Each line of a fulfillment planned again, once: a request to plan it again after that (resent, or from another
+# topic) plans nothing. Also for fulfillments routing never planned (inventory's backorder allocations).
+replanned_lines = sa.Table(
+    "replanned_lines",
+    metadata,
+    sa.Column("fulfillment_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("line_id", sa.Text, primary_key=True),
+    sa.Column("order_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("source_code", sa.Text, nullable=False),
+    sa.Column("quantity", sa.Integer, nullable=False),
+    sa.Column("replanned_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
 # The rule chain of each channel that has its own; channel `*` is the default (over the settings' one).
@@ -305,42 +318,54 @@ async def claim_orders(pg: asyncpg.Connection, paid: Sequence[OrderPaidData]) ->
     return {row["order_id"] for row in rows}
 
 
-@dataclass(frozen=True, slots=True)
-class PlannedShipmentRow:
-    """A shipment routing planned, with the order it belongs to as it stands."""
-
-    shipment_id: uuid.UUID
-    source_code: str
-    lines: list[Line]
-    rejected: bool
-    order: RoutedOrder
-
-
-async def lock_shipments(
-    pg: asyncpg.Connection, shipment_ids: Iterable[uuid.UUID]
-) -> dict[uuid.UUID, PlannedShipmentRow]:
-    """The shipments (those routing planned) and their orders, row-locked until the transaction ends, so that two
-    rejections of one order, arriving on different topics or instances, re-plan one after the other."""
+async def lock_orders(pg: asyncpg.Connection, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, RoutedOrder]:
+    """The routed orders, row-locked until the transaction ends, so that re-plans of one order (arriving on two
+    topics, or at two instances) take turns, and the later sees what the earlier planned again."""
     rows = await pg.fetch(
         """
-        SELECT s.shipment_id, s.source_code, s.lines::text, s.rejected_at IS NOT NULL AS rejected,
-               o.paid::text, o.attempts, o.excluded
-        FROM shipments s JOIN orders o ON o.order_id = s.order_id
-        WHERE s.shipment_id = ANY($1::uuid[])
-        ORDER BY s.order_id, s.shipment_id
+        SELECT order_id, paid::text, attempts, excluded FROM orders
+        WHERE order_id = ANY($1::uuid[])
+        ORDER BY order_id
         FOR UPDATE
         """,
-        list(set(shipment_ids)),
+        list(set(order_ids)),
     )
     return {
-        row["shipment_id"]: PlannedShipmentRow(
-            shipment_id=row["shipment_id"],
+        row["order_id"]: RoutedOrder(
+            OrderPaidData.model_validate_json(row["paid"]), row["attempts"], frozenset(row["excluded"])
+        )
+        for row in rows
+    }
+
+
+async def fulfillments_of(pg: asyncpg.Connection, fulfillment_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Fulfillment]:
+    """What routing knows of these fulfillments: the shipments it planned, and the lines of each already planned
+    again. A fulfillment it knows nothing of is absent. Read after `lock_orders`, so that a re-plan committed
+    meanwhile is seen."""
+    rows = await pg.fetch(
+        """
+        SELECT f.id, coalesce(s.order_id, r.order_id) AS order_id, s.source_code, s.lines::text,
+               s.rejected_at IS NOT NULL AS withdrawn, coalesce(r.replanned, '{}'::jsonb)::text AS replanned
+        FROM unnest($1::uuid[]) AS f(id)
+        LEFT JOIN shipments s ON s.shipment_id = f.id
+        LEFT JOIN (
+            SELECT fulfillment_id, (array_agg(order_id))[1] AS order_id,
+                   jsonb_object_agg(line_id, quantity) AS replanned
+            FROM replanned_lines WHERE fulfillment_id = ANY($1::uuid[])
+            GROUP BY fulfillment_id
+        ) r ON r.fulfillment_id = f.id
+        WHERE s.shipment_id IS NOT NULL OR r.fulfillment_id IS NOT NULL
+        """,
+        list(set(fulfillment_ids)),
+    )
+    return {
+        row["id"]: Fulfillment(
+            fulfillment_id=row["id"],
+            order_id=row["order_id"],
             source_code=row["source_code"],
-            lines=_LINES.validate_json(row["lines"]),
-            rejected=row["rejected"],
-            order=RoutedOrder(
-                OrderPaidData.model_validate_json(row["paid"]), row["attempts"], frozenset(row["excluded"])
-            ),
+            lines=tuple(_LINES.validate_json(row["lines"])) if row["lines"] is not None else (),
+            replanned=json.loads(row["replanned"]),
+            withdrawn=row["withdrawn"],
         )
         for row in rows
     }
@@ -368,12 +393,15 @@ async def save_plans(
     made: Sequence[FulfillmentPlannedData],
     planned_on: Mapping[str, date],
     *,
-    rejected: Iterable[uuid.UUID] = (),
+    replans: Sequence[Replan] = (),
+    withdrawn: Iterable[uuid.UUID] = (),
     routed: Iterable[RoutedOrder] = (),
 ) -> None:
-    """Store plans with their shipments (each on its source's local day, `planned_on` by source code), mark the
-    shipments they re-plan as rejected and the orders' attempts and exclusions as they now stand: one statement."""
+    """Store plans with their shipments (each on its source's local day, `planned_on` by source code), the lines
+    the re-plans planned again, the shipments withdrawn from their sources, and the orders' attempts and exclusions
+    as they now stand: one statement."""
     planned = [(p, s) for p in made for s in p.shipments]
+    again = [(r, line) for r in replans for line in r.lines]
     routed = list(routed)
     await pg.execute(
         """
@@ -383,8 +411,12 @@ async def save_plans(
         ), new_shipments AS (
             INSERT INTO shipments (shipment_id, order_id, plan_id, source_code, lines, planned_on)
             SELECT * FROM unnest($6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::jsonb[], $15::date[])
-        ), rejected AS (
+        ), withdrawn AS (
             UPDATE shipments SET rejected_at = now() WHERE shipment_id = ANY($11::uuid[]) AND rejected_at IS NULL
+        ), replanned AS (
+            INSERT INTO replanned_lines (fulfillment_id, line_id, order_id, source_code, quantity)
+            SELECT * FROM unnest($16::uuid[], $17::text[], $18::uuid[], $19::text[], $20::int[])
+            ON CONFLICT DO NOTHING
         )
         UPDATE orders AS o
         SET attempts = u.attempts, excluded = ARRAY(SELECT jsonb_array_elements_text(u.excluded))
@@ -401,11 +433,16 @@ async def save_plans(
         [p.plan_id for p, _ in planned],
         [s.source_code for _, s in planned],
         [_LINES.dump_json(s.lines).decode() for _, s in planned],
-        list(rejected),
+        list(withdrawn),
         [r.paid.order_id for r in routed],
         [r.attempts for r in routed],
         [json.dumps(sorted(r.excluded)) for r in routed],
         [planned_on[s.source_code] for _, s in planned],
+        [r.fulfillment.fulfillment_id for r, _ in again],
+        [line.line_id for _, line in again],
+        [r.fulfillment.order_id for r, _ in again],
+        [r.source_code for r, _ in again],
+        [line.quantity for _, line in again],
     )
 
 
