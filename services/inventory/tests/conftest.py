@@ -31,7 +31,14 @@ from oms_contracts.inventory import (
     StockReceived,
     StockReceivedData,
 )
-from oms_contracts.order import LinesCancelled, LinesCancelledData
+from oms_contracts.order import (
+    CancelledUnits,
+    LinesCancelled,
+    LinesCancelledData,
+    LinesReturned,
+    LinesReturnedData,
+    ReturnedUnits,
+)
 from oms_contracts.routing import (
     FulfillmentPlanned,
     FulfillmentPlannedData,
@@ -163,6 +170,52 @@ class Events:
         return LinesCancelled(source="/oms/order", subject=str(order_id), data=data)
 
     @staticmethod
+    def units_cancelled(
+        order_id: uuid.UUID,
+        *units: tuple[str, str, int, str, uuid.UUID | None],
+        at: datetime | None = None,
+    ) -> LinesCancelled:
+        """Units the order service cancelled, each (line_id, sku, quantity, where it was, fulfillment_id), at `at`
+        (now unless given)."""
+        lines: dict[str, int] = {}
+        for line_id, _, quantity, _, _ in units:
+            lines[line_id] = lines.get(line_id, 0) + quantity
+        data = LinesCancelledData(
+            order_id=order_id,
+            lines=[LineQuantity(line_id=line_id, quantity=quantity) for line_id, quantity in lines.items()],
+            reason="customer changed their mind",
+            actor="cs-demo",
+            refund_amount="0.00",
+            currency="EUR",
+            grand_total="0.00",
+            units=[
+                CancelledUnits.model_validate(
+                    {"line_id": line_id, "sku": sku, "quantity": quantity, "from": where, "fulfillment_id": shipment}
+                )
+                for line_id, sku, quantity, where, shipment in units
+            ],
+        )
+        event = LinesCancelled(source="/oms/order", subject=str(order_id), data=data)
+        return event if at is None else event.model_copy(update={"time": at})
+
+    @staticmethod
+    def returned(order_id: uuid.UUID, source_code: str, *lines: tuple[str, str, int, str]) -> LinesReturned:
+        """A return the order service accepted at `source_code`: (line_id, sku, quantity, condition) lines."""
+        data = LinesReturnedData(
+            order_id=order_id,
+            return_id=uuid.uuid4(),
+            source_code=source_code,
+            lines=[
+                ReturnedUnits(line_id=line_id, sku=sku, quantity=quantity, condition=condition)
+                for line_id, sku, quantity, condition in lines
+            ],
+            reason="did not fit",
+            refund_amount="10.00",
+            currency="EUR",
+        )
+        return LinesReturned(source="/oms/order", subject=str(order_id), data=data)
+
+    @staticmethod
     def counted(sku: str, source_code: str, on_hand: int) -> StockCounted:
         data = StockCountedData(sku=sku, source_code=source_code, on_hand=on_hand, counted_at=datetime.now(UTC))
         return StockCounted(source="/wms", subject=sku, data=data)
@@ -188,19 +241,21 @@ class Events:
         ship_to_country: str | None = None,
         pickup_source: str | None = None,
         ship_complete: bool = False,
+        planned_at: datetime | None = None,
+        attempt: int = 1,
     ) -> FulfillmentPlanned:
         """A plan of `shipments`, with (line_id, sku, quantity) lines backordered under the given terms."""
         order_id = order_id or uuid.uuid4()
         data = FulfillmentPlannedData(
             order_id=order_id,
             plan_id=uuid.uuid4(),
-            attempt=1,
+            attempt=attempt,
             shipments=list(shipments),
             backordered_lines=[
                 UnplannedLine(line_id=line_id, sku=sku, quantity=quantity, reason="no stock anywhere")
                 for line_id, sku, quantity in backordered
             ],
-            planned_at=datetime.now(UTC),
+            planned_at=planned_at or datetime.now(UTC),
             ship_to_country=ship_to_country,
             pickup_source=pickup_source,
             ship_complete=ship_complete,

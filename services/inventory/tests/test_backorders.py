@@ -24,7 +24,7 @@ from oms_contracts.topics import (
     ROUTING_PLANS,
 )
 from oms_inventory import store
-from oms_inventory.domain import ReleaseTerms
+from oms_inventory.domain import NewBackorder, ReleaseTerms
 from oms_runtime import Service
 from oms_runtime.database import driver
 from oms_runtime.testing import Emitted, deliver
@@ -215,7 +215,7 @@ async def test_a_released_shipment_is_settled_like_any_other_when_it_ships(inven
 # may never come.
 
 
-async def test_a_line_backordered_while_its_source_already_holds_the_stock_is_served_at_once(
+async def test_a_line_backordered_beside_its_stock_is_served_at_once_and_never_announced_as_waiting(
     inventory, events, fresh_sku, fresh_source
 ):
     await network(inventory, events, (fresh_source, ("DE",)))
@@ -224,9 +224,9 @@ async def test_a_line_backordered_while_its_source_already_holds_the_stock_is_se
 
     emitted = await deliver(inventory, ROUTING_PLANS, plan)
 
-    # Queued first, then allocated: one topic, keyed by the order, so the order service learns it in that order.
+    # Only the allocation: a backorder_queued would mail the customer to wait for units that ship now.
     kinds = [e.headers["ce-type"] for e in emitted if e.topic == INVENTORY_ALLOCATIONS.name]
-    assert kinds == [BackorderQueued.TYPE, BackorderAllocated.TYPE]
+    assert kinds == [BackorderAllocated.TYPE]
     assert {e.key for e in emitted if e.topic == INVENTORY_ALLOCATIONS.name} == {str(plan.data.order_id)}
     (allocated,) = of_type(emitted, BackorderAllocated)
     assert (allocated.data.order_id, allocated.data.source_code) == (plan.data.order_id, fresh_source)
@@ -257,7 +257,7 @@ async def test_a_plan_that_reserves_a_shipment_and_backorders_what_the_same_sour
     emitted = await deliver(inventory, ROUTING_PLANS, plan)
 
     kinds = [e.headers["ce-type"] for e in emitted if e.topic == INVENTORY_ALLOCATIONS.name]
-    assert kinds == [ShipmentReserved.TYPE, BackorderQueued.TYPE, BackorderAllocated.TYPE]
+    assert kinds == [ShipmentReserved.TYPE, BackorderAllocated.TYPE]
     # One level per stock row the batch changed, with its final value.
     levels = {(x.data.sku, x.data.reserved, x.data.available) for x in of_type(emitted, StockLevelChanged)}
     assert levels == {(other, 3, 1), (fresh_sku, 1, 0)}
@@ -299,7 +299,10 @@ async def test_lines_that_join_together_beside_stock_are_served_oldest_first(
 
     (allocated,) = of_type(emitted, BackorderAllocated)
     assert allocated.data.order_id == older.data.order_id
-    assert len(of_type(emitted, BackorderQueued)) == 2
+    # Only the line that still waits is announced, with its place once the older line was served.
+    (queued,) = of_type(emitted, BackorderQueued)
+    assert queued.data.order_id == younger.data.order_id
+    assert [(x.line_id, x.quantity, x.position) for x in queued.data.lines] == [("1", 1, 1)]
     queue = (await client.get(f"/backorders/{fresh_sku}")).json()
     assert [(b["order_id"], b["position"]) for b in queue] == [(str(younger.data.order_id), 1)]
 
@@ -314,7 +317,7 @@ async def test_a_line_left_waiting_beside_stock_is_served_before_the_line_that_j
     left, left_plan = uuid.uuid4(), uuid.uuid4()
     async with inventory.database.transaction() as conn:
         await store.queue_backorders(
-            await driver(conn), [store.NewBackorder(left, left_plan, "1", fresh_sku, 1, ReleaseTerms("DE"))]
+            await driver(conn), [NewBackorder(left, left_plan, "1", fresh_sku, 1, ReleaseTerms("DE"))]
         )
     joining = events.plan(backordered=(("1", fresh_sku, 1),), ship_to_country="DE")
 

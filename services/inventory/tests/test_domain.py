@@ -18,21 +18,25 @@ from oms_inventory.domain import (
     Receipt,
     Reservation,
     ReservationState,
+    ReservedUnitsCancelled,
     ShipmentRequest,
     Shortage,
     SourceGone,
     SourceState,
     Stock,
+    Tombstone,
     apply_receipts,
     fell_below_threshold,
     network_changes,
     queue_positions,
+    release_cancelled_units,
     reserve_shipments,
     settle_fulfillments,
     stock_at,
 )
 
 ORDER = uuid.UUID("00000000-0000-0000-0000-00000000000a")
+AT = datetime(2026, 12, 10, 9, 0, tzinfo=UTC)
 PLAN = uuid.UUID("00000000-0000-0000-0000-00000000000b")
 
 
@@ -241,6 +245,44 @@ def test_the_last_shipment_reserving_at_a_row_is_its_cause():
     assert result.causes == {("A", "WH"): 2, ("B", "WH"): 1}
 
 
+def test_units_cancelled_before_a_shipment_was_reserved_are_not_reserved_and_count_as_released():
+    s = shipment("WH", ("1", "A", 3), ("2", "B", 1))
+    ahead = [Tombstone(ORDER, "1", 1, AT, s.shipment_id), Tombstone(ORDER, "2", 5, AT, s.shipment_id)]
+    result = reserve_shipments(snapshot(Stock("A", "WH", 5), Stock("B", "WH", 5)), [s], cancelled=ahead)
+    (decision,) = result.decisions
+    assert decision.lines == (Line("1", "A", 2),)
+    assert result.stock == snapshot(Stock("A", "WH", 5, 2))
+    assert [(r.line_id, r.quantity, r.released, r.open, r.state) for r in result.reservations()] == [
+        ("1", 3, 1, 2, ReservationState.reserved),
+        ("2", 1, 1, 0, ReservationState.released),
+    ]
+
+
+def test_a_shipment_whose_every_unit_was_cancelled_ahead_holds_nothing():
+    s = shipment("WH", ("1", "A", 3))
+    result = reserve_shipments({}, [s], cancelled=[Tombstone(ORDER, "1", 3, AT, s.shipment_id)])
+    (decision,) = result.decisions
+    assert decision.reserved and decision.emptied
+    assert result.stock == {}
+    assert [r.state for r in result.reservations()] == [ReservationState.released]
+
+
+def test_a_shipment_is_checked_for_shortages_on_what_was_not_cancelled_ahead():
+    s = shipment("WH", ("1", "A", 3))
+    result = reserve_shipments(
+        snapshot(Stock("A", "WH", 1)), [s], cancelled=[Tombstone(ORDER, "1", 1, AT, s.shipment_id)]
+    )
+    assert result.decisions[0].shortages == (Shortage("A", requested=2, available=1),)
+    assert {r.state for r in result.reservations()} == {ReservationState.rejected}
+
+
+def test_tombstones_of_other_shipments_and_of_queues_do_not_touch_a_shipment():
+    s = shipment("WH", ("1", "A", 3))
+    others = [Tombstone(ORDER, "1", 1, AT, uuid.uuid4()), Tombstone(ORDER, "1", 1, AT)]
+    (decision,) = reserve_shipments(snapshot(Stock("A", "WH", 5)), [s], cancelled=others).decisions
+    assert decision.lines == s.lines
+
+
 def test_a_line_listed_twice_in_a_shipment_is_reserved_as_one():
     s = shipment("WH", ("1", "A", 2), ("1", "A", 3))
     assert s.lines == (Line("1", "A", 5),)
@@ -343,6 +385,27 @@ def test_an_update_for_a_fulfillment_never_reserved_moves_nothing():
     ]
     settled = settle_fulfillments({}, rejected.reservations(), updates)
     assert (settled.stock, settled.reservations, settled.never_reserved) == ({}, {}, [0, 1])
+
+
+def test_cancelled_reserved_units_are_given_back_like_a_sources_cancellation():
+    s, stock, rows = reserved_shipment(snapshot(Stock("A", "WH", 10)), ("1", "A", 3))
+    settled = release_cancelled_units(stock, rows, [ReservedUnitsCancelled(ORDER, s.shipment_id, "1", 2, AT)])
+    assert settled.stock == snapshot(Stock("A", "WH", 10, 1))
+    assert settled.reservations[(s.shipment_id, "1")].released == 2
+    assert settled.tombstones == []
+
+
+def test_cancelled_reserved_units_of_a_shipment_not_decided_yet_leave_a_tombstone_for_it():
+    ahead = uuid.uuid4()
+    settled = release_cancelled_units({}, [], [ReservedUnitsCancelled(ORDER, ahead, "1", 2, AT)])
+    assert (settled.stock, settled.tombstones) == ({}, [Tombstone(ORDER, "1", 2, AT, ahead)])
+
+
+def test_cancelled_reserved_units_of_a_refused_shipment_leave_nothing_behind():
+    refused = reserve_shipments({}, [shipment("WH", ("1", "A", 3))]).decisions[0]
+    cancelled = [ReservedUnitsCancelled(ORDER, refused.shipment.shipment_id, "1", 3, AT)]
+    settled = release_cancelled_units({}, refused.reservations(), cancelled)
+    assert (settled.stock, settled.reservations, settled.tombstones) == ({}, {}, [])
 
 
 # --- the backorder queue -----------------------------------------------------------------------------------------

@@ -217,6 +217,9 @@ class AtSource:
 class Receipt(AtSource):
     quantity: int
     reference: str | None = None
+    # Units a customer sent back: not the delivery purchasing announced, so they settle no expected receipt (which
+    # would date waiting lines by a delivery still to come as if it had arrived).
+    returned: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,8 +272,9 @@ def apply_receipts(
     """Receipts add to on hand, counts replace it, announcements are recorded, in arrival order.
 
     A receipt settles the open announcement of its (sku, source) with the same reference, whatever it brought;
-    without one, it uses up open announcements there, the earliest expected first (then the first announced). An
-    announcement with the reference of an open one at its (sku, source) replaces it (a new date or quantity)."""
+    without one, it uses up open announcements there, the earliest expected first (then the first announced). A
+    return settles none. An announcement with the reference of an open one at its (sku, source) replaces it (a new
+    date or quantity)."""
     current = dict(stock)
     causes: dict[StockKey, int] = {}
     announced = _Announcements(expected)
@@ -316,6 +320,8 @@ class _Announcements:
         self.touched[len(self.open) - 1] = None
 
     def receive(self, receipt: Receipt) -> None:
+        if receipt.returned:
+            return
         here = [i for i, e in enumerate(self.open) if e.key == receipt.key and e.outstanding > 0]
         settled = next((i for i in here if receipt.reference and self.open[i].reference == receipt.reference), None)
         if settled is not None:
@@ -338,6 +344,27 @@ class _Announcements:
 
     def changed(self) -> list[ExpectedReceipt]:
         return [self.open[i] for i in self.touched]
+
+
+# --- cancellations that overtake their plan ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """Units the order service cancelled before inventory held them: its `lines_cancelled` travels on the order
+    events topic and may overtake the plan (on the routing topic) that queues or reserves them. Remembered, and
+    subtracted when that plan comes, so that nothing is held for units nobody will ship.
+
+    `shipment_id` None: backordered units of the line, subtracted when a plan made before `cancelled_at` queues the
+    line (`join_queues`). Else: reserved units of that planned shipment, subtracted when it is reserved
+    (`reserve_shipments`). `id` is None until stored."""
+
+    order_id: uuid.UUID
+    line_id: str
+    quantity: int
+    cancelled_at: datetime
+    shipment_id: uuid.UUID | None = None
+    id: int | None = None
 
 
 # --- reservations ------------------------------------------------------------------------------------------------
@@ -457,20 +484,45 @@ class Reservation:
 class ReservationDecision:
     shipment: ShipmentRequest
     shortages: tuple[Shortage, ...]
+    # Units per line the order service cancelled before the shipment was reserved (tombstones): never reserved.
+    cancelled: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def reserved(self) -> bool:
         return not self.shortages
 
+    @property
+    def lines(self) -> tuple[Line, ...]:
+        """What the shipment asks of its source once cancelled units are taken out: what `reserved` holds."""
+        rest = (
+            replace(line, quantity=line.quantity - self.cancelled.get(line.line_id, 0)) for line in self.shipment.lines
+        )
+        return tuple(line for line in rest if line.quantity > 0)
+
+    @property
+    def emptied(self) -> bool:
+        """Every unit was cancelled before the shipment was reserved: nothing is held, nothing to request."""
+        return not self.lines
+
     def reservations(self) -> list[Reservation]:
-        state = ReservationState.reserved if self.reserved else ReservationState.rejected
+        """One row per planned line, with the planned quantity: units cancelled ahead count as released at once, so
+        the row says what became of every unit the plan asked for, and a plan delivered again finds it decided."""
         s = self.shipment
-        return [
-            Reservation(
-                s.shipment_id, line.line_id, s.order_id, s.plan_id, line.sku, s.source_code, line.quantity, state
+        rows = []
+        for line in s.lines:
+            row = Reservation(
+                s.shipment_id,
+                line.line_id,
+                s.order_id,
+                s.plan_id,
+                line.sku,
+                s.source_code,
+                line.quantity,
+                ReservationState.reserved if self.reserved else ReservationState.rejected,
             )
-            for line in s.lines
-        ]
+            cancelled = self.cancelled.get(line.line_id, 0)
+            rows.append(row.release(cancelled) if self.reserved and cancelled else row)
+        return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,21 +542,38 @@ def reserve_shipments(
     stock: Mapping[StockKey, Stock],
     shipments: Sequence[ShipmentRequest],
     decided: Collection[uuid.UUID] = frozenset(),
+    cancelled: Iterable[Tombstone] = (),
 ) -> Reservations:
     """Reserve each shipment's lines all or nothing, in order, each drawing on what the earlier ones left.
 
     A shipment short of any SKU reserves nothing and reports, per short SKU, what it asked and what was there, so
     an earlier shipment is never refused stock a later one gets. A shipment already `decided` (or repeated in the
-    batch) is skipped: its units are never reserved twice."""
+    batch) is skipped: its units are never reserved twice.
+
+    Units of a shipment the order service cancelled before it was reserved (`cancelled`: tombstones naming the
+    shipment; its cancellation overtook the plan) are taken out first: only the rest is reserved, or checked for
+    shortages. A shipment left with nothing holds nothing (`ReservationDecision.emptied`)."""
     current = dict(stock)
     seen = set(decided)
     decisions: list[ReservationDecision] = []
     causes: dict[StockKey, int] = {}
+    ahead: dict[uuid.UUID, dict[str, int]] = {}
+    for tombstone in cancelled:
+        if tombstone.shipment_id is not None:
+            lines = ahead.setdefault(tombstone.shipment_id, {})
+            lines[tombstone.line_id] = lines.get(tombstone.line_id, 0) + tombstone.quantity
     for index, shipment in enumerate(shipments):
         if shipment.shipment_id in seen:
             continue
         seen.add(shipment.shipment_id)
-        needs = shipment.needs()
+        cancelled_here = {
+            line.line_id: min(ahead[shipment.shipment_id][line.line_id], line.quantity)
+            for line in shipment.lines
+            if ahead.get(shipment.shipment_id, {}).get(line.line_id)
+        }
+        needs: dict[str, int] = {}
+        for line in ReservationDecision(shipment, (), cancelled_here).lines:
+            needs[line.sku] = needs.get(line.sku, 0) + line.quantity
         shortages = []
         for sku, requested in needs.items():
             available = stock_at(current, (sku, shipment.source_code)).available
@@ -515,7 +584,7 @@ def reserve_shipments(
                 key = (sku, shipment.source_code)
                 current[key] = stock_at(current, key).reserve(requested)
                 causes[key] = index
-        decisions.append(ReservationDecision(shipment, tuple(shortages)))
+        decisions.append(ReservationDecision(shipment, tuple(shortages), cancelled_here))
     changed = _changed(stock, current)
     return Reservations(decisions, changed, {key: causes[key] for key in changed})
 
@@ -560,6 +629,10 @@ class Settlement:
     causes: dict[StockKey, int]
     # Indexes of updates for fulfillments inventory never reserved (or rejected): nothing to settle.
     never_reserved: list[int]
+    # Of those, the updates for fulfillments inventory has not decided at all (no row, not even a rejected one).
+    unknown: list[int] = field(default_factory=list)
+    # Cancelled reserved units of shipments not reserved yet (see `release_cancelled_units`).
+    tombstones: list[Tombstone] = field(default_factory=list)
 
 
 def settle_fulfillments(
@@ -578,10 +651,13 @@ def settle_fulfillments(
     changed_lines: dict[tuple[uuid.UUID, str], Reservation] = {}
     causes: dict[StockKey, int] = {}
     never_reserved: list[int] = []
+    unknown: list[int] = []
     for index, update in enumerate(updates):
         lines = by_shipment.get(update.shipment_id, {})
         if not any(r.state is not ReservationState.rejected for r in lines.values()):
             never_reserved.append(index)
+            if not lines:
+                unknown.append(index)
             continue
         wanted = update.lines if update.lines is not None else {line_id: r.open for line_id, r in lines.items()}
         for line_id, quantity in wanted.items():
@@ -599,7 +675,37 @@ def settle_fulfillments(
             lines[line_id] = changed_lines[(after.shipment_id, line_id)] = after
             causes[reservation.key] = index
     changed = _changed(stock, current)
-    return Settlement(changed, changed_lines, {key: causes[key] for key in changed}, never_reserved)
+    return Settlement(changed, changed_lines, {key: causes[key] for key in changed}, never_reserved, unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class ReservedUnitsCancelled:
+    """Reserved units of a planned shipment the order service cancelled before asking the source for them."""
+
+    order_id: uuid.UUID
+    shipment_id: uuid.UUID
+    line_id: str
+    quantity: int
+    cancelled_at: datetime
+
+
+def release_cancelled_units(
+    stock: Mapping[StockKey, Stock],
+    reservations: Iterable[Reservation],
+    cancelled: Sequence[ReservedUnitsCancelled],
+) -> Settlement:
+    """Give back reserved units the order service cancelled, as a source's cancellation of those lines would.
+
+    A shipment inventory has not decided yet (its plan, on another topic, is on its way) gets a tombstone instead:
+    it is reserved without those units when it comes (`reserve_shipments`). A shipment inventory refused holds
+    nothing to give back. Units beyond what is still reserved of a line move nothing more."""
+    updates = [FulfillmentUpdate.lines_given_back(c.shipment_id, [(c.line_id, c.quantity)]) for c in cancelled]
+    settled = settle_fulfillments(stock, reservations, updates)
+    tombstones = [
+        Tombstone(c.order_id, c.line_id, c.quantity, c.cancelled_at, c.shipment_id)
+        for c in (cancelled[i] for i in settled.unknown)
+    ]
+    return replace(settled, tombstones=tombstones)
 
 
 # --- backorders --------------------------------------------------------------------------------------------------
@@ -644,9 +750,72 @@ class Backorder:
 
 @dataclass(frozen=True, slots=True)
 class LineCancellation:
+    """Waiting units of a line the order service cancelled. `cancelled_at`: when, if it said the units were
+    backordered; units it names that do not wait (yet) are then remembered (`Release.tombstones`). None: an older
+    event that did not say where the units were, whose units not waiting are only reported."""
+
     order_id: uuid.UUID
     line_id: str
     quantity: int
+    cancelled_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewBackorder:
+    """Backordered units of a line that a plan sends to its SKU's queue, with the plan's terms."""
+
+    order_id: uuid.UUID
+    plan_id: uuid.UUID
+    line_id: str
+    sku: str
+    quantity: int
+    terms: ReleaseTerms = ANY_SOURCE
+    # When routing made the plan: only a cancellation after it can be of these units. None: not known (any is).
+    planned_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Joining:
+    """What a batch of plans adds to the queues: one entry per line (`lines`, none at 0), and the tombstones it
+    used (`tombstones`, each with what is left of it: 0 when used up)."""
+
+    lines: list[NewBackorder]
+    tombstones: list[Tombstone]
+
+
+def join_queues(lines: Sequence[NewBackorder], tombstones: Iterable[Tombstone] = ()) -> Joining:
+    """Backordered lines of a batch of plans, as they join their queues (give it each plan's lines once: a plan
+    delivered again is recognised by the caller, by plan and line).
+
+    Units the order service cancelled before the plan arrived are taken out first: each line takes from the
+    tombstones of its (order, line) that were cancelled at or after its plan was made (a cancellation older than the
+    plan cannot be of the units it backorders: it answered an earlier plan, or units served meanwhile), the earliest
+    cancelled first; what a line does not use stays for a later plan. A line named by several plans of the batch
+    (a plan and its re-plan) joins once with all their units, under the first plan's terms; a line left with
+    nothing does not join."""
+    left = [t for t in tombstones if t.shipment_id is None]
+    left.sort(key=lambda t: (t.cancelled_at, t.id or 0))
+    used: dict[int, None] = {}
+    joined: dict[tuple[uuid.UUID, str], NewBackorder] = {}
+    for line in lines:
+        units = line.quantity
+        for i, tombstone in enumerate(left):
+            if units == 0:
+                break
+            if (tombstone.order_id, tombstone.line_id) != (line.order_id, line.line_id) or tombstone.quantity == 0:
+                continue
+            if line.planned_at is not None and tombstone.cancelled_at < line.planned_at:
+                continue
+            taken = min(units, tombstone.quantity)
+            left[i] = replace(tombstone, quantity=tombstone.quantity - taken)
+            used[i] = None
+            units -= taken
+        if units == 0:
+            continue
+        key = (line.order_id, line.line_id)
+        seen = joined.get(key)
+        joined[key] = replace(line, quantity=units) if seen is None else replace(seen, quantity=seen.quantity + units)
+    return Joining(list(joined.values()), [left[i] for i in used])
 
 
 @dataclass(frozen=True, slots=True)
@@ -723,11 +892,31 @@ class Release:
     allocations: list[Allocation]
     short: frozenset[str] = frozenset()
     unlocked: frozenset[str] = frozenset()
+    # Cancelled units that found no waiting units of their line (all of a cancellation, or what exceeded the line).
     unmatched: list[LineCancellation] = field(default_factory=list)
 
     @property
     def stands(self) -> bool:
         return not self.short and not self.unlocked
+
+    @property
+    def tombstones(self) -> list[Tombstone]:
+        """Backordered units the order service cancelled that wait nowhere yet: the plan that queues them may still
+        be on its way (it travels on another topic), so they are remembered for it."""
+        return [
+            Tombstone(c.order_id, c.line_id, c.quantity, c.cancelled_at)
+            for c in self.unmatched
+            if c.cancelled_at is not None
+        ]
+
+    def still_waiting(self, joined: Mapping[int, int], waiting: Mapping[int, int]) -> dict[int, int]:
+        """Of the units that just joined each line (by arrival), those still waiting after this release: what
+        `backorder_queued` announces. `waiting` is what each line waited with before the release. A line served at
+        once is left out: its allocation alone tells the order, which accepts units it has not seen queued, and the
+        customer is never told to wait for units that already ship."""
+        after = {line.arrival: line.waiting for line in self.lines}
+        left = {arrival: min(units, after.get(arrival, waiting[arrival])) for arrival, units in joined.items()}
+        return {arrival: units for arrival, units in left.items() if units > 0}
 
 
 def release_backorders(
@@ -769,8 +958,9 @@ def release_backorders(
     longer shipping to its country) gives its claims back there and is anchored nowhere again; every source that
     has units of its SKUs available walks. `cancelled` lowers waiting quantities (a line leaves the queue at 0) and
     gives back the claims the lines no longer need, which is an increase like any other; a group that lost a line
-    is looked at again at its anchor. `reconsidered` sources (whose terms changed: activated, new countries) walk
-    every SKU they have available, as if it had just arrived."""
+    is looked at again at its anchor; cancelled units that find nothing waiting are reported (`Release.unmatched`).
+    `reconsidered` sources (whose terms changed: activated, new countries) walk every SKU they have available, as if
+    it had just arrived."""
     release = _Release(stock, queue, sources, now, new_shipment_id)
     release.shrink_claims()
     release.unanchor_where_unservable()
@@ -813,6 +1003,14 @@ class _Release:
             self.by_line[(line.order_id, line.line_id)] = arrival
             if line.whole:
                 self.groups.setdefault(line.order_id, []).append(arrival)
+        for order_id in self.groups:
+            # A line that joined an order already gathering somewhere (a re-plan of one of its lines) gathers there
+            # too: the group has one anchor, and every stored line of it says where.
+            members = self._members(order_id)
+            anchor = next((m.anchor for m in members if m.anchor), None)
+            for member in members:
+                if anchor is not None and member.anchor is None:
+                    self._put(replace(member, anchor=anchor))
         # Sources with something to walk, in the order their stock rose, and the SKUs that rose there.
         self.pending: dict[str, dict[str, None]] = {}
         self.shipments: dict[tuple[uuid.UUID, str], dict[str, AllocatedLine]] = {}
@@ -870,6 +1068,9 @@ class _Release:
         if line is None or line.state is not BackorderState.waiting:
             self.unmatched.append(cancellation)
             return
+        if cancellation.quantity > line.waiting:
+            # More was cancelled than waits: the rest has not joined yet (its plan is on its way) or left meanwhile.
+            self.unmatched.append(replace(cancellation, quantity=cancellation.quantity - line.waiting))
         waiting = line.waiting - min(cancellation.quantity, line.waiting)
         excess = max(line.set_aside - waiting, 0)
         if excess:
@@ -1088,6 +1289,11 @@ def expected_dates(
     Correct for a line when every older waiting line of its SKU is among `lines`."""
     waiting = sorted((line for line in lines if line.state is BackorderState.waiting), key=lambda x: x.arrival)
     missing = {line.arrival: line.missing for line in waiting}
+    # Where each order that ships complete gathers: a line that joined it later may not say so yet.
+    anchors: dict[uuid.UUID, str] = {}
+    for line in waiting:
+        if line.whole and line.anchor is not None:
+            anchors.setdefault(line.order_id, line.anchor)
     dates: dict[int, date] = {}
     announced = sorted(
         (e for e in expected if e.outstanding > 0), key=lambda e: (e.expected_date, e.id if e.id is not None else 0)
@@ -1102,7 +1308,7 @@ def expected_dates(
                 break
             if line.sku != receipt.sku or missing[line.arrival] == 0 or not source.serves(line.terms):
                 continue
-            if line.whole and line.anchor not in (None, receipt.source_code):
+            if line.whole and anchors.get(line.order_id) not in (None, receipt.source_code):
                 continue
             used = min(units, missing[line.arrival])
             missing[line.arrival] -= used

@@ -10,13 +10,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
 import asyncpg
 
 from oms_contracts.common import Line as LineData
+from oms_contracts.common import ReturnCondition
 from oms_contracts.fulfillment import FulfillmentCancelled, FulfillmentRejected, FulfillmentShipped
 from oms_contracts.inventory import (
     BackorderAllocated,
@@ -27,6 +28,7 @@ from oms_contracts.inventory import (
     LowStock,
     LowStockData,
     ReceiptExpected,
+    ReceiptReason,
     ReservationRejected,
     ReservationRejectedData,
     ShipmentReserved,
@@ -37,7 +39,7 @@ from oms_contracts.inventory import (
     StockReceived,
 )
 from oms_contracts.inventory import Shortage as ShortageData
-from oms_contracts.order import LinesCancelled
+from oms_contracts.order import LinesCancelled, LinesReturned, UnitsFrom
 from oms_contracts.routing import SourceDeactivated, SourceUpserted
 from oms_contracts.topics import (
     FULFILLMENT_UPDATES,
@@ -57,11 +59,13 @@ from oms_inventory.domain import (
     InvalidShipment,
     Line,
     LineCancellation,
+    NewBackorder,
     QueueView,
     Receipt,
     Release,
     ReleaseTerms,
     ReservationDecision,
+    ReservedUnitsCancelled,
     ShipmentRequest,
     SourceGone,
     SourceState,
@@ -70,8 +74,10 @@ from oms_inventory.domain import (
     apply_receipts,
     expected_dates,
     fell_below_threshold,
+    join_queues,
     network_changes,
     release_backorders,
+    release_cancelled_units,
     reserve_shipments,
     settle_fulfillments,
     stock_at,
@@ -119,11 +125,13 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
     async def on_plans(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Fulfillment plans: each planned shipment is reserved at its source all or nothing (shipment_reserved,
         or reservation_rejected with the shortages); backordered lines join their SKU's FIFO queue with the plan's
-        terms (country, pickup store, ship complete) and are announced with their place and expected date
-        (backorder_queued). Where a source already holds available units of a SKU that gained waiting lines
-        (routing planned on a view of stock that lagged), it serves that queue at once, oldest line first
-        (backorder_allocated, after the backorder_queued of the same order). Unfulfillable lines are the order
-        service's business. Publishes the new stock levels."""
+        terms (country, pickup store, ship complete), and units of a line that still waits are added to it at its
+        place. Units the order service cancelled before the plan arrived are neither reserved nor queued, and a plan
+        delivered again adds nothing. Where a source already holds available units of a SKU that gained waiting
+        lines (routing planned on a view of stock that lagged), it serves that queue at once, oldest line first
+        (backorder_allocated); units still waiting after that are announced with their place and expected date
+        (backorder_queued, before the allocations of the same order). Unfulfillable lines are the order service's
+        business. Publishes the new stock levels."""
         await receive_plans(tx, messages, threshold)
 
     @service.consumer(FULFILLMENT_UPDATES)
@@ -135,9 +143,15 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
 
     @service.consumer(ORDER_EVENTS)
     async def on_order_events(tx: Transaction, messages: list[Incoming[Any]]) -> None:
-        """Lines cancelled on an order: their waiting units leave the backorder queue (a line at 0 leaves it), and
-        units set aside for them serve the next waiting lines. Every other order event is skipped."""
-        await receive_order_events(tx, messages, threshold)
+        """Facts the order service decided after the sale. Lines cancelled: backordered units leave the backorder
+        queue (a line at 0 leaves it) and units set aside for them serve the next waiting lines; reserved units are
+        released from their shipment's reservation and serve the SKU's waiting lines at that source first (FIFO);
+        requested and open units hold nothing here. Units cancelled before the plan that queues or reserves them
+        arrived are remembered and never queued or reserved. Lines returned: resellable units are restocked at the
+        source that received them (on hand up, the SKU's waiting lines served first, stock level published); damaged
+        units are not; a return to restock at a source that is unknown or inactive is refused to the dead-letter
+        topic and changes nothing. Every other order event is skipped."""
+        await receive_order_events(tx, messages, settings)
 
 
 # --- the network -------------------------------------------------------------------------------------------------
@@ -208,7 +222,7 @@ async def receive_stock(tx: Transaction, messages: list[Incoming[Any]], threshol
 def _movement(event: StockReceived | StockCounted | ReceiptExpected) -> Receipt | Count | Expectation:
     d = event.data
     if isinstance(event, StockReceived):
-        return Receipt(d.sku, d.source_code, d.quantity, d.reference)
+        return Receipt(d.sku, d.source_code, d.quantity, d.reference, returned=d.reason is ReceiptReason.return_)
     if isinstance(event, ReceiptExpected):
         return Expectation(d.sku, d.source_code, d.quantity, d.expected_date, d.reference)
     return Count(d.sku, d.source_code, d.on_hand)
@@ -231,6 +245,8 @@ def _refusal(movement: Receipt | Count | Expectation, known: SourceState | None)
 async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshold: int) -> None:
     shipments: list[ShipmentRequest] = []
     cause_of_shipment: list[Incoming[Any]] = []
+    new_lines: list[NewBackorder] = []
+    plan_cause: dict[uuid.UUID, Incoming[Any]] = {}
     for m in messages:
         plan = m.event.data
         for s in plan.shipments:
@@ -240,24 +256,23 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
             except InvalidShipment as error:
                 raise Refused(str(error)) from error
             cause_of_shipment.append(m)
-    new_lines = [
-        store.NewBackorder(
-            plan.order_id,
-            plan.plan_id,
-            line.line_id,
-            line.sku,
-            line.quantity,
-            ReleaseTerms(plan.ship_to_country, plan.pickup_source, plan.ship_complete),
-        )
-        for plan in (m.event.data for m in messages)
-        for line in plan.backordered_lines
-    ]
+        if plan.plan_id in plan_cause:
+            # The same plan twice in one batch (delivered again under another event id): its lines join once.
+            continue
+        plan_cause[plan.plan_id] = m
+        terms = ReleaseTerms(plan.ship_to_country, plan.pickup_source, plan.ship_complete)
+        new_lines += [
+            NewBackorder(plan.order_id, plan.plan_id, x.line_id, x.sku, x.quantity, terms, plan.planned_at)
+            for x in plan.backordered_lines
+        ]
     pg = await tx.pg()
     # Lines join their queues under the queue locks of their SKUs (and every stock row of those SKUs is locked):
     # a release of one of them running at the same time has either committed its stock, which this batch then
     # offers the new lines, or waits and then finds the new lines in the queue. Reserving alone takes no queue
     # lock: it only takes units that are available, which no waiting line the source may serve wants (a release
-    # served it first, or set the units aside).
+    # served it first, or set the units aside). The shipment locks come first: a cancellation of reserved units
+    # that finds no reservation writes its tombstone under them, so this batch sees the tombstone or the
+    # cancellation sees the reservation.
     # The network, when lines join: a release needs it (which source may serve which line), and so do their dates.
     sources = await store.all_sources(pg) if new_lines else {}
     batch = await _Batch.lock(
@@ -266,6 +281,7 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
         sources,
         keys=(key for s in shipments for key in s.stock_keys()),
         orders={line.order_id for line in new_lines if line.terms.ship_complete},
+        shipments={s.shipment_id for s in shipments},
     )
     # After the locks: a concurrent batch deciding the same shipment has committed by now.
     decided = await store.decided_shipments(pg, {s.shipment_id for s in shipments})
@@ -273,22 +289,30 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
         if s.shipment_id in decided:
             # Its decision and event were committed together before; the outbox publishes that one.
             log.info("shipment %s of order %s already decided; not reserved again", s.shipment_id, s.order_id)
-    result = reserve_shipments(batch.before, shipments, decided)
+    recorded = await store.record_joins(pg, new_lines)
+    for line in new_lines:
+        if (line.plan_id, line.line_id) not in recorded:
+            log.info(
+                "line %s of order %s already joined its queue from plan %s", line.line_id, line.order_id, line.plan_id
+            )
+    new_lines = [line for line in new_lines if (line.plan_id, line.line_id) in recorded]
+    tombstones = await store.tombstones_of(
+        pg, {s.shipment_id for s in shipments} - decided, {(line.order_id, line.line_id) for line in new_lines}
+    )
+    result = reserve_shipments(batch.before, shipments, decided, tombstones)
+    joining = join_queues(new_lines, tombstones)
+    reserved_now = {d.shipment.shipment_id for d in result.decisions}
+    # A shipment's tombstones are used up by its decision, whatever it was: the units are not held either way.
+    used = [*joining.tombstones, *(replace(t, quantity=0) for t in tombstones if t.shipment_id in reserved_now)]
+    await store.use_tombstones(pg, used)
     batch.moved(result.stock)
     await store.insert_reservations(pg, result.reservations())
 
-    queued = await store.queue_backorders(pg, new_lines)
-    sku_of = {
-        queued[(plan.order_id, line.line_id)]: line.sku
-        for plan in (m.event.data for m in messages)
-        for line in plan.backordered_lines
-        if (plan.order_id, line.line_id) in queued
-    }
-    places = await _places_of_new_lines(pg, sku_of, sources)
+    queued = await store.queue_backorders(pg, joining.lines)
     # Routing may have backordered a line for which a source already holds stock (its view of stock lags): that
     # source serves the queue now, oldest line first, instead of leaving the line to wait for a receipt that may
     # never come.
-    batch.offer(where_new_lines_may_be_served(batch.after, set(sku_of.values())))
+    batch.offer(where_new_lines_may_be_served(batch.after, {line.sku for line in joining.lines}))
     release = await _serve_backorders(batch)
     await batch.save(release)
 
@@ -298,56 +322,84 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
     ship_by = {s.shipment_id: s.estimated_ship_date for m in messages for s in m.event.data.shipments}
     for decision in result.decisions:
         shipment_id = decision.shipment.shipment_id
+        if decision.emptied:
+            # shipment_reserved names at least one unit; the order service cancelled every one of them, so it has
+            # nothing to request and waits for nothing (docs/architecture.md, "Cancelled units").
+            log.info(
+                "every unit of shipment %s was cancelled before it was reserved; nothing is held",
+                shipment_id,
+                extra={"order_id": str(decision.shipment.order_id)},
+            )
+            continue
         tx.emit(_reservation_event(decision, ship_by[shipment_id]), cause=plan_of_shipment[shipment_id])
+
+    # Only units still waiting after the release are announced as queued: a line served at once is told by its
+    # allocation alone (the order service accepts units it has not seen queued), and the customer is never mailed
+    # to wait for units that ship now.
+    arrival_of = {(x.order_id, x.line_id): queued[(x.order_id, x.line_id)].arrival for x in joining.lines}
+    waiting = release.still_waiting(
+        {arrival_of[(x.order_id, x.line_id)]: x.quantity for x in joining.lines},
+        {q.arrival: q.waiting for q in queued.values()},
+    )
+    announced = [x for x in joining.lines if arrival_of[(x.order_id, x.line_id)] in waiting]
+    places = await _places_of_lines(
+        pg,
+        {arrival_of[(x.order_id, x.line_id)]: x.sku for x in announced},
+        {q.arrival for q in queued.values() if q.new},
+        sources,
+    )
     queued_by_sku: dict[str, Incoming[Any]] = {}
-    for m in messages:
-        plan = m.event.data
-        joined = [line for line in plan.backordered_lines if (plan.order_id, line.line_id) in queued]
-        if joined:
-            lines = []
-            for line in joined:
-                arrival = queued.pop((plan.order_id, line.line_id))
-                position, expected = places[arrival]
-                lines.append(
-                    BackorderedLine(
-                        line_id=line.line_id,
-                        sku=line.sku,
-                        quantity=line.quantity,
-                        position=position,
-                        expected_date=expected,
-                    )
-                )
-                queued_by_sku[line.sku] = m
-            data = BackorderQueuedData(order_id=plan.order_id, lines=lines)
-            tx.emit(BackorderQueued(source=SOURCE, subject=str(plan.order_id), data=data), cause=m)
+    by_plan: dict[uuid.UUID, list[BackorderedLine]] = {}
+    for x in announced:
+        arrival = arrival_of[(x.order_id, x.line_id)]
+        position, expected = places[arrival]
+        line = BackorderedLine(
+            line_id=x.line_id, sku=x.sku, quantity=waiting[arrival], position=position, expected_date=expected
+        )
+        by_plan.setdefault(x.plan_id, []).append(line)
+        queued_by_sku[x.sku] = plan_cause[x.plan_id]
+    for plan_id, lines in by_plan.items():
+        m = plan_cause[plan_id]
+        data = BackorderQueuedData(order_id=m.event.data.order_id, lines=lines)
+        tx.emit(BackorderQueued(source=SOURCE, subject=str(data.order_id), data=data), cause=m)
     # Allocations after every backorder_queued: both travel on the allocations topic keyed by order, so the order
     # service learns that units wait before it learns that they were served.
     reserved_by = {key: cause_of_shipment[i] for key, i in result.causes.items()}
     batch.emit(tx, release, _Causes(messages[-1], queued_by_sku, reserved_by), threshold)
 
 
-async def _places_of_new_lines(
-    pg: asyncpg.Connection, sku_of: Mapping[int, str], sources: Mapping[str, SourceState]
+async def _places_of_lines(
+    pg: asyncpg.Connection, sku_of: Mapping[int, str], appended: Collection[int], sources: Mapping[str, SourceState]
 ) -> dict[int, tuple[int, date | None]]:
-    """Each new line's place in its SKU's queue (by arrival), and its expected date when announced receipts give
-    one."""
+    """Each waiting line's live place in its SKU's queue (by arrival), and its expected date when announced
+    receipts give one. Lines this batch `appended` stand together at the back of their queues (the batch holds
+    their queue locks): what waits ahead of the first of them is counted once per SKU, and the rest follow in
+    arrival order. A line that gained units stands where it stood, and is counted on its own."""
     if not sku_of:
         return {}
     firsts: dict[str, int] = {}
+    counted_alone: dict[int, str] = {}
     for arrival in sorted(sku_of):
-        firsts.setdefault(sku_of[arrival], arrival)
-    ahead = await store.waiting_before(pg, firsts)
+        if arrival in appended:
+            firsts.setdefault(sku_of[arrival], arrival)
+        else:
+            counted_alone[arrival] = sku_of[arrival]
+    ahead = await store.waiting_ahead(pg, {**counted_alone, **{arrival: sku for sku, arrival in firsts.items()}})
     places: dict[int, tuple[int, date | None]] = {}
-    counted: dict[str, int] = {}
+    behind_first: dict[str, int] = {}
     for arrival in sorted(sku_of):
         sku = sku_of[arrival]
-        counted[sku] = counted.get(sku, 0) + 1
-        places[arrival] = (ahead[sku] + counted[sku], None)
-    expected = await store.open_expected_receipts(pg, firsts)
+        if arrival in counted_alone:
+            places[arrival] = (ahead[arrival] + 1, None)
+        else:
+            behind_first[sku] = behind_first.get(sku, 0) + 1
+            places[arrival] = (ahead[firsts[sku]] + behind_first[sku], None)
+    skus = set(sku_of.values())
+    expected = await store.open_expected_receipts(pg, skus)
     if expected:
         # Dating a line means handing announced units to every line ahead of it first: read those queues whole, and
         # those of SKUs without announcements too (an order that ships complete waits for its last line).
-        queue = await store.waiting_queue(pg, set(firsts))
+        queue = await store.waiting_queue(pg, skus)
         dates = expected_dates(queue, expected, sources)
         for arrival, (position, _) in places.items():
             places[arrival] = (position, dates.get(arrival))
@@ -356,7 +408,8 @@ async def _places_of_new_lines(
 
 def _reservation_event(decision: ReservationDecision, ship_by: date) -> ShipmentReserved | ReservationRejected:
     s = decision.shipment
-    lines = [LineData(line_id=line.line_id, sku=line.sku, quantity=line.quantity) for line in s.lines]
+    # What was asked of the source once units cancelled ahead of the plan are taken out.
+    lines = [LineData(line_id=line.line_id, sku=line.sku, quantity=line.quantity) for line in decision.lines]
     ref = {"order_id": s.order_id, "shipment_id": s.shipment_id, "source_code": s.source_code, "lines": lines}
     if decision.reserved:
         data = ShipmentReservedData(**ref, plan_id=s.plan_id, ship_by=ship_by)
@@ -422,34 +475,114 @@ def _line_units(lines: Sequence[Any]) -> list[tuple[str, int]]:
 # --- order events ------------------------------------------------------------------------------------------------
 
 
-async def receive_order_events(tx: Transaction, messages: list[Incoming[Any]], threshold: int) -> None:
+async def receive_order_events(tx: Transaction, messages: list[Incoming[Any]], settings: InventorySettings) -> None:
     cancelled = [m for m in messages if isinstance(m.event, LinesCancelled)]
-    if not cancelled:
+    returned = [m for m in messages if isinstance(m.event, LinesReturned)]
+    if not cancelled and not returned:
         return
-    cancellations = [
-        LineCancellation(m.event.data.order_id, line.line_id, line.quantity)
-        for m in cancelled
-        for line in m.event.data.lines
-    ]
-    orders = {c.order_id for c in cancellations}
     pg = await tx.pg()
-    # Read without locks to learn which queues to lock; read again under the locks below.
-    wanted = {(c.order_id, c.line_id) for c in cancellations}
-    skus = {
-        line.sku for line in await store.waiting_lines_of_orders(pg, orders) if (line.order_id, line.line_id) in wanted
-    }
-    if not skus:
+    sources = await store.all_sources(pg)
+    receipts, receipt_causes = _returns(returned, sources)
+    # Where the cancelled units were decides what inventory gives back (docs/architecture.md, "Cancelled units").
+    waiting: list[LineCancellation] = []
+    reserved: list[ReservedUnitsCancelled] = []
+    reserved_causes: list[Incoming[Any]] = []
+    skus_named: set[str] = set()
+    for m in cancelled:
+        d, at = m.event.data, m.event.time
+        if not d.units:
+            # An older event that does not say where the units were: its lines leave the queue as far as they wait.
+            waiting += [LineCancellation(d.order_id, line.line_id, line.quantity) for line in d.lines]
+            continue
+        for u in d.units:
+            if u.from_state is UnitsFrom.backordered:
+                waiting.append(LineCancellation(d.order_id, u.line_id, u.quantity, at))
+                skus_named.add(u.sku)
+            elif u.from_state is UnitsFrom.reserved:
+                if u.fulfillment_id is None:
+                    raise Refused(
+                        f"order {d.order_id}: {u.quantity} reserved unit(s) of line {u.line_id} cancelled without "
+                        "the fulfillment_id of the shipment that holds them"
+                    )
+                reserved.append(ReservedUnitsCancelled(d.order_id, u.fulfillment_id, u.line_id, u.quantity, at))
+                reserved_causes.append(m)
+            # open: nothing was held. requested: the source's fulfillment.cancelled has already given them back.
+    orders = {c.order_id for c in waiting}
+    if waiting:
+        # Read without locks to learn which queues to lock; read again under the locks below. A backordered unit
+        # names its SKU: that queue is locked even when nothing waits, so that its tombstone and the plan that
+        # queues the line never miss each other.
+        wanted = {(c.order_id, c.line_id) for c in waiting}
+        lines = await store.waiting_lines_of_orders(pg, orders)
+        skus_named |= {line.sku for line in lines if (line.order_id, line.line_id) in wanted}
+    if not skus_named and not reserved and not receipts:
         log.info("lines cancelled on %d order(s), none of them waiting for stock", len(orders))
         return
-    batch = await _Batch.lock(pg, skus, await store.all_sources(pg))
-    release = await _serve_backorders(batch, cancelled=cancellations, orders=orders, read=skus)
+    # Shipment locks, then reservation rows, then queues and stock: the order every consumer takes them in.
+    shipment_ids = {c.shipment_id for c in reserved}
+    await store.lock_shipments(pg, shipment_ids)
+    reservations = await store.lock_reservations(pg, shipment_ids)
+    skus = skus_named | {r.sku for r in reservations} | {r.sku for r in receipts}
+    batch = await _Batch.lock(pg, skus, sources, create=[r.key for r in receipts])
+    settled = release_cancelled_units(batch.before, reservations, reserved)
+    restocked = apply_receipts({**batch.before, **settled.stock}, receipts)
+    batch.moved({**settled.stock, **restocked.stock})
+    await store.save_reservations(pg, list(settled.reservations.values()))
+    release = await _serve_backorders(batch, cancelled=waiting, orders=orders, read=skus_named)
     for c in release.unmatched:
-        # Not waiting (served or never backordered): releasing what is reserved for it is the order service's
-        # cancellation flow with its source, not the queue's.
-        log.info("line %s of order %s cancelled; it waits in no queue", c.line_id, c.order_id)
+        if c.cancelled_at is None:
+            # Not waiting (served or never backordered), and the event does not say where the units were.
+            log.info("line %s of order %s cancelled; it waits in no queue", c.line_id, c.order_id)
+    for t in [*settled.tombstones, *release.tombstones]:
+        where = f"shipment {t.shipment_id} not reserved yet" if t.shipment_id else "no queue yet"
+        log.info(
+            "%d unit(s) of line %s of order %s cancelled ahead of their plan (%s): remembered",
+            t.quantity,
+            t.line_id,
+            t.order_id,
+            where,
+        )
+    await store.add_tombstones(pg, [*settled.tombstones, *release.tombstones], settings.tombstone_days)
     await batch.save(release)
     by_sku = {line.sku: m for m in cancelled for line in release.lines if line.order_id == m.event.data.order_id}
-    batch.emit(tx, release, _Causes(cancelled[-1], by_sku), threshold)
+    by_sku |= {r.sku: receipt_causes[i] for i, r in enumerate(receipts)}
+    by_key = {key: reserved_causes[i] for key, i in settled.causes.items()}
+    by_key |= {key: receipt_causes[i] for key, i in restocked.causes.items()}
+    batch.emit(tx, release, _Causes(messages[-1], by_sku, by_key), settings.low_stock_threshold)
+
+
+def _returns(
+    returned: list[Incoming[Any]], sources: Mapping[str, SourceState]
+) -> tuple[list[Receipt], list[Incoming[Any]]]:
+    """Resellable units of accepted returns, as receipts at the source that received them; damaged units are not
+    restocked. A return with units to restock at a source that is unknown or inactive is refused: nothing is
+    written yet, and the runtime replays the batch one message at a time and dead-letters it."""
+    receipts: list[Receipt] = []
+    causes: list[Incoming[Any]] = []
+    for m in returned:
+        d = m.event.data
+        for line in d.lines:
+            if line.condition is not ReturnCondition.resellable:
+                log.info(
+                    "return %s: %d %s of line %s came back %s; not restocked",
+                    d.return_id,
+                    line.quantity,
+                    line.sku,
+                    line.line_id,
+                    line.condition.value,
+                    extra={"order_id": str(d.order_id)},
+                )
+                continue
+            known = sources.get(d.source_code)
+            if known is None or not known.active:
+                state = "unknown" if known is None else "inactive"
+                raise Refused(
+                    f"return {d.return_id}: {state} source {d.source_code!r}; returned units are restocked only at "
+                    "active sources in the network (oms.routing.network.v1)"
+                )
+            receipts.append(Receipt(line.sku, d.source_code, line.quantity, returned=True))
+            causes.append(m)
+    return receipts, causes
 
 
 # --- serving the queues ------------------------------------------------------------------------------------------
@@ -481,11 +614,13 @@ class _Batch:
         create: Iterable[StockKey] = (),
         keys: Iterable[StockKey] = (),
         orders: Collection[uuid.UUID] = (),
+        shipments: Collection[uuid.UUID] = (),
     ) -> _Batch:
-        """Queue locks, then stock rows (see store's lock order), of `skus` and of the SKUs of orders that ship
-        complete and wait for one of them (or are `orders`); and the stock rows of `keys`, in the same statement."""
+        """Shipment locks of `shipments`, queue locks, then stock rows (see store's lock order), of `skus` and of
+        the SKUs of orders that ship complete and wait for one of them (or are `orders`); and the stock rows of
+        `keys`, in the same statement."""
         locked = frozenset(await store.queue_skus(pg, skus, orders))
-        await store.lock_queues(pg, locked)
+        await store.lock_queues(pg, locked, shipments)
         return cls(pg, sources, locked, await store.lock_stock_of_skus(pg, locked, create, keys))
 
     def moved(self, changed: Mapping[StockKey, Stock]) -> None:

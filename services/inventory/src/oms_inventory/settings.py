@@ -11,3 +11,6 @@ class InventorySettings(ServiceSettings):
     http_port: int = service_field("inventory", "http_port", 8083)
     # `inventory.low_stock.v1` goes out when a (sku, source)'s available units drop below this, from at or above it.
     low_stock_threshold: int = service_field("inventory", "low_stock_threshold", 5)
+    # How long a cancellation that overtook its plan is remembered (a tombstone) for that plan to come; a plan
+    # later than that is not coming, or its consumer has been stopped for days (an incident of its own).
+    tombstone_days: int = service_field("inventory", "tombstone_days", 7)

@@ -2,7 +2,11 @@
 asyncpg on the batch's transaction), never one per line.
 
 Locks, always taken in this order, so that two instances queue behind each other instead of deadlocking:
-1. reservation rows (fulfillment updates only), by (shipment_id, line_id);
+0. the shipment lock of each planned shipment whose units a cancellation may name before it is reserved (a
+   transaction-level advisory lock per shipment id, in key order): a batch of plans holds it while it reads the
+   shipment's tombstones and reserves it, a batch of cancellations while it finds no reservation and writes the
+   tombstone, so a tombstone is never written beside a reservation that missed it;
+1. reservation rows (fulfillment updates and cancellations of reserved units), by (shipment_id, line_id);
 2. the queue lock of each SKU whose waiting lines the transaction will change or join (`lock_queues`: a
    transaction-level advisory lock per SKU, in the order of its key). Whoever reads waiting lines to change them
    holds it, so two releases never serve the same line twice; a plan that queues lines holds it too, so that a
@@ -30,12 +34,14 @@ from oms_inventory.domain import (
     Backorder,
     BackorderState,
     ExpectedReceipt,
+    NewBackorder,
     ReleaseTerms,
     Reservation,
     ReservationState,
     SourceState,
     Stock,
     StockKey,
+    Tombstone,
 )
 from oms_runtime import add_messaging_tables
 
@@ -134,6 +140,39 @@ backorders = sa.Table(
         unique=True,
         postgresql_where=sa.text("state = 'waiting'"),
     ),
+)
+
+
+# Which plan queued which line: a plan delivered again under a new event id (past the inbox) never adds its units
+# twice, while a re-plan that backorders more units of a line that still waits adds them (see `queue_backorders`).
+backorder_joins = sa.Table(
+    "backorder_joins",
+    metadata,
+    sa.Column("plan_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("line_id", sa.Text, primary_key=True),
+    sa.Column("order_id", UUID(as_uuid=True), nullable=False),
+    # What the plan backordered (before any tombstone was subtracted).
+    sa.Column("quantity", sa.BigInteger, nullable=False),
+    sa.Column("joined_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+)
+
+# Units the order service cancelled before inventory held them (domain.Tombstone): its cancellation overtook the
+# plan. Used up when the plan comes; what no plan uses is pruned after the retention (settings.tombstone_days).
+tombstones = sa.Table(
+    "tombstones",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("order_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("line_id", sa.Text, nullable=False),
+    # NULL: backordered units (subtracted when the line joins its queue); else reserved units of that shipment.
+    sa.Column("shipment_id", UUID(as_uuid=True), nullable=True),
+    sa.Column("quantity", sa.BigInteger, nullable=False),
+    sa.Column("cancelled_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.CheckConstraint("quantity > 0", name="tombstones_quantity_positive"),
+    sa.Index("tombstones_of_lines", "order_id", "line_id", postgresql_where=sa.text("shipment_id IS NULL")),
+    sa.Index("tombstones_of_shipments", "shipment_id", postgresql_where=sa.text("shipment_id IS NOT NULL")),
+    sa.Index("tombstones_by_age", "created_at"),
 )
 
 
@@ -268,20 +307,31 @@ async def all_sources(pg: asyncpg.Connection) -> dict[str, SourceState]:
 # --- stock -------------------------------------------------------------------------------------------------------
 
 
-async def lock_queues(pg: asyncpg.Connection, skus: Collection[str]) -> None:
-    """Take the queue lock of each SKU (held to the end of the transaction), in key order."""
-    if not skus:
+async def lock_queues(pg: asyncpg.Connection, skus: Collection[str], shipments: Collection[uuid.UUID] = ()) -> None:
+    """Take the shipment lock of each shipment, then the queue lock of each SKU (held to the end of the
+    transaction), each kind in key order, in one statement."""
+    if not skus and not shipments:
         return
     # The subquery sorts before the (volatile) lock function runs on each row, so every transaction takes its
-    # locks in the same order.
+    # locks in the same order: shipments (lock 0 of the order above) before queues (lock 2).
     await pg.execute(
         """
         SELECT pg_advisory_xact_lock(k)
-        FROM (SELECT DISTINCT hashtextextended('oms.inventory.queue:' || s, 0) AS k
-              FROM unnest($1::text[]) AS s ORDER BY k) AS q
+        FROM (SELECT DISTINCT kind, k FROM (
+                  SELECT 0 AS kind, hashtextextended('oms.inventory.shipment:' || id::text, 0) AS k
+                  FROM unnest($2::uuid[]) AS id
+                  UNION ALL
+                  SELECT 1, hashtextextended('oms.inventory.queue:' || s, 0) FROM unnest($1::text[]) AS s
+              ) AS keys ORDER BY kind, k) AS q
         """,
         sorted(skus),
+        sorted(shipments),
     )
+
+
+async def lock_shipments(pg: asyncpg.Connection, shipments: Collection[uuid.UUID]) -> None:
+    """Take the shipment lock of each shipment, before any reservation row (see the lock order above)."""
+    await lock_queues(pg, (), shipments)
 
 
 async def queue_skus(pg: asyncpg.Connection, skus: Collection[str], orders: Collection[uuid.UUID] = ()) -> set[str]:
@@ -413,9 +463,10 @@ async def insert_reservations(pg: asyncpg.Connection, rows: Sequence[Reservation
         return
     await pg.execute(
         """
-        INSERT INTO reservations (shipment_id, line_id, order_id, plan_id, sku, source_code, quantity, state)
+        INSERT INTO reservations (shipment_id, line_id, order_id, plan_id, sku, source_code, quantity, state,
+                                  released)
         SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::int8[],
-                             $8::text[])
+                             $8::text[], $9::int8[])
         """,
         [r.shipment_id for r in rows],
         [r.line_id for r in rows],
@@ -425,6 +476,8 @@ async def insert_reservations(pg: asyncpg.Connection, rows: Sequence[Reservation
         [r.source_code for r in rows],
         [r.quantity for r in rows],
         [r.state.value for r in rows],
+        # Units cancelled before the shipment was reserved: released from the start (domain.ReservationDecision).
+        [r.released for r in rows],
     )
 
 
@@ -479,21 +532,45 @@ async def save_reservations(pg: asyncpg.Connection, changed: Collection[Reservat
 # --- backorders --------------------------------------------------------------------------------------------------
 
 
+async def record_joins(pg: asyncpg.Connection, lines: Sequence[NewBackorder]) -> set[tuple[uuid.UUID, str]]:
+    """Record which plan backordered which line; returns the (plan_id, line_id) recorded now, leaving out those a
+    plan delivered before under another event id already recorded."""
+    if not lines:
+        return set()
+    rows = await pg.fetch(
+        """
+        INSERT INTO backorder_joins (plan_id, line_id, order_id, quantity)
+        SELECT plan_id, line_id, order_id, quantity
+        FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int8[]) AS l(plan_id, line_id, order_id, quantity)
+        ON CONFLICT (plan_id, line_id) DO NOTHING
+        RETURNING plan_id, line_id
+        """,
+        [line.plan_id for line in lines],
+        [line.line_id for line in lines],
+        [line.order_id for line in lines],
+        [line.quantity for line in lines],
+    )
+    return {(row["plan_id"], row["line_id"]) for row in rows}
+
+
 @dataclass(frozen=True, slots=True)
-class NewBackorder:
-    order_id: uuid.UUID
-    plan_id: uuid.UUID
-    line_id: str
-    sku: str
-    quantity: int
-    terms: ReleaseTerms
+class Queued:
+    """A line that joined its queue, or gained units in it: where it stands and what it waits for now."""
+
+    arrival: int
+    waiting: int
+    new: bool
 
 
-async def queue_backorders(pg: asyncpg.Connection, lines: Sequence[NewBackorder]) -> dict[tuple[uuid.UUID, str], int]:
-    """Queue lines in the given order; returns the arrival of each (order_id, line_id) that joined, leaving out
-    lines already waiting (they keep their place)."""
+async def queue_backorders(
+    pg: asyncpg.Connection, lines: Sequence[NewBackorder]
+) -> dict[tuple[uuid.UUID, str], Queued]:
+    """Queue lines in the given order (one entry per (order_id, line_id): see `domain.join_queues`). A line that
+    already waits gains the units at its place instead: one waiting entry per line, the place its line took when it
+    first waited (docs/architecture.md, "The backorder queue")."""
     if not lines:
         return {}
+    # xmax is 0 exactly for a row this statement inserted (an updated row carries this transaction's id).
     rows = await pg.fetch(
         """
         INSERT INTO backorders (order_id, plan_id, line_id, sku, quantity, waiting, ship_to_country, pickup_source,
@@ -503,8 +580,10 @@ async def queue_backorders(pg: asyncpg.Connection, lines: Sequence[NewBackorder]
             WITH ORDINALITY AS l(order_id, plan_id, line_id, sku, quantity, ship_to_country, pickup_source,
                                  ship_complete, arrival)
         ORDER BY arrival
-        ON CONFLICT (order_id, line_id) WHERE state = 'waiting' DO NOTHING
-        RETURNING id, order_id, line_id
+        ON CONFLICT (order_id, line_id) WHERE state = 'waiting' DO UPDATE
+            SET quantity = backorders.quantity + EXCLUDED.quantity, waiting = backorders.waiting + EXCLUDED.waiting,
+                updated_at = now()
+        RETURNING id, order_id, line_id, waiting, xmax = 0 AS inserted
         """,
         [line.order_id for line in lines],
         [line.plan_id for line in lines],
@@ -515,23 +594,94 @@ async def queue_backorders(pg: asyncpg.Connection, lines: Sequence[NewBackorder]
         [line.terms.pickup_source for line in lines],
         [line.terms.ship_complete for line in lines],
     )
-    return {(row["order_id"], row["line_id"]): row["id"] for row in rows}
+    return {(row["order_id"], row["line_id"]): Queued(row["id"], row["waiting"], row["inserted"]) for row in rows}
 
 
-async def waiting_before(pg: asyncpg.Connection, firsts: Mapping[str, int]) -> dict[str, int]:
-    """Per SKU, how many lines wait ahead of the given arrival (index-only counts on the waiting queue)."""
-    if not firsts:
+async def waiting_ahead(pg: asyncpg.Connection, arrivals: Mapping[int, str]) -> dict[int, int]:
+    """For each arrival (of the given SKU), how many lines of its SKU wait ahead of it (index-only counts on the
+    waiting queue)."""
+    if not arrivals:
         return {}
     rows = await pg.fetch(
         """
-        SELECT f.sku, (SELECT count(*) FROM backorders b
-                       WHERE b.sku = f.sku AND b.state = 'waiting' AND b.id < f.first) AS ahead
-        FROM unnest($1::text[], $2::int8[]) AS f(sku, first)
+        SELECT f.arrival, (SELECT count(*) FROM backorders b
+                           WHERE b.sku = f.sku AND b.state = 'waiting' AND b.id < f.arrival) AS ahead
+        FROM unnest($1::int8[], $2::text[]) AS f(arrival, sku)
         """,
-        list(firsts),
-        list(firsts.values()),
+        list(arrivals),
+        list(arrivals.values()),
     )
-    return {row["sku"]: row["ahead"] for row in rows}
+    return {row["arrival"]: row["ahead"] for row in rows}
+
+
+# --- tombstones --------------------------------------------------------------------------------------------------
+
+
+def _tombstone(row: Any) -> Tombstone:
+    return Tombstone(
+        row["order_id"], row["line_id"], row["quantity"], row["cancelled_at"], row["shipment_id"], row["id"]
+    )
+
+
+async def tombstones_of(
+    pg: asyncpg.Connection, shipments: Collection[uuid.UUID], lines: Collection[tuple[uuid.UUID, str]]
+) -> list[Tombstone]:
+    """The tombstones of these shipments (reserved units) and of these (order_id, line_id) (backordered units).
+    Read under the shipments' locks and the lines' queue locks: the writers of tombstones hold them too."""
+    if not shipments and not lines:
+        return []
+    rows = await pg.fetch(
+        """
+        SELECT id, order_id, line_id, shipment_id, quantity, cancelled_at FROM tombstones
+        WHERE shipment_id = ANY($1::uuid[])
+           OR (shipment_id IS NULL AND (order_id, line_id) IN (SELECT * FROM unnest($2::uuid[], $3::text[])))
+        ORDER BY id
+        """,
+        list(shipments),
+        [order_id for order_id, _ in lines],
+        [line_id for _, line_id in lines],
+    )
+    return [_tombstone(row) for row in rows]
+
+
+async def add_tombstones(pg: asyncpg.Connection, new: Sequence[Tombstone], retention_days: int) -> None:
+    """Store new tombstones, and prune those older than the retention that no plan used: a plan that has not come
+    by then is not coming (a consumer stopped that long is an incident of its own)."""
+    if not new:
+        return
+    await pg.execute(
+        """
+        WITH pruned AS (DELETE FROM tombstones WHERE created_at < now() - make_interval(days => $6))
+        INSERT INTO tombstones (order_id, line_id, shipment_id, quantity, cancelled_at)
+        SELECT order_id, line_id, shipment_id, quantity, cancelled_at
+        FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::int8[], $5::timestamptz[])
+            WITH ORDINALITY AS t(order_id, line_id, shipment_id, quantity, cancelled_at, position)
+        ORDER BY position
+        """,
+        [t.order_id for t in new],
+        [t.line_id for t in new],
+        [t.shipment_id for t in new],
+        [t.quantity for t in new],
+        [t.cancelled_at for t in new],
+        retention_days,
+    )
+
+
+async def use_tombstones(pg: asyncpg.Connection, used: Collection[Tombstone]) -> None:
+    """What plans left of the tombstones they used: a tombstone used up is gone, the rest keep what is left."""
+    if not used:
+        return
+    await pg.execute(
+        """
+        WITH gone AS (DELETE FROM tombstones WHERE id = ANY($1::int8[]))
+        UPDATE tombstones t SET quantity = v.quantity
+        FROM unnest($2::int8[], $3::int8[]) AS v(id, quantity)
+        WHERE t.id = v.id
+        """,
+        [t.id for t in used if t.quantity == 0],
+        [t.id for t in used if t.quantity > 0],
+        [t.quantity for t in used if t.quantity > 0],
+    )
 
 
 @dataclass(frozen=True, slots=True)

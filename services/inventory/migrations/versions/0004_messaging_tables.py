@@ -1,8 +1,8 @@
 """The messaging tables every service has: the inbox keyed by the CloudEvent's (source, id) and prunable by age,
 and `parked_messages` for outbox rows that can never be published (oms_runtime.migrations has the step and why).
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-08
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 from oms_runtime import migrations
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
