@@ -84,6 +84,31 @@ def test_a_field_that_breaks_the_contract_is_refused_at_its_path(submitted, chan
     assert (error.field, error.type) == (field, kind), error
 
 
+@pytest.mark.parametrize(
+    "code", ["XXX", "XTS", "XAU", "XAG", "XPT", "XPD", "XBA", "XBD", "XDR", "XSU", "XUA", "CLF", "USN", "CHE"]
+)
+def test_an_iso_4217_code_that_is_not_legal_tender_is_refused(submitted, code):
+    """Metals, units of account, fund codes, the testing code and "no currency" are in ISO 4217, but no customer
+    pays in them: an order in gold would be routed, reserved and shipped against a total nobody can collect."""
+    submitted["data"]["currency"] = code
+    [error] = refusals(submitted)
+    assert (error.field, error.type) == ("data.currency", "value_error")
+    assert "not a currency an order can be paid in" in error.message
+
+
+@pytest.mark.parametrize("code", ["XAF", "XOF", "XCD", "XPF", "EUR", "CHF", "JPY"])
+def test_currencies_whose_codes_look_alike_are_still_accepted(submitted, code):
+    submitted["data"]["currency"] = code
+    assert CHANNEL_ORDERS.parse(json.dumps(submitted)).data.currency == code
+
+
+def test_a_payment_in_a_code_that_is_not_legal_tender_is_refused(make_document):
+    payment = make_document("oms.channel.payment_captured.v1")
+    payment["data"]["currency"] = "XTS"
+    [error] = refusals(payment)
+    assert error.field == "data.currency"
+
+
 def test_totals_that_do_not_add_up_are_refused_with_the_sum(submitted):
     submitted["data"]["grand_total"] = "40.00"
     [error] = refusals(submitted)

@@ -4,6 +4,8 @@ probe handler records its effects), a probe service whose handler each test stee
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -11,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -54,11 +56,15 @@ class Probe:
 
     What it does with an event is steered by the event's `reference`: "boom..." raises an unexpected error and
     "refuse..." is refused, both after writing; `transient_failures` makes the next calls fail as if a dependency were
-    down; `gate` holds every call until it is set."""
+    down; `odd_failures` makes the next calls fail with an error of no transient kind (what a driver may raise in the
+    middle of an outage); `gate` holds every call until it is set; a reference in `fixed` is applied however it
+    starts (the cause of its refusal was fixed)."""
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
         self.transient_failures = 0
+        self.odd_failures = 0
+        self.fixed: set[str] = set()
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
 
@@ -70,12 +76,17 @@ class Probe:
         if self.transient_failures > 0:
             self.transient_failures -= 1
             raise ConnectionError("the stock ledger is unreachable")
+        if self.odd_failures > 0:
+            self.odd_failures -= 1
+            raise RuntimeError("'NoneType' object has no attribute 'send'")
         # Written before the checks below: what a failing handler wrote must not be kept.
         await tx.conn.execute(
             APPLIED.insert(), [{"event_id": e.id, "reference": e.event.data.reference} for e in events]
         )
         for e in events:
             reference = e.event.data.reference or ""
+            if reference in self.fixed:
+                continue
             if reference.startswith("boom"):
                 raise RuntimeError(f"cannot apply {reference}")
             if reference.startswith("refuse"):
@@ -195,6 +206,15 @@ def consume() -> Callable[[Service, Topic, list[ConsumerRecord]], Awaitable[list
 
 
 @pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    """A plain producer on the test broker, for what channels and sources would publish."""
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+@pytest.fixture
 def applied() -> Callable[[Service], Awaitable[list[str]]]:
     """The references the probe handler committed, in the order it wrote them."""
 
@@ -225,8 +245,8 @@ async def kafka_topic(kafka_bootstrap: str) -> AsyncIterator[Callable[..., Await
     """Create probe topics on the broker (deleted after the test)."""
     created: list[str] = []
 
-    async def create(partitions: int = 1) -> Topic:
-        topic = probe_topic()
+    async def create(partitions: int = 1, config: dict[str, str] | None = None) -> Topic:
+        topic = dataclasses.replace(probe_topic(), config=config or {})
         await ensure_topics(kafka_bootstrap, [topic], partitions=partitions)
         created.append(topic.name)
         return topic
@@ -309,3 +329,82 @@ def header(record: ConsumerRecord, name: str) -> str | None:
 @pytest.fixture
 def header_of() -> Callable[[ConsumerRecord, str], str | None]:
     return header
+
+
+class TcpProxy:
+    """A TCP port the test opens and closes in front of a real server (PostgreSQL or Kafka): closed, it refuses new
+    connections and cuts the ones it carries, as a server that died or a network that broke would."""
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self.target = (host, int(port))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.accepted = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def is_open(self) -> bool:
+        return self._server is not None
+
+    async def open(self) -> None:
+        self._server = await asyncio.start_server(self._carry, "127.0.0.1", self.port, reuse_address=True)
+
+    async def close(self) -> None:
+        """Refuse new connections and reset the ones open (no goodbye reaches either side)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _carry(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        try:
+            server_reader, server_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self._writers |= {client_writer, server_writer}
+        pipes = [
+            asyncio.create_task(self._pipe(client_reader, server_writer)),
+            asyncio.create_task(self._pipe(server_reader, client_writer)),
+        ]
+        self._pipes.update(pipes)
+        await asyncio.gather(*pipes, return_exceptions=True)
+        self._pipes.difference_update(pipes)
+        for writer in (client_writer, server_writer):
+            writer.transport.abort()
+            self._writers.discard(writer)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+
+
+@pytest.fixture
+async def tcp_proxy() -> AsyncIterator[Callable[[str], TcpProxy]]:
+    """Proxies made closed; every one is closed after the test."""
+    made: list[TcpProxy] = []
+
+    def make(target: str) -> TcpProxy:
+        proxy = TcpProxy(target)
+        made.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in made:
+        await proxy.close()

@@ -190,3 +190,49 @@ async def test_an_invalid_record_the_service_handles_itself_is_not_dead_lettered
     assert handled == [records[0].offset, records[1].offset]
     assert [e.key for e in dead_letters(emitted)] == ["other"]
     assert await applied(service) == ["r1"]
+
+
+async def test_a_dead_letter_keeps_at_most_the_configured_bytes_of_the_original_and_says_so(
+    make_service, database_url, topic, probe, consume
+):
+    """Whole, a record near the broker's limit plus its error headers would be more than the broker takes, and the
+    dead letter would be parked instead of read."""
+    service = make_service(database_url, topic, probe, dead_letter_max_bytes=1000)
+    big, small = b"{" + b"x" * 5000, b"{" + b"y" * 999
+
+    letters = await consume(service, topic, [record(topic.name, big, "SKU-1"), record(topic.name, small, "SKU-1")])
+
+    cut, whole = letters
+    assert cut.payload == big[:1000]
+    assert (cut.headers["oms-truncated"], cut.headers["oms-original-size"]) == ("true", "5001")
+    assert whole.payload == small and "oms-truncated" not in whole.headers and "oms-original-size" not in whole.headers
+
+
+def test_the_default_dead_letter_limit_leaves_room_below_the_brokers_default_message_size():
+    from oms_runtime import ServiceSettings
+    from oms_runtime.consumer import DEAD_LETTER_MAX_BYTES
+
+    assert ServiceSettings.model_fields["dead_letter_max_bytes"].default == DEAD_LETTER_MAX_BYTES == 900_000
+    assert DEAD_LETTER_MAX_BYTES + 4000 * 4 + 64 * 1024 < 1_048_588, "value, error message, headers, key"
+
+
+async def test_a_dead_letter_replayed_after_a_fix_is_applied_and_the_original_record_is_never_applied_twice(
+    service, topic, probe, receipt, applied, consume
+):
+    """A dead letter is recorded in the inbox by the record's position: its replay (`oms dlq replay`), a new record
+    of the same event, is applied once the cause is fixed; the original record redelivered is neither dead-lettered
+    again nor applied."""
+    event = receipt("refuse-until-fixed")
+    original = record(topic.name, event.to_bytes(), event.key(), headers=[("x-channel", b"web-eu")])
+    [letter] = await consume(service, topic, [original])
+    assert letter.headers["oms-error-class"] == "Refused"
+    assert letter.headers["x-channel"] == "web-eu", "the original's text headers travel with it, for a replay"
+
+    probe.fixed.add("refuse-until-fixed")
+    replayed = record(topic.name, letter.payload, letter.key, headers=[("oms-replayed-from", b"oms.dlq.v1[0]@7")])
+    assert await consume(service, topic, [replayed]) == []
+    assert await applied(service) == ["refuse-until-fixed"]
+
+    assert await consume(service, topic, [original]) == [], "the original redelivered: not dead-lettered again"
+    assert await consume(service, topic, [replayed]) == [], "the replay redelivered"
+    assert await applied(service) == ["refuse-until-fixed"], "applied once"

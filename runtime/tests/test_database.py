@@ -5,6 +5,7 @@ import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from oms_runtime.database import Database, driver, is_transient
 
@@ -90,7 +91,7 @@ def _caused_by(cause: BaseException) -> RuntimeError:
         ValueError("bad value"),
         IntegrityError("INSERT", {}, asyncpg.exceptions.UniqueViolationError("duplicate key")),
         asyncpg.exceptions.UniqueViolationError("duplicate key"),
-        asyncpg.exceptions.UndefinedTableError('relation "nope" does not exist'),
+        asyncpg.exceptions.DivisionByZeroError("division by zero"),
     ],
     ids=type,
 )
@@ -101,3 +102,90 @@ def test_what_a_retry_cannot_cure_is_not_transient(error):
 def test_an_error_caused_by_a_transient_one_is_transient():
     assert is_transient(_caused_by(ConnectionError("refused")))
     assert not is_transient(_caused_by(ValueError("bad value")))
+
+
+async def _failure(attempt) -> BaseException:
+    try:
+        await attempt()
+    except Exception as error:
+        return error
+    raise AssertionError("it did not fail")
+
+
+async def _in_transaction(database: Database, *statements: str) -> None:
+    async with database.transaction() as conn:
+        for statement in statements:
+            await conn.execute(sa.text(statement))
+
+
+async def test_real_outage_failures_are_transient(database, database_url, postgres_url):
+    """Each as SQLAlchemy and asyncpg raise it against a real server: none of these says anything about a message,
+    so none may dead-letter one."""
+    failures = {}
+
+    # The server ends the session (a restart, pg_terminate_backend): AdminShutdown, then a connection closed.
+    async with database.connect() as conn:
+        pid = (await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one()
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        failures["terminated"] = await _failure(lambda: conn.execute(sa.text("SELECT 1")))
+
+    failures["statement timeout"] = await _failure(
+        lambda: _in_transaction(database, "SET LOCAL statement_timeout = 20", "SELECT pg_sleep(5)")
+    )
+
+    # A row lock held elsewhere, with lock_timeout: LockNotAvailable.
+    async with database.transaction() as holder:
+        await holder.execute(sa.text("INSERT INTO applied (event_id, reference) VALUES (gen_random_uuid(), 'x')"))
+        await holder.execute(sa.text("LOCK TABLE applied IN ACCESS EXCLUSIVE MODE"))
+        other = Database(database_url)
+        try:
+            failures["lock timeout"] = await _failure(
+                lambda: _in_transaction(other, "SET LOCAL lock_timeout = 20", "SELECT count(*) FROM applied")
+            )
+        finally:
+            await other.dispose()
+
+    # Every connection of the pool in use for longer than the pool waits.
+    tight = create_async_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=0.05)
+    try:
+        async with tight.connect():
+            failures["pool exhausted"] = await _failure(tight.connect().__aenter__)
+    finally:
+        await tight.dispose()
+
+    base = database_url.rpartition("/")[0]
+    for label, url in {
+        "refused": "postgresql+asyncpg://oms:oms@127.0.0.1:1/none",
+        "no such database": f"{base}/oms_does_not_exist",
+        "no such host": "postgresql+asyncpg://oms:oms@oms-no-such-host.invalid:5432/none",
+    }.items():
+        elsewhere = Database(url)
+        try:
+            failures[label] = await _failure(elsewhere.ping)
+        finally:
+            await elsewhere.dispose()
+
+    failures["schema behind the code"] = await _failure(
+        lambda: _in_transaction(database, "SELECT * FROM not_migrated_yet")
+    )
+
+    assert {label: is_transient(error) for label, error in failures.items()} == dict.fromkeys(failures, True), {
+        label: repr(error) for label, error in failures.items()
+    }
+
+
+async def test_real_failures_of_a_statement_are_not_transient(database):
+    """What only a given message can cause (its data breaks a rule or a constraint) is dead-lettered, not retried."""
+    failures = [
+        await _failure(lambda: _in_transaction(database, "SELECT 1 / 0")),
+        await _failure(lambda: _in_transaction(database, "SELECT 'nine'::int")),
+        await _failure(lambda: _in_transaction(database, "SELECT 99999999999::int")),
+        await _failure(
+            lambda: _in_transaction(database, "INSERT INTO applied (seq, event_id, reference) VALUES (1, NULL, 'x')")
+        ),
+    ]
+    assert [is_transient(error) for error in failures] == [False] * len(failures), [repr(e) for e in failures]

@@ -1,10 +1,12 @@
 """The HTTP surface every service shares: health, readiness naming what is down, and bearer-token principals."""
 
+import logging
+
 import httpx
 import pytest
 from fastapi import APIRouter
 
-from oms_runtime import Principal
+from oms_runtime import Principal, http
 
 UNREACHABLE_DATABASE = "postgresql+asyncpg://oms:oms@127.0.0.1:1/nowhere"
 
@@ -21,32 +23,55 @@ async def test_healthz_answers_while_the_process_is_up(make_service):
     assert response.json() == {"status": "ok", "service": "probe"}
 
 
+async def ready_answer(http, wait_until, expected: dict) -> httpx.Response:
+    """Poll /readyz until it answers `expected` (the service starts in the background)."""
+    answers = []
+
+    async def answered() -> bool:
+        answers.append(await http.get("/readyz"))
+        return answers[-1].json() == expected
+
+    await wait_until(answered, f"/readyz answering {expected}")
+    return answers[-1]
+
+
 async def test_readyz_answers_200_when_the_database_and_the_broker_are_reachable(
-    make_service, database_url, kafka_bootstrap
+    make_service, database_url, kafka_bootstrap, wait_until
 ):
     service = make_service(database_url, bootstrap=kafka_bootstrap)
     async with service.lifespan(service.http), client(service) as http:
-        response = await http.get("/readyz")
+        response = await ready_answer(http, wait_until, {"status": "ready", "service": "probe"})
     assert response.status_code == 200, response.text
-    assert response.json() == {"status": "ready", "service": "probe"}
 
 
-async def test_readyz_answers_503_naming_the_database_when_it_is_unreachable(make_service, kafka_bootstrap):
+async def test_readyz_says_database_unreachable_in_plain_words_and_logs_the_detail(
+    make_service, kafka_bootstrap, caplog, wait_until
+):
+    """/readyz answers anyone: the address of the database (and the password in its URL) is for the log only."""
     service = make_service(UNREACHABLE_DATABASE, bootstrap=kafka_bootstrap)
-    async with service.lifespan(service.http), client(service) as http:
-        response = await http.get("/readyz")
+    expected = {"status": "unavailable", "problems": {"database": "database unreachable"}}
+    with caplog.at_level(logging.WARNING, logger="oms_runtime.service"):
+        async with service.lifespan(service.http), client(service) as http:
+            response = await ready_answer(http, wait_until, expected)
+            again = await http.get("/readyz")
     assert response.status_code == 503
-    body = response.json()
-    assert body["status"] == "unavailable"
-    assert list(body["problems"]) == ["database"]
+    assert again.json() == expected
+    for secret in ("127.0.0.1", ":1", "nowhere", "oms:oms", "Error", "errno"):
+        assert secret not in response.text
+    details = [r.getMessage() for r in caplog.records if r.getMessage().startswith("not ready")]
+    assert "database: ConnectionRefusedError" in details[-1], "the log says what the answer does not"
+    assert len(details) == len(set(details)), "once each time it changes, not at every probe"
 
 
-async def test_readyz_answers_503_naming_kafka_when_the_service_has_no_broker_connection(make_service, database_url):
-    service = make_service(database_url)  # not started: its relay has no producer
+async def test_readyz_names_kafka_and_the_consumers_before_the_service_has_started(make_service, database_url):
+    service = make_service(database_url)  # not started: no producer, no consumers
     async with client(service) as http:
         response = await http.get("/readyz")
     assert response.status_code == 503
-    assert list(response.json()["problems"]) == ["kafka"]
+    assert response.json()["problems"] == {
+        "kafka": "kafka not connected yet",
+        "consumers": "consumers not started yet",
+    }
 
 
 @pytest.fixture
@@ -82,3 +107,23 @@ async def test_an_endpoint_behind_principal_gets_the_principal_of_a_known_token(
         response = await http.get("/whoami", headers={"Authorization": "Bearer cs-token"})
     assert response.status_code == 200
     assert response.json() == {"principal": "cs-agent"}
+
+
+def test_a_token_is_compared_with_every_configured_token_and_no_prefix_matches(monkeypatch):
+    """Constant time: which token matched, or how much of one, must not show in how long the answer takes. Every
+    configured token is compared (as a fixed-length digest), also after a match."""
+    tokens = {"alpha-token": "alpha", "beta-token": "beta", "gamma-token": "gamma"}
+    compared = []
+    compare = http.hmac.compare_digest
+
+    def counting(a, b):
+        compared.append((len(a), len(b)))
+        return compare(a, b)
+
+    monkeypatch.setattr(http.hmac, "compare_digest", counting)
+    assert http.principal_of(tokens, "alpha-token") == "alpha"
+    assert len(compared) == len(tokens), "no early exit after the first token matched"
+    assert {lengths for lengths in compared} == {(32, 32)}, "digests of one length, whatever the tokens' lengths"
+    for near_miss in ("alpha", "alpha-token ", "alpha-toke", "", "ALPHA-TOKEN"):
+        assert http.principal_of(tokens, near_miss) is None
+    assert http.principal_of({}, "alpha-token") is None

@@ -10,10 +10,14 @@ from collections import defaultdict
 import pytest
 import sqlalchemy as sa
 from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, NotLeaderForPartitionError
 
 from oms_runtime.database import Database
 from oms_runtime.outbox import _FAILURES_BEFORE_RESTART, OutboxMessage, Relay, append
+from oms_runtime.topics import ensure_topics
+
+from .conftest import probe_topic
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
@@ -53,11 +57,8 @@ async def relays(kafka_bootstrap, kafka_topic):
 
     yield start
     for relay in started:
-        if relay._task is not None:
+        if not relay._stopping:
             await relay.stop()
-        else:  # its start failed
-            with contextlib.suppress(Exception):
-                await relay.producer.stop()
 
 
 async def test_rows_are_published_in_id_order_with_key_headers_and_payload_intact_and_then_deleted(
@@ -174,12 +175,21 @@ async def test_two_relays_on_one_database_publish_every_row_once_in_per_key_orde
     assert seen == {f"order-{k}": list(range(per_key)) for k in range(keys)}
 
 
-async def test_rows_stay_in_the_outbox_while_the_broker_is_unreachable(database, relays, kafka_topic, topic_reader):
+async def test_a_relay_starts_while_the_broker_is_unreachable_and_keeps_every_row_in_the_outbox(
+    database, relays, kafka_topic, topic_reader, wait_until, caplog
+):
     topic = await kafka_topic()
     await write(database, [OutboxMessage(topic.name, f"k{i}", f"kept {i}".encode()) for i in range(3)])
 
-    with pytest.raises(KafkaConnectionError):
-        await relays(database, bootstrap="127.0.0.1:1")
+    with caplog.at_level(logging.WARNING, logger="oms_runtime.loop"):
+        unreachable = await relays(database, bootstrap="127.0.0.1:1")  # starts all the same
+        assert unreachable.producer is None
+
+        async def tried_twice() -> bool:
+            return sum("KafkaConnectionError" in r.getMessage() for r in caplog.records) >= 2
+
+        await wait_until(tried_twice, "two passes that could not reach Kafka")
+    await unreachable.stop()
     assert await outbox_size(database) == 3
 
     async with topic_reader(topic.name) as reader:
@@ -188,32 +198,42 @@ async def test_rows_stay_in_the_outbox_while_the_broker_is_unreachable(database,
     assert sorted(r.value for r in records) == [f"kept {i}".encode() for i in range(3)]
 
 
-async def test_rows_whose_publication_failed_stay_in_the_outbox_and_a_passing_fault_is_retried_with_the_same_producer(
+async def test_a_row_whose_send_failed_is_sent_again_and_no_later_row_of_its_key_overtakes_it(
     database, relays, kafka_topic, topic_reader, wait_until
 ):
+    """A passing fault is retried with the same producer. Rows of other keys go on meanwhile; a row of the same
+    topic and key waits for the one that failed, so the key's order holds."""
     topic = await kafka_topic()
     async with topic_reader(topic.name) as reader:
         relay = await relays(database)
         producer = relay.producer
-        send, failures = producer.send, []
+        send, failures, sent = producer.send, [], []
 
-        async def broker_gone_twice(*args, **kwargs):
-            if len(failures) < 2:
-                failures.append(args)
-                # Both failed passes have left every row in the outbox.
-                assert await outbox_size(database) == 3
+        async def broker_gone_twice_for_the_first_row(topic_name, *, value, **kwargs):
+            if value == b"a0" and len(failures) < 2:
+                failures.append(value)
                 raise KafkaConnectionError("broker connection lost")
-            return await send(*args, **kwargs)
+            sent.append(value)
+            return await send(topic_name, value=value, **kwargs)
 
-        producer.send = broker_gone_twice
-        await write(database, [OutboxMessage(topic.name, f"k{i}", f"held {i}".encode()) for i in range(3)])
+        producer.send = broker_gone_twice_for_the_first_row
+        await write(
+            database,
+            [
+                OutboxMessage(topic.name, "order-a", b"a0"),
+                OutboxMessage(topic.name, "order-a", b"a1"),
+                OutboxMessage(topic.name, "order-b", b"b0"),
+            ],
+        )
         relay.wake()
         records = await reader.take(3)
         await wait_until(lambda: _is_empty(database), "the published rows deleted from the outbox")
 
-    assert len(failures) == 2
-    assert [r.value for r in records] == [f"held {i}".encode() for i in range(3)]
+    assert failures == [b"a0", b"a0"]
+    assert sent == [b"b0", b"a0", b"a1"], "a1 was not even sent while a0 had not gone out"
+    assert [r.value for r in records if r.key == b"order-a"] == [b"a0", b"a1"]
     assert relay.producer is producer and relay.producer_restarts == 0, "a connection lost is no reason for a new one"
+    assert relay.parked == 0
 
 
 def _restart_warnings(caplog) -> list[str]:
@@ -265,7 +285,8 @@ async def test_a_producer_whose_idempotent_session_died_is_replaced_and_every_ro
                 relay.wake()
                 records = await _read_distinct(reader, 90)
                 await wait_until(lambda: _is_empty(service.database), "every row deleted from the outbox")
-            assert await service.readiness() == {}, "readiness asks the producer that replaced the dead one"
+            # Only the relay runs here (no consumers): readiness asks the producer that replaced the dead one.
+            assert "kafka" not in await service.readiness()
     finally:
         await relay.stop()
 
@@ -304,3 +325,142 @@ async def test_a_send_error_that_persists_on_one_producer_ends_in_a_new_producer
     assert len(failures) == _FAILURES_BEFORE_RESTART, "retried with the same producer first"
     [warning] = _restart_warnings(caplog)
     assert "NotLeaderForPartitionError" in warning
+
+
+async def parked_rows(database) -> list[dict]:
+    async with database.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT id, topic, key, payload, error_class, error_message, attempts FROM parked_messages ORDER BY id"
+            )
+        )
+        return [dict(row._mapping) for row in rows]
+
+
+def _parked_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "oms_runtime.outbox" and "parked" in r.getMessage()]
+
+
+async def test_a_row_larger_than_the_producer_may_send_is_parked_and_the_rows_around_it_are_published_in_order(
+    database, relays, kafka_topic, topic_reader, wait_until, caplog
+):
+    """Parked rows never hold their key: a later event of the same order is published (holding every later event
+    behind one that can never go out would stall that order for good; the parked row is an operator's problem)."""
+    topic = await kafka_topic(partitions=2)
+    huge = b"x" * 1_500_000  # over the producer's max_request_size (1 MiB), the broker's default limit too
+    rows = [
+        OutboxMessage(topic.name, "order-1", b"before"),
+        OutboxMessage(topic.name, "order-2", b"other order"),
+        OutboxMessage(topic.name, "order-1", huge, [("ce-type", "oms.test.v1")]),
+        OutboxMessage(topic.name, "order-1", b"after"),
+    ]
+    with caplog.at_level(logging.WARNING, logger="oms_runtime.outbox"):
+        async with topic_reader(topic.name) as reader:
+            relay = await relays(database)
+            await write(database, rows)
+            relay.wake()
+            records = await reader.take(3)
+            await wait_until(lambda: _is_empty(database), "the outbox empty: published or parked")
+
+    assert [r.value for r in records if r.key == b"order-1"] == [b"before", b"after"]
+    [parked] = await parked_rows(database)
+    assert (parked["topic"], parked["key"], bytes(parked["payload"])) == (topic.name, "order-1", huge)
+    assert parked["error_class"] == "MessageSizeTooLargeError"
+    assert "larger than the maximum request size" in parked["error_message"]
+    assert parked["attempts"] == 1
+    assert (relay.parked, relay.published, relay.producer_restarts) == (1, 3, 0)
+    [warning] = _parked_warnings(caplog)
+    assert topic.name in warning and "key order-1" in warning and "MessageSizeTooLargeError" in warning
+
+
+async def test_a_row_larger_than_its_topic_takes_is_parked_and_small_rows_refused_with_it_in_one_batch_are_not(
+    database, relays, kafka_topic, topic_reader, wait_until
+):
+    """The broker refuses a whole record batch when it is over the topic's max.message.bytes: the small rows that
+    shared a batch with a big one, or that were only too many together, are sent again alone and published; the
+    row that is refused alone is parked. Nothing stalls, and the key's other rows keep their order."""
+    topic = await kafka_topic(config={"max.message.bytes": "4000"})
+    small = [OutboxMessage(topic.name, "order-1", f"{i:03d}".encode() + b"." * 300) for i in range(30)]
+    big = OutboxMessage(topic.name, "order-1", b"B" * 20_000)
+    rows = [*small[:20], big, *small[20:]]
+    async with topic_reader(topic.name) as reader:
+        relay = await relays(database)
+        await write(database, rows)
+        relay.wake()
+        records = await _read_distinct(reader, 30)
+        await wait_until(lambda: _is_empty(database), "the outbox empty: published or parked", within=60)
+
+    published = []
+    for r in records:
+        if r.value not in published:
+            published.append(r.value)
+    assert published == [m.payload for m in small], "every small row, in order"
+    [parked] = await parked_rows(database)
+    assert bytes(parked["payload"]) == big.payload
+    assert parked["error_class"] == "MessageSizeTooLargeError"
+    assert relay.parked == 1
+
+
+async def test_a_row_for_a_topic_created_a_moment_later_waits_and_is_published_not_parked(
+    database, relays, kafka_bootstrap, topic_reader, wait_until, caplog
+):
+    late = probe_topic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="oms_runtime.outbox"):
+            relay = await relays(database)  # a grace period of 60 s by default
+            await write(database, [OutboxMessage(late.name, "order-1", b"early")])
+            relay.wake()
+
+            async def noticed() -> bool:
+                return any(late.name in r.getMessage() and "wait up to" in r.getMessage() for r in caplog.records)
+
+            await wait_until(noticed, "the relay finding the topic missing")
+        await ensure_topics(kafka_bootstrap, [late], partitions=1)
+        async with topic_reader(late.name) as reader:
+            [record] = await reader.take(1, within=30)
+        await wait_until(lambda: _is_empty(database), "the row deleted once published")
+    finally:
+        await _delete_topics(kafka_bootstrap, [late.name])
+
+    assert record.value == b"early"
+    assert await parked_rows(database) == [] and relay.parked == 0
+
+
+async def test_a_row_for_a_topic_that_never_appears_is_parked_after_the_grace_period_and_others_go_on(
+    database, kafka_topic, topic_reader, wait_until, kafka_bootstrap
+):
+    topic = await kafka_topic()
+    nowhere = probe_topic().name
+    relay = Relay(database, kafka_bootstrap, "probe", unknown_topic_grace_s=0.5)
+    await relay.start()
+    try:
+        async with topic_reader(topic.name) as reader:
+            await write(
+                database,
+                [
+                    OutboxMessage(topic.name, "order-1", b"first"),
+                    OutboxMessage(nowhere, "order-1", b"lost"),
+                    OutboxMessage(topic.name, "order-1", b"second"),
+                ],
+            )
+            relay.wake()
+            records = await reader.take(2)
+            await wait_until(lambda: _is_empty(database), "the row for the missing topic parked")
+    finally:
+        await relay.stop()
+
+    assert [r.value for r in records] == [b"first", b"second"]
+    [parked] = await parked_rows(database)
+    assert (parked["topic"], parked["error_class"]) == (nowhere, "UnknownTopicOrPartitionError")
+    assert "missing for" in parked["error_message"]
+    assert relay.producer_restarts == 0
+
+
+async def _delete_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="oms-test-cleanup")
+    await admin.start()
+    try:
+        with contextlib.suppress(Exception):
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()

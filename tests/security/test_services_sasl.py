@@ -1,7 +1,7 @@
 """The services connect with SASL from their settings. The routing service, logged in as its own principal with only
 the ACLs `oms acl grant-service routing` gives it, creates a new source's request topic, announces the source,
-consumes a paid order and publishes its plan; with a wrong password it is not let in, and its readiness says so
-without ever showing the password."""
+consumes a paid order and publishes its plan; with a wrong password it is not let in (it serves HTTP and keeps
+trying), and its readiness says so without ever showing the password."""
 
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ def routing(database_url: str, login: KafkaSettings) -> Service:
         database_url=database_url, api_tokens={TOKEN: "tester"}, request_topic_partitions=1, **dict(login)
     )
     return create_service(settings)
+
+
+async def _ready(client: httpx.AsyncClient) -> bool:
+    return (await client.get("/readyz")).status_code == 200
 
 
 def http(service: Service) -> httpx.AsyncClient:
@@ -110,8 +114,8 @@ async def test_routing_logged_in_as_its_principal_creates_a_request_topic_consum
     order_id = uuid.uuid4()
     try:
         async with service.lifespan(service.http), http(service) as client:
-            ready = await client.get("/readyz")
-            assert ready.status_code == 200, ready.text
+            # The service starts in the background: ready once its producer and consumers run.
+            await eventually(lambda: _ready(client), "routing ready on the SASL broker", within=60)
 
             # CREATE on the request topics' prefix, then WRITE on the network topic through the outbox relay.
             put = await client.put("/network", json={"sources": [source_json(code)]}, headers=AUTH)
@@ -137,17 +141,24 @@ async def test_a_wrong_password_is_refused_and_readiness_says_authentication_fai
     wrong = f"not-the-password-{secrets.token_urlsafe(12)}"
     service = routing(routing_database, secure_kafka.login("oms-routing", wrong))
     try:
-        # Start-up stops at the relay's producer: the broker refuses the login, so nothing is consumed or published.
-        with pytest.raises(KafkaConnectionError) as refused:
-            async with service.lifespan(service.http):
-                pass
-        assert "Authentication failed" in caplog.text  # aiokafka's log line says why it could not bootstrap
+        # The broker refuses the login: the relay's producer never starts and no consumer does, so nothing is
+        # consumed or published; the service serves HTTP and keeps trying in the background.
+        answers: list[httpx.Response] = []
+        async with service.lifespan(service.http), http(service) as client:
 
-        async with http(service) as client:
-            ready = await client.get("/readyz")
-        assert ready.status_code == 503
-        assert ready.json()["problems"] == {"kafka": "authentication failed"}
-        for told in (ready.text, str(refused.value), repr(refused.value), caplog.text, repr(service.settings)):
+            async def refused() -> bool:
+                answers.append(await client.get("/readyz"))
+                return answers[-1].json().get("problems") == {
+                    "kafka": "kafka authentication failed",
+                    "consumers": "consumers not started yet",
+                }
+
+            await eventually(refused, "readiness saying the login was refused", within=60)
+            failure = service.relay.connect_error
+        assert isinstance(failure, KafkaConnectionError)
+        assert "Authentication failed" in caplog.text  # aiokafka's log line says why it could not bootstrap
+        assert answers[-1].status_code == 503
+        for told in (answers[-1].text, str(failure), repr(failure), caplog.text, repr(service.settings)):
             assert wrong not in told
     finally:
         if service.relay.producer is not None:

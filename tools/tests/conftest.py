@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -79,3 +79,12 @@ def read_from(
 ) -> list[ConsumerRecord]:
     """The records after `since` that `wanted` accepts, once `count` of them arrived (or the timeout passed)."""
     return asyncio.run(_read_from(bootstrap, since, wanted, count, timeout))
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 30.0) -> None:
+    """Poll an async condition until it holds; a failure says what did not happen."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within:.0f}s: {what}")
+        await asyncio.sleep(0.1)

@@ -26,6 +26,11 @@ COMMANDS = [
     ["demo", "ship"],
     ["dlq"],
     ["dlq", "tail"],
+    ["dlq", "replay"],
+    ["outbox"],
+    ["outbox", "parked"],
+    ["outbox", "retry"],
+    ["outbox", "drop"],
 ]
 
 
@@ -105,6 +110,7 @@ def test_missing_or_broken_demo_files_are_named(oms, tmp_path: Path) -> None:
         ["demo", "order"],
         ["demo", "ship", "--once"],
         ["dlq", "tail"],
+        ["dlq", "replay", "--topic", "oms.channel.orders.v1"],
     ],
     ids=" ".join,
 )

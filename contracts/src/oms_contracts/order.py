@@ -19,7 +19,7 @@ from .common import (
     ShippingMethod,
 )
 from .envelope import CloudEvent
-from .types import Contract, CurrencyCode, Money, NonEmptyStr, SourceCode, Text, UtcDatetime
+from .types import Contract, Count, CurrencyCode, Money, NonEmptyStr, SourceCode, Text, UtcDatetime
 
 
 class OrderStatus(StrEnum):
@@ -82,7 +82,10 @@ class OrderRejectedData(Contract):
     external_order_id: str | None = None
     rejected_event_id: uuid.UUID | None = None
     reason: Text
-    errors: list[FieldError] = Field(default_factory=list)
+    errors: list[FieldError] = Field(
+        default_factory=list, description="The field errors, the first 50 of them (each field and message cut short)"
+    )
+    errors_omitted: Count = Field(default=0, description="How many more field errors there were than `errors` lists")
 
 
 class StatusChangedData(OrderRef):

@@ -24,7 +24,41 @@ from pydantic import (
     WithJsonSchema,
 )
 
-CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies)
+# ISO 4217 codes that are no money a customer can pay with: an order or a payment in them is refused. Listed by name
+# rather than by pattern, because X-codes include real currencies (XAF, XOF, XCD, XPF, XCG).
+NON_TENDER_CURRENCIES = frozenset(
+    {
+        # precious metals, priced per troy ounce
+        "XAU",  # gold
+        "XAG",  # silver
+        "XPT",  # platinum
+        "XPD",  # palladium
+        # units of account of institutions, never in anyone's purse
+        "XBA",  # European Composite Unit (EURCO)
+        "XBB",  # European Monetary Unit (E.M.U.-6)
+        "XBC",  # European Unit of Account 9 (E.U.A.-9)
+        "XBD",  # European Unit of Account 17 (E.U.A.-17)
+        "XDR",  # IMF special drawing right
+        "XSU",  # SUCRE of the ALBA countries
+        "XUA",  # African Development Bank unit of account
+        "XAD",  # Arab Monetary Fund accounting dinar
+        # fund codes: indexed or settlement units beside a country's currency
+        "BOV",  # Bolivian Mvdol
+        "CHE",  # WIR euro
+        "CHW",  # WIR franc
+        "CLF",  # Chilean Unidad de Fomento
+        "COU",  # Colombian Unidad de Valor Real
+        "MXV",  # Mexican Unidad de Inversión
+        "USN",  # US dollar, next day
+        "USS",  # US dollar, same day (withdrawn)
+        "UYI",  # Uruguay peso en unidades indexadas
+        "UYW",  # Uruguayan Unidad Previsional
+        # reserved
+        "XTS",  # for testing
+        "XXX",  # no currency involved
+    }
+)
+CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies) - NON_TENDER_CURRENCIES
 COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
 
 _MONEY = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]{1,4})?$")
@@ -42,6 +76,8 @@ def _money(value: Any) -> Decimal:
 
 
 def _currency(value: str) -> str:
+    if value in NON_TENDER_CURRENCIES:
+        raise ValueError(f"{value!r} is an ISO 4217 code but not a currency an order can be paid in")
     if value not in CURRENCIES:
         raise ValueError(f"{value!r} is not an ISO 4217 currency code")
     return value
@@ -79,7 +115,14 @@ Count = Annotated[StrictInt, Field(ge=0)]
 CurrencyCode = Annotated[
     str,
     AfterValidator(_currency),
-    WithJsonSchema({"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217 currency code"}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": "^[A-Z]{3}$",
+            "description": "ISO 4217 currency code of legal tender (not a metal, fund, testing or no-currency code "
+            "such as XAU, CLF, XTS, XXX)",
+        }
+    ),
 ]
 CountryCode = Annotated[
     str,

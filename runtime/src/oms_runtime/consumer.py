@@ -2,8 +2,9 @@
 
 For each batch a subscriber receives:
 1. every record is validated against its topic's contract (bytes straight into Pydantic);
-2. one database transaction records the event ids in the inbox (a redelivered id is skipped), runs the handler,
-   and writes the events it emits, plus dead letters for records that can never be processed, to the outbox;
+2. one database transaction records the events' (source, id) in the inbox (a redelivered event is skipped), runs
+   the handler, and writes the events it emits, plus dead letters for records that can never be processed, to the
+   outbox;
 3. only after the commit are the offsets committed (asynchronously: the inbox makes a redelivery harmless).
 
 A transient failure (database or broker unreachable) is retried with backoff, never skipped. Any other failure of
@@ -18,6 +19,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -40,6 +42,14 @@ E = TypeVar("E", bound=CloudEvent)
 # How long a stopping consumer waits for its offsets to be committed; then they are left for redelivery.
 _FLUSH_SECONDS = 10.0
 
+# The most of an original record's value a dead letter keeps: the broker's default message.max.bytes is 1 MB, and a
+# dead letter carries its error and origin in headers beside the value. A larger one is cut, and says so.
+DEAD_LETTER_MAX_BYTES = 900_000
+# The most of the original's own headers a dead letter carries along.
+_HEADER_BYTES = 16 * 1024
+# Of a validation error with many field errors, the dead letter's header names this many.
+_ERRORS_NAMED = 20
+
 # Records that never validated have no event id of their own; their inbox key is derived from where they sit.
 _UNDECODABLE = uuid.UUID("3d0bf7c6-94a4-4c52-9a0b-9a7e0e3c6a11")
 
@@ -56,6 +66,15 @@ class Incoming(Generic[E]):
     def id(self) -> uuid.UUID:
         return self.event.id
 
+    @property
+    def key(self) -> tuple[str, uuid.UUID]:
+        """What the inbox knows it by: CloudEvents identify an event by its source and id together."""
+        return self.event.source, self.event.id
+
+    @property
+    def position(self) -> tuple[str, uuid.UUID]:
+        return _position(self.record)
+
 
 @dataclass(slots=True)
 class Invalid:
@@ -67,7 +86,21 @@ class Invalid:
 
     @property
     def id(self) -> uuid.UUID:
-        return uuid.uuid5(_UNDECODABLE, f"{self.record.topic}:{self.record.partition}:{self.record.offset}")
+        return _position(self.record)[1]
+
+    @property
+    def key(self) -> tuple[str, uuid.UUID]:
+        # No source can be trusted from a record that did not validate: it is known by where it sat.
+        return _position(self.record)
+
+    @property
+    def position(self) -> tuple[str, uuid.UUID]:
+        return _position(self.record)
+
+
+def _position(record: ConsumerRecord) -> tuple[str, uuid.UUID]:
+    """An inbox key for one record as it sits in its topic, with source '' (the inbox's "any source")."""
+    return "", uuid.uuid5(_UNDECODABLE, f"{record.topic}:{record.partition}:{record.offset}")
 
 
 Message = Incoming[Any] | Invalid
@@ -83,9 +116,12 @@ class Refused(Exception):
 class Transaction:
     """What a handler gets: the open database transaction and the means to emit events from it."""
 
-    def __init__(self, conn: AsyncConnection, service: str) -> None:
+    def __init__(
+        self, conn: AsyncConnection, service: str, *, dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
+    ) -> None:
         self.conn = conn
         self.service = service
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.outbox: list[OutboxMessage] = []
         self._pg = None
 
@@ -115,7 +151,7 @@ class Transaction:
 
     def dead_letter(self, message: Message, error: BaseException) -> None:
         record = message.record
-        headers = list(telemetry.trace_headers(record.headers).items())
+        headers = _passed_on(record.headers)
         headers += [
             ("oms-original-topic", record.topic),
             ("oms-original-partition", str(record.partition)),
@@ -124,13 +160,18 @@ class Transaction:
             ("oms-error-message", _describe(error)[:4000]),
             ("oms-service", self.service),
         ]
+        payload = record.value or b""
+        if len(payload) > self.dead_letter_max_bytes:
+            # Whole, it might be more than the broker takes: the dead letter would be parked instead of read.
+            headers += [("oms-truncated", "true"), ("oms-original-size", str(len(payload)))]
+            payload = payload[: self.dead_letter_max_bytes]
         key = record.key.decode("utf-8", "replace") if record.key is not None else None
         # The outbox's text and jsonb columns cannot hold NUL; a dead letter that cannot be written would stop the
         # partition for good.
         if key is not None:
             key = key.replace("\x00", "\ufffd")
-        headers = [(name, value.replace("\x00", "\ufffd")) for name, value in headers]
-        self.outbox.append(OutboxMessage(DEAD_LETTERS.name, key, record.value or b"", headers))
+        headers = [(name.replace("\x00", "\ufffd"), value.replace("\x00", "\ufffd")) for name, value in headers]
+        self.outbox.append(OutboxMessage(DEAD_LETTERS.name, key, payload, headers))
         log.warning(
             "dead-lettered %s[%d]@%d: %s",
             record.topic,
@@ -141,16 +182,64 @@ class Transaction:
         )
 
 
+async def prune_inbox(database: Database, retention: timedelta, chunk: int = 10_000) -> int:
+    """Delete the inbox rows older than `retention`, `chunk` rows per transaction (short locks, bounded WAL);
+    return how many went. Kafka redelivers only what was not committed, within minutes: a retention of days leaves
+    the inbox nothing to forget that it could still need."""
+    pruned = 0
+    while True:
+        async with database.transaction() as conn:
+            gone = await (await driver(conn)).fetchval(
+                """
+                WITH gone AS (
+                    DELETE FROM inbox WHERE ctid = ANY(ARRAY(
+                        SELECT ctid FROM inbox WHERE received_at < now() - $1::interval LIMIT $2
+                    ))
+                    RETURNING 1
+                )
+                SELECT count(*) FROM gone
+                """,
+                retention,
+                chunk,
+            )
+        pruned += gone
+        if gone < chunk:
+            return pruned
+
+
 Handler = Callable[[Transaction, list[Incoming[Any]]], Awaitable[None]]
 InvalidHandler = Callable[[Transaction, Invalid], Awaitable[bool]]
+
+
+def _passed_on(headers: telemetry.Headers | None) -> list[tuple[str, str]]:
+    """The original's headers a dead letter carries, so that a replay (`oms dlq replay`) passes them on: the trace
+    headers when W3C-valid, any other header whose value is text; never the original's own oms-* headers (the dead
+    letter's are the runtime's), nor a null or binary value (the outbox stores headers as text), and at most
+    _HEADER_BYTES of them."""
+    kept = list(telemetry.trace_headers(headers).items())
+    room = _HEADER_BYTES
+    for name, value in headers or ():
+        if name in telemetry.TRACE_HEADERS or name.startswith("oms-") or value is None:
+            continue
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        room -= len(name) + len(value)
+        if room < 0:
+            break
+        kept.append((name, text))
+    return kept
 
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, ValidationError):
         parts = []
-        for e in error.errors():
-            where = ".".join(str(p) for p in e["loc"] if not str(p).startswith("oms."))
+        for e in error.errors(include_url=False, include_input=False)[:_ERRORS_NAMED]:
+            where = ".".join(str(p)[:200] for p in e["loc"] if not str(p).startswith("oms."))
             parts.append(f"{where}: {e['msg']}" if where else e["msg"])
+        if error.error_count() > _ERRORS_NAMED:
+            parts.append(f"and {error.error_count() - _ERRORS_NAMED} more")
         return f"{error.error_count()} validation error(s): " + "; ".join(parts)
     return str(error) or type(error).__name__
 
@@ -172,8 +261,10 @@ class BatchConsumer:
         service: str,
         on_commit: Callable[[], None],
         on_invalid: InvalidHandler | None = None,
+        dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
     ) -> None:
         self.name = name
+        self.dead_letter_max_bytes = dead_letter_max_bytes
         self.topic = topic
         self.handler = handler
         self.database = database
@@ -291,8 +382,10 @@ class BatchConsumer:
 
     async def _apply(self, messages: list[Message], poison: BaseException | None = None) -> None:
         async with self.database.transaction() as conn:
-            tx = Transaction(conn, self.service)
-            fresh = await self._claim(tx, messages)
+            tx = Transaction(conn, self.service, dead_letter_max_bytes=self.dead_letter_max_bytes)
+            # A dead letter is recorded by the record's position, not its event: a redelivery of that record is not
+            # dead-lettered twice, while a replay of the dead letter (a new record, the same event) is applied.
+            fresh = await self._claim(tx, messages, by_position=poison is not None)
             if poison is not None:
                 for message in fresh:
                     message.span.record_exception(poison)
@@ -311,20 +404,31 @@ class BatchConsumer:
                     await self.handler(tx, valid)
             await append(conn, tx.outbox)
 
-    async def _claim(self, tx: Transaction, messages: list[Message]) -> list[Message]:
-        """Record the batch in the inbox; return the messages not seen before, each id once."""
+    async def _claim(self, tx: Transaction, messages: list[Message], *, by_position: bool = False) -> list[Message]:
+        """Record the batch in the inbox; return the messages not seen before, each (source, id) once.
+
+        A row with source '' (written before the inbox kept sources, or by a service not upgraded yet) stands for
+        the id from any source, so an event applied before the upgrade is not applied again when redelivered."""
         pg = await tx.pg()
+        keys = [m.position if by_position else m.key for m in messages]
         rows = await pg.fetch(
-            "INSERT INTO inbox (consumer, event_id) SELECT $1, unnest($2::uuid[]) "
-            "ON CONFLICT DO NOTHING RETURNING event_id",
+            """
+            INSERT INTO inbox (consumer, source, event_id)
+            SELECT $1, u.source, u.event_id FROM unnest($2::text[], $3::uuid[]) AS u(source, event_id)
+            WHERE NOT EXISTS (
+                SELECT 1 FROM inbox o WHERE o.consumer = $1 AND o.source = '' AND o.event_id = u.event_id
+            )
+            ON CONFLICT DO NOTHING RETURNING source, event_id
+            """,
             self.name,
-            [m.id for m in messages],
+            [key[0] for key in keys],
+            [key[1] for key in keys],
         )
-        new = {row["event_id"] for row in rows}
+        new = {(row["source"], row["event_id"]) for row in rows}
         fresh = []
-        for message in messages:
-            if message.id in new:
-                new.discard(message.id)
+        for message, key in zip(messages, keys, strict=True):
+            if key in new:
+                new.discard(key)
                 fresh.append(message)
             else:
                 message.span.set_attribute("oms.duplicate", True)

@@ -8,13 +8,22 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 import sqlalchemy as sa
+from aiokafka.errors import KafkaError
 from sqlalchemy.dialects.postgresql import BYTEA, JSONB, UUID
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    PendingRollbackError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 
 def add_messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
-    """The outbox (events waiting for the relay) and inbox (events already applied) of one service's database."""
+    """The outbox (events waiting for the relay) and inbox (events already applied) of one service's database, and
+    beside them `parked_messages` (outbox rows that can never be published)."""
     outbox = sa.Table(
         "outbox",
         metadata,
@@ -26,12 +35,32 @@ def add_messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
         sa.Column("headers", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     )
+    # An event is known by the CloudEvent's (source, id); '' stands for "any source" (rows from before the source was
+    # kept, and records that never validated, whose id is derived from where they sat). Pruned by age: BRIN on
+    # received_at costs next to nothing per insert, as rows arrive in time order.
     inbox = sa.Table(
         "inbox",
         metadata,
         sa.Column("consumer", sa.Text, primary_key=True),
+        sa.Column("source", sa.Text, primary_key=True, server_default=""),
         sa.Column("event_id", UUID(as_uuid=True), primary_key=True),
         sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Index("inbox_received_at_idx", "received_at", postgresql_using="brin"),
+    )
+    # Outbox rows the relay could never publish, with why; `oms outbox` lists, retries and drops them.
+    sa.Table(
+        "parked_messages",
+        metadata,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),  # the row's id in the outbox
+        sa.Column("topic", sa.Text, nullable=False),
+        sa.Column("key", sa.Text, nullable=True),
+        sa.Column("payload", BYTEA, nullable=False),
+        sa.Column("headers", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("error_class", sa.Text, nullable=False),
+        sa.Column("error_message", sa.Text, nullable=False),
+        sa.Column("parked_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        sa.Column("attempts", sa.Integer, nullable=False),
     )
     return outbox, inbox
 
@@ -73,19 +102,62 @@ async def driver(conn: AsyncConnection) -> asyncpg.Connection:
     return raw.driver_connection
 
 
-_TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53300", "08000", "08003", "08006"}
+# SQLSTATEs that say nothing about the message being applied, only about the database it is applied to; the same
+# message applies once the database is back (PostgreSQL's appendix A, "PostgreSQL Error Codes").
+_TRANSIENT_CLASSES = (
+    "08",  # connection exception: refused, lost, rejected
+    "28",  # invalid authorization: a password or pg_hba.conf being changed
+    "40",  # transaction rollback: serialization failure, deadlock, statement completion unknown
+    "53",  # insufficient resources: too many connections, disk full, out of memory
+    "57",  # operator intervention: admin or crash shutdown, cannot connect now (starting up, recovering),
+    # query canceled (statement_timeout, pg_cancel_backend), idle session timeout
+    "58",  # system error: I/O error
+)
+_TRANSIENT_SQLSTATES = {
+    "3D000",  # the database does not exist (yet): deployment order, not the message
+    "55P03",  # lock not available (lock_timeout)
+    "55006",  # object in use
+    "25006",  # read-only transaction: a standby during a failover
+    "25P03",  # idle in transaction session timeout
+    "25P04",  # transaction timeout
+    # The schema is behind the code: the service runs before its migrations. Every message would fail alike, and
+    # dead-lettering them all would lose the stream; waiting for `alembic upgrade` loses nothing.
+    "42P01",  # undefined table
+    "42703",  # undefined column
+}
+# Errors raised around a connection rather than by a statement: a pool that gave no connection in time, a
+# connection invalidated in the middle of a transaction, one closed under the driver.
+_TRANSIENT_TYPES = (
+    OSError,  # refused, reset, unreachable, name resolution, a unix socket that is not there (includes ConnectionError)
+    TimeoutError,
+    asyncio.TimeoutError,
+    OperationalError,
+    InterfaceError,
+    DisconnectionError,
+    PendingRollbackError,
+    PoolTimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+)
 
 
-def is_transient(error: BaseException) -> bool:
-    """True for failures that a retry can cure: the database or broker unreachable, a deadlock, a restart."""
-    if isinstance(error, OperationalError | InterfaceError | ConnectionError | TimeoutError | asyncio.TimeoutError):
+def _sqlstate(error: BaseException) -> str | None:
+    return getattr(error, "sqlstate", None) or getattr(getattr(error, "orig", None), "sqlstate", None)
+
+
+def is_transient(error: BaseException, _seen: frozenset[int] = frozenset()) -> bool:
+    """True for failures that a retry can cure: the database or broker unreachable, restarting, overloaded, a
+    deadlock, a statement timeout. The consumers retry these forever and never dead-letter a message for them; an
+    error raised from (or while handling) a transient one is transient too."""
+    if isinstance(error, _TRANSIENT_TYPES):
         return True
     if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    if isinstance(error, asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+    if isinstance(error, KafkaError) and error.retriable:
         return True
-    sqlstate = getattr(error, "sqlstate", None) or getattr(getattr(error, "orig", None), "sqlstate", None)
-    if sqlstate in _TRANSIENT_SQLSTATES or (sqlstate or "").startswith("08"):
+    sqlstate = _sqlstate(error)
+    if sqlstate is not None and (sqlstate in _TRANSIENT_SQLSTATES or sqlstate.startswith(_TRANSIENT_CLASSES)):
         return True
     cause = error.__cause__ or error.__context__
-    return cause is not None and cause is not error and is_transient(cause)
+    seen = _seen | {id(error)}
+    return cause is not None and id(cause) not in seen and is_transient(cause, seen)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry.trace import SpanKind
+from pydantic import BaseModel, Field
 
 from . import telemetry
 
@@ -17,18 +20,66 @@ if TYPE_CHECKING:
 _bearer = HTTPBearer(auto_error=False, description="A token from OMS_API_TOKENS")
 
 
+class Problem(BaseModel):
+    """What an error answer carries (FastAPI's HTTPException body)."""
+
+    detail: str
+
+
+class NotReady(BaseModel):
+    status: str = Field(examples=["unavailable"])
+    problems: dict[str, str] = Field(
+        description="What keeps the service from being ready, in plain words, by part: `database`, `kafka`, "
+        "`consumers`, `startup`",
+        examples=[{"database": "database unreachable", "consumers": "consumers not started yet"}],
+    )
+
+
+UNAUTHORIZED = {"model": Problem, "description": "No bearer token, or one that is not configured"}
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def principal_of(tokens: dict[str, str], presented: str) -> str | None:
+    """The principal of a presented token, found in constant time: every configured token is compared (as a digest of
+    fixed length, so neither a matching prefix nor a token's length shows in the time taken), with no early exit."""
+    wanted = _digest(presented)
+    found = None
+    for token, who in tokens.items():
+        if hmac.compare_digest(_digest(token), wanted):
+            found = who
+    return found
+
+
 def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
     """The principal behind the request's bearer token; 401 without a known token."""
     tokens: dict[str, str] = request.app.state.service.settings.api_tokens
     if credentials is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-    who = tokens.get(credentials.credentials)
+    who = principal_of(tokens, credentials.credentials)
     if who is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown bearer token", {"WWW-Authenticate": "Bearer"})
     return who
 
 
 Principal = Annotated[str, Depends(principal)]
+
+
+def _document_unauthorized(document: dict[str, Any]) -> dict[str, Any]:
+    """Add 401 to every operation of an OpenAPI document that takes a bearer token: the answer `principal` gives
+    without a known token, whichever service's route depends on it (a fuzzer flags an undocumented answer)."""
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("Problem", Problem.model_json_schema())
+    problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if any("HTTPBearer" in requirement for requirement in operation.get("security", ())):
+                operation["responses"].setdefault(
+                    str(status.HTTP_401_UNAUTHORIZED), {"description": UNAUTHORIZED["description"], "content": problem}
+                )
+    return document
 
 
 def create_app(service: Service, description: str) -> FastAPI:
@@ -39,6 +90,8 @@ def create_app(service: Service, description: str) -> FastAPI:
         lifespan=service.lifespan,
     )
     app.state.service = service
+    generate = app.openapi  # FastAPI's, which builds the document once and keeps it
+    app.openapi = lambda: _document_unauthorized(generate())  # type: ignore[method-assign]
 
     @app.middleware("http")
     async def trace_requests(request: Request, call_next: Any) -> Any:
@@ -59,7 +112,15 @@ def create_app(service: Service, description: str) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": service.name}
 
-    @app.get("/readyz", tags=["health"], summary="The broker and the database are reachable")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="The broker and the database are reachable and the consumers run",
+        description="Unauthenticated, so it says what is wrong in plain words only; the service's log has the detail.",
+        responses={
+            status.HTTP_503_SERVICE_UNAVAILABLE: {"model": NotReady, "description": "Not ready, and why"},
+        },
+    )
     async def readyz() -> JSONResponse:
         problems = await service.readiness()
         if problems:

@@ -5,10 +5,15 @@ catches rows that committed out of id order or were left by a crashed instance. 
 index it scans holds only work. An advisory lock lets one relay per database publish at a time, which keeps the
 per-key order of the rows when two instances of a service run.
 
-A failed publication rolls its batch back: every row stays in the outbox and is sent again, in id order. Most send
-errors are retried with the same producer. Some leave the idempotent producer's session unable to publish ever again
-(the broker refuses its sequence numbers, or its producer id or epoch), so the relay starts a fresh producer, with a
-new producer id, and resends from the outbox; consumers' inboxes absorb the copies the broker already had.
+Each row's send is judged on its own. A row that is acknowledged is deleted. A row that failed for a reason that
+passes (a lost connection, a leader election, a topic created a moment ago) stays and is sent again, in id order,
+and no later row of its topic and key is sent before it. A row that can never be published (larger than the broker
+takes, a topic that does not exist, a record the broker calls invalid) is *parked*: moved to `parked_messages`, in
+the transaction that deletes the published rows, with its error, so one such row never stalls a service; an
+operator lists, retries or drops parked rows with `oms outbox`. Some errors leave the idempotent producer's session
+unable to publish ever again (the broker refuses its sequence numbers, or its producer id or epoch), so the relay
+starts a fresh producer, with a new producer id, and resends from the outbox; consumers' inboxes absorb the copies
+the broker already had.
 """
 
 from __future__ import annotations
@@ -20,16 +25,28 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
+    CorruptRecordException,
     InvalidProducerEpoch,
     InvalidProducerIdMapping,
+    InvalidTopicError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerClosed,
     ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+    UnknownError,
     UnknownProducerId,
+    UnknownTopicOrPartitionError,
+    UnsupportedForMessageFormatError,
+    for_code,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 from opentelemetry import trace
 
 from . import telemetry
@@ -58,6 +75,24 @@ _SESSION_ERRORS = (
 # Any other error is retried with the same producer (aiokafka already retries leader changes, timeouts and lost
 # connections itself), but one that keeps failing this many passes in a row is not trusted to heal in that session.
 _FAILURES_BEFORE_RESTART = 3
+
+# Raised by `send` itself, before the row has a sequence number: the row alone is larger than the producer may send.
+_TOO_LARGE_HERE = (MessageSizeTooLargeError, RecordTooLargeError)
+# The broker refused the record batch for good. A batch may hold several rows, and a batch of small rows can be too
+# large for a topic whose max.message.bytes is small: such rows are suspects, sent again alone, and parked only when
+# alone they are refused again. UnknownError is what aiokafka makes of codes it does not know, among them
+# INVALID_RECORD (87: e.g. a record without a key on a compacted topic).
+_REFUSED_BY_BROKER = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    CorruptRecordException,
+    UnsupportedForMessageFormatError,
+    UnknownError,
+)
+# The topic is missing or closed to this producer: maybe only for a moment (a topic created a moment ago is briefly
+# unknown, an ACL is being granted), so its rows wait for a grace period before they are parked.
+_TOPIC_ERRORS = (UnknownTopicOrPartitionError, TopicAuthorizationFailedError)
 
 
 @dataclass(slots=True)
@@ -98,13 +133,82 @@ def kafka_producer(kafka: Kafka, client_id: str) -> AIOKafkaProducer:
     )
 
 
+# What an operator does with parked rows (`oms outbox`); each takes an asyncpg connection in a transaction.
+
+PARKED_COLUMNS = "id, topic, key, payload, headers, created_at, error_class, error_message, parked_at, attempts"
+
+
+async def parked(pg) -> list[Any]:
+    """Every parked row, oldest first."""
+    return await pg.fetch(f"SELECT {PARKED_COLUMNS} FROM parked_messages ORDER BY id")
+
+
+async def retry_parked(pg, ids: Sequence[int] | None) -> list[int]:
+    """Move parked rows (`ids`, or every one) back into the outbox, where they get new ids after everything already
+    there, in the order they were parked in; return the parked ids moved. The relay's sweep publishes them."""
+    moved = await pg.fetch(
+        """
+        WITH moved AS (
+            DELETE FROM parked_messages WHERE $1::bigint[] IS NULL OR id = ANY($1::bigint[])
+            RETURNING id, topic, key, payload, headers, created_at
+        ), back AS (
+            INSERT INTO outbox (topic, key, payload, headers, created_at)
+            SELECT topic, key, payload, headers, created_at FROM moved ORDER BY id
+        )
+        SELECT id FROM moved ORDER BY id
+        """,
+        None if ids is None else list(ids),
+    )
+    return [row["id"] for row in moved]
+
+
+async def drop_parked(pg, row_id: int) -> Any | None:
+    """Delete one parked row for good; return it (None when there is none with that id)."""
+    return await pg.fetchrow(f"DELETE FROM parked_messages WHERE id = $1 RETURNING {PARKED_COLUMNS}", row_id)
+
+
+class _Pass:
+    """What one pass over a batch of rows made of each: sent, parked (with the error), or kept for the next pass."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.parked: list[tuple[Any, BaseException]] = []
+        self.kept: list[int] = []
+        # The first error a later pass may cure; it is reported, and the relay backs off.
+        self.failure: BaseException | None = None
+        # Whether a send failed on this producer (not a topic still in its grace period, not a row held behind).
+        self.send_failed = False
+        # (topic, key) of rows kept: a later row of the same topic and key must not overtake them.
+        self.held: set[tuple[str, str]] = set()
+
+    def keep(self, row, error: BaseException | None = None, *, send_failed: bool = False) -> None:
+        self.kept.append(row["id"])
+        if row["key"] is not None:
+            self.held.add((row["topic"], row["key"]))
+        if error is not None and self.failure is None:
+            self.failure = error
+        self.send_failed = self.send_failed or send_failed
+
+    def is_held(self, row) -> bool:
+        return row["key"] is not None and (row["topic"], row["key"]) in self.held
+
+
+class PublishingHeldBack(Exception):
+    """Some rows of a pass were neither published nor parked; they are sent again after a backoff."""
+
+
 class Relay:
-    def __init__(self, database: Database, bootstrap: Kafka, service: str) -> None:
+    def __init__(
+        self, database: Database, bootstrap: Kafka, service: str, *, unknown_topic_grace_s: float = 60.0
+    ) -> None:
         self.database = database
         self.service = service
         self.bootstrap = bootstrap
+        self.unknown_topic_grace_s = unknown_topic_grace_s
         # Replaced when its session dies (readiness asks the current one).
         self.producer: AIOKafkaProducer | None = None
+        # Why the last attempt to start a producer failed (readiness says it in plain words); None once one runs.
+        self.connect_error: BaseException | None = None
         self._wake = asyncio.Event()
         self._last_id = 0
         self._last_sweep = 0.0
@@ -112,15 +216,24 @@ class Relay:
         self._stopping = False
         self._failures = 0
         self._dead_session: BaseException | None = None
+        # Per row id: how many passes tried it (only rows that failed once are here), and rows to send alone.
+        self._tries: dict[int, int] = {}
+        self._suspects: set[int] = set()
+        # Since when a topic has been unknown (or not authorized) to this relay.
+        self._topic_missing_since: dict[str, float] = {}
+        self._missing: dict[str, tuple[BaseException, float]] = {}
         self.published = 0
+        self.parked = 0
         self.producer_restarts = 0
 
     def wake(self) -> None:
         self._wake.set()
 
     async def start(self) -> None:
-        self.producer = self._new_producer()
-        await self.producer.start()
+        """Start publishing. Kafka need not be reachable: the relay connects when it can, and until then every row
+        waits in the outbox."""
+        with contextlib.suppress(Exception):
+            await self._connect()  # at once when Kafka answers, so that readiness need not wait for the first pass
         self._task = asyncio.create_task(self._run(), name=f"{self.service}-outbox-relay")
 
     async def stop(self) -> None:
@@ -128,7 +241,8 @@ class Relay:
         self._wake.set()
         if self._task:
             await self._task
-        await self.producer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
 
     async def drain(self) -> None:
         """Publish everything committed so far (used at shutdown and by tests)."""
@@ -139,9 +253,13 @@ class Relay:
         return kafka_producer(self.bootstrap, f"oms-{self.service}-relay")
 
     async def _run(self) -> None:
+        self._wake.set()  # a first pass at once: rows may be waiting from before the start
         await run_when_woken(
             self._wake, self._publish, interval=_SWEEP_SECONDS, what="outbox relay", running=lambda: not self._stopping
         )
+        if self.producer is None:
+            log.warning("outbox not drained at shutdown: Kafka was never reachable (the next start publishes it)")
+            return
         try:
             await self.drain()
         except Exception as error:
@@ -157,9 +275,12 @@ class Relay:
             after = self._last_id
 
     async def _publish_batch(self, after_id: int) -> int:
-        if self._dead_session is not None:
+        """One pass over up to _BATCH rows after `after_id`: publish, park or keep each; return how many were read,
+        or 0 when some were kept for a later pass (which starts with them). Raises PublishingHeldBack, after
+        committing what it did, when a send failed: the relay backs off before it tries again."""
+        if self.producer is None or self._dead_session is not None:
             # Outside the transaction: the advisory lock is not held while a producer connects.
-            await self._replace_producer()
+            await self._connect()
         async with self.database.transaction() as conn:
             pg = await driver(conn)
             await pg.execute("SELECT pg_advisory_xact_lock($1)", _RELAY_LOCK)
@@ -170,53 +291,218 @@ class Relay:
             )
             if not rows:
                 return 0
-            await self._send_all(rows)
-            await pg.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [row["id"] for row in rows])
-        self._last_id = max(self._last_id, rows[-1]["id"])
-        self.published += len(rows)
-        return len(rows)
-
-    async def _send_all(self, rows) -> None:
-        """Send the rows in id order and wait for every acknowledgement; raise the first failure (in id order), after
-        every send has settled, so that nothing of this batch is still in flight when the producer is replaced."""
-        producer = self.producer
-        pending: list[asyncio.Future] = []
-        try:
-            try:
-                for row in rows:
-                    pending.append(await self._send(producer, row))
-            finally:
-                outcomes = await asyncio.gather(*pending, return_exceptions=True)
-            failed = next((o for o in outcomes if isinstance(o, BaseException)), None)
-            if isinstance(failed, asyncio.CancelledError):
-                # Only a producer being torn down cancels a delivery; the row was not acknowledged.
-                raise ProducerClosed() from failed
-            if failed is not None:
-                raise failed
-        except Exception as error:
+            if after_id == 0:
+                self._forget_before(rows[0]["id"])
+            done = await self._send_all(rows)
+            if done.parked:
+                await pg.execute(
+                    """
+                    INSERT INTO parked_messages
+                        (id, topic, key, payload, headers, created_at, error_class, error_message, attempts)
+                    SELECT o.id, o.topic, o.key, o.payload, o.headers, o.created_at, p.error_class, p.error_message,
+                        p.attempts
+                    FROM outbox o
+                    JOIN unnest($1::bigint[], $2::text[], $3::text[], $4::int[])
+                        AS p(id, error_class, error_message, attempts) USING (id)
+                    """,
+                    [row["id"] for row, _ in done.parked],
+                    [type(error).__name__ for _, error in done.parked],
+                    [_describe(error)[:4000] for _, error in done.parked],
+                    [self._tries.get(row["id"], 1) for row, _ in done.parked],
+                )
+            gone = done.sent + [row["id"] for row, _ in done.parked]
+            await pg.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", gone)
+        for row, error in done.parked:
+            log.warning(
+                "outbox relay parked message %d for %s, key %s, after %d tries: %s: %s "
+                "(later messages of its key are published; `oms outbox parked --service %s` lists it)",
+                row["id"],
+                row["topic"],
+                _shown(row["key"]),
+                self._tries.get(row["id"], 1),
+                type(error).__name__,
+                _describe(error),
+                self.service,
+            )
+        for row_id in gone:
+            self._tries.pop(row_id, None)
+            self._suspects.discard(row_id)
+        self.published += len(done.sent)
+        self.parked += len(done.parked)
+        if done.send_failed:
             self._failures += 1
-            if isinstance(error, _SESSION_ERRORS) or self._failures >= _FAILURES_BEFORE_RESTART:
-                self._dead_session = error
-            raise
-        self._failures = 0
+            if self._failures >= _FAILURES_BEFORE_RESTART and self._dead_session is None:
+                self._dead_session = done.failure
+        elif done.sent:
+            self._failures = 0
+        if not done.kept:
+            self._last_id = max(self._last_id, rows[-1]["id"])
+            return len(rows)
+        # The next pass starts with the first row kept, so that nothing of its key overtakes it.
+        self._last_id = min(done.kept) - 1
+        if done.send_failed:
+            raise PublishingHeldBack(
+                f"{len(done.kept)} message(s) of {len(rows)} kept for the next pass: {done.failure!r}"
+            ) from done.failure
+        # Only rows waiting for their topic (or behind one): the sweep tries them again within a second.
+        return 0
 
-    async def _replace_producer(self) -> None:
+    def _forget_before(self, first_id: int) -> None:
+        # Rows below the first one left in the outbox were published or parked by another instance.
+        for row_id in [i for i in self._tries if i < first_id]:
+            del self._tries[row_id]
+        self._suspects = {i for i in self._suspects if i >= first_id}
+
+    async def _send_all(self, rows) -> _Pass:
+        """Send the rows in id order and wait for every acknowledgement; judge each row by its own outcome.
+
+        Every send has settled when this returns, so nothing of this pass is still in flight when the producer is
+        replaced."""
+        producer = self.producer
+        done = _Pass()
+        missing = await self._missing_topics(producer, {row["topic"] for row in rows})
+        pending: list[tuple[Any, asyncio.Future]] = []
+        stopped = False
+        for row in rows:
+            if stopped or done.is_held(row):
+                done.keep(row)
+                continue
+            self._tries[row["id"]] = self._tries.get(row["id"], 0) + 1
+            if row["topic"] in missing:
+                self._judge_topic(done, row, missing[row["topic"]])
+                continue
+            alone = row["id"] in self._suspects
+            if alone:
+                # Everything sent before has settled: this row makes a record batch of its own.
+                await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
+            try:
+                future = await self._send(producer, row)
+            except Exception as error:
+                stopped = self._judge_unsent(done, row, error)
+                continue
+            if alone:
+                [outcome] = await asyncio.gather(future, return_exceptions=True)
+                stopped = self._judge_alone(done, row, outcome)
+            else:
+                pending.append((row, future))
+        outcomes = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
+        for (row, _), outcome in zip(pending, outcomes, strict=True):
+            self._judge_sent(done, row, outcome)
+        return done
+
+    async def _missing_topics(self, producer: AIOKafkaProducer, topics: set[str]) -> dict[str, BaseException]:
+        """The topics of a batch that the broker does not have (or will not let this producer write to), asked once
+        per pass for topics the producer does not know yet. A send to a topic missing from the metadata would wait
+        request_timeout_ms (30 s) before it fails, holding back the whole batch."""
+        now = time.monotonic()
+        unknown = {t for t in topics if producer.client.cluster.partitions_for_topic(t) is None}
+        # A topic found missing less than a second ago is not asked about again at every pass of a busy relay.
+        missing = {t: error for t, (error, at) in self._missing.items() if t in unknown and now - at < _SWEEP_SECONDS}
+        ask = sorted(unknown - set(missing))
+        if ask:
+            response = await producer.client.send(
+                producer.client.get_random_node(), MetadataRequest(ask, allow_auto_topic_creation=False)
+            )
+            for entry in response.topics:
+                error_code, topic = entry[0], entry[1]
+                if error_code != 0:
+                    missing[topic] = for_code(error_code)(f"topic {topic}")
+                    self._missing[topic] = (missing[topic], now)
+                else:
+                    self._missing.pop(topic, None)
+        for topic in topics:
+            if topic not in missing:
+                self._topic_missing_since.pop(topic, None)
+            else:
+                self._note_missing(topic, missing[topic])
+        return missing
+
+    def _note_missing(self, topic: str, error: BaseException) -> None:
+        if topic not in self._topic_missing_since:
+            self._topic_missing_since[topic] = time.monotonic()
+            log.warning(
+                "outbox relay: topic %s cannot be written to (%s); its messages wait up to %gs, then are parked",
+                topic,
+                type(error).__name__,
+                self.unknown_topic_grace_s,
+            )
+
+    def _judge_topic(self, done: _Pass, row, error: BaseException) -> None:
+        """A row of a topic the metadata has an error for: parked when the name is invalid or the topic has been
+        missing for longer than the grace period; otherwise it waits (a leader being elected, say)."""
+        missing_for = time.monotonic() - self._topic_missing_since.get(row["topic"], time.monotonic())
+        if isinstance(error, InvalidTopicError) or (
+            isinstance(error, _TOPIC_ERRORS) and missing_for >= self.unknown_topic_grace_s
+        ):
+            done.parked.append((row, _with_time(error, missing_for)))
+        else:
+            done.keep(row, error)
+
+    def _judge_unsent(self, done: _Pass, row, error: BaseException) -> bool:
+        """A send refused before the row left: returns whether this producer must not send any more."""
+        if isinstance(error, _TOO_LARGE_HERE):
+            done.parked.append((row, error))
+            return False
+        if isinstance(error, _TOPIC_ERRORS):
+            self._note_missing(row["topic"], error)
+            self._judge_topic(done, row, error)
+            return False
+        done.keep(row, error, send_failed=True)
+        if isinstance(error, _SESSION_ERRORS):
+            self._dead_session = error
+            return True
+        return False
+
+    def _judge_alone(self, done: _Pass, row, outcome: object) -> bool:
+        """A suspect sent alone: refused again, it is parked. Its refusal left a gap in this producer's sequence
+        numbers for the partition, so the producer is replaced before anything else is sent."""
+        if isinstance(outcome, _REFUSED_BY_BROKER):
+            done.parked.append((row, outcome))
+            self._dead_session = outcome
+            return True
+        self._judge_sent(done, row, outcome)
+        return self._dead_session is not None
+
+    def _judge_sent(self, done: _Pass, row, outcome: object) -> None:
+        if not isinstance(outcome, BaseException):
+            done.sent.append(row["id"])
+            return
+        if isinstance(outcome, asyncio.CancelledError):
+            # Only a producer being torn down cancels a delivery; the row was not acknowledged.
+            outcome = ProducerClosed()
+        if isinstance(outcome, _SESSION_ERRORS):
+            self._dead_session = outcome
+        elif isinstance(outcome, _REFUSED_BY_BROKER):
+            # Sent again alone by a fresh producer: the refused batch left a gap in this one's sequence numbers for
+            # the partition, and the broker would take nothing more of it there.
+            self._suspects.add(row["id"])
+            self._dead_session = outcome
+        done.keep(row, outcome, send_failed=True)
+
+    async def _connect(self) -> None:
+        """Start a producer: the first one, or a fresh one (a new producer id) in place of one whose session died."""
         fresh = self._new_producer()
         try:
             await fresh.start()
-        except BaseException:
+        except BaseException as error:
+            self.connect_error = error
             with contextlib.suppress(Exception):
                 await fresh.stop()
             raise
+        self.connect_error = None
         old, self.producer = self.producer, fresh
-        log.warning(
-            "outbox relay: its Kafka producer cannot publish any more (%r); a new one resends from the outbox",
-            self._dead_session,
-        )
+        if old is None:
+            log.info("outbox relay connected to Kafka")
+        else:
+            log.warning(
+                "outbox relay: its Kafka producer cannot publish any more (%r); a new one resends from the outbox",
+                self._dead_session,
+            )
+            self.producer_restarts += 1
         self._dead_session, self._failures = None, 0
-        self.producer_restarts += 1
-        with contextlib.suppress(Exception):
-            await old.stop()
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
 
     async def _send(self, producer: AIOKafkaProducer, row) -> asyncio.Future:
         stored = row["headers"]
@@ -236,3 +522,22 @@ class Relay:
             key=row["key"].encode() if row["key"] is not None else None,
             headers=[(n, v.encode()) for n, v in headers],
         )
+
+
+def _describe(error: BaseException) -> str:
+    """An error's own words, without the class name (stored and shown beside it) and without aiokafka's
+    "[Error N] Name:" prefix; the broker's description of the code when there are none."""
+    text = " ".join(str(arg) for arg in error.args).strip()
+    return text or getattr(error, "description", "") or type(error).__name__
+
+
+def _with_time(error: BaseException, missing_for: float) -> BaseException:
+    if isinstance(error, _TOPIC_ERRORS) and missing_for > 0:
+        return type(error)(f"{_describe(error)}, missing for {missing_for:.0f}s")
+    return error
+
+
+def _shown(key: str | None) -> str:
+    if key is None:
+        return "(none)"
+    return key if len(key) <= 200 else f"{key[:200]}… ({len(key)} characters)"

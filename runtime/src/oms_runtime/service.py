@@ -19,9 +19,10 @@ from faststream.specification import AsyncAPI
 from oms_contracts import Topic
 
 from . import http, telemetry
-from .consumer import BatchConsumer, Handler, InvalidHandler
-from .database import Database
+from .consumer import BatchConsumer, Handler, InvalidHandler, prune_inbox
+from .database import Database, is_transient
 from .kafka import kafka_problem
+from .loop import run_when_woken
 from .outbox import Relay
 from .settings import ServiceSettings
 
@@ -58,7 +59,9 @@ class Service:
         self.settings = settings
         self.name = settings.service
         self.database = Database(settings.database_url, settings.db_pool_size)
-        self.relay = Relay(self.database, settings, self.name)
+        self.relay = Relay(
+            self.database, settings, self.name, unknown_topic_grace_s=settings.relay_unknown_topic_grace_s
+        )
         self.broker = KafkaBroker(
             settings.kafka_bootstrap,
             # SASL and/or TLS from the settings, as the relay's producer and the admin client have them.
@@ -81,7 +84,11 @@ class Service:
         self._after_commit: list[Callable[[], None]] = [self.relay.wake]
         self._workers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._unready: dict[str, str] = {}
+        self._starting: asyncio.Task[None] | None = None
+        self._consumers_started = False
         self.http: FastAPI = http.create_app(self, description)
+        self.worker(self._prune_inbox)
 
     def consumer(self, topic: Topic, *, on_invalid: InvalidHandler | None = None) -> Callable[[Handler], Handler]:
         """Subscribe a batch handler to a topic, in this service's consumer group for that topic."""
@@ -96,6 +103,7 @@ class Service:
                 service=self.name,
                 on_commit=self._committed,
                 on_invalid=on_invalid,
+                dead_letter_max_bytes=self.settings.dead_letter_max_bytes,
             )
             self.consumers.append(consumer)
 
@@ -148,43 +156,108 @@ class Service:
         self._workers.append(loop)
         return loop
 
+    async def _prune_inbox(self) -> None:
+        wake = asyncio.Event()
+        wake.set()  # once at start, then every interval
+
+        async def prune() -> None:
+            pruned = await prune_inbox(self.database, self.settings.inbox_retention)
+            if pruned:
+                log.info("inbox: forgot %d events applied more than %s ago", pruned, self.settings.inbox_retention)
+
+        await run_when_woken(wake, prune, interval=self.settings.inbox_prune_interval_s, what="inbox pruning")
+
     @contextlib.asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:
-        await self.relay.start()
-        for hook in self._startup:
-            await hook()
-        await self.broker.start()
-        self._tasks = [asyncio.create_task(w(), name=w.__name__) for w in self._workers]
-        log.info("oms-%s started", self.name)
+        """Serve HTTP at once and start the rest in the background: a service started while Kafka or PostgreSQL is
+        down answers /healthz, says in /readyz what it waits for, and becomes ready when they come back."""
+        self._starting = asyncio.create_task(self._start(), name=f"{self.name}-start")
         try:
             yield
         finally:
-            # Offsets first, while the Kafka consumers still run. A batch still being applied commits its own
-            # offsets before it returns, and the broker's stop waits for it before stopping its consumer.
-            for consumer in self.consumers:
-                consumer.stopping = True
-            for consumer in self.consumers:
-                await consumer.close()
-            await self.broker.stop()
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.relay.stop()
-            await self.database.dispose()
-            log.info("oms-%s stopped", self.name)
+            await self._stop()
+
+    async def _start(self) -> None:
+        await self.relay.start()
+        for hook in self._startup:
+            await self._until_done(hook.__name__, hook)
+        self._tasks = [asyncio.create_task(w(), name=w.__name__) for w in self._workers]
+        await self._until_done("consumers", self._start_consumers)
+        self._consumers_started = True
+        log.info("oms-%s started", self.name)
+
+    async def _until_done(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await step()
+                return
+            except Exception as error:
+                level = logging.WARNING if is_transient(error) else logging.ERROR
+                log.log(level, "%s of oms-%s not started, retrying in %.1fs: %r", what, self.name, delay, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _start_consumers(self) -> None:
+        try:
+            await self.broker.start()
+        except BaseException:
+            # Subscribers that did start are stopped, so that the next attempt starts each of them once.
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+            raise
+
+    async def _stop(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._starting
+        # Offsets first, while the Kafka consumers still run. A batch still being applied commits its own offsets
+        # before it returns, and the broker's stop waits for it before stopping its consumer.
+        for consumer in self.consumers:
+            consumer.stopping = True
+        for consumer in self.consumers:
+            await consumer.close()
+        await self.broker.stop()
+        self._consumers_started = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.relay.stop()
+        await self.database.dispose()
+        log.info("oms-%s stopped", self.name)
 
     async def readiness(self) -> dict[str, str]:
-        """What is not reachable, by name; empty when the service is ready."""
+        """What keeps the service from being ready, in plain words by part; empty when it is ready.
+
+        `/readyz` answers without a token, so it never shows a connection string, a host or an exception: the detail
+        goes to the log, once each time it changes."""
         problems: dict[str, str] = {}
+        details: dict[str, str] = {}
         try:
             await asyncio.wait_for(self.database.ping(), 2.0)
         except Exception as error:
-            problems["database"] = repr(error)
-        try:
-            assert self.relay.producer is not None, "relay not started"
-            await asyncio.wait_for(self.relay.producer.client.fetch_all_metadata(), 2.0)
-        except Exception as error:
-            problems["kafka"] = await kafka_problem(self.settings, error)
+            problems["database"], details["database"] = "database unreachable", repr(error)
+        producer, failure = self.relay.producer, self.relay.connect_error
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
+                failure = None
+            except Exception as error:
+                failure = error
+        if failure is not None:
+            # Told apart from a broker that does not answer: a login refused, an authorization missing.
+            problems["kafka"], details["kafka"] = f"kafka {await kafka_problem(self.settings, failure)}", repr(failure)
+        elif producer is None:
+            problems["kafka"] = details["kafka"] = "kafka not connected yet"
+        if not self._consumers_started:
+            problems["consumers"] = details["consumers"] = "consumers not started yet"
+        if details != self._unready:
+            if details:
+                log.warning("not ready: %s", "; ".join(f"{part}: {why}" for part, why in details.items()))
+            else:
+                log.info("ready")
+            self._unready = details
         return problems
 
     def run(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AliasChoices, Field, field_validator
@@ -43,6 +44,16 @@ class ServiceSettings(KafkaSettings):
     # one JSON span per line into this file (what the end-to-end test reads).
     trace_file: str | None = None
     db_pool_size: int = Field(default=10, ge=1)
+    # How long the inbox remembers an applied event (OMS_INBOX_RETENTION: seconds or ISO 8601, e.g. P7D), and how
+    # often it forgets older ones. Far longer than any redelivery: Kafka redelivers only uncommitted offsets.
+    inbox_retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
+    inbox_prune_interval_s: float = Field(default=3600.0, gt=0)
+    # How long the relay keeps messages for a topic Kafka does not have (or will not let it write to) before it parks
+    # them: a topic created a moment ago may be unknown for a few seconds.
+    relay_unknown_topic_grace_s: float = Field(default=60.0, gt=0)
+    # The most of an original record's value a dead letter keeps (a larger one is cut and says so in its headers):
+    # below the broker's default message.max.bytes (1 MB), with room for the key and the headers.
+    dead_letter_max_bytes: int = Field(default=900_000, ge=1)
 
     @field_validator("api_tokens", mode="before")
     @classmethod

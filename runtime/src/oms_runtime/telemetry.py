@@ -26,7 +26,7 @@ _order_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("oms_orde
 # As aiokafka hands them over: a header's value may be null, and its bytes need not be text.
 Headers = Sequence[tuple[str, bytes | None]]
 
-_TRACE_HEADERS = ("traceparent", "tracestate")
+TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 def setup_tracing(service: str, trace_file: str | None) -> TracerProvider:
@@ -54,7 +54,7 @@ def tracer() -> trace.Tracer:
 def trace_headers(headers: Headers | None) -> dict[str, str]:
     """The W3C trace headers of a Kafka message, as text. W3C allows only ASCII in them: a null or non-ASCII value
     is left out, so a sender's mangled header costs the link to its trace and nothing else."""
-    return {k: v.decode("ascii") for k, v in headers or () if k in _TRACE_HEADERS and v is not None and v.isascii()}
+    return {k: v.decode("ascii") for k, v in headers or () if k in TRACE_HEADERS and v is not None and v.isascii()}
 
 
 def extract(headers: Headers | None) -> otel_context.Context:

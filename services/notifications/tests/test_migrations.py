@@ -34,4 +34,5 @@ async def test_migrations_create_exactly_the_tables_the_service_uses(migrated):
         "notices_awaiting_contact",
         "outbox",
         "inbox",
+        "parked_messages",
     }

@@ -6,9 +6,10 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
 
 from oms_contracts import inventory, routing
-from oms_contracts.order import OrderStatus
+from oms_contracts.order import FieldError, OrderStatus
 from oms_contracts.topics import CHANNEL_ORDERS, FULFILLMENT_UPDATES, INVENTORY_ALLOCATIONS, ROUTING_PLANS
 from oms_order import store
 from oms_runtime.testing import deliver
@@ -115,6 +116,33 @@ async def test_an_invalid_submission_is_rejected_with_its_field_errors_and_makes
     assert field in [e.field for e in rejection.errors], rejection.errors
     async with order_service.database.connect() as conn:
         assert await store.order_view(conn, submitted.data.order_id) is None
+
+
+async def test_a_rejection_echoes_a_bounded_part_of_a_huge_invalid_submission(order_service):
+    """Anyone may publish on the channel topic: what the rejection echoes is bounded whatever the submission holds,
+    so it always fits on the order topic. The errors beyond the first 50 are counted, not listed."""
+    submitted = samples.order_submitted(f"huge-{uuid.uuid4().hex[:6]}", [("SKU-1", 2, "19.99")])
+    document = submitted.model_dump(mode="json")
+    document["data"]["lines"] = [
+        {"line_id": str(n), "sku": "SKU-1", "quantity": 0, "unit_price": "1.00"} for n in range(120)
+    ]
+    document["data"]["channel"] = "c" * 50_000
+
+    [rejected] = await deliver(order_service, CHANNEL_ORDERS, json.dumps(document).encode())
+
+    rejection = rejected.event.data
+    assert len(rejection.errors) == 50
+    assert rejection.errors_omitted == len(FieldError.all_of(_refusal(document))) - 50
+    assert rejection.channel is None and rejection.order_id is None, "an id no channel could have sent is not echoed"
+    assert rejection.external_order_id == submitted.data.external_order_id
+    assert rejection.rejected_event_id == submitted.id
+    assert len(rejected.payload) < 40_000
+
+
+def _refusal(document):
+    with pytest.raises(ValidationError) as refused:
+        CHANNEL_ORDERS.parse(json.dumps(document))
+    return refused.value
 
 
 async def test_undecodable_bytes_go_to_the_dead_letter_topic_and_the_next_message_is_processed(order_service):

@@ -24,7 +24,7 @@ async def test_the_migrations_create_exactly_the_tables_of_the_store(service_dat
     finally:
         await engine.dispose()
     assert diff == []
-    assert version == "0003"
+    assert version == "0004"
 
 
 def _alembic(url: str, *args: str) -> None:
@@ -129,5 +129,30 @@ async def test_lines_stored_before_backorder_counts_count_what_entered_the_backo
             )
             assert [tuple(row) for row in rows] == [("1", 5, 0, 5), ("2", 0, 0, 0)]
         _alembic(url, "downgrade", "0002")
+    finally:
+        await engine.dispose()
+
+
+async def test_inbox_rows_from_before_the_inbox_kept_sources_stay_as_any_source_through_the_upgrade_and_back(
+    create_database,
+):
+    url = create_database("order_inbox").replace("postgresql://", "postgresql+asyncpg://", 1)
+    _alembic(url, "upgrade", "0003")
+    event_id = uuid.uuid4()
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(sa.text("INSERT INTO inbox (consumer, event_id) VALUES ('c', :id)"), {"id": event_id})
+        _alembic(url, "upgrade", "head")
+        async with engine.begin() as conn:
+            rows = (await conn.execute(sa.text("SELECT consumer, source, event_id FROM inbox"))).all()
+            assert [tuple(r) for r in rows] == [("c", "", event_id)]
+            # The same id from another source is another event now.
+            await conn.execute(
+                sa.text("INSERT INTO inbox (consumer, source, event_id) VALUES ('c', '/oms/x', :id)"), {"id": event_id}
+            )
+        _alembic(url, "downgrade", "0003")
+        async with engine.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT consumer, event_id FROM inbox"))).all() == [("c", event_id)]
     finally:
         await engine.dispose()

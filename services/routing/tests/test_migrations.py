@@ -42,6 +42,7 @@ async def test_migrations_on_a_fresh_database_match_the_store_metadata(migrated_
         "inbox",
         "orders",
         "outbox",
+        "parked_messages",
         "plans",
         "replanned_lines",
         "rule_chains",

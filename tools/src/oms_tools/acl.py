@@ -147,7 +147,8 @@ SERVICES: dict[str, ServiceAccess] = {
         writes_request_topics=True,
     ),
     "routing": ServiceAccess(
-        reads=(ORDER_EVENTS, INVENTORY_ALLOCATIONS, FULFILLMENT_UPDATES, INVENTORY_STOCK),
+        # Not the fulfillment updates: routing re-plans on the order service's order.replan_requested.
+        reads=(ORDER_EVENTS, INVENTORY_ALLOCATIONS, INVENTORY_STOCK),
         writes=(ROUTING_PLANS, ROUTING_NETWORK, DEAD_LETTERS),
         creates_request_topics=True,
     ),
@@ -156,7 +157,8 @@ SERVICES: dict[str, ServiceAccess] = {
         writes=(INVENTORY_ALLOCATIONS, INVENTORY_STOCK, DEAD_LETTERS),
     ),
     "notifications": ServiceAccess(
-        reads=(ORDER_EVENTS, ROUTING_PLANS, INVENTORY_ALLOCATIONS),
+        # The stock topic for the operators' low-stock alerts.
+        reads=(ORDER_EVENTS, ROUTING_PLANS, INVENTORY_ALLOCATIONS, INVENTORY_STOCK),
         writes=(NOTIFICATIONS, DEAD_LETTERS),
     ),
 }

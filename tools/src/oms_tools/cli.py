@@ -16,25 +16,36 @@ import secrets
 import signal
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import httpx
 import typer
+from aiokafka import ConsumerRecord
 from pydantic import TypeAdapter, ValidationError
 
-from oms_contracts import FIXED_TOPICS, fulfillment_requests
+from oms_contracts import DEAD_LETTERS, FIXED_TOPICS, fulfillment_requests
 from oms_contracts.common import BackorderPolicy
 from oms_contracts.topics import CHANNEL_ORDERS, INVENTORY_RECEIPTS
 from oms_contracts.types import SourceCode
+from oms_runtime import outbox as relay_outbox
 from oms_runtime.kafka import Kafka, KafkaSettings
 from oms_runtime.topics import ensure_topics
 
-from . import acl, demo, samples
+from . import acl, demo, dlq, outbox, samples
 from .dlq import tail
 from .errors import FAILED, INVALID, UNREACHABLE, ToolError
-from .kafka import admin, new_traceparent, producer, require_topics, send, talking_to, trace_id_of
+from .kafka import (
+    admin,
+    existing_topics,
+    new_traceparent,
+    producer,
+    require_topics,
+    send,
+    talking_to,
+    trace_id_of,
+)
 from .readiness import wait_until_inventory_knows
 from .ship import Shipper
 
@@ -66,12 +77,19 @@ dlq_app = typer.Typer(
 )
 app.add_typer(topics_app, name="topics")
 app.add_typer(demo_app, name="demo")
+outbox_app = typer.Typer(
+    help="Messages a service's outbox relay could never publish (too large, a topic that does not exist): it parks "
+    "them so that the rest of the service's output goes on. List them, put them back after a fix, or drop them.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
 acl_app = typer.Typer(
     help="Who may do what on a broker with SASL/SCRAM and ACLs: a principal per fulfillment source and per service.",
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(outbox_app, name="outbox")
 app.add_typer(acl_app, name="acl")
 
 
@@ -616,6 +634,220 @@ def dlq_tail(
     _run(run, kafka=kafka, stoppable=True)
     if not follow:
         typer.echo(f"{count} dead letter(s)", err=True)
+
+
+# oms dlq replay ----------------------------------------------------------------------------------------------------
+
+_DURATION = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _check_time(value: str | None) -> datetime | None:
+    """An RFC 3339 time (UTC when it has no offset), or a duration ago: 30m, 2h, 7d."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text[:-1].isdigit() and text[-1:] in _DURATION:
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * _DURATION[text[-1]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is neither a time (2026-12-01T10:00:00Z) nor a duration ago (2h)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _check_positions(values: list[str] | None) -> list[str] | None:
+    for value in values or ():
+        partition, sep, offset = value.partition(":")
+        if not sep or not partition.isdigit() or not offset.isdigit():
+            raise typer.BadParameter(f"{value!r} is not PARTITION:OFFSET of {DEAD_LETTERS.name} (e.g. 2:41)")
+    return values
+
+
+@dlq_app.command("replay", epilog=EXIT_CODES)
+def dlq_replay(
+    at: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--at",
+            metavar="PARTITION:OFFSET",
+            callback=_check_positions,
+            help="A dead letter's position on oms.dlq.v1, as `oms dlq tail` shows it (repeatable).",
+        ),
+    ] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="Only dead letters of this original topic.")] = None,
+    error_class: Annotated[
+        str | None, typer.Option("--error-class", help="Only those dead-lettered with this error class (Refused...).")
+    ] = None,
+    service: Annotated[str | None, typer.Option("--service", help="Only those the service dead-lettered.")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--since", help="Only those dead-lettered at or after: a time (RFC 3339) or a duration ago (2h)."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Only those dead-lettered before: a time or a duration ago.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be replayed; publish nothing.")] = False,
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+) -> None:
+    """Publish chosen dead letters again to the topic they came from, after the cause is fixed (a source now known,
+    a bug fixed): the original key and value and the original's headers, plus `oms-replayed-from` naming the dead
+    letter, with the OMS producer settings (idempotent, acks=all), in the order they were dead-lettered.
+
+    Choose by position (`--at`) and/or by filters, which all must match; at least one is needed. The consumer
+    applies a replayed event as new (a dead letter is remembered by its position, not its event) or dead-letters it
+    again. A dead letter whose value was cut (over 900 kB) is not replayed: the original is not in it."""
+    if not (at or topic or error_class or service or since or until):
+        raise typer.BadParameter("choose with --at or a filter (--topic, --error-class, --service, --since, --until)")
+    kafka = _kafka(bootstrap)
+    selection = dlq.Selection(
+        at=frozenset((int(p), int(o)) for p, _, o in (value.partition(":") for value in at or ())),
+        original_topic=topic,
+        error_class=error_class,
+        service=service,
+        since=_check_time(since),
+        until=_check_time(until),
+    )
+
+    async def replay() -> tuple[int, int]:
+        letters = await dlq.chosen(kafka, selection)
+        existing = await existing_topics(kafka)
+        ready: list[ConsumerRecord] = []
+        skipped = 0
+        for letter in letters:
+            why = dlq.why_not_replayable(letter)
+            original = dict(letter.headers or ()).get("oms-original-topic", b"").decode("utf-8", "replace")
+            if why is None and original not in existing:
+                why = f"its topic {original} does not exist on Kafka at {bootstrap}"
+            if why is not None:
+                typer.echo(f"skipped  {dlq.describe(letter)}: {why}", err=True)
+                skipped += 1
+            else:
+                ready.append(letter)
+        if dry_run:
+            for letter in ready:
+                typer.echo(f"would replay  {dlq.describe(letter)}")
+            return len(ready), skipped
+        async with producer(kafka, "oms-dlq-replay") as client:
+            for letter in ready:
+                original = dict(letter.headers).get("oms-original-topic", b"").decode()
+                # One at a time, acknowledged, in the order they were dead-lettered: a key's events stay in order.
+                await client.send_and_wait(original, letter.value, key=letter.key, headers=dlq.replayed_headers(letter))
+                typer.echo(f"replayed  {dlq.describe(letter)}")
+        return len(ready), skipped
+
+    result = _run(replay, kafka=kafka)
+    done, skipped = result or (0, 0)
+    typer.echo(f"{done} dead letter(s) {'would be ' if dry_run else ''}replayed, {skipped} skipped", err=True)
+
+
+# oms outbox parked / retry / drop -----------------------------------------------------------------------------------
+
+log = logging.getLogger("oms_tools.outbox")
+
+Service = Annotated[
+    outbox.ServiceName,
+    typer.Option("--service", "-s", case_sensitive=False, help="Whose outbox: the service's own database."),
+]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        show_default=False,
+        help="The service's database; by default OMS_<SERVICE>_DATABASE_URL, else OMS_DATABASE_URL, else the local "
+        "one of `make run` (the password is never printed).",
+    ),
+]
+
+
+@outbox_app.callback()
+def _outbox() -> None:
+    """Messages a service's outbox relay parked."""
+
+
+@outbox_app.command("parked", epilog=EXIT_CODES)
+def outbox_parked(
+    service: Service,
+    database_url: DatabaseUrl = None,
+    full: Annotated[bool, typer.Option("--full", help="Print whole payloads and keys.")] = False,
+) -> None:
+    """List the service's parked messages, oldest first: topic, key, event type, the error that parked it, when it
+    was written and parked, after how many tries, and its payload."""
+    url = outbox.database_url(service, database_url)
+
+    async def read() -> list[Any]:
+        async with outbox.transaction(url) as pg:
+            return await relay_outbox.parked(pg)
+
+    rows = _run(read) or []
+    for row in rows:
+        typer.echo(outbox.format_parked(row, full=full))
+    typer.echo(f"{len(rows)} parked message(s) in {service.value}'s outbox", err=True)
+
+
+@outbox_app.command("retry", epilog=EXIT_CODES)
+def outbox_retry(
+    service: Service,
+    ids: Annotated[list[int] | None, typer.Argument(help="Parked message ids (as `oms outbox parked` shows).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every parked message of the service.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Put parked messages back into the outbox, after the cause is fixed (the topic created, a limit raised).
+
+    They join the outbox behind everything waiting there, in the order they were parked in, and the running
+    service's relay publishes them within a second; one that still cannot be published is parked again."""
+    if bool(ids) == every:
+        raise typer.BadParameter("name parked message ids, or --all (not both)", param_hint="IDS / --all")
+    url = outbox.database_url(service, database_url)
+
+    async def move() -> list[int]:
+        async with outbox.transaction(url) as pg:
+            return await relay_outbox.retry_parked(pg, None if every else ids)
+
+    moved = _run(move) or []
+    if not every and (missing := sorted(set(ids or ()) - set(moved))):
+        # The transaction committed what it found: the others were retried or dropped already, or never existed.
+        typer.echo(f"no parked message {', '.join(map(str, missing))} in {service.value}'s outbox", err=True)
+    typer.echo(
+        f"{len(moved)} parked message(s) back in {service.value}'s outbox"
+        + (f": {', '.join(map(str, moved))}" if moved else "")
+    )
+    if not every and not moved:
+        raise typer.Exit(FAILED)
+
+
+@outbox_app.command("drop", epilog=EXIT_CODES)
+def outbox_drop(
+    service: Service,
+    message_id: Annotated[int, typer.Argument(metavar="ID", help="The parked message's id.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why it may be lost (kept in the log line).")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Delete one parked message for good, saying why. It is never published; the line this prints (and logs) is
+    what remains of it."""
+    if not reason.strip():
+        raise typer.BadParameter("say why the message may be lost", param_hint="--reason")
+    url = outbox.database_url(service, database_url)
+
+    async def drop() -> Any:
+        async with outbox.transaction(url) as pg:
+            return await relay_outbox.drop_parked(pg, message_id)
+
+    row = _run(drop)
+    if row is None:
+        raise _fail(ToolError(f"no parked message {message_id} in {service.value}'s outbox", FAILED))
+    log.warning(
+        "dropped parked message %d of %s (topic %s, key %s, %s, %d bytes): %s",
+        row["id"],
+        service.value,
+        row["topic"],
+        row["key"],
+        row["error_class"],
+        len(row["payload"]),
+        reason,
+    )
+    typer.echo(f"dropped parked message {row['id']} of {service.value} ({row['topic']}, key {row['key']}): {reason}")
 
 
 # oms acl -----------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from oms_contracts.order import OrderStatus
 from oms_contracts.types import Money
 from oms_runtime import Principal
+from oms_runtime.http import Problem
 
 from . import backorders, store
 from .domain import LineState
@@ -138,6 +139,9 @@ class OrderSummary(BaseModel):
     updated_at: datetime
 
 
+_NO_ORDER = {status.HTTP_404_NOT_FOUND: {"model": Problem, "description": "No order with this id"}}
+
+
 def _database(request: Request):
     return request.app.state.service.database
 
@@ -146,6 +150,7 @@ def _database(request: Request):
     "/orders/{order_id}",
     response_model=OrderView,
     summary="An order with its lines (units by state, backorder positions) and fulfillments (parcels)",
+    responses=_NO_ORDER,
 )
 async def get_order(order_id: uuid.UUID, request: Request, who: Principal) -> Any:
     async with _database(request).connect() as conn:
@@ -178,7 +183,10 @@ async def get_order(order_id: uuid.UUID, request: Request, who: Principal) -> An
 
 
 @router.get(
-    "/orders/{order_id}/timeline", response_model=list[TimelineEntry], summary="Every status change, oldest first"
+    "/orders/{order_id}/timeline",
+    response_model=list[TimelineEntry],
+    summary="Every status change, oldest first",
+    responses=_NO_ORDER,
 )
 async def get_timeline(order_id: uuid.UUID, request: Request, who: Principal) -> Any:
     async with _database(request).connect() as conn:

@@ -226,6 +226,21 @@ def _paid(order: Order) -> OrderPaid:
     )
 
 
+# What a rejection echoes back of a submission is bounded, whatever the submission holds: anyone may publish on the
+# channel topic, and an echo as large as the broker's limit would be parked instead of reaching the channel.
+_ECHOED_ID_MAX = 200  # channel and external order id (the contract allows 64 and 100): longer ones are not echoed
+_ERRORS_LISTED = 50
+_FIELD_MAX = 200
+_MESSAGE_MAX = 500
+
+
+def _bounded(errors: list[FieldError]) -> list[FieldError]:
+    return [
+        FieldError(field=e.field[:_FIELD_MAX], message=e.message[:_MESSAGE_MAX], type=e.type[:_FIELD_MAX])
+        for e in errors[:_ERRORS_LISTED]
+    ]
+
+
 async def reject_invalid_submission(tx: Transaction, invalid: Invalid) -> bool:
     """An order_submitted that fails validation gets `order.rejected.v1` with every field error; no order is made.
     Anything else invalid (undecodable bytes, another type) goes to the dead-letter topic."""
@@ -238,26 +253,33 @@ async def reject_invalid_submission(tx: Transaction, invalid: Invalid) -> bool:
     if not isinstance(invalid.error, ValidationError):
         return False
     data = document.get("data") if isinstance(document.get("data"), dict) else {}
-    channel_name, external_id = data.get("channel"), data.get("external_order_id")
-    named = isinstance(channel_name, str) and isinstance(external_id, str) and channel_name and external_id
+    channel_name, external_id = (
+        value if isinstance(value, str) and len(value) <= _ECHOED_ID_MAX else None
+        for value in (data.get("channel"), data.get("external_order_id"))
+    )
+    named = channel_name and external_id
     order_id = order_id_for(channel_name, external_id) if named else None
     try:
         rejected_event_id = uuid.UUID(str(document.get("id")))
     except ValueError:
         rejected_event_id = None
     errors = FieldError.all_of(invalid.error)
+    listed = _bounded(errors)
     tx.emit(
         OrderRejected(
             source=SOURCE,
             subject=str(order_id) if order_id else None,
             data=OrderRejectedData(
                 order_id=order_id,
-                channel=channel_name if isinstance(channel_name, str) else None,
-                external_order_id=external_id if isinstance(external_id, str) else None,
+                channel=channel_name,
+                external_order_id=external_id,
                 rejected_event_id=rejected_event_id,
-                reason=f"order_submitted failed validation with {len(errors)} error(s): "
-                + "; ".join(f"{e.field}: {e.message}" for e in errors)[:1800],
-                errors=errors,
+                reason=(
+                    f"order_submitted failed validation with {len(errors)} error(s): "
+                    + "; ".join(f"{e.field}: {e.message}" for e in listed[:10])
+                )[:1800],
+                errors=listed,
+                errors_omitted=len(errors) - len(listed),
             ),
         ),
         traceparent=telemetry.traceparent_of(invalid.span),

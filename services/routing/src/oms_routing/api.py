@@ -28,6 +28,7 @@ from oms_contracts.routing import (
 )
 from oms_runtime import Principal, Service, Transaction
 from oms_runtime.database import driver
+from oms_runtime.http import Problem
 from oms_runtime.outbox import append
 from oms_runtime.topics import ensure_topics
 
@@ -122,6 +123,12 @@ async def get_network(request: Request, who: Principal) -> Network:
     summary="Replace the fulfillment network",
     description="Sources missing from the body are deactivated, never deleted. Every source's request topic exists "
     "before the source is announced on oms.routing.network.v1.",
+    responses={
+        status.HTTP_503_SERVICE_UNAVAILABLE: {
+            "model": Problem,
+            "description": "The sources' request topics could not be created (Kafka unreachable); nothing changed",
+        }
+    },
 )
 async def put_network(body: Network, request: Request, who: Principal) -> Network:
     service = _service(request)
@@ -195,7 +202,11 @@ async def put_rule_chain(channel: Channel, body: RuleChainBody, request: Request
     return _chain_view(channel, stored, service.settings)  # type: ignore[arg-type]
 
 
-@router.get("/plans/{order_id}", summary="Every plan made for an order, in attempt order")
+@router.get(
+    "/plans/{order_id}",
+    summary="Every plan made for an order, in attempt order",
+    responses={status.HTTP_404_NOT_FOUND: {"model": Problem, "description": "No plan made for this order yet"}},
+)
 async def get_plans(order_id: uuid.UUID, request: Request, who: Principal) -> Plans:
     async with _service(request).database.connect() as conn:
         made = await store.plans_of(await driver(conn), order_id)
