@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry.trace import SpanKind
 
 from . import telemetry
+from .settings import ApiGrant, Role
 
 if TYPE_CHECKING:
     from .service import Service
@@ -17,18 +18,40 @@ if TYPE_CHECKING:
 _bearer = HTTPBearer(auto_error=False, description="A token from OMS_API_TOKENS")
 
 
-def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
-    """The principal behind the request's bearer token; 401 without a known token."""
-    tokens: dict[str, str] = request.app.state.service.settings.api_tokens
+def _grant(request: Request, credentials: HTTPAuthorizationCredentials | None) -> ApiGrant:
+    """What the request's bearer token grants; 401 without a known token."""
     if credentials is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-    who = tokens.get(credentials.credentials)
-    if who is None:
+    grant = request.app.state.service.settings.grant(credentials.credentials)
+    if grant is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown bearer token", {"WWW-Authenticate": "Bearer"})
-    return who
+    return grant
+
+
+def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
+    """The principal behind the request's bearer token; 401 without a known token."""
+    return _grant(request, credentials).principal
 
 
 Principal = Annotated[str, Depends(principal)]
+
+
+def require_role(*roles: Role) -> Any:
+    """A dependency giving the principal of a token that holds one of `roles` (admin holds every one): 401 without
+    a known token, 403 when its roles do not allow the route. `who: Annotated[str, require_role(Role.cs)]`."""
+    allowed = frozenset(roles) | {Role.admin}
+    needed = ", ".join(sorted(allowed))
+
+    def holder(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
+        grant = _grant(request, credentials)
+        if not grant.roles & allowed:
+            held = ", ".join(sorted(grant.roles)) or "none"
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"{grant.principal} may not do this: it needs one of {needed} (holds {held})"
+            )
+        return grant.principal
+
+    return Depends(holder)
 
 
 def create_app(service: Service, description: str) -> FastAPI:
