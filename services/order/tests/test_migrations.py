@@ -24,7 +24,7 @@ async def test_the_migrations_create_exactly_the_tables_of_the_store(service_dat
     finally:
         await engine.dispose()
     assert diff == []
-    assert version == "0003"
+    assert version == "0004"
 
 
 def _alembic(url: str, *args: str) -> None:

@@ -14,7 +14,7 @@ from oms_contracts.types import Money
 from oms_runtime import Principal
 
 from . import backorders, store
-from .domain import LineState
+from .domain import EntryKind, LineState
 
 router = APIRouter(tags=["orders"])
 
@@ -118,13 +118,18 @@ class OrderView(BaseModel):
 
 
 class TimelineEntry(BaseModel):
-    from_status: OrderStatus | None
-    to_status: OrderStatus
-    actor: str
+    """One entry of the order's story. Status changes have `from_status` and `to_status`, as before kinds existed."""
+
+    kind: EntryKind = Field(description="What the entry records")
+    from_status: OrderStatus | None = Field(description="Status changes only; null for a new order")
+    to_status: OrderStatus | None = Field(description="Status changes only")
+    actor: str = Field(description="Who: a principal, channel:…, customer:…, source:…, service:…")
     note: str | None
     occurred_at: datetime
     cause_event_id: uuid.UUID | None
+    cause_type: str | None = Field(description="The type of the event behind it, or http, link, stuck-check")
     trace_id: str | None
+    details: dict[str, Any] = Field(description="Ids, lines and amounts, by kind")
 
 
 class OrderSummary(BaseModel):
