@@ -63,13 +63,13 @@ def register(service: Service) -> None:
 
 
 def _cause(message: Incoming, actor: str, order: Order | None = None) -> Cause:
-    trace_id = _trace_id(order.traceparent) if order and order.traceparent else None
+    trace_id = trace_id_of(order.traceparent) if order and order.traceparent else None
     if trace_id is None:
         trace_id = format(message.span.get_span_context().trace_id, "032x")
     return Cause(actor=actor, at=utc_now(), event_id=message.event.id, trace_id=trace_id, type=message.event.type)
 
 
-def _trace_id(traceparent: str) -> str | None:
+def trace_id_of(traceparent: str) -> str | None:
     parts = traceparent.split("-")
     return parts[1] if len(parts) == 4 else None
 

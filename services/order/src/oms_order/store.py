@@ -734,7 +734,29 @@ async def order_view(conn, order_id: uuid.UUID) -> dict[str, Any] | None:
         {**line, "quantities": {str(s): line[f"quantity_{s}"] for s in LineState}} for line in map(dict, lines)
     ]
     view["fulfillments"] = [{**f, "parcels": by_fulfillment.get(f["fulfillment_id"], [])} for f in map(dict, shipments)]
-    view["subtotal"] = sum((line["unit_price"] * line["quantity"] for line in view["lines"]), Decimal(0))
+    # What the order costs now: the goods of its units that are not cancelled (the totals beside it are as
+    # cancellations left them); as submitted, for comparison.
+    view["subtotal"] = sum(
+        (line["unit_price"] * (line["quantity"] - line["quantity_cancelled"]) for line in view["lines"]), Decimal(0)
+    )
+    submitted_goods = sum((line["unit_price"] * line["quantity"] for line in view["lines"]), Decimal(0))
+    view["submitted"] = {
+        "subtotal": submitted_goods,
+        "shipping_total": row["submitted_shipping_total"],
+        "tax_total": row["submitted_tax_total"],
+        "discount_total": row["submitted_discount_total"],
+        "grand_total": submitted_goods
+        + row["submitted_shipping_total"]
+        + row["submitted_tax_total"]
+        - row["submitted_discount_total"],
+    }
+    for name, table, by in (
+        ("refunds", refunds, refunds.c.issued_at),
+        ("cancellations", cancellations, cancellations.c.requested_at),
+        ("returns", returns, returns.c.received_at),
+    ):
+        found = await conn.execute(sa.select(table).where(table.c.order_id == order_id).order_by(by))
+        view[name] = [{k: _json(v) if k in ("lines", "asked") else v for k, v in x.items()} for x in found.mappings()]
     return view
 
 
@@ -748,7 +770,9 @@ async def timeline(conn, order_id: uuid.UUID) -> list[dict[str, Any]] | None:
     return [dict(row) for row in rows.mappings()]
 
 
-async def order_list(conn, *, status: str | None, channel: str | None, limit: int) -> list[dict[str, Any]]:
+async def order_list(
+    conn, *, status: str | None, channel: str | None, limit: int, stuck: bool | None = None
+) -> list[dict[str, Any]]:
     query = sa.select(
         orders.c.order_id,
         orders.c.channel,
@@ -763,4 +787,11 @@ async def order_list(conn, *, status: str | None, channel: str | None, limit: in
         query = query.where(orders.c.status == status)
     if channel:
         query = query.where(orders.c.channel == channel)
+    if stuck is not None:
+        open_alert = (
+            sa.select(stuck_alerts.c.order_id)
+            .where(stuck_alerts.c.order_id == orders.c.order_id, stuck_alerts.c.cleared_at.is_(None))
+            .exists()
+        )
+        query = query.where(open_alert if stuck else ~open_alert)
     return [dict(row) for row in (await conn.execute(query.limit(limit))).mappings()]
