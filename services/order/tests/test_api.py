@@ -1,14 +1,9 @@
 from __future__ import annotations
 
-import asyncio
-import socket
 import uuid
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from oms_contracts.topics import CHANNEL_ORDERS, FULFILLMENT_UPDATES, INVENTORY_ALLOCATIONS, ROUTING_PLANS
 from oms_order.app import create_service
@@ -85,50 +80,6 @@ async def test_health_needs_no_token(client):
 
 
 # -- the single view of a mixed order, with inventory's live queue -----------------------------------------------
-
-
-class InventoryServer:
-    """A real HTTP server on a free local port answering `GET /backorders?order_id=` in inventory's shape, with what
-    a test puts in `waiting`; it records the Authorization header of each request. `answer` switches it to an error
-    status, or to never answering ("hang")."""
-
-    def __init__(self) -> None:
-        self.waiting: list[dict] = []
-        self.answer: int | str = 200
-        self.authorizations: list[str | None] = []
-        self.released = asyncio.Event()
-        app = FastAPI()
-
-        @app.get("/backorders")
-        async def backorders(order_id: uuid.UUID, request: Request):
-            self.authorizations.append(request.headers.get("authorization"))
-            if self.answer == "hang":
-                await self.released.wait()
-            if self.answer != 200:
-                return JSONResponse({"detail": "inventory is having a bad day"}, status_code=500)
-            return [entry for entry in self.waiting if entry["order_id"] == str(order_id)]
-
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        # Listening before the server starts: a request that comes early waits in the backlog, never refused.
-        self.socket.listen()
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
-
-    async def __aenter__(self) -> InventoryServer:
-        self.task = asyncio.create_task(self.server.serve(sockets=[self.socket]))
-        return self
-
-    async def __aexit__(self, *_) -> None:
-        self.released.set()
-        self.server.should_exit = True
-        await self.task
-
-
-@pytest.fixture(scope="module")
-async def inventory():
-    async with InventoryServer() as server:
-        yield server
 
 
 def viewer(service_database, inventory_url: str):
@@ -223,10 +174,10 @@ async def test_an_order_with_nothing_backordered_does_not_ask_inventory(order_se
     ],
 )
 async def test_when_inventory_fails_the_view_shows_the_lines_without_places_and_says_so(
-    order_service, service_database, answer, why
+    order_service, service_database, inventory_server, answer, why
 ):
     order_id = await mixed_order(order_service, f"view-down-{answer}")
-    async with InventoryServer() as inventory:
+    async with inventory_server() as inventory:
         inventory.answer = answer
         url = inventory.url
         if answer == "down":

@@ -800,11 +800,6 @@ class Order:
         """Customer service writes something down: a timeline entry with its author, nothing else changes."""
         return self._record(EntryKind.note, cause, text)
 
-    def stuck(self, kind: str, reason: str, fulfillment_id: uuid.UUID | None, cause: Cause) -> Entry:
-        """The periodic check found the order without progress: a timeline entry (the alert is the check's)."""
-        details = {"kind": kind} | ({"fulfillment_id": str(fulfillment_id)} if fulfillment_id else {})
-        return self._record(EntryKind.stuck, cause, reason, **details)
-
     def _record(self, kind: EntryKind, cause: Cause, note: str | None, actor: str | None = None, /, **details) -> Entry:
         entry = Entry(
             self.order_id,

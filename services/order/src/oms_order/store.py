@@ -6,13 +6,14 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
-from oms_contracts.order import OrderStatus
+from oms_contracts.order import OrderStatus, StuckKind
 from oms_runtime import add_messaging_tables
 
 from .domain import (
@@ -31,6 +32,7 @@ from .domain import (
     Return,
     ShipmentLine,
 )
+from .stuck import Stuck, Waits
 
 metadata = sa.MetaData()
 add_messaging_tables(metadata)
@@ -450,7 +452,7 @@ async def save(pg, orders_: Iterable[Order]) -> None:
     await _insert_refunds(pg, [(o, r) for o in changed for r in o.refunds])
     await _insert_returns(pg, [r for o in changed for r in o.returns])
     # A note changes nothing but the timeline: it is written whether or not the order changed.
-    await _insert_timeline(pg, [e for o in orders_ for e in o.timeline])
+    await insert_timeline(pg, [e for o in orders_ for e in o.timeline])
     for order in orders_:
         order.new = order.changed = False
         order.transitions.clear()
@@ -673,7 +675,7 @@ async def _insert_returns(pg, made: list[Return]) -> None:
     )
 
 
-async def _insert_timeline(pg, entries: list[Entry]) -> None:
+async def insert_timeline(pg, entries: list[Entry]) -> None:
     if not entries:
         return
     await pg.execute(
@@ -696,6 +698,104 @@ async def _insert_timeline(pg, entries: list[Entry]) -> None:
         [e.cause_type for e in entries],
         [e.trace_id for e in entries],
         [json.dumps(e.details) for e in entries],
+    )
+
+
+# -- the stuck-order check ---------------------------------------------------------------------------------------
+
+_STUCK_CANDIDATES = """
+SELECT o.order_id, 'paid_not_planned' AS kind, NULL::uuid AS fulfillment_id, o.status_since AS since, o.status,
+    NULL AS source_code, EXISTS (SELECT 1 FROM fulfillments f WHERE f.order_id = o.order_id) AS planned,
+    0 AS units, o.traceparent
+FROM orders o
+WHERE o.status = 'paid' AND o.status_since < $1::timestamptz - $2::interval
+UNION ALL
+SELECT f.order_id, 'requested_not_accepted', f.fulfillment_id, f.requested_at, o.status, f.source_code, true, 0,
+    o.traceparent
+FROM fulfillments f JOIN orders o ON o.order_id = f.order_id
+WHERE f.status = 'requested' AND f.requested_at < $1::timestamptz - $3::interval
+    AND NOT EXISTS (SELECT 1 FROM parcels p WHERE p.fulfillment_id = f.fulfillment_id)
+UNION ALL
+SELECT f.order_id, 'accepted_not_shipped', f.fulfillment_id, f.accepted_at, o.status, f.source_code, true, 0,
+    o.traceparent
+FROM fulfillments f JOIN orders o ON o.order_id = f.order_id
+WHERE f.status = 'accepted' AND f.accepted_at < $1::timestamptz - $4::interval
+UNION ALL
+SELECT l.order_id, 'backorder_overdue', NULL, min(l.backorder_expected_date)::timestamp AT TIME ZONE 'UTC', o.status,
+    NULL, true, sum(l.quantity_backordered)::int, o.traceparent
+FROM order_lines l JOIN orders o ON o.order_id = l.order_id
+WHERE l.quantity_backordered > 0 AND l.backorder_expected_date + $5::int < ($1::timestamptz AT TIME ZONE 'UTC')::date
+GROUP BY l.order_id, o.status, o.traceparent
+UNION ALL
+SELECT o.order_id, 'no_progress', NULL, o.updated_at, o.status, NULL, true, 0, o.traceparent
+FROM orders o
+WHERE o.status = 'awaiting_fulfillment' AND o.updated_at < $1::timestamptz - $6::interval
+"""
+
+
+async def stuck_candidates(pg, now: datetime, waits: Waits) -> list[Stuck]:
+    """Every episode of an order without progress that the waits allow now (one statement)."""
+    rows = await pg.fetch(
+        _STUCK_CANDIDATES,
+        now,
+        waits.paid,
+        waits.requested,
+        waits.accepted,
+        waits.backorder.days,
+        waits.no_progress,
+    )
+    return [
+        Stuck(
+            order_id=row["order_id"],
+            kind=StuckKind(row["kind"]),
+            since=row["since"],
+            status=OrderStatus(row["status"]),
+            fulfillment_id=row["fulfillment_id"],
+            source_code=row["source_code"],
+            planned=row["planned"],
+            units=row["units"],
+            traceparent=row["traceparent"],
+        )
+        for row in rows
+    ]
+
+
+async def raise_stuck(pg, found: list[Stuck], now: datetime) -> list[Stuck]:
+    """Record the episodes not raised before; returns those (the ones to announce). Two instances checking at once
+    raise each episode once: the primary key decides."""
+    if not found:
+        return []
+    rows = await pg.fetch(
+        """
+        INSERT INTO stuck_alerts (order_id, kind, fulfillment_id, since, reason, raised_at)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[], $5::text[], $6::timestamptz[])
+        ON CONFLICT DO NOTHING
+        RETURNING order_id, kind, fulfillment_id, since
+        """,
+        [s.order_id for s in found],
+        [s.kind.value for s in found],
+        [s.fulfillment_id or NO_FULFILLMENT for s in found],
+        [s.since for s in found],
+        [s.reason(now) for s in found],
+        [now] * len(found),
+    )
+    raised = {(r["order_id"], r["kind"], r["fulfillment_id"], r["since"]) for r in rows}
+    return [s for s in found if (s.order_id, s.kind.value, s.fulfillment_id or NO_FULFILLMENT, s.since) in raised]
+
+
+async def clear_stuck(pg, found: list[Stuck], now: datetime) -> None:
+    """Episodes the check no longer finds are over: the order moved on."""
+    await pg.execute(
+        """
+        UPDATE stuck_alerts a SET cleared_at = $5
+        WHERE a.cleared_at IS NULL AND (a.order_id, a.kind, a.fulfillment_id, a.since) NOT IN (
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[]))
+        """,
+        [s.order_id for s in found],
+        [s.kind.value for s in found],
+        [s.fulfillment_id or NO_FULFILLMENT for s in found],
+        [s.since for s in found],
+        now,
     )
 
 
