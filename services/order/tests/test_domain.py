@@ -1811,3 +1811,13 @@ def test_an_order_with_its_shipped_units_returned_and_the_rest_cancelled_is_refu
     order.cancel_at_source(shipment_id, "WH-EAST", {"1": 1}, None, CAUSE)
     assert order.status is S.refunded and order.refunded_total == order.paid_amount
     assert [t.to_status for t in order.transitions[-2:]] == [S.fulfilled, S.refunded]
+
+
+def test_a_rejection_that_overtakes_the_plan_of_an_order_cancelled_meanwhile_changes_nothing():
+    order = paid(priced_order(("A", 2, "10.00")))
+    cancel(order)
+    rejected = domain.Reservation(uuid.uuid4(), "WH-EAST", units_of(order, "1", 2), uuid.uuid4())
+    order.reject_reservation(rejected, "short", CAUSE)
+    assert order.fulfillments[rejected.fulfillment_id].status is F.rejected and order.status is S.cancelled
+    order.apply_plan(rejected.plan_id, [planned(rejected.fulfillment_id, units_of(order, "1", 2))], [], [], CAUSE)
+    assert units(order, "1") == {L.cancelled: 2} and order.refunded_total == order.paid_amount

@@ -870,3 +870,50 @@ async def test_backorder_queued_teaches_the_order_when_its_waiting_units_are_exp
     assert await deliver(order_service, INVENTORY_ALLOCATIONS, queued) == []
     order = await view(order_service, submitted.data.order_id)
     assert [x["backorder_expected_date"] for x in order["lines"]] == [None, expected]
+
+
+async def test_units_of_a_planned_shipment_are_cancelled_with_its_reservation_and_only_the_rest_is_requested(
+    order_service,
+):
+    submitted = samples.order_submitted("cancel-planned", [("TENT", 3, "10.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = plan_for(submitted)
+    await deliver(order_service, ROUTING_PLANS, plan)
+    # Inventory is reserving: the cancellation waits for its answer.
+    assert await deliver(order_service, CHANNEL_ORDERS, samples.cancellation_requested(submitted, {"1": 2})) == []
+    emitted = await deliver(order_service, INVENTORY_ALLOCATIONS, reserved(plan))
+    assert types(emitted) == [
+        "oms.order.status_changed.v1",  # paid -> awaiting_fulfillment: status changes come first
+        "oms.order.lines_cancelled.v1",
+        "oms.order.refund_issued.v1",
+        "oms.fulfillment.requested.v1",
+    ]
+    [cancelled] = data_of(emitted, "oms.order.lines_cancelled.v1")
+    shipment_id = plan.data.shipments[0].shipment_id
+    assert [(u.from_state, u.quantity, u.fulfillment_id) for u in cancelled.units] == [("reserved", 2, shipment_id)]
+    [request] = data_of(emitted, "oms.fulfillment.requested.v1")
+    assert [(x.line_id, x.quantity) for x in request.lines] == [("1", 1)]
+
+
+async def test_a_plan_for_an_order_cancelled_before_it_arrived_gives_back_what_inventory_reserves(order_service):
+    submitted = samples.order_submitted("cancel-before-plan", [("TENT", 1, "99.00"), ("LAMP", 3, "10.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    emitted = await deliver(order_service, CHANNEL_ORDERS, samples.cancellation_requested(submitted))
+    assert types(emitted) == [
+        "oms.order.status_changed.v1",
+        "oms.order.lines_cancelled.v1",
+        "oms.order.refund_issued.v1",
+    ]
+    # Routing planned the paid order meanwhile: inventory queues the lamps and reserves the tent.
+    plan = mixed_plan(submitted, [("1", 1)], [("2", 3)])
+    [queue] = await deliver(order_service, ROUTING_PLANS, plan)
+    [reservation] = await deliver(order_service, INVENTORY_ALLOCATIONS, reserved(plan))
+    for given_back, state in ((queue, "backordered"), (reservation, "reserved")):
+        data = given_back.event.data
+        assert given_back.event.type == "oms.order.lines_cancelled.v1" and data.refund_amount == 0
+        assert data.actor == "service:order" and data.status is OrderStatus.cancelled
+        assert {u.from_state for u in data.units} == {state}
+    assert [(u.line_id, u.quantity) for u in reservation.event.data.units] == [("1", 1)]
+    order = await view(order_service, submitted.data.order_id)
+    assert order["status"] == "cancelled" and order["fulfillments"][0]["status"] == "cancelled"
+    assert order["refunded_total"] == order["paid_amount"]

@@ -1561,9 +1561,11 @@ class Order:
         (from inventory's rejection, so nothing is asked of it here). Cancellations pending on it are done now:
         inventory holds nothing for those units."""
         if reservation.fulfillment_id not in self.fulfillments:
-            self._takes_fulfillment()
+            if self.status in UNPAID:
+                self._takes_fulfillment()  # nothing of an unpaid order is ever planned
             self._known_lines(reservation.lines)
-            # Never placed here, so its units stay where they are (open): a fulfillment that holds none.
+            # Never placed here, so its units stay where they are (open): a fulfillment that holds none. (Also for an
+            # order cancelled meanwhile: nothing is held, nothing moves.)
             fulfillment = self._add_fulfillment(
                 reservation.fulfillment_id, reservation.source_code, reservation.lines, reservation.plan_id, F.planned
             )
