@@ -127,9 +127,26 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("cleared_at IS NULL"),
     )
+    # What the stuck check reads every minute.
+    op.create_index("orders_paid_since_idx", "orders", ["status_since"], postgresql_where=sa.text("status = 'paid'"))
+    op.create_index(
+        "fulfillments_waiting_idx",
+        "fulfillments",
+        ["status", "requested_at", "accepted_at"],
+        postgresql_where=sa.text("status IN ('requested', 'accepted')"),
+    )
+    op.create_index(
+        "order_lines_backordered_idx",
+        "order_lines",
+        ["backorder_expected_date"],
+        postgresql_where=sa.text("quantity_backordered > 0"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("order_lines_backordered_idx", table_name="order_lines")
+    op.drop_index("fulfillments_waiting_idx", table_name="fulfillments")
+    op.drop_index("orders_paid_since_idx", table_name="orders")
     op.drop_index("stuck_alerts_open_idx", table_name="stuck_alerts", postgresql_where=sa.text("cleared_at IS NULL"))
     op.drop_table("stuck_alerts")
     op.drop_index(op.f("ix_returns_order_id"), table_name="returns")

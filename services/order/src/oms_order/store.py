@@ -235,6 +235,20 @@ stuck_alerts = sa.Table(
     sa.Column("cleared_at", sa.DateTime(timezone=True)),
 )
 sa.Index("stuck_alerts_open_idx", stuck_alerts.c.order_id, postgresql_where=stuck_alerts.c.cleared_at.is_(None))
+# What the stuck check reads every minute: only the rows that may be waiting, so it stays cheap as orders pile up.
+sa.Index("orders_paid_since_idx", orders.c.status_since, postgresql_where=orders.c.status == "paid")
+sa.Index(
+    "fulfillments_waiting_idx",
+    fulfillments.c.status,
+    fulfillments.c.requested_at,
+    fulfillments.c.accepted_at,
+    postgresql_where=fulfillments.c.status.in_(["requested", "accepted"]),
+)
+sa.Index(
+    "order_lines_backordered_idx",
+    order_lines.c.backorder_expected_date,
+    postgresql_where=order_lines.c.quantity_backordered > 0,
+)
 
 
 def _json(value: Any) -> Any:
