@@ -420,3 +420,31 @@ async def test_the_openapi_of_every_route_lists_each_answer_it_can_give(cs):
     }
     for (method, path), codes in expected.items():
         assert set(spec["paths"][path][method]["responses"]) == codes, (method, path)
+
+
+async def test_the_view_lists_returns_and_their_refunds(order_service, cs):
+    submitted = samples.order_submitted("http-returned", [("TENT", 2, "50.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = samples.fulfillment_planned(submitted, [("1", 2)])
+    await deliver(order_service, ROUTING_PLANS, plan)
+    [_, request] = await deliver(order_service, INVENTORY_ALLOCATIONS, samples.shipment_reserved(plan))
+    await deliver(order_service, FULFILLMENT_UPDATES, samples.shipped(request.event))
+    returned = samples.return_received(submitted, {"1": (1, "damaged")}, "STORE-BERLIN", reason="torn")
+    await deliver(order_service, CHANNEL_ORDERS, returned)
+    view = (await cs.get(f"/orders/{submitted.data.order_id}", headers=bearer("fin-token"))).json()
+    [back] = view["returns"]
+    assert (back["return_id"], back["source_code"], back["reason"], back["refund_amount"]) == (
+        str(returned.id),
+        "STORE-BERLIN",
+        "torn",
+        "50.00",
+    )
+    assert back["lines"] == [{"line_id": "1", "sku": "TENT", "quantity": 1, "condition": "damaged"}]
+    [refund] = view["refunds"]
+    assert (refund["cause"], refund["return_id"], refund["amount"], refund["refunded_total"]) == (
+        "return",
+        str(returned.id),
+        "50.00",
+        "50.00",
+    )
+    assert view["lines"][0]["quantities"]["returned"] == 1 and view["status"] == "fulfilled"
