@@ -44,17 +44,6 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def principal_of(tokens: dict[str, str], presented: str) -> str | None:
-    """The principal of a presented token, found in constant time: every configured token is compared (as a digest of
-    fixed length, so neither a matching prefix nor a token's length shows in the time taken), with no early exit."""
-    wanted = _digest(presented)
-    found = None
-    for token, who in tokens.items():
-        if hmac.compare_digest(_digest(token), wanted):
-            found = who
-    return found
-
-
 def configured_token(tokens: Iterable[str], presented: str) -> str | None:
     """The configured token a presented one is, found in constant time: every configured token is compared (as a
     digest of fixed length, so neither a matching prefix nor a token's length shows in the time taken), with no

@@ -154,6 +154,8 @@ async def test_inbox_rows_from_before_the_inbox_kept_sources_stay_as_any_source_
         _alembic(url, "downgrade", "0003")
         async with engine.connect() as conn:
             assert (await conn.execute(sa.text("SELECT consumer, event_id FROM inbox"))).all() == [("c", event_id)]
+    finally:
+        await engine.dispose()
 
 
 async def test_orders_stored_before_the_after_sale_revision_keep_their_totals_as_submitted_and_their_timeline(
