@@ -210,6 +210,17 @@ async def receive_stock(tx: Transaction, messages: list[Incoming[Any]], threshol
     batch = await _Batch.lock(pg, skus, sources, create=creates)
     expected = await store.open_expected_receipts(pg, skus)
     changes = apply_receipts(batch.before, movements, expected)
+    for index in changes.stale_counts:
+        # Not refused: a late count is a normal hazard of a feed (a retry, a slow path), and it carries nothing
+        # that a later count has not replaced.
+        count = movements[index]
+        log.info(
+            "count of %s at %s as of %s not applied: a count as of %s was applied already",
+            count.sku,
+            count.source_code,
+            count.counted_at.isoformat() if isinstance(count, Count) and count.counted_at else "?",
+            _counted_at(changes.stock.get(count.key) or batch.before.get(count.key)),
+        )
     batch.moved(changes.stock)
     release = await _serve_backorders(batch)
     await batch.save(release)
@@ -225,7 +236,11 @@ def _movement(event: StockReceived | StockCounted | ReceiptExpected) -> Receipt 
         return Receipt(d.sku, d.source_code, d.quantity, d.reference, returned=d.reason is ReceiptReason.return_)
     if isinstance(event, ReceiptExpected):
         return Expectation(d.sku, d.source_code, d.quantity, d.expected_date, d.reference)
-    return Count(d.sku, d.source_code, d.on_hand)
+    return Count(d.sku, d.source_code, d.on_hand, d.counted_at)
+
+
+def _counted_at(stock: Stock | None) -> str:
+    return stock.counted_at.isoformat() if stock is not None and stock.counted_at else "?"
 
 
 def _refusal(movement: Receipt | Count | Expectation, known: SourceState | None) -> str:
@@ -779,6 +794,9 @@ def _emit_stock_levels(
     Units set aside for waiting lines are published as reserved: nobody else may have them."""
     changed_at = datetime.now(UTC)
     for key, stock in after.items():
+        if replace(stock, counted_at=None) == replace(stock_at(before, key), counted_at=None):
+            # A count that confirmed the books: only its as-of time changed, which no reader of levels needs.
+            continue
         level = StockLevelChangedData(
             sku=stock.sku,
             source_code=stock.source_code,

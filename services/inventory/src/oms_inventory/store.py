@@ -78,6 +78,8 @@ stock = sa.Table(
     # Held for waiting lines that ship whole (claims); counted with `reserved` wherever availability is shown.
     sa.Column("set_aside", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.CheckConstraint("set_aside >= 0", name="stock_set_aside_not_negative"),
+    # The as-of time of the last count applied here: a count no later than it is not applied (domain.Stock).
+    sa.Column("counted_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 reservations = sa.Table(
@@ -197,7 +199,7 @@ expected_receipts = sa.Table(
 
 
 def _stock(row: Any) -> Stock:
-    return Stock(row["sku"], row["source_code"], row["on_hand"], row["reserved"], row["set_aside"])
+    return Stock(row["sku"], row["source_code"], row["on_hand"], row["reserved"], row["set_aside"], row["counted_at"])
 
 
 def _source(row: Any) -> SourceState:
@@ -390,7 +392,7 @@ async def lock_stock_of_skus(
     # One statement, so that the rows are locked in one (sku, source_code) order whichever way they were named.
     rows = await pg.fetch(
         """
-        SELECT sku, source_code, on_hand, reserved, set_aside FROM stock
+        SELECT sku, source_code, on_hand, reserved, set_aside, counted_at FROM stock
         WHERE sku = ANY($1::text[])
            OR (sku, source_code) IN (SELECT * FROM unnest($2::text[], $3::text[]))
         ORDER BY sku, source_code
@@ -411,7 +413,7 @@ async def lock_stock(pg: asyncpg.Connection, keys: Iterable[StockKey]) -> dict[S
     # ORDER BY is applied before the rows are locked, so every transaction takes the locks in the same order.
     rows = await pg.fetch(
         """
-        SELECT s.sku, s.source_code, s.on_hand, s.reserved, s.set_aside
+        SELECT s.sku, s.source_code, s.on_hand, s.reserved, s.set_aside, s.counted_at
         FROM stock s
         JOIN unnest($1::text[], $2::text[]) AS w(sku, source_code) USING (sku, source_code)
         ORDER BY s.sku, s.source_code
@@ -429,9 +431,10 @@ async def save_stock(pg: asyncpg.Connection, changed: Collection[Stock]) -> None
         return
     await pg.execute(
         """
-        UPDATE stock s SET on_hand = v.on_hand, reserved = v.reserved, set_aside = v.set_aside, updated_at = now()
-        FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
-            AS v(sku, source_code, on_hand, reserved, set_aside)
+        UPDATE stock s SET on_hand = v.on_hand, reserved = v.reserved, set_aside = v.set_aside,
+            counted_at = v.counted_at, updated_at = now()
+        FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::timestamptz[])
+            AS v(sku, source_code, on_hand, reserved, set_aside, counted_at)
         WHERE s.sku = v.sku AND s.source_code = v.source_code
         """,
         [s.sku for s in changed],
@@ -439,6 +442,7 @@ async def save_stock(pg: asyncpg.Connection, changed: Collection[Stock]) -> None
         [s.on_hand for s in changed],
         [s.reserved for s in changed],
         [s.set_aside for s in changed],
+        [s.counted_at for s in changed],
     )
 
 
@@ -849,7 +853,9 @@ async def known_sources(conn: AsyncConnection) -> list[dict[str, Any]]:
 
 async def stock_of_sku(conn: AsyncConnection, sku: str) -> list[Stock]:
     rows = await conn.execute(
-        sa.select(stock.c.sku, stock.c.source_code, stock.c.on_hand, stock.c.reserved, stock.c.set_aside)
+        sa.select(
+            stock.c.sku, stock.c.source_code, stock.c.on_hand, stock.c.reserved, stock.c.set_aside, stock.c.counted_at
+        )
         .where(stock.c.sku == sku)
         .order_by(stock.c.source_code)
     )
