@@ -65,20 +65,6 @@ async def stocked(service: Service, events: Any, sku: str, source: str, quantity
 # --- receipts ----------------------------------------------------------------------------------------------------
 
 
-async def test_a_receipt_for_an_unknown_source_is_dead_lettered_with_the_reason_and_changes_nothing(
-    inventory, events, fresh_sku
-):
-    emitted = await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, "NOWHERE", 5))
-
-    (dead,) = emitted
-    assert dead.topic == DEAD_LETTERS.name
-    assert dead.headers["oms-error-message"] == (
-        "unknown source 'NOWHERE': receipts are accepted only for sources in the network (oms.routing.network.v1)"
-    )
-    assert dead.headers["oms-error-class"] == "Refused"
-    assert await stock_row(inventory, fresh_sku, "NOWHERE") is None
-
-
 async def test_a_receipt_for_a_deactivated_source_is_refused(inventory, events, fresh_sku, fresh_source):
     await deliver(inventory, ROUTING_NETWORK, events.source_upserted(fresh_source))
     await deliver(inventory, ROUTING_NETWORK, events.source_deactivated(fresh_source))
@@ -91,13 +77,15 @@ async def test_a_receipt_for_a_deactivated_source_is_refused(inventory, events, 
 
 
 async def test_one_refused_receipt_in_a_batch_does_not_hold_back_the_others(inventory, events, fresh_sku, fresh_source):
-    await deliver(inventory, ROUTING_NETWORK, events.source_upserted(fresh_source))
+    closed = fresh("CLOSED")
+    await deliver(inventory, ROUTING_NETWORK, events.source_upserted(fresh_source), events.source_upserted(closed))
+    await deliver(inventory, ROUTING_NETWORK, events.source_deactivated(closed))
 
     emitted = await deliver(
         inventory,
         INVENTORY_RECEIPTS,
         events.received(fresh_sku, fresh_source, 4),
-        events.received(fresh_sku, "NOWHERE", 5),
+        events.received(fresh_sku, closed, 5),
         events.received(fresh_sku, fresh_source, 3),
     )
 

@@ -371,7 +371,8 @@ def demo_stock(
         bool,
         typer.Option(
             "--wait/--no-wait",
-            help="First wait until inventory knows every source of the network (it refuses receipts otherwise).",
+            help="First wait until inventory knows every source of the network (receipts for a source it has not "
+            "heard of wait only a grace period for it, then go to the dead letters).",
         ),
     ] = True,
     wait_timeout: Annotated[
@@ -388,10 +389,10 @@ def demo_stock(
 ) -> None:
     """Receive the demo stock: one inventory.stock_received.v1 per (sku, source) on oms.inventory.receipts.v1.
 
-    Keyed by sku, published with the OMS producer settings (idempotent, acks=all). Inventory refuses receipts for
-    sources it does not know (they go to the dead letters), so this first waits until inventory lists every source
-    the stock names (GET /sources): run it after `oms demo network`. Each run is a new delivery and adds the
-    quantities again."""
+    Keyed by sku, published with the OMS producer settings (idempotent, acks=all). Inventory holds receipts for a
+    source it has not heard of only for a grace period (then they go to the dead letters), so this first waits until
+    inventory lists every source the stock names (GET /sources): run it after `oms demo network`. Each run is a new
+    delivery and adds the quantities again."""
     stock, _ = _load(lambda: demo.load_stock(file))
     network, network_path = _load(lambda: demo.load_network(network_file))
     _load(lambda: stock.check_sources(network, network_path))
