@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.responses import JSONResponse
@@ -13,11 +14,14 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field
 
 from . import telemetry
+from .settings import ApiGrant, Role
 
 if TYPE_CHECKING:
     from .service import Service
 
 _bearer = HTTPBearer(auto_error=False, description="A token from OMS_API_TOKENS")
+
+T = TypeVar("T")
 
 
 class Problem(BaseModel):
@@ -42,8 +46,8 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def principal_of(tokens: dict[str, str], presented: str) -> str | None:
-    """The principal of a presented token, found in constant time: every configured token is compared (as a digest of
+def principal_of(tokens: Mapping[str, T], presented: str) -> T | None:
+    """What a presented token stands for, found in constant time: every configured token is compared (as a digest of
     fixed length, so neither a matching prefix nor a token's length shows in the time taken), with no early exit."""
     wanted = _digest(presented)
     found = None
@@ -53,18 +57,40 @@ def principal_of(tokens: dict[str, str], presented: str) -> str | None:
     return found
 
 
-def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
-    """The principal behind the request's bearer token; 401 without a known token."""
-    tokens: dict[str, str] = request.app.state.service.settings.api_tokens
+def _grant(request: Request, credentials: HTTPAuthorizationCredentials | None) -> ApiGrant:
+    """What the request's bearer token grants; 401 without a known token."""
     if credentials is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-    who = principal_of(tokens, credentials.credentials)
-    if who is None:
+    grant = request.app.state.service.settings.grant(credentials.credentials)
+    if grant is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown bearer token", {"WWW-Authenticate": "Bearer"})
-    return who
+    return grant
+
+
+def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
+    """The principal behind the request's bearer token; 401 without a known token."""
+    return _grant(request, credentials).principal
 
 
 Principal = Annotated[str, Depends(principal)]
+
+
+def require_role(*roles: Role) -> Any:
+    """A dependency giving the principal of a token that holds one of `roles` (admin holds every one): 401 without
+    a known token, 403 when its roles do not allow the route. `who: Annotated[str, require_role(Role.cs)]`."""
+    allowed = frozenset(roles) | {Role.admin}
+    needed = ", ".join(sorted(allowed))
+
+    def holder(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
+        grant = _grant(request, credentials)
+        if not grant.roles & allowed:
+            held = ", ".join(sorted(grant.roles)) or "none"
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"{grant.principal} may not do this: it needs one of {needed} (holds {held})"
+            )
+        return grant.principal
+
+    return Depends(holder)
 
 
 def _document_unauthorized(document: dict[str, Any]) -> dict[str, Any]:
