@@ -213,8 +213,8 @@ async def test_a_receipt_for_a_source_announced_after_it_waits_and_is_applied_wh
         current = (await http.get(system.url("routing", "/network"))).json()["sources"]
         # Ships to Iceland only: no other test's order is planned from it.
         late = {**current[0], "code": code, "name": "a warehouse added late", "countries": ["IS"]}
-        response = await http.put(system.url("routing", "/network"), json={"sources": [*current, late]})
-        assert response.status_code == 200, response.text
+        response = await http.put(system.url("routing", f"/network/sources/{code}"), json=late)
+        assert response.status_code == 201, response.text
 
         async def received():
             r = await http.get(system.url("inventory", f"/stock/{sku}"))
