@@ -14,7 +14,7 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 RUN="${OMS_RUN_DIR:-$REPO/.cache/run}"
-UV="${UV:-uv}"
+UV="${UV:-$(command -v uv 2>/dev/null || echo "$HOME/.local/bin/uv")}"  # as the Makefile finds it
 SERVICES=(order routing inventory notifications)
 declare -A PORT=(
   [order]="${OMS_ORDER_HTTP_PORT:-8081}"

@@ -1,7 +1,8 @@
 """Every answer a route can give is in its service's OpenAPI document: clients are generated from it, and a
 third-party fuzzer reports every status code it gets that the document does not list.
 
-The codes a route can give are read from what it is made of: 401 when it takes a bearer token, 422 when FastAPI
+The codes a route can give are read from what it is made of: 401 when it takes a bearer token, 403 when it needs a
+role (`require_role`), 422 when FastAPI
 validates a parameter or a body, and every `status.HTTP_...` its endpoint (or a function of its module that the
 endpoint names) raises. No server is started: each service's app is imported in-process."""
 
@@ -44,6 +45,17 @@ def _raised_by(route: APIRoute) -> set[str]:
     return codes
 
 
+def _needs_a_role(route: APIRoute) -> bool:
+    """Whether the route depends on `require_role`, which answers 403 to a token without the role."""
+    stack = list(route.dependant.dependencies)
+    while stack:
+        dependency = stack.pop()
+        if getattr(dependency.call, "__qualname__", "").startswith("require_role."):
+            return True
+        stack += dependency.dependencies
+    return False
+
+
 def _takes_input(route: APIRoute) -> bool:
     dependant = route.dependant
     params = dependant.path_params + dependant.query_params + dependant.header_params + dependant.cookie_params
@@ -64,6 +76,8 @@ def test_every_status_code_a_route_can_answer_is_documented(name):
             expected = _raised_by(route)
             if operation.get("security"):
                 expected.add("401")
+            if _needs_a_role(route):
+                expected.add("403")
             if _takes_input(route):
                 expected.add("422")
             missing += [f"{method} {route.path_format}: {code}" for code in sorted(expected - documented)]

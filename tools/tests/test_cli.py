@@ -160,27 +160,30 @@ def routing() -> Iterator[tuple[str, type[_Routing]]]:
         server.server_close()
 
 
-def test_demo_network_puts_the_file_with_the_token(oms, routing) -> None:
+def test_demo_network_puts_each_source_of_the_file_with_the_token(oms, routing) -> None:
     url, handler = routing
     result = oms("demo", "network", "--url", url + "/", "--token", "tok-1")
     assert result.exit_code == 0, result.output
-    [(method, path, auth, body)] = handler.seen
-    assert (method, path, auth) == ("PUT", "/network", "Bearer tok-1")
-    expected = json.loads((DEMO / "network.json").read_text())
-    assert [s["code"] for s in body["sources"]] == [s["code"] for s in expected["sources"]]
-    assert body["sources"][0]["cost_per_shipment"] == expected["sources"][0]["cost_per_shipment"]
-    assert "200 OK, 5 sources" in result.stdout
+    expected = json.loads((DEMO / "network.json").read_text())["sources"]
+    assert [(method, path, auth) for method, path, auth, _ in handler.seen] == [
+        ("PUT", f"/network/sources/{s['code']}", "Bearer tok-1") for s in expected
+    ]
+    assert [body["code"] for *_, body in handler.seen] == [s["code"] for s in expected]
+    assert handler.seen[0][3]["cost_per_shipment"] == expected[0]["cost_per_shipment"]
+    assert "5 sources from" in result.stdout
+    assert "no other source touched" in result.stdout
     assert "DROP-ACME" in result.stdout
 
 
 def test_demo_network_shows_the_refusal(oms, routing) -> None:
     url, handler = routing
     handler.status = 422
-    handler.answer = json.dumps({"detail": [{"loc": ["body", "sources"], "msg": "duplicate source code 'X'"}]}).encode()
+    refusal = {"detail": [{"loc": ["body", "code"], "msg": "the body's code is not the path's"}]}
+    handler.answer = json.dumps(refusal).encode()
     result = oms("demo", "network", "--url", url)
     assert result.exit_code == FAILED
-    assert f"PUT {url}/network answered 422 Unprocessable Entity" in result.stderr
-    assert "duplicate source code 'X'" in result.stderr
+    assert f"PUT {url}/network/sources/WH-EAST answered 422 Unprocessable Entity" in result.stderr
+    assert "the body's code is not the path's" in result.stderr
 
 
 def test_demo_network_when_routing_is_down(oms) -> None:

@@ -35,6 +35,12 @@ class NotificationSentData(NotificationData):
 class NotificationFailedData(NotificationData):
     failed_at: UtcDatetime
     error: Text
+    outcome_unknown: bool = Field(
+        default=False,
+        description="True when the message may have reached its recipient after all: its sender lost track of it "
+        "between handing it to the mail server and recording the answer. It is not sent again (at most once); the "
+        "mail server's log for its Message-ID says whether it went out",
+    )
 
 
 class _NotificationEvent(CloudEvent):

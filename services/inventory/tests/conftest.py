@@ -216,8 +216,9 @@ class Events:
         return LinesReturned(source="/oms/order", subject=str(order_id), data=data)
 
     @staticmethod
-    def counted(sku: str, source_code: str, on_hand: int) -> StockCounted:
-        data = StockCountedData(sku=sku, source_code=source_code, on_hand=on_hand, counted_at=datetime.now(UTC))
+    def counted(sku: str, source_code: str, on_hand: int, *, at: datetime | None = None) -> StockCounted:
+        """A count as of `at` (now unless given)."""
+        data = StockCountedData(sku=sku, source_code=source_code, on_hand=on_hand, counted_at=at or datetime.now(UTC))
         return StockCounted(source="/wms", subject=sku, data=data)
 
     @staticmethod

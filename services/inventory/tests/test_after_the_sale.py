@@ -358,30 +358,30 @@ async def test_a_return_of_damaged_units_only_restocks_nothing(inventory, events
     assert await stock_row(inventory, fresh_sku, fresh_source) is None
 
 
-async def test_a_return_at_an_unknown_source_is_refused_with_the_reason_and_changes_nothing(
+async def test_a_return_at_a_source_not_heard_of_yet_waits_for_it_and_the_consumer_goes_on(
     inventory, events, fresh_sku, fresh_source
 ):
     await network(inventory, events, fresh_source)
     waiting = events.plan(backordered=(("1", fresh_sku, 1),))
     await deliver(inventory, ROUTING_PLANS, waiting)
-    refused = events.returned(uuid.uuid4(), "NOWHERE", ("1", fresh_sku, 1, "resellable"))
+    later = f"STORE-{uuid.uuid4().hex[:8]}"
 
     emitted = await deliver(
         inventory,
         ORDER_EVENTS,
-        refused,
+        events.returned(uuid.uuid4(), later, ("1", fresh_sku, 1, "resellable")),
         events.returned(uuid.uuid4(), fresh_source, ("1", fresh_sku, 1, "resellable")),
     )
 
-    # The bad one is dead-lettered with the reason; the consumer goes on with the good one.
-    (dead,) = [e for e in emitted if e.topic == DEAD_LETTERS.name]
-    assert dead.headers["oms-error-message"] == (
-        f"return {refused.data.return_id}: unknown source 'NOWHERE'; returned units are restocked only at active "
-        "sources in the network (oms.routing.network.v1)"
-    )
-    assert await stock_row(inventory, fresh_sku, "NOWHERE") is None
+    # The one for a source the network has not announced yet waits (not dead-lettered); the other is applied.
+    assert [e for e in emitted if e.topic == DEAD_LETTERS.name] == []
+    assert await stock_row(inventory, fresh_sku, later) is None
     (allocated,) = of_type(emitted, BackorderAllocated)
     assert allocated.data.order_id == waiting.data.order_id
+
+    await network(inventory, events, later)
+
+    assert await stock_row(inventory, fresh_sku, later) == (1, 0, 0)
 
 
 async def test_a_return_at_an_inactive_source_is_refused(inventory, events, fresh_sku, fresh_source):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -36,7 +37,9 @@ async def test_stock_lists_every_source_and_the_total_available(inventory, clien
     await deliver(inventory, ROUTING_PLANS, events.plan(events.shipment(east, ("1", fresh_sku, 4))))
     # A count below what is reserved: that source adds nothing to the total.
     await deliver(inventory, ROUTING_PLANS, events.plan(events.shipment(west, ("1", fresh_sku, 2))))
-    await deliver(inventory, INVENTORY_RECEIPTS, events.counted(fresh_sku, west, 1))
+    await deliver(
+        inventory, INVENTORY_RECEIPTS, events.counted(fresh_sku, west, 1, at=datetime(2026, 11, 22, 9, tzinfo=UTC))
+    )
 
     response = await client.get(f"/stock/{fresh_sku}")
 
@@ -44,8 +47,15 @@ async def test_stock_lists_every_source_and_the_total_available(inventory, clien
     assert response.json() == {
         "sku": fresh_sku,
         "sources": [
-            {"source_code": east, "on_hand": 10, "reserved": 4, "set_aside": 0, "available": 6},
-            {"source_code": west, "on_hand": 1, "reserved": 2, "set_aside": 0, "available": 0},
+            {"source_code": east, "on_hand": 10, "reserved": 4, "set_aside": 0, "available": 6, "counted_at": None},
+            {
+                "source_code": west,
+                "on_hand": 1,
+                "reserved": 2,
+                "set_aside": 0,
+                "available": 0,
+                "counted_at": "2026-11-22T09:00:00Z",
+            },
         ],
         "available": 6,
     }

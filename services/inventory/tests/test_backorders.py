@@ -560,17 +560,15 @@ async def test_receipts_without_a_reference_use_up_the_earliest_expected_receipt
 # --- bad input: refused with the reason, nothing changes, the consumer goes on ------------------------------------
 
 
-async def test_an_expected_receipt_for_an_unknown_source_is_refused_and_changes_nothing(inventory, events, fresh_sku):
-    emitted = await deliver(inventory, INVENTORY_RECEIPTS, events.expected(fresh_sku, "NOWHERE", 5, FRIDAY))
+async def test_an_expected_receipt_for_a_source_not_heard_of_yet_waits_for_it(inventory, events, fresh_sku):
+    later = f"WH-{uuid.uuid4().hex[:8]}"
 
-    (dead,) = emitted
-    assert dead.topic == DEAD_LETTERS.name
-    assert dead.headers["oms-error-class"] == "Refused"
-    assert dead.headers["oms-error-message"] == (
-        "unknown source 'NOWHERE': expected receipts are accepted only for sources in the network "
-        "(oms.routing.network.v1)"
-    )
+    emitted = await deliver(inventory, INVENTORY_RECEIPTS, events.expected(fresh_sku, later, 5, FRIDAY))
+
+    assert emitted == []
     assert await expected_rows(inventory, fresh_sku) == []
+    await network(inventory, events, (later, ("DE",)))
+    assert await expected_rows(inventory, fresh_sku) == [(5, 5, FRIDAY, None)]
 
 
 async def test_an_expected_receipt_for_an_inactive_source_is_refused(inventory, events, fresh_sku, fresh_source):
@@ -610,7 +608,7 @@ async def test_a_quantity_of_zero_is_dead_lettered_with_the_field_error_and_the_
     assert await expected_rows(inventory, fresh_sku) == []
 
 
-async def test_a_receipt_for_an_unknown_source_serves_nobody_and_the_next_receipt_does(
+async def test_a_receipt_for_a_source_not_heard_of_yet_serves_nobody_and_the_next_receipt_does(
     inventory, events, fresh_sku, fresh_source
 ):
     await network(inventory, events, (fresh_source, ("DE",)))
@@ -620,11 +618,11 @@ async def test_a_receipt_for_an_unknown_source_serves_nobody_and_the_next_receip
     emitted = await deliver(
         inventory,
         INVENTORY_RECEIPTS,
-        events.received(fresh_sku, "NOWHERE", 5),
+        events.received(fresh_sku, f"WH-{uuid.uuid4().hex[:8]}", 5),
         events.received(fresh_sku, fresh_source, 1),
     )
 
-    assert [e.topic for e in emitted].count(DEAD_LETTERS.name) == 1
+    assert [e.topic for e in emitted].count(DEAD_LETTERS.name) == 0
     (allocated,) = of_type(emitted, BackorderAllocated)
     assert allocated.data.source_code == fresh_source
 

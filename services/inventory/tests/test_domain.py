@@ -156,6 +156,74 @@ def test_a_count_that_confirms_the_books_changes_nothing():
     assert changes.causes == {}
 
 
+def test_a_count_older_than_the_last_count_applied_is_stale_and_changes_nothing():
+    at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    counted = snapshot(Stock("A", "WH", 10, 2, counted_at=at))
+
+    for late in (at - timedelta(minutes=1), at):
+        changes = apply_receipts(counted, [Count("A", "WH", 3, late)])
+        assert (changes.stock, changes.stale_counts) == ({}, [0])
+
+
+def test_a_later_count_replaces_on_hand_and_keeps_its_as_of_time():
+    at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    later = at + timedelta(hours=1)
+
+    changes = apply_receipts(snapshot(Stock("A", "WH", 10, 2, counted_at=at)), [Count("A", "WH", 3, later)])
+
+    assert changes.stock == {("A", "WH"): Stock("A", "WH", 3, 2, counted_at=later)}
+    assert changes.stale_counts == []
+
+
+def test_receipts_after_the_last_count_are_kept_when_an_older_count_arrives_late():
+    t1, t2 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC), datetime(2026, 11, 22, 11, 0, tzinfo=UTC)
+
+    changes = apply_receipts(
+        snapshot(Stock("A", "WH", 0)),
+        [Count("A", "WH", 10, t2), Receipt("A", "WH", 5), Count("A", "WH", 4, t1)],
+    )
+
+    assert changes.stock[("A", "WH")] == Stock("A", "WH", 15, counted_at=t2)
+    assert changes.stale_counts == [2]
+
+
+def test_a_count_that_confirms_the_books_records_its_as_of_time_only():
+    at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+    changes = apply_receipts(snapshot(Stock("A", "WH", 10, 2)), [Count("A", "WH", 10, at)])
+
+    assert changes.stock == {("A", "WH"): Stock("A", "WH", 10, 2, counted_at=at)}
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.one_of(
+            st.builds(Receipt, st.just("A"), st.just("WH"), st.integers(1, 50)),
+            st.builds(
+                Count,
+                st.just("A"),
+                st.just("WH"),
+                st.integers(0, 50),
+                st.integers(0, 20).map(lambda minutes: datetime(2026, 11, 22, tzinfo=UTC) + timedelta(minutes=minutes)),
+            ),
+        ),
+        max_size=12,
+    )
+)
+def test_on_hand_is_the_latest_count_plus_the_receipts_applied_after_it_whatever_order_counts_arrive_in(movements):
+    before = snapshot(Stock("A", "WH", 7))
+    after = stock_at({**before, **apply_receipts(before, movements).stock}, ("A", "WH"))
+
+    latest, expected = None, 7
+    for m in movements:
+        if isinstance(m, Receipt):
+            expected += m.quantity
+        elif latest is None or m.counted_at > latest:
+            latest, expected = m.counted_at, m.on_hand
+    assert (after.on_hand, after.counted_at) == (expected, latest)
+
+
 def test_each_changed_row_names_the_last_receipt_that_changed_it():
     before = snapshot(Stock("A", "WH", 1), Stock("B", "WH", 1))
     changes = apply_receipts(before, [Receipt("A", "WH", 1), Receipt("B", "WH", 1), Receipt("A", "WH", 1)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from oms_contracts.inventory import (
@@ -42,6 +43,12 @@ async def stock_row(service: Service, sku: str, source: str) -> tuple[int, int] 
     return None if row is None else (row["on_hand"], row["reserved"])
 
 
+async def counted_at(service: Service, sku: str, source: str) -> datetime | None:
+    async with service.database.connect() as conn:
+        pg = await driver(conn)
+        return await pg.fetchval("SELECT counted_at FROM stock WHERE sku = $1 AND source_code = $2", sku, source)
+
+
 async def reservation_states(service: Service, shipment_id: uuid.UUID) -> dict[str, str]:
     async with service.database.connect() as conn:
         pg = await driver(conn)
@@ -58,20 +65,6 @@ async def stocked(service: Service, events: Any, sku: str, source: str, quantity
 # --- receipts ----------------------------------------------------------------------------------------------------
 
 
-async def test_a_receipt_for_an_unknown_source_is_dead_lettered_with_the_reason_and_changes_nothing(
-    inventory, events, fresh_sku
-):
-    emitted = await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, "NOWHERE", 5))
-
-    (dead,) = emitted
-    assert dead.topic == DEAD_LETTERS.name
-    assert dead.headers["oms-error-message"] == (
-        "unknown source 'NOWHERE': receipts are accepted only for sources in the network (oms.routing.network.v1)"
-    )
-    assert dead.headers["oms-error-class"] == "Refused"
-    assert await stock_row(inventory, fresh_sku, "NOWHERE") is None
-
-
 async def test_a_receipt_for_a_deactivated_source_is_refused(inventory, events, fresh_sku, fresh_source):
     await deliver(inventory, ROUTING_NETWORK, events.source_upserted(fresh_source))
     await deliver(inventory, ROUTING_NETWORK, events.source_deactivated(fresh_source))
@@ -84,13 +77,15 @@ async def test_a_receipt_for_a_deactivated_source_is_refused(inventory, events, 
 
 
 async def test_one_refused_receipt_in_a_batch_does_not_hold_back_the_others(inventory, events, fresh_sku, fresh_source):
-    await deliver(inventory, ROUTING_NETWORK, events.source_upserted(fresh_source))
+    closed = fresh("CLOSED")
+    await deliver(inventory, ROUTING_NETWORK, events.source_upserted(fresh_source), events.source_upserted(closed))
+    await deliver(inventory, ROUTING_NETWORK, events.source_deactivated(closed))
 
     emitted = await deliver(
         inventory,
         INVENTORY_RECEIPTS,
         events.received(fresh_sku, fresh_source, 4),
-        events.received(fresh_sku, "NOWHERE", 5),
+        events.received(fresh_sku, closed, 5),
         events.received(fresh_sku, fresh_source, 3),
     )
 
@@ -140,6 +135,59 @@ async def test_a_count_below_what_is_reserved_keeps_the_reservation_and_shows_no
     (level,) = of_type(emitted, StockLevelChanged)
     assert (level.data.on_hand, level.data.reserved, level.data.available) == (2, 6, 0)
     assert await stock_row(inventory, fresh_sku, fresh_source) == (2, 6)
+
+
+async def test_a_late_count_older_than_the_last_count_applied_does_not_overwrite_newer_stock(
+    inventory, events, fresh_sku, fresh_source
+):
+    await deliver(inventory, ROUTING_NETWORK, events.source_upserted(fresh_source))
+    t1 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    t2 = t1 + timedelta(hours=1)
+    await deliver(inventory, INVENTORY_RECEIPTS, events.counted(fresh_sku, fresh_source, 10, at=t2))
+    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, fresh_source, 5))
+
+    # The count as of t1 was held up somewhere and arrives last: it is applied by nobody, and refused by nobody.
+    emitted = await deliver(inventory, INVENTORY_RECEIPTS, events.counted(fresh_sku, fresh_source, 3, at=t1))
+
+    assert emitted == []
+    assert await stock_row(inventory, fresh_sku, fresh_source) == (15, 0)
+    assert await counted_at(inventory, fresh_sku, fresh_source) == t2
+
+
+async def test_a_count_resent_as_of_the_same_time_does_not_undo_the_receipts_since(
+    inventory, events, fresh_sku, fresh_source
+):
+    await deliver(inventory, ROUTING_NETWORK, events.source_upserted(fresh_source))
+    count = events.counted(fresh_sku, fresh_source, 10, at=datetime(2026, 11, 22, 10, 0, tzinfo=UTC))
+    await deliver(inventory, INVENTORY_RECEIPTS, count)
+    await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, fresh_source, 5))
+
+    # The feed sends the same count again, under a new event id (the inbox cannot tell).
+    emitted = await deliver(inventory, INVENTORY_RECEIPTS, count.model_copy(update={"id": uuid.uuid4()}))
+
+    assert emitted == []
+    assert await stock_row(inventory, fresh_sku, fresh_source) == (15, 0)
+
+
+async def test_a_later_count_replaces_on_hand_and_a_stale_one_in_the_same_batch_is_skipped(
+    inventory, client, events, fresh_sku, fresh_source
+):
+    await deliver(inventory, ROUTING_NETWORK, events.source_upserted(fresh_source))
+    t1 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+    await deliver(inventory, INVENTORY_RECEIPTS, events.counted(fresh_sku, fresh_source, 10, at=t1))
+
+    emitted = await deliver(
+        inventory,
+        INVENTORY_RECEIPTS,
+        events.counted(fresh_sku, fresh_source, 8, at=t1 + timedelta(hours=2)),
+        events.counted(fresh_sku, fresh_source, 20, at=t1 + timedelta(hours=1)),
+    )
+
+    (level,) = of_type(emitted, StockLevelChanged)
+    assert level.data.on_hand == 8
+    assert await counted_at(inventory, fresh_sku, fresh_source) == t1 + timedelta(hours=2)
+    (listed,) = (await client.get(f"/stock/{fresh_sku}")).json()["sources"]
+    assert (listed["on_hand"], listed["counted_at"]) == (8, "2026-11-22T12:00:00Z")
 
 
 async def test_a_count_that_drops_availability_below_the_threshold_raises_low_stock(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -409,12 +410,23 @@ def free_port() -> int:
 
 class MailServer:
     """An SMTP server's behaviour for a test: accept everything, or refuse recipients (all, or only `refused`) with
-    a given reply."""
+    a given reply. With `hold`, it takes each message and then answers only once the test sets `hold` (the server
+    runs in a thread of its own): `taken` is set as soon as it has a message. `on_data` runs as each one arrives."""
 
-    def __init__(self, refuse_with: str | None = None, refused: set[str] | None = None, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        refuse_with: str | None = None,
+        refused: set[str] | None = None,
+        delay: float = 0.0,
+        hold: threading.Event | None = None,
+        on_data: Callable[[], None] | None = None,
+    ) -> None:
         self.refuse_with = refuse_with
         self.refused = refused
         self.delay = delay
+        self.hold = hold
+        self.on_data = on_data
+        self.taken = threading.Event()
         self.received: list[EmailMessage] = []
         self.recipients: list[list[str]] = []
 
@@ -429,6 +441,11 @@ class MailServer:
             await asyncio.sleep(self.delay)
         self.received.append(message_from_bytes(envelope.original_content or envelope.content, policy=policy.default))
         self.recipients.append(list(envelope.rcpt_tos))
+        if self.on_data is not None:
+            self.on_data()
+        self.taken.set()
+        if self.hold is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.hold.wait)
         return "250 Message accepted for delivery"
 
 
@@ -436,17 +453,27 @@ class MailServer:
 def smtp_server() -> Iterator[Callable[..., tuple[MailServer, int]]]:
     """Start a real SMTP server (aiosmtpd) on 127.0.0.1 and a free port: `server, port = smtp_server(...)`."""
     controllers: list[Controller] = []
+    servers: list[MailServer] = []
 
     def start(
-        refuse_with: str | None = None, refused: set[str] | None = None, delay: float = 0.0, port: int | None = None
+        refuse_with: str | None = None,
+        refused: set[str] | None = None,
+        delay: float = 0.0,
+        port: int | None = None,
+        hold: threading.Event | None = None,
+        on_data: Callable[[], None] | None = None,
     ) -> tuple[MailServer, int]:
-        mail = MailServer(refuse_with, refused, delay)
+        mail = MailServer(refuse_with, refused, delay, hold, on_data)
         controller = Controller(mail, hostname="127.0.0.1", port=port or free_port())
         controller.start()
         controllers.append(controller)
+        servers.append(mail)
         return mail, controller.port
 
     yield start
+    for mail in servers:
+        if mail.hold is not None:
+            mail.hold.set()
     for controller in controllers:
         controller.stop()
 

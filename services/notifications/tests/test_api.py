@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 import uuid
 
 import httpx
@@ -228,7 +229,7 @@ async def test_listing_needs_an_order_or_a_template_and_says_so(client):
     response = await client.get("/notifications", headers=auth())
 
     assert response.status_code == 422
-    assert response.json() == {"detail": "give order_id, template, or both"}
+    assert response.json() == {"detail": "give order_id, template, status, or several"}
 
 
 async def test_the_openapi_document_names_the_template_filter_with_every_template(client):
@@ -236,9 +237,39 @@ async def test_the_openapi_document_names_the_template_filter_with_every_templat
 
     operation = document["paths"]["/notifications"]["get"]
     parameters = {p["name"]: p for p in operation["parameters"]}
-    assert set(parameters) == {"order_id", "template", "limit"}
+    assert set(parameters) == {"order_id", "template", "status", "limit"}
+    assert set(document["components"]["schemas"]["Status"]["enum"]) == {
+        "pending",
+        "sending",
+        "sent",
+        "failed",
+        "unknown",
+    }
     template_schema = document["components"]["schemas"]["Template"]
     assert {"order_stuck", "low_stock", "lines_cancelled", "refund_issued"} <= set(template_schema["enum"])
     assert {"401", "404", "422"} <= set(operation["responses"])
     view = document["components"]["schemas"]["NotificationView"]["properties"]
-    assert {"order_id", "audience"} <= set(view)
+    assert {"order_id", "audience", "claimed_at", "claimed_by"} <= set(view)
+
+
+async def test_mails_whose_outcome_is_unknown_are_listed_across_orders_for_an_operator(
+    service, client, pg, order_accepted, smtp_server
+):
+    _, port = smtp_server(hold=threading.Event())  # takes each message and never answers
+    await deliver(service, ORDER_EVENTS, order_accepted("1001"), order_accepted("1002", email="b@example.com"))
+    await Sender(service.database, SmtpServer(port=port, timeout=1.0)).send_due()
+
+    response = await client.get("/notifications", params={"status": "unknown"}, headers=auth())
+
+    assert response.status_code == 200
+    listed = response.json()
+    assert sorted(n["recipient"] for n in listed) == ["ada@example.com", "b@example.com"]
+    assert {n["status"] for n in listed} == {"unknown"}
+    assert all(n["claimed_by"] and n["claimed_at"] and "outcome unknown" in n["last_error"] for n in listed)
+
+
+async def test_a_status_alone_is_listed_only_for_those_an_operator_looks_for(client):
+    response = await client.get("/notifications", params={"status": "sent"}, headers=auth())
+
+    assert response.status_code == 422
+    assert response.json() == {"detail": "status alone may be failed or unknown; add order_id or template"}

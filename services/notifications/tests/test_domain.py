@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from oms_contracts.notification import NotificationChannel
 from oms_notifications.domain import (
     MAX_ERROR_LENGTH,
+    ClaimPolicy,
     Delivery,
     NotPending,
     Outcome,
@@ -178,6 +179,47 @@ def test_a_sent_or_failed_notification_is_never_tried_again(outcome):
             final.after(outcome, AT, RetryPolicy())
 
 
+def test_a_try_whose_outcome_is_unknown_is_final_whatever_tries_the_policy_has_left():
+    claimed = Delivery(status=Status.sending, attempts=1, next_attempt_at=AT)
+
+    unknown = claimed.after(Outcome.unknown, AT, RetryPolicy(max_attempts=8), "connection lost after DATA")
+
+    assert (unknown.status, unknown.attempts, unknown.next_attempt_at) == (Status.unknown, 2, None)
+    assert (unknown.failed_at, unknown.last_error) == (AT, "connection lost after DATA")
+    with pytest.raises(NotPending):
+        unknown.after(Outcome.delivered, AT, RetryPolicy())
+
+
+def test_a_claimed_message_is_recorded_like_a_pending_one():
+    claimed = Delivery(status=Status.sending, next_attempt_at=AT)
+
+    assert claimed.after(Outcome.delivered, AT, RetryPolicy()).status is Status.sent
+    retried = claimed.after(Outcome.transient, AT, RetryPolicy(), "451")
+    assert (retried.status, retried.attempts, retried.next_attempt_at) == (Status.pending, 1, AT + timedelta(seconds=2))
+
+
+def test_a_claimed_message_never_handed_over_goes_back_to_pending_as_it_was():
+    claimed = Delivery(status=Status.sending, attempts=2, next_attempt_at=AT, last_error="451")
+
+    assert claimed.given_back() == Delivery(status=Status.pending, attempts=2, next_attempt_at=AT, last_error="451")
+
+
+@pytest.mark.parametrize("final", [Status.sent, Status.failed, Status.unknown])
+def test_a_final_message_is_never_given_back(final):
+    with pytest.raises(NotPending):
+        Delivery(status=final).given_back()
+
+
+def test_a_claim_starts_a_try_only_in_its_first_half_and_is_lost_after_its_timeout():
+    claims = ClaimPolicy(timedelta(minutes=10))
+
+    assert claims.may_start(AT, AT + timedelta(minutes=4, seconds=59))
+    assert not claims.may_start(AT, AT + timedelta(minutes=5))
+    assert claims.lost_before(AT + timedelta(minutes=10)) == AT
+    with pytest.raises(ValueError):
+        ClaimPolicy(timedelta(0))
+
+
 def test_a_long_error_is_cut_to_what_the_failed_event_can_carry():
     delivery = Delivery(next_attempt_at=AT).after(Outcome.permanent, AT, RetryPolicy(), "x" * 5000)
 
@@ -246,3 +288,4 @@ def test_every_try_counts_and_only_a_pending_notification_waits_for_a_later_one(
         else:
             assert delivery.next_attempt_at is None
         assert (delivery.status is Status.sent) == (outcome is Outcome.delivered)
+        assert (delivery.status is Status.unknown) == (outcome is Outcome.unknown)

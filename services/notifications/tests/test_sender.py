@@ -1,14 +1,22 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 import uuid
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
+
 from oms_contracts.notification import NotificationFailed, NotificationSent
 from oms_contracts.topics import INVENTORY_ALLOCATIONS, INVENTORY_STOCK, NOTIFICATIONS, ORDER_EVENTS, ROUTING_PLANS
-from oms_notifications.domain import RetryPolicy
+from oms_notifications import store
+from oms_notifications.domain import ClaimPolicy, Outcome, RetryPolicy
 from oms_notifications.sender import Sender, SmtpServer
+from oms_runtime.database import driver
 from oms_runtime.testing import deliver, take_outbox
+
+CONFIRM = "order_confirmation"
 
 
 def sender_for(service, port: int, **options) -> Sender:
@@ -523,3 +531,216 @@ async def test_an_alert_refused_for_one_operator_still_reaches_the_others_and_is
 
     assert mail.recipients == [[a for a in settings.ops_email if a != refused]]
     assert await pg.fetchval("SELECT status FROM notifications") == "sent"
+
+
+# At most once: claim (committed), send, record. Nothing that happens after a claim sends the message again.
+
+CLAIMS = ClaimPolicy(timedelta(minutes=10))
+
+
+async def test_a_commit_that_fails_after_the_send_does_not_send_the_mail_again(
+    service, pg, order_accepted, smtp_server
+):
+    mail, port = smtp_server()
+    event = order_accepted("9001")
+    await deliver(service, ORDER_EVENTS, event)
+    # The first commit that records a message as sent is refused by PostgreSQL at COMMIT (a deferred constraint
+    # trigger; the sequence counts outside the transaction, so only the first one fails).
+    await pg.execute(
+        """
+        CREATE SEQUENCE refused_commits;
+        CREATE FUNCTION refuse_the_first_sent_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.status = 'sent' THEN
+                IF nextval('refused_commits') = 1 THEN
+                    RAISE EXCEPTION 'the commit that records the send is refused';
+                END IF;
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE CONSTRAINT TRIGGER refuse_the_first_sent_commit AFTER UPDATE ON notifications
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse_the_first_sent_commit();
+        """
+    )
+    try:
+        sender = sender_for(service, port)
+        with pytest.raises(Exception, match="the commit that records the send is refused"):
+            await sender.send_due()
+
+        assert len(mail.received) == 1
+        row = await pg.fetchrow("SELECT status, claimed_by FROM notifications")
+        assert (row["status"], row["claimed_by"]) == ("sending", sender.name)
+        # Meanwhile another sender finds nothing to send: the message is claimed.
+        assert await sender_for(service, port).send_due() == 0
+
+        # The next pass records what the failed one knew, and claims nothing more.
+        assert await sender.send_due() == 0
+    finally:
+        await pg.execute(
+            """
+            DROP TRIGGER refuse_the_first_sent_commit ON notifications;
+            DROP FUNCTION refuse_the_first_sent_commit();
+            DROP SEQUENCE refused_commits;
+            """
+        )
+
+    assert len(mail.received) == 1
+    row = await pg.fetchrow("SELECT status, attempts FROM notifications")
+    assert (row["status"], row["attempts"]) == ("sent", 1)
+    [emitted] = await take_outbox(service)
+    assert isinstance(emitted.event, NotificationSent)
+    assert emitted.event.data.cause_event_id == event.id
+    assert await sender_for(service, port).send_due() == 0
+    assert len(mail.received) == 1
+
+
+# A sender process that dies once the mail server has the message and before its answer is recorded.
+_DOOMED_SENDER = """
+import asyncio, sys
+from oms_notifications.sender import Sender, SmtpServer
+from oms_runtime import Database
+
+async def main():
+    database = Database(sys.argv[1])
+    await Sender(database, SmtpServer(port=int(sys.argv[2])), name="doomed-sender").send_due()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_sender_killed_between_claim_and_record_leaves_its_mail_unknown_and_never_sent_again(
+    service, settings, pg, order_accepted, fulfillment_planned, smtp_server, clock
+):
+    hold = threading.Event()
+    mail, port = smtp_server(hold=hold)
+    acceptance = order_accepted("9002")
+    await deliver(service, ORDER_EVENTS, acceptance)
+    await deliver(service, ROUTING_PLANS, fulfillment_planned(acceptance.data.order_id))
+    doomed = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _DOOMED_SENDER, settings.database_url, str(port)
+    )
+    try:
+        # The server has the confirmation and has not answered yet: the doomed sender waits for its "250".
+        assert await asyncio.to_thread(mail.taken.wait, 120)
+    finally:
+        doomed.kill()
+        await doomed.wait()
+    hold.set()
+    row = await pg.fetchrow("SELECT status, claimed_by, claimed_at FROM notifications WHERE template = $1", CONFIRM)
+    assert (row["status"], row["claimed_by"]) == ("sending", "doomed-sender")
+
+    # Before the claim times out, nobody touches it, and the order's next mail waits behind it.
+    clock.now = row["claimed_at"] + CLAIMS.timeout - timedelta(seconds=1)
+    survivor = sender_for(service, port, clock=clock, claims=CLAIMS)
+    assert await survivor.send_due() == 0
+    assert len(mail.received) == 1
+
+    # After it, the claim is taken for lost: the confirmation is unknown, not sent again, and says so.
+    clock.now = row["claimed_at"] + CLAIMS.timeout + timedelta(seconds=1)
+    assert await drain(survivor) == 1
+
+    lost = await pg.fetchrow("SELECT * FROM notifications WHERE template = $1", CONFIRM)
+    assert (lost["status"], lost["attempts"], lost["next_attempt_at"]) == ("unknown", 1, None)
+    assert lost["failed_at"] == clock.now
+    assert "claimed by doomed-sender" in lost["last_error"]
+    assert f"Message-ID <{lost['id']}@oms.local>" in lost["last_error"]
+    assert [m["Subject"] for m in mail.received] == [
+        "Your order 9002 is confirmed",
+        "Your order 9002 will arrive in 2 parcels",  # the story goes on: an unknown mail holds nothing back
+    ]
+    failed, sent = (e.event for e in await take_outbox(service))
+    assert isinstance(failed, NotificationFailed)
+    assert (failed.data.template, failed.data.outcome_unknown) == (CONFIRM, True)
+    assert isinstance(sent, NotificationSent)
+    clock.now += timedelta(days=1)
+    assert await drain(survivor) == 0
+    assert len(mail.received) == 2
+
+
+async def test_a_connection_lost_after_the_message_went_out_makes_it_unknown_not_retried(
+    service, pg, order_accepted, smtp_server, clock
+):
+    # The server takes the message and never answers; the sender's wait for the answer times out.
+    mail, port = smtp_server(hold=threading.Event())
+    await deliver(service, ORDER_EVENTS, order_accepted("9003"))
+    clock.now = datetime.now(UTC)
+    sender = Sender(service.database, SmtpServer(port=port, timeout=1.0), clock=clock)
+
+    assert await sender.send_due() == 1
+
+    row = await pg.fetchrow("SELECT status, attempts, last_error FROM notifications")
+    assert (row["status"], row["attempts"]) == ("unknown", 1)
+    assert "after the message was handed to" in row["last_error"]
+    [emitted] = await take_outbox(service)
+    assert isinstance(emitted.event, NotificationFailed)
+    assert emitted.event.data.outcome_unknown
+    clock.now += timedelta(days=1)
+    assert await sender.send_due() == 0
+    assert len(mail.received) == 1
+
+
+async def test_a_stopped_sender_finishes_the_mail_in_hand_records_it_and_gives_the_rest_back(
+    service, pg, order_accepted, smtp_server
+):
+    hold = threading.Event()
+    mail, port = smtp_server(hold=hold)
+    await deliver(service, ORDER_EVENTS, *(order_accepted(f"91{n}", email=f"c{n}@example.com") for n in range(3)))
+    sender = sender_for(service, port, connections=1)
+    passing = asyncio.create_task(sender.send_due())
+    assert await asyncio.to_thread(mail.taken.wait, 120)
+
+    passing.cancel()  # the service stops while the server holds the first message
+    hold.set()
+    with pytest.raises(asyncio.CancelledError):
+        await passing
+
+    rows = await pg.fetch("SELECT status, attempts FROM notifications ORDER BY status")
+    assert [(r["status"], r["attempts"]) for r in rows] == [("pending", 0), ("pending", 0), ("sent", 1)]
+    [emitted] = await take_outbox(service)
+    assert isinstance(emitted.event, NotificationSent)
+    assert await drain(sender_for(service, port)) == 1
+    ids = [m["Message-ID"] for m in mail.received]
+    assert len(ids) == len(set(ids)) == 3
+
+
+async def test_a_claimed_mail_is_not_started_once_its_claim_is_too_old_to_be_recorded_in_time(
+    service, pg, order_accepted, smtp_server, clock
+):
+    def time_passes() -> None:
+        # The first mail takes over half the claim timeout: the second one's claim could be judged lost before
+        # its answer is recorded.
+        clock.now += CLAIMS.timeout / 2
+
+    mail, port = smtp_server(on_data=time_passes)
+    await deliver(service, ORDER_EVENTS, *(order_accepted(f"92{n}", email=f"d{n}@example.com") for n in range(2)))
+    clock.now = datetime.now(UTC)
+
+    assert await sender_for(service, port, connections=1, clock=clock, claims=CLAIMS).send_due() == 2
+
+    assert len(mail.received) == 1
+    rows = await pg.fetch("SELECT status, attempts, claimed_at FROM notifications ORDER BY status")
+    assert [(r["status"], r["attempts"]) for r in rows] == [("pending", 0), ("sent", 1)]
+    assert await drain(sender_for(service, port, clock=clock)) == 1
+    assert len(mail.received) == 2
+
+
+async def test_a_claim_judged_lost_is_not_overwritten_by_its_late_sender(
+    service, pg, order_accepted, smtp_server, clock
+):
+    late = sender_for(service, 1, clock=clock, claims=CLAIMS, name="late-sender")
+    await deliver(service, ORDER_EVENTS, order_accepted("9301"))
+    clock.now = datetime.now(UTC)
+    async with service.database.transaction() as conn:
+        [claimed] = await store.claim_due(await driver(conn), clock.now, 10, late.name)
+    clock.now += CLAIMS.timeout + timedelta(seconds=1)
+    mail, port = smtp_server()
+    assert await sender_for(service, port, clock=clock, claims=CLAIMS).send_due() == 0  # judged lost: unknown
+
+    # The late sender comes back with an answer: the verdict stands, and the message is announced once.
+    sent = claimed.delivery.after(Outcome.delivered, clock.now, RetryPolicy())
+    async with service.database.transaction() as conn:
+        assert await store.record_deliveries(await driver(conn), [(claimed, sent)]) == set()
+
+    assert await pg.fetchval("SELECT status FROM notifications") == "unknown"
+    assert len(await take_outbox(service)) == 1
+    assert mail.received == []

@@ -83,3 +83,10 @@ def test_operators_whose_addresses_do_not_fit_one_recipient_field_are_refused_wi
         NotificationsSettings()
 
     assert "distribution list" in str(refused.value)
+
+
+def test_a_claim_timeout_shorter_than_a_try_can_take_is_refused_at_start_up():
+    with pytest.raises(ValidationError, match="CLAIM_TIMEOUT_SECONDS must be at least 20 times"):
+        NotificationsSettings(smtp_timeout=30, claim_timeout_seconds=300)
+
+    assert NotificationsSettings(smtp_timeout=30, claim_timeout_seconds=600).claim_timeout_seconds == 600

@@ -22,6 +22,8 @@ from oms_runtime.testing import deliver, take_outbox
 
 TOKEN = "routing-api-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# A token that may read but not edit the network.
+VIEWER = {"Authorization": "Bearer routing-viewer-token"}
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,10 @@ async def api_service(api_database: str, kafka_bootstrap: str) -> AsyncIterator[
         RoutingSettings(
             database_url=api_database,
             kafka_bootstrap=kafka_bootstrap,
-            api_tokens={TOKEN: "tester"},
+            api_tokens={
+                TOKEN: "tester",
+                "routing-viewer-token": {"principal": "watcher", "roles": ["viewer", "cs"]},
+            },
             request_topic_partitions=2,
         )
     )
@@ -85,6 +90,9 @@ def source_json(code: str, **fields) -> dict:
     [
         ("GET", "/network"),
         ("PUT", "/network"),
+        ("GET", "/network/sources/WH-1"),
+        ("PUT", "/network/sources/WH-1"),
+        ("DELETE", "/network/sources/WH-1"),
         ("GET", f"/plans/{uuid.uuid4()}"),
         ("POST", "/simulate"),
         ("GET", "/rule-chains"),
@@ -354,3 +362,167 @@ async def test_simulate_with_an_unknown_rule_is_422_naming_the_field(client, mak
     response = await client.post("/simulate", headers=AUTH, json=body)
     assert response.status_code == 422
     assert [e["loc"] for e in response.json()["detail"]] == [["body", "options", "routing_rules", 1]]
+
+
+# Editing the network without losing another client's edit: versions (ETag / If-Match) and one source at a time.
+
+
+def suffix() -> str:
+    return uuid.uuid4().hex[:6].upper()
+
+
+async def current_network(client) -> tuple[list[dict], str]:
+    response = await client.get("/network", headers=AUTH)
+    assert response.status_code == 200
+    return response.json()["sources"], response.headers["etag"]
+
+
+async def test_a_replacement_based_on_a_network_read_before_another_clients_edit_is_refused_and_loses_nothing(
+    client, api_service
+):
+    mine, theirs = f"WH-MINE-{suffix()}", f"WH-THEIRS-{suffix()}"
+    sources, read_as = await current_network(client)
+
+    # Another client adds a source after this one read the network.
+    added = await client.put(f"/network/sources/{theirs}", headers=AUTH, json=source_json(theirs))
+    assert added.status_code == 201, added.text
+    await take_outbox(api_service)
+
+    # This client replaces the network as it read it, plus its own source: refused, nothing changes.
+    stale = await client.put(
+        "/network", headers=AUTH | {"If-Match": read_as}, json={"sources": [*sources, source_json(mine)]}
+    )
+
+    assert stale.status_code == 412
+    assert stale.headers["etag"] == added.headers["etag"] != read_as
+    assert "the network changed since it was read" in stale.json()["detail"]
+    assert await take_outbox(api_service) == []
+    network, _ = await current_network(client)
+    assert {s["code"]: s["active"] for s in network if s["code"] in (mine, theirs)} == {theirs: True}
+
+    # Read again, edit again: accepted, and the other client's source stands.
+    sources, read_as = await current_network(client)
+    again = await client.put(
+        "/network", headers=AUTH | {"If-Match": read_as}, json={"sources": [*sources, source_json(mine)]}
+    )
+    assert again.status_code == 200, again.text
+    assert again.headers["etag"] != read_as
+    assert {s["code"]: s["active"] for s in again.json()["sources"] if s["code"] in (mine, theirs)} == {
+        mine: True,
+        theirs: True,
+    }
+    (announced,) = await take_outbox(api_service)
+    assert (type(announced.event), announced.key) == (SourceUpserted, mine)
+
+
+async def test_the_network_version_moves_only_when_an_edit_changes_something(client, api_service):
+    sources, read_as = await current_network(client)
+
+    unchanged = await client.put("/network", headers=AUTH | {"If-Match": read_as}, json={"sources": sources})
+    any_version = await client.put("/network", headers=AUTH | {"If-Match": "*"}, json={"sources": sources})
+    without = await client.put("/network", headers=AUTH, json={"sources": sources})
+
+    assert [r.status_code for r in (unchanged, any_version, without)] == [200, 200, 200]
+    assert {r.headers["etag"] for r in (unchanged, any_version, without)} == {read_as}
+    assert await take_outbox(api_service) == []
+
+
+async def test_one_source_is_created_replaced_and_deactivated_alone_each_change_announced_once(
+    client, api_service, kafka_bootstrap
+):
+    code, bystander = f"3PL-{suffix()}", f"WH-BY-{suffix()}"
+    await client.put(f"/network/sources/{bystander}", headers=AUTH, json=source_json(bystander))
+    _, before = await current_network(client)
+    await take_outbox(api_service)
+
+    created = await client.put(f"/network/sources/{code}", headers=AUTH, json=source_json(code, type="3pl"))
+
+    assert created.status_code == 201, created.text
+    assert created.headers["location"] == f"/network/sources/{code}"
+    assert created.json() == source_json(code, type="3pl")
+    assert created.headers["etag"] != before
+    assert fulfillment_requests(code).name in await topics_on(kafka_bootstrap)
+    (announced,) = await take_outbox(api_service)
+    assert (type(announced.event), announced.key, announced.event.data.type) == (SourceUpserted, code, "3pl")
+
+    replaced = await client.put(f"/network/sources/{code}", headers=AUTH, json=source_json(code, priority=5))
+    same = await client.put(f"/network/sources/{code}", headers=AUTH, json=source_json(code, priority=5))
+
+    assert (replaced.status_code, same.status_code) == (200, 200)
+    assert replaced.json()["priority"] == 5
+    assert same.headers["etag"] == replaced.headers["etag"] != created.headers["etag"]
+    (announced,) = await take_outbox(api_service)
+    assert announced.event.data.priority == 5
+
+    removed = await client.delete(f"/network/sources/{code}", headers=AUTH)
+    again = await client.delete(f"/network/sources/{code}", headers=AUTH)
+
+    assert (removed.status_code, again.status_code) == (200, 200)
+    assert removed.json() == source_json(code, priority=5, active=False)
+    assert again.headers["etag"] == removed.headers["etag"] != same.headers["etag"]
+    (announced,) = await take_outbox(api_service)
+    assert (type(announced.event), announced.key) == (SourceDeactivated, code)
+    read = await client.get(f"/network/sources/{code}", headers=AUTH)
+    assert (read.status_code, read.json()["active"], read.headers["etag"]) == (200, False, removed.headers["etag"])
+    network, _ = await current_network(client)
+    assert next(s for s in network if s["code"] == bystander)["active"]
+
+
+async def test_a_source_not_in_the_network_is_404_to_read_or_deactivate(client, api_service):
+    code = f"WH-NONE-{suffix()}"
+
+    for response in (
+        await client.get(f"/network/sources/{code}", headers=AUTH),
+        await client.delete(f"/network/sources/{code}", headers=AUTH),
+    ):
+        assert response.status_code == 404
+        assert response.json() == {"detail": f"no source {code!r} in the network"}
+    assert await take_outbox(api_service) == []
+
+
+@pytest.mark.parametrize(
+    ("path_code", "body", "loc"),
+    [
+        ("WH-A", source_json("WH-B"), ["body", "code"]),
+        ("has space", source_json("has space"), ["path", "code"]),
+        ("WH-A", source_json("WH-A", countries=[]), ["body", "countries"]),
+    ],
+)
+async def test_a_source_whose_code_or_fields_are_wrong_is_422_naming_the_field(
+    client, api_service, path_code, body, loc
+):
+    response = await client.put(f"/network/sources/{path_code}", headers=AUTH, json=body)
+
+    assert response.status_code == 422
+    assert loc in [e["loc"] for e in response.json()["detail"]]
+    assert await take_outbox(api_service) == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("PUT", "/network"), ("PUT", "/network/sources/WH-1"), ("DELETE", "/network/sources/WH-1")],
+)
+async def test_editing_the_network_needs_the_admin_role(client, api_service, method, path):
+    sources, _ = await current_network(client)
+    body = {"sources": sources} if path == "/network" else source_json("WH-1")
+
+    response = await client.request(method, path, headers=VIEWER, json=body)
+
+    assert response.status_code == 403
+    assert "needs one of admin" in response.json()["detail"]
+    assert (await client.get("/network", headers=VIEWER)).status_code == 200
+    assert await take_outbox(api_service) == []
+
+
+async def test_the_openapi_document_tells_the_version_check_and_the_answers_of_each_network_edit(client):
+    document = (await client.get("/openapi.json")).json()
+    paths = document["paths"]
+
+    put = paths["/network"]["put"]
+    assert {"200", "401", "403", "412", "422", "503"} <= set(put["responses"])
+    assert "If-Match" in {p["name"] for p in put["parameters"]}
+    assert "ETag" in paths["/network"]["get"]["responses"]["200"]["headers"]
+    one = paths["/network/sources/{code}"]
+    assert {"200", "201", "401", "403", "422", "503"} <= set(one["put"]["responses"])
+    assert {"200", "401", "403", "404", "422"} <= set(one["delete"]["responses"])
+    assert {"200", "401", "404", "422"} <= set(one["get"]["responses"])

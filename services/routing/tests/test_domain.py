@@ -27,6 +27,7 @@ from oms_routing.domain import (
     DEFAULT_RULES,
     Availability,
     Fulfillment,
+    NetworkChange,
     PlanningNetwork,
     PlanRequest,
     ReplanRefused,
@@ -42,6 +43,8 @@ from oms_routing.domain import (
     plan,
     plan_all,
     plan_key,
+    source_change,
+    source_removal,
     transit_days,
     units_by_sku,
 )
@@ -1119,3 +1122,17 @@ def test_within_the_documented_bound_the_capped_search_is_the_exhaustive_one(hel
     exhaustive = plan_now(first(order), network, stock, new_id=lambda: uuid.UUID(int=0), search_steps=10**9)
     if len(exhaustive.shipments) <= 4:
         assert capped == exhaustive
+
+
+def test_replacing_one_source_touches_no_other_and_an_unchanged_one_changes_nothing(make_source):
+    current = make_source("WH-A", priority=10)
+
+    assert source_change(None, current) == NetworkChange(upserted=[current], deactivated=[])
+    assert not source_change(current, current)
+    changed = make_source("WH-A", priority=1)
+    assert source_change(current, changed) == NetworkChange(upserted=[changed], deactivated=[])
+
+
+def test_removing_a_source_deactivates_it_once(make_source):
+    assert source_removal(make_source("WH-A")) == NetworkChange(upserted=[], deactivated=["WH-A"])
+    assert not source_removal(make_source("WH-A", active=False))

@@ -40,6 +40,7 @@ async def test_migrations_on_a_fresh_database_match_the_store_metadata(migrated_
         "alembic_version",
         "availability",
         "inbox",
+        "network_version",
         "orders",
         "outbox",
         "parked_messages",

@@ -171,7 +171,7 @@ NetworkPath = Annotated[
         "--network",
         dir_okay=False,
         show_default=f"{demo.DEFAULT_DIR_SHOWN}/{demo.NETWORK_FILE}",
-        help="The demo network (JSON, the body of PUT /network).",
+        help='The demo network (JSON: {"sources": [...]}, each a routing Source).',
     ),
 ]
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -307,45 +307,63 @@ def demo_network(
     token: Token = DEFAULT_TOKEN,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the answer.")] = 30.0,
 ) -> None:
-    """Load the demo fulfillment network into the routing service (PUT /network).
+    """Load the demo fulfillment network into the routing service, one source at a time.
 
-    The file is validated against the contracts first. Routing creates each source's request topic, then announces
-    the sources on oms.routing.network.v1; sources it knows that are missing from the file are deactivated."""
+    The file is validated against the contracts first. Each source is created or replaced with PUT
+    /network/sources/{code}: routing creates its request topic, then announces it on oms.routing.network.v1. Sources
+    the file does not name are left as they are, so sources another client added are never deactivated (the whole
+    network is replaced only by PUT /network, which this command does not use)."""
     network, path = _load(lambda: demo.load_network(file))
-    endpoint = f"{url}/network"
 
-    async def put() -> httpx.Response:
+    async def put_each() -> list[tuple[str, httpx.Response]]:
+        answers = []
         try:
-            async with httpx.AsyncClient(timeout=timeout) as client:
-                return await client.put(endpoint, json=network.body(), headers={"Authorization": f"Bearer {token}"})
+            async with httpx.AsyncClient(timeout=timeout, headers={"Authorization": f"Bearer {token}"}) as client:
+                for source in network.sources:
+                    endpoint = f"{url}/network/sources/{source.code}"
+                    response = await client.put(endpoint, json=source.model_dump(mode="json"))
+                    if not response.is_success:
+                        raise ToolError(
+                            f"PUT {endpoint} answered {response.status_code} {response.reason_phrase}:\n"
+                            f"{_body_of(response)}" + _loaded_before(answers),
+                            FAILED,
+                        )
+                    answers.append((source.code, response))
         except httpx.TimeoutException:
-            raise ToolError(f"the routing service at {url} did not answer within {timeout:g}s", UNREACHABLE) from None
+            raise ToolError(
+                f"the routing service at {url} did not answer within {timeout:g}s" + _loaded_before(answers),
+                UNREACHABLE,
+            ) from None
         except httpx.TransportError as error:
             raise ToolError(
-                f"cannot reach the routing service at {url} ({error or type(error).__name__})", UNREACHABLE
+                f"cannot reach the routing service at {url} ({error or type(error).__name__})"
+                + _loaded_before(answers),
+                UNREACHABLE,
             ) from None
+        return answers
 
-    response = _run(put)
-    if not response.is_success:
-        raise _fail(
-            ToolError(
-                f"PUT {endpoint} answered {response.status_code} {response.reason_phrase}:\n{_body_of(response)}",
-                FAILED,
-            )
-        )
+    answers = _run(put_each)
+    created = sum(response.status_code == 201 for _, response in answers)
     typer.echo(
-        f"PUT {endpoint}: {response.status_code} {response.reason_phrase}, {len(network.sources)} sources from {path}"
+        f"PUT {url}/network/sources/{{code}}: {len(answers)} sources from {path}, {created} created, "
+        f"{len(answers) - created} replaced; no other source touched"
     )
-    try:
-        sources = response.json()["sources"]
-    except (ValueError, KeyError, TypeError):
-        return
-    for s in sources:
+    for _, response in answers:
+        try:
+            s = response.json()
+        except ValueError:
+            continue
         state = "active" if s.get("active", True) else "inactive"
         countries = ",".join(s.get("countries", []))
         typer.echo(
             f"  {s.get('code', '?'):<10} {s.get('type', '?'):<9} {state:<8} {s.get('name', '')} (ships to {countries})"
         )
+
+
+def _loaded_before(answers: list[tuple[str, httpx.Response]]) -> str:
+    if not answers:
+        return ""
+    return f"\n(loaded before it: {', '.join(code for code, _ in answers)})"
 
 
 # oms demo stock ----------------------------------------------------------------------------------------------------
@@ -371,7 +389,8 @@ def demo_stock(
         bool,
         typer.Option(
             "--wait/--no-wait",
-            help="First wait until inventory knows every source of the network (it refuses receipts otherwise).",
+            help="First wait until inventory knows every source of the network (receipts for a source it has not "
+            "heard of wait only a grace period for it, then go to the dead letters).",
         ),
     ] = True,
     wait_timeout: Annotated[
@@ -388,10 +407,10 @@ def demo_stock(
 ) -> None:
     """Receive the demo stock: one inventory.stock_received.v1 per (sku, source) on oms.inventory.receipts.v1.
 
-    Keyed by sku, published with the OMS producer settings (idempotent, acks=all). Inventory refuses receipts for
-    sources it does not know (they go to the dead letters), so this first waits until inventory lists every source
-    the stock names (GET /sources): run it after `oms demo network`. Each run is a new delivery and adds the
-    quantities again."""
+    Keyed by sku, published with the OMS producer settings (idempotent, acks=all). Inventory holds receipts for a
+    source it has not heard of only for a grace period (then they go to the dead letters), so this first waits until
+    inventory lists every source the stock names (GET /sources): run it after `oms demo network`. Each run is a new
+    delivery and adds the quantities again."""
     stock, _ = _load(lambda: demo.load_stock(file))
     network, network_path = _load(lambda: demo.load_network(network_file))
     _load(lambda: stock.check_sources(network, network_path))

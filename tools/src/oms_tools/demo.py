@@ -104,7 +104,8 @@ class StockFile(_Strict):
         if unknown:
             raise ToolError(
                 f"stock for source(s) {', '.join(unknown)} not in the network {network_path} "
-                f"(it has {', '.join(sorted(codes))}); inventory refuses receipts for sources it does not know",
+                f"(it has {', '.join(sorted(codes))}); inventory dead-letters receipts for sources the network "
+                "never announces",
                 INVALID,
             )
 

@@ -33,6 +33,10 @@ class SourceStock(BaseModel):
     reserved: int = Field(description="Promised to shipments, not shipped yet")
     set_aside: int = Field(description="Held for waiting lines that ship whole (their orders are ship_complete)")
     available: int = Field(description="What a new reservation or a waiting line may take")
+    counted_at: datetime | None = Field(
+        description="As of when the source's last count applied here was taken; a count no later than this is not "
+        "applied. Null: never counted"
+    )
 
 
 class SkuStock(BaseModel):
@@ -93,6 +97,7 @@ async def get_stock(sku: str, who: Principal, request: Request) -> SkuStock:
             reserved=s.reserved,
             set_aside=s.set_aside,
             available=s.available,
+            counted_at=s.counted_at,
         )
         for s in levels
     ]

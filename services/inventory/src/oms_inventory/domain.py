@@ -26,6 +26,8 @@ class Stock:
     on_hand: int = 0
     reserved: int = 0
     set_aside: int = 0
+    # The as-of time of the last count applied here (None: never counted).
+    counted_at: datetime | None = None
 
     @property
     def key(self) -> StockKey:
@@ -52,15 +54,25 @@ class Stock:
         _positive(quantity)
         return replace(self, on_hand=self.on_hand + quantity)
 
-    def count(self, on_hand: int) -> Stock:
-        """A source's absolute count replaces what we believed it holds."""
+    def count(self, on_hand: int, counted_at: datetime | None = None) -> Stock:
+        """A source's absolute count as of `counted_at` replaces what we believed it holds (see `is_newer_count`)."""
         if on_hand < 0:
             raise ValueError(f"a count cannot be negative, got {on_hand}")
         # A count below what is reserved leaves the reservations in place (available shows 0): each is a promise
         # to an order whose fulfillment may already be requested or picked, and only its source knows which units
         # are really gone. Dropping them here would strand those orders silently; instead the source rejects or
         # cancels what it cannot ship, which releases the reservation, and routing re-plans that shipment.
-        return replace(self, on_hand=on_hand)
+        return replace(self, on_hand=on_hand, counted_at=counted_at or self.counted_at)
+
+    def is_newer_count(self, counted_at: datetime | None) -> bool:
+        """Whether a count as of `counted_at` may replace on hand here: only one later than the last count applied.
+
+        A count as of T is the source's whole truth at T — it includes every receipt and shipment the source
+        recorded before T — and what inventory applied after the last count (receipts, shipments) came after that
+        count's T. A count as of an earlier (or the same) T arriving late describes a state that the last count
+        already replaced: applying it would undo the later count and every movement since. (A count without an
+        as-of is applied as it comes.)"""
+        return counted_at is None or self.counted_at is None or counted_at > self.counted_at
 
     def reserve(self, quantity: int) -> Stock:
         """Promise units to a shipment; never more than is available."""
@@ -225,6 +237,8 @@ class Receipt(AtSource):
 @dataclass(frozen=True, slots=True)
 class Count(AtSource):
     on_hand: int
+    # The source's as-of time for the count (the contract's `counted_at`).
+    counted_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,12 +270,14 @@ class ExpectedReceipt:
 
 @dataclass(frozen=True, slots=True)
 class StockChanges:
-    """The rows a batch changed (final values) and, per row, the index of the last input that changed it; and the
-    expected receipts it announced (id None) or changed."""
+    """The rows a batch changed (final values) and, per row, the index of the last input that changed it; the
+    expected receipts it announced (id None) or changed; and the indexes of counts not applied because a later
+    count had been applied already (`Stock.is_newer_count`)."""
 
     stock: dict[StockKey, Stock]
     causes: dict[StockKey, int]
     expected: list[ExpectedReceipt] = field(default_factory=list)
+    stale_counts: list[int] = field(default_factory=list)
 
 
 def apply_receipts(
@@ -269,7 +285,8 @@ def apply_receipts(
     movements: Sequence[Receipt | Count | Expectation],
     expected: Iterable[ExpectedReceipt] = (),
 ) -> StockChanges:
-    """Receipts add to on hand, counts replace it, announcements are recorded, in arrival order.
+    """Receipts add to on hand, counts replace it, announcements are recorded, in arrival order. A count no later
+    than the last count applied at its (sku, source) changes nothing and is reported stale.
 
     A receipt settles the open announcement of its (sku, source) with the same reference, whatever it brought;
     without one, it uses up open announcements there, the earliest expected first (then the first announced). A
@@ -277,20 +294,27 @@ def apply_receipts(
     date or quantity)."""
     current = dict(stock)
     causes: dict[StockKey, int] = {}
+    stale: list[int] = []
     announced = _Announcements(expected)
     for index, movement in enumerate(movements):
         if isinstance(movement, Expectation):
             announced.announce(movement)
             continue
         held = stock_at(current, movement.key)
-        after = held.receive(movement.quantity) if isinstance(movement, Receipt) else held.count(movement.on_hand)
+        if isinstance(movement, Receipt):
+            after = held.receive(movement.quantity)
+        elif held.is_newer_count(movement.counted_at):
+            after = held.count(movement.on_hand, movement.counted_at)
+        else:
+            stale.append(index)
+            continue
         if after != held:
             current[movement.key] = after
             causes[movement.key] = index
         if isinstance(movement, Receipt):
             announced.receive(movement)
     changed = _changed(stock, current)
-    return StockChanges(changed, {key: causes[key] for key in changed}, announced.changed())
+    return StockChanges(changed, {key: causes[key] for key in changed}, announced.changed(), stale)
 
 
 class _Announcements:

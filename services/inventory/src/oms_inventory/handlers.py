@@ -7,11 +7,12 @@ So do plans whose backordered lines join a queue while a source already holds av
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -50,7 +51,7 @@ from oms_contracts.topics import (
     ROUTING_NETWORK,
     ROUTING_PLANS,
 )
-from oms_inventory import store
+from oms_inventory import held, store
 from oms_inventory.domain import (
     Allocation,
     Count,
@@ -85,6 +86,7 @@ from oms_inventory.domain import (
 )
 from oms_inventory.settings import InventorySettings
 from oms_runtime import Incoming, Refused, Service, Transaction, telemetry
+from oms_runtime.loop import run_when_woken
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +104,25 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
     service.publishes(INVENTORY_ALLOCATIONS)
     service.publishes(INVENTORY_STOCK)
 
+    @service.worker
+    async def let_go_of_expired_receipts() -> None:
+        """Records held for a source the network has not announced within the grace period go to the dead-letter
+        topic with the reason."""
+        grace = timedelta(seconds=settings.held_receipt_grace_s)
+
+        async def expire() -> None:
+            while await held.dead_letter_expired(service, grace, datetime.now(UTC)):
+                pass
+
+        wake = asyncio.Event()
+        await run_when_woken(wake, expire, interval=settings.held_receipt_check_s, what="held receipts")
+
     @service.consumer(ROUTING_NETWORK)
     async def on_network(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Sources upserted or deactivated in the fulfillment network: inventory accepts receipts only for active
-        sources it learnt of here, and releases a waiting line only at a source that ships to its country; a
+        sources it learnt of here, and applies now what waited for a source it had not heard of (dead-letters it,
+        when the source is announced inactive); it releases a waiting line only at a source that ships to its
+        country; a
         release's ship-by date counts the source's handling days in its time zone. When what a source serves
         changes, units it set aside for orders it can no longer serve go back, and its available stock serves the
         lines it now may. Rule chains are routing's own business and are skipped."""
@@ -117,8 +134,10 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
         of the network. Units that become available serve the SKU's waiting lines first, oldest first
         (backorder_allocated, one per order and source); then the new stock levels are published, and a low-stock
         alert when availability drops below the threshold. A receipt settles the announcement with its reference,
-        else uses up the earliest ones. A receipt or announcement for a source that is unknown or inactive is
-        refused to the dead-letter topic and changes nothing."""
+        else uses up the earliest ones. A receipt, count or announcement for a source inventory has not heard of
+        yet waits for the network to announce it (then it is applied in that transaction) for a grace period, and is
+        dead-lettered with the reason after it; one for a source known as inactive is refused to the dead-letter
+        topic at once and changes nothing."""
         await receive_stock(tx, messages, threshold)
 
     @service.consumer(ROUTING_PLANS)
@@ -149,8 +168,9 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
         requested and open units hold nothing here. Units cancelled before the plan that queues or reserves them
         arrived are remembered and never queued or reserved. Lines returned: resellable units are restocked at the
         source that received them (on hand up, the SKU's waiting lines served first, stock level published); damaged
-        units are not; a return to restock at a source that is unknown or inactive is refused to the dead-letter
-        topic and changes nothing. Every other order event is skipped."""
+        units are not; a return to restock at a source not heard of yet waits for it as a receipt does, one at an
+        inactive source is refused to the dead-letter topic and changes nothing. Every other order event is
+        skipped."""
         await receive_order_events(tx, messages, settings)
 
 
@@ -168,17 +188,70 @@ async def receive_network(tx: Transaction, messages: list[Incoming[Any]], thresh
     deactivated = await store.deactivate_sources(pg, changes.deactivations)
     for code in set(changes.deactivations) - deactivated:
         log.info("source %s deactivated before inventory heard of it; nothing to do", code)
-    # A source that now serves other lines than before (activated, deactivated, other countries) moves queues:
-    # claims it can no longer honour go back, and stock it now may ship goes to the lines waiting for it.
-    sources = await store.all_sources(pg)
-    moved = {code for code in sources if _serving_terms(known.get(code)) != _serving_terms(sources[code])}
-    skus = await store.skus_to_reconsider(pg, moved)
-    if not skus:
-        return
-    batch = await _Batch.lock(pg, skus, sources)
-    release = await _serve_backorders(batch, reconsidered=moved, read=skus)
-    await batch.save(release)
-    batch.emit(tx, release, _Causes(sourced[-1], {}), threshold)
+    # What waited for these sources goes now, in this transaction: applied at an active source, dead-lettered at one
+    # announced inactive. Exclusive source locks: a batch that finds one of them unknown has held its records
+    # before this looks, or waits and then finds the source.
+    named = set(changes.upserts) | set(changes.deactivations)
+    await store.lock_sources(pg, named, exclusive=True)
+    let_go = [held.incoming(h) for h in await store.take_held(pg, named)]
+    try:
+        sources = await store.all_sources(pg)
+        await held.dead_letter(
+            tx,
+            [m for m in let_go if not _active(sources, _held_for(m))],
+            [_refused_now(m, sources) for m in let_go if not _active(sources, _held_for(m))],
+        )
+        applied = [m for m in let_go if _active(sources, _held_for(m))]
+        for m in applied:
+            log.info("%s held for source %s applied: the source joined the network", m.event.type, _held_for(m))
+        movements, causes = _movements_of_held(applied, sources)
+        # A source that now serves other lines than before (activated, deactivated, other countries) moves queues:
+        # claims it can no longer honour go back, and stock it now may ship goes to the lines waiting for it.
+        moved = {code for code in sources if _serving_terms(known.get(code)) != _serving_terms(sources[code])}
+        skus = await store.skus_to_reconsider(pg, moved)
+        await _apply_movements(
+            tx, pg, sources, movements, causes, threshold, fallback=sourced[-1], reconsidered=moved, read=skus
+        )
+    finally:
+        for m in let_go:
+            m.span.end()
+
+
+def _active(sources: Mapping[str, SourceState], code: str) -> bool:
+    known = sources.get(code)
+    return known is not None and known.active
+
+
+def _held_for(message: Incoming[Any]) -> str:
+    """The source a held record names."""
+    return message.event.data.source_code
+
+
+def _refused_now(message: Incoming[Any], sources: Mapping[str, SourceState]) -> str:
+    code = _held_for(message)
+    state = "inactive" if code in sources else "deactivated"
+    return (
+        f"{state} source {code!r}: {held.what(message)} are accepted only for active sources in the network "
+        "(oms.routing.network.v1); it was announced inactive while they waited for it"
+    )
+
+
+def _movements_of_held(
+    messages: Sequence[Incoming[Any]], sources: Mapping[str, SourceState]
+) -> tuple[list[Receipt | Count | Expectation], list[Incoming[Any]]]:
+    """Held records as the movements they are, each with the message it comes from: a receipt, count or expected
+    receipt as such; a return as a receipt of its resellable units."""
+    movements: list[Receipt | Count | Expectation] = []
+    causes: list[Incoming[Any]] = []
+    for m in messages:
+        if isinstance(m.event, LinesReturned):
+            receipts, of = _returns([m], sources)
+            movements += receipts
+            causes += of
+        else:
+            movements.append(_movement(m.event))
+            causes.append(m)
+    return movements, causes
 
 
 def _serving_terms(source: SourceState | None) -> tuple[bool, frozenset[str] | None] | None:
@@ -199,23 +272,91 @@ async def receive_stock(tx: Transaction, messages: list[Incoming[Any]], threshol
     # The topic carries exactly these three types, so movements[i] is messages[i].
     movements = [_movement(m.event) for m in messages]
     pg = await tx.pg()
-    sources = await store.all_sources(pg)
-    for movement in movements:
+    sources = await _sources_for(pg, {mv.source_code for mv in movements})
+    waiting: list[tuple[Incoming[Any], str]] = []
+    applied: list[tuple[Receipt | Count | Expectation, Incoming[Any]]] = []
+    for movement, m in zip(movements, messages, strict=True):
         known = sources.get(movement.source_code)
-        if known is None or not known.active:
+        if known is None:
+            waiting.append((m, movement.source_code))
+        elif not known.active:
             # Nothing is written yet; the runtime replays the batch one message at a time and dead-letters this one.
             raise Refused(_refusal(movement, known))
-    skus = {mv.sku for mv in movements}
+        else:
+            applied.append((movement, m))
+    await _hold(pg, waiting)
+    if applied:
+        await _apply_movements(
+            tx, pg, sources, [mv for mv, _ in applied], [m for _, m in applied], threshold, fallback=messages[-1]
+        )
+
+
+async def _sources_for(pg: asyncpg.Connection, codes: Collection[str]) -> dict[str, SourceState]:
+    """The network as this batch may act on it for records naming `codes`. A code not known yet is looked up again
+    under its source lock (shared), which a batch of the network holds (exclusive) while it lets go of what waits
+    for its sources: a record is then either held before that batch looks, or finds the source it committed."""
+    sources = await store.all_sources(pg)
+    unknown = set(codes) - set(sources)
+    if unknown:
+        await store.lock_sources(pg, unknown, exclusive=False)
+        sources = await store.all_sources(pg)
+    return sources
+
+
+async def _hold(pg: asyncpg.Connection, waiting: Sequence[tuple[Incoming[Any], str]]) -> None:
+    """Keep records for sources not heard of yet until the network announces them (or the grace period ends)."""
+    if not waiting:
+        return
+    await store.hold(pg, [held.record_of(m, code) for m, code in waiting])
+    for m, code in waiting:
+        log.info(
+            "%s for source %s held: inventory has not heard of the source yet (oms.routing.network.v1)",
+            m.event.type,
+            code,
+            extra={"order_id": m.event.subject} if m.record.topic == ORDER_EVENTS.name else {},
+        )
+
+
+async def _apply_movements(
+    tx: Transaction,
+    pg: asyncpg.Connection,
+    sources: Mapping[str, SourceState],
+    movements: Sequence[Receipt | Count | Expectation],
+    messages: Sequence[Incoming[Any]],
+    threshold: int,
+    *,
+    fallback: Incoming[Any],
+    reconsidered: Collection[str] = (),
+    read: Collection[str] = (),
+) -> None:
+    """Receipts add to on hand, counts replace it, announcements are recorded (movements[i] comes from
+    messages[i]); what becomes available serves waiting lines first, and so do sources whose terms changed
+    (`reconsidered`, with the SKUs to `read` for them); stock levels are published."""
+    moved_skus = {mv.sku for mv in movements}
+    skus = moved_skus | set(read)
+    if not skus:
+        return
     creates = [mv.key for mv in movements if not isinstance(mv, Expectation)]
     batch = await _Batch.lock(pg, skus, sources, create=creates)
-    expected = await store.open_expected_receipts(pg, skus)
+    expected = await store.open_expected_receipts(pg, moved_skus) if moved_skus else []
     changes = apply_receipts(batch.before, movements, expected)
+    for index in changes.stale_counts:
+        # Not refused: a late count is a normal hazard of a feed (a retry, a slow path), and it carries nothing
+        # that a later count has not replaced.
+        count = movements[index]
+        log.info(
+            "count of %s at %s as of %s not applied: a count as of %s was applied already",
+            count.sku,
+            count.source_code,
+            count.counted_at.isoformat() if isinstance(count, Count) and count.counted_at else "?",
+            _counted_at(changes.stock.get(count.key) or batch.before.get(count.key)),
+        )
     batch.moved(changes.stock)
-    release = await _serve_backorders(batch)
+    release = await _serve_backorders(batch, reconsidered=reconsidered, read=read)
     await batch.save(release)
     await store.save_expected_receipts(pg, changes.expected)
     by_sku = {mv.sku: m for mv, m in zip(movements, messages, strict=True)}
-    causes = _Causes(messages[-1], by_sku, {key: messages[i] for key, i in changes.causes.items()})
+    causes = _Causes(fallback, by_sku, {key: messages[i] for key, i in changes.causes.items()})
     batch.emit(tx, release, causes, threshold)
 
 
@@ -225,7 +366,11 @@ def _movement(event: StockReceived | StockCounted | ReceiptExpected) -> Receipt 
         return Receipt(d.sku, d.source_code, d.quantity, d.reference, returned=d.reason is ReceiptReason.return_)
     if isinstance(event, ReceiptExpected):
         return Expectation(d.sku, d.source_code, d.quantity, d.expected_date, d.reference)
-    return Count(d.sku, d.source_code, d.on_hand)
+    return Count(d.sku, d.source_code, d.on_hand, d.counted_at)
+
+
+def _counted_at(stock: Stock | None) -> str:
+    return stock.counted_at.isoformat() if stock is not None and stock.counted_at else "?"
 
 
 def _refusal(movement: Receipt | Count | Expectation, known: SourceState | None) -> str:
@@ -481,7 +626,10 @@ async def receive_order_events(tx: Transaction, messages: list[Incoming[Any]], s
     if not cancelled and not returned:
         return
     pg = await tx.pg()
-    sources = await store.all_sources(pg)
+    sources = await _sources_for(pg, {m.event.data.source_code for m in returned if _restocks(m)})
+    # A return to restock at a source not heard of yet waits for it, as a receipt does.
+    await _hold(pg, [(m, m.event.data.source_code) for m in returned if _restocks(m) and not _known(sources, m)])
+    returned = [m for m in returned if _known(sources, m)]
     receipts, receipt_causes = _returns(returned, sources)
     # Where the cancelled units were decides what inventory gives back (docs/architecture.md, "Cancelled units").
     waiting: list[LineCancellation] = []
@@ -551,12 +699,22 @@ async def receive_order_events(tx: Transaction, messages: list[Incoming[Any]], s
     batch.emit(tx, release, _Causes(messages[-1], by_sku, by_key), settings.low_stock_threshold)
 
 
+def _restocks(message: Incoming[Any]) -> bool:
+    """Whether a return has units to put back on a shelf."""
+    return any(line.condition is ReturnCondition.resellable for line in message.event.data.lines)
+
+
+def _known(sources: Mapping[str, SourceState], message: Incoming[Any]) -> bool:
+    return message.event.data.source_code in sources or not _restocks(message)
+
+
 def _returns(
     returned: list[Incoming[Any]], sources: Mapping[str, SourceState]
 ) -> tuple[list[Receipt], list[Incoming[Any]]]:
     """Resellable units of accepted returns, as receipts at the source that received them; damaged units are not
-    restocked. A return with units to restock at a source that is unknown or inactive is refused: nothing is
-    written yet, and the runtime replays the batch one message at a time and dead-letters it."""
+    restocked. A return with units to restock at a source inventory knows as inactive (or not at all: a caller
+    holds those first) is refused: nothing is written yet, and the runtime replays the batch one message at a time
+    and dead-letters it."""
     receipts: list[Receipt] = []
     causes: list[Incoming[Any]] = []
     for m in returned:
@@ -779,6 +937,9 @@ def _emit_stock_levels(
     Units set aside for waiting lines are published as reserved: nobody else may have them."""
     changed_at = datetime.now(UTC)
     for key, stock in after.items():
+        if replace(stock, counted_at=None) == replace(stock_at(before, key), counted_at=None):
+            # A count that confirmed the books: only its as-of time changed, which no reader of levels needs.
+            continue
         level = StockLevelChangedData(
             sku=stock.sku,
             source_code=stock.source_code,

@@ -2,6 +2,10 @@
 asyncpg on the batch's transaction), never one per line.
 
 Locks, always taken in this order, so that two instances queue behind each other instead of deadlocking:
+00. the source lock of each source whose receipts may be held or let go (`lock_sources`: a transaction-level
+   advisory lock per source code, in key order): shared by a batch that finds a source unknown and holds its
+   receipts, exclusive for a batch of the network that takes what waits for its sources — so a receipt is either
+   held before the network's batch looks, or finds the source the network's batch committed;
 0. the shipment lock of each planned shipment whose units a cancellation may name before it is reserved (a
    transaction-level advisory lock per shipment id, in key order): a batch of plans holds it while it reads the
    shipment's tombstones and reserves it, a batch of cancellations while it finds no reservation and writes the
@@ -20,14 +24,16 @@ allows is detected by PostgreSQL and the batch retried (the runtime treats it as
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from oms_inventory.domain import (
@@ -78,6 +84,8 @@ stock = sa.Table(
     # Held for waiting lines that ship whole (claims); counted with `reserved` wherever availability is shown.
     sa.Column("set_aside", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.CheckConstraint("set_aside >= 0", name="stock_set_aside_not_negative"),
+    # The as-of time of the last count applied here: a count no later than it is not applied (domain.Stock).
+    sa.Column("counted_at", sa.DateTime(timezone=True), nullable=True),
 )
 
 reservations = sa.Table(
@@ -196,8 +204,34 @@ expected_receipts = sa.Table(
 )
 
 
+# Receipts, counts, expected receipts and returns for a source inventory has not heard of yet: the network event may
+# simply not have arrived (it travels on another topic). Each is kept as the record it came in, applied when the
+# source arrives on the network topic, or dead-lettered after the grace period (settings.held_receipt_grace_s).
+held_receipts = sa.Table(
+    "held_receipts",
+    metadata,
+    # Arrival order: what waits for one source is applied in the order it came.
+    sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
+    sa.Column("source_code", sa.Text, nullable=False),
+    # The record as it came: where it sat (its dead letter names that), its key, bytes and text headers.
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("key", sa.Text, nullable=True),
+    sa.Column("value", BYTEA, nullable=False),
+    sa.Column("headers", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    # The event's CloudEvent (source, id): its inbox row, which a dead letter gives up so that a replay applies.
+    sa.Column("event_source", sa.Text, nullable=False),
+    sa.Column("event_id", UUID(as_uuid=True), nullable=False),
+    sa.Column("held_at", sa.DateTime(timezone=True), nullable=False, server_default=_now),
+    sa.UniqueConstraint("topic", "event_source", "event_id", name="held_receipts_once_per_event"),
+    sa.Index("held_receipts_by_source", "source_code"),
+    sa.Index("held_receipts_by_age", "held_at"),
+)
+
+
 def _stock(row: Any) -> Stock:
-    return Stock(row["sku"], row["source_code"], row["on_hand"], row["reserved"], row["set_aside"])
+    return Stock(row["sku"], row["source_code"], row["on_hand"], row["reserved"], row["set_aside"], row["counted_at"])
 
 
 def _source(row: Any) -> SourceState:
@@ -304,6 +338,144 @@ async def all_sources(pg: asyncpg.Connection) -> dict[str, SourceState]:
     return {row["code"]: _source(row) for row in rows}
 
 
+async def lock_sources(pg: asyncpg.Connection, codes: Collection[str], *, exclusive: bool) -> None:
+    """Take the source lock (lock 00 above) of each code, in key order, until the transaction ends: shared to hold a
+    source's receipts, exclusive to let them go."""
+    if not codes:
+        return
+    take = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await pg.execute(
+        f"""
+        SELECT {take}(k)
+        FROM (SELECT DISTINCT hashtextextended('oms.inventory.source:' || c, 0) AS k
+              FROM unnest($1::text[]) AS c ORDER BY k) AS keys
+        """,
+        sorted(codes),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A record that waits for its source to join the network."""
+
+    id: int | None
+    source_code: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: bytes
+    headers: list[tuple[str, str]]
+    event_source: str
+    event_id: uuid.UUID
+    held_at: datetime | None = None
+
+
+async def hold(pg: asyncpg.Connection, held: Sequence[Held]) -> None:
+    """Keep records until their sources arrive (one statement; an event already held stays as it is)."""
+    if not held:
+        return
+    await pg.execute(
+        """
+        INSERT INTO held_receipts
+            (source_code, topic, partition, "offset", key, value, headers, event_source, event_id)
+        SELECT * FROM unnest(
+            $1::text[], $2::text[], $3::int[], $4::int8[], $5::text[], $6::bytea[], $7::jsonb[], $8::text[],
+            $9::uuid[]
+        )
+        ON CONFLICT DO NOTHING
+        """,
+        [h.source_code for h in held],
+        [h.topic for h in held],
+        [h.partition for h in held],
+        [h.offset for h in held],
+        [h.key for h in held],
+        [h.value for h in held],
+        [json.dumps(h.headers) for h in held],
+        [h.event_source for h in held],
+        [h.event_id for h in held],
+    )
+
+
+_HELD = (
+    'id, source_code, topic, partition, "offset", key, value, headers::text AS headers, event_source, event_id, held_at'
+)
+
+
+def _held(row: Any) -> Held:
+    return Held(
+        row["id"],
+        row["source_code"],
+        row["topic"],
+        row["partition"],
+        row["offset"],
+        row["key"],
+        bytes(row["value"]),
+        [(name, value) for name, value in json.loads(row["headers"])],
+        row["event_source"],
+        row["event_id"],
+        row["held_at"],
+    )
+
+
+async def take_held(pg: asyncpg.Connection, codes: Collection[str]) -> list[Held]:
+    """Remove and return what waits for these sources, in arrival order (hold their source locks, exclusive)."""
+    if not codes:
+        return []
+    rows = await pg.fetch(
+        f"DELETE FROM held_receipts WHERE source_code = ANY($1::text[]) RETURNING {_HELD}", sorted(codes)
+    )
+    return sorted((_held(row) for row in rows), key=lambda h: h.id or 0)
+
+
+async def take_expired(pg: asyncpg.Connection, held_before: datetime, limit: int) -> list[Held]:
+    """Remove and return up to `limit` records held since before `held_before`, oldest first. Rows a batch of the
+    network is letting go are skipped: they are being applied."""
+    rows = await pg.fetch(
+        f"""
+        DELETE FROM held_receipts WHERE id IN (
+            SELECT id FROM held_receipts WHERE held_at < $1 ORDER BY held_at, id LIMIT $2 FOR UPDATE SKIP LOCKED
+        )
+        RETURNING {_HELD}
+        """,
+        held_before,
+        limit,
+    )
+    return sorted((_held(row) for row in rows), key=lambda h: h.id or 0)
+
+
+async def record_dead_letters(
+    pg: asyncpg.Connection,
+    consumers: Sequence[str],
+    events: Sequence[tuple[str, uuid.UUID]],
+    positions: Sequence[uuid.UUID],
+) -> list[bool]:
+    """For held records about to be dead-lettered: each one's inbox row moves from its event to its position, as
+    the runtime records a dead letter — a replay of the dead letter (`oms dlq replay`, the same event in a new
+    record) is then applied, and the same record is never dead-lettered twice. Returns, per record, whether its
+    position was new (False: dead-lettered before)."""
+    if not consumers:
+        return []
+    rows = await pg.fetch(
+        """
+        WITH forgotten AS (
+            DELETE FROM inbox AS i USING unnest($1::text[], $2::text[], $3::uuid[]) AS u(consumer, source, event_id)
+            WHERE i.consumer = u.consumer AND i.source = u.source AND i.event_id = u.event_id
+        )
+        INSERT INTO inbox (consumer, source, event_id)
+        SELECT consumer, '', position FROM unnest($1::text[], $4::uuid[]) AS u(consumer, position)
+        ON CONFLICT DO NOTHING
+        RETURNING event_id
+        """,
+        list(consumers),
+        [source for source, _ in events],
+        [event_id for _, event_id in events],
+        list(positions),
+    )
+    new = {row["event_id"] for row in rows}
+    return [position in new for position in positions]
+
+
 # --- stock -------------------------------------------------------------------------------------------------------
 
 
@@ -390,7 +562,7 @@ async def lock_stock_of_skus(
     # One statement, so that the rows are locked in one (sku, source_code) order whichever way they were named.
     rows = await pg.fetch(
         """
-        SELECT sku, source_code, on_hand, reserved, set_aside FROM stock
+        SELECT sku, source_code, on_hand, reserved, set_aside, counted_at FROM stock
         WHERE sku = ANY($1::text[])
            OR (sku, source_code) IN (SELECT * FROM unnest($2::text[], $3::text[]))
         ORDER BY sku, source_code
@@ -411,7 +583,7 @@ async def lock_stock(pg: asyncpg.Connection, keys: Iterable[StockKey]) -> dict[S
     # ORDER BY is applied before the rows are locked, so every transaction takes the locks in the same order.
     rows = await pg.fetch(
         """
-        SELECT s.sku, s.source_code, s.on_hand, s.reserved, s.set_aside
+        SELECT s.sku, s.source_code, s.on_hand, s.reserved, s.set_aside, s.counted_at
         FROM stock s
         JOIN unnest($1::text[], $2::text[]) AS w(sku, source_code) USING (sku, source_code)
         ORDER BY s.sku, s.source_code
@@ -429,9 +601,10 @@ async def save_stock(pg: asyncpg.Connection, changed: Collection[Stock]) -> None
         return
     await pg.execute(
         """
-        UPDATE stock s SET on_hand = v.on_hand, reserved = v.reserved, set_aside = v.set_aside, updated_at = now()
-        FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
-            AS v(sku, source_code, on_hand, reserved, set_aside)
+        UPDATE stock s SET on_hand = v.on_hand, reserved = v.reserved, set_aside = v.set_aside,
+            counted_at = v.counted_at, updated_at = now()
+        FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::timestamptz[])
+            AS v(sku, source_code, on_hand, reserved, set_aside, counted_at)
         WHERE s.sku = v.sku AND s.source_code = v.source_code
         """,
         [s.sku for s in changed],
@@ -439,6 +612,7 @@ async def save_stock(pg: asyncpg.Connection, changed: Collection[Stock]) -> None
         [s.on_hand for s in changed],
         [s.reserved for s in changed],
         [s.set_aside for s in changed],
+        [s.counted_at for s in changed],
     )
 
 
@@ -849,7 +1023,9 @@ async def known_sources(conn: AsyncConnection) -> list[dict[str, Any]]:
 
 async def stock_of_sku(conn: AsyncConnection, sku: str) -> list[Stock]:
     rows = await conn.execute(
-        sa.select(stock.c.sku, stock.c.source_code, stock.c.on_hand, stock.c.reserved, stock.c.set_aside)
+        sa.select(
+            stock.c.sku, stock.c.source_code, stock.c.on_hand, stock.c.reserved, stock.c.set_aside, stock.c.counted_at
+        )
         .where(stock.c.sku == sku)
         .order_by(stock.c.source_code)
     )

@@ -1,6 +1,6 @@
 """What the notifications service decides, without I/O: which message an event calls for and to whom, what goes
 into it, in which language, in which order an order's messages go out, and how one message moves from pending to
-sent or failed (with retries on a capped exponential schedule).
+sent or failed (with retries on a capped exponential schedule), and when its outcome is unknown.
 
 Which event calls for which message (`template_for`):
 - `order.accepted` -> the order confirmation, to the customer the order names;
@@ -138,9 +138,18 @@ def language_of(locale: str) -> Language:
 
 
 class Status(StrEnum):
-    pending = "pending"
+    pending = "pending"  # waiting for its first or next try
+    sending = "sending"  # claimed by a sender: being handed to the mail server, its outcome not recorded yet
     sent = "sent"
     failed = "failed"
+    # The sender lost track of a try that may have reached the mail server (it stopped between handing the message
+    # over and recording the answer, or the connection broke after the message went out): never tried again, so
+    # that no customer gets a mail twice; an operator finds it by this status.
+    unknown = "unknown"
+
+
+# A message in one of these states is never tried again.
+FINAL = frozenset({Status.sent, Status.failed, Status.unknown})
 
 
 class Outcome(StrEnum):
@@ -149,6 +158,7 @@ class Outcome(StrEnum):
     delivered = "delivered"
     transient = "transient"  # worth another try later: server unreachable, timed out, 4xx
     permanent = "permanent"  # another try would fail the same way: 5xx, an address that cannot be sent to
+    unknown = "unknown"  # the server may have taken it: a retry could send it twice
 
 
 @dataclass(frozen=True, slots=True)
@@ -676,13 +686,37 @@ class RetryPolicy:
         return min(self.cap, timedelta(seconds=2 ** min(max(attempts, 0), 40)))
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimPolicy:
+    """How long a message may stay claimed (`sending`) before another sender judges its outcome unknown.
+
+    A sender hands a claimed message to the mail server only during the first half of that time, so the answer is
+    recorded (or the message given back) before anyone may take the claim for lost: a claim older than `timeout`
+    belongs to a sender that stopped or lost its database, and what it did with the message cannot be known."""
+
+    timeout: timedelta = timedelta(minutes=10)
+
+    def __post_init__(self) -> None:
+        if self.timeout <= timedelta(0):
+            raise ValueError("the claim timeout must be positive")
+
+    def may_start(self, claimed_at: datetime, now: datetime) -> bool:
+        """Whether a message claimed at `claimed_at` may still be handed to the mail server at `now`."""
+        return now - claimed_at < self.timeout / 2
+
+    def lost_before(self, now: datetime) -> datetime:
+        """Claims made before this are lost: their outcome is unknown."""
+        return now - self.timeout
+
+
 class NotPending(ValueError):
-    """A sent or failed notification is final: it is never tried again."""
+    """A sent, failed or unknown notification is final: it is never tried again."""
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """Where one notification stands: pending (new, or waiting for its next try), sent, or failed."""
+    """Where one notification stands: pending (new, or waiting for its next try), sending (claimed by a sender),
+    sent, failed, or unknown (a try whose outcome was lost)."""
 
     status: Status = Status.pending
     attempts: int = 0
@@ -693,14 +727,32 @@ class Delivery:
 
     def after(self, outcome: Outcome, at: datetime, policy: RetryPolicy, error: str | None = None) -> Delivery:
         """The state after one more try that ended with `outcome` at `at`."""
-        if self.status is not Status.pending:
+        if self.status in FINAL:
             raise NotPending(f"a {self.status} notification is not tried again")
         attempts = self.attempts + 1
         if outcome is Outcome.delivered:
             return replace(self, status=Status.sent, attempts=attempts, next_attempt_at=None, sent_at=at)
         error = (error or outcome.value)[:MAX_ERROR_LENGTH]
+        if outcome is Outcome.unknown:
+            # At most once: a message that may have gone out is not sent again, whatever the retry policy allows.
+            return replace(
+                self, status=Status.unknown, attempts=attempts, next_attempt_at=None, last_error=error, failed_at=at
+            )
         if outcome is Outcome.permanent or attempts >= policy.max_attempts:
             return replace(
                 self, status=Status.failed, attempts=attempts, next_attempt_at=None, last_error=error, failed_at=at
             )
-        return replace(self, attempts=attempts, next_attempt_at=at + policy.delay_after(attempts), last_error=error)
+        return replace(
+            self,
+            status=Status.pending,
+            attempts=attempts,
+            next_attempt_at=at + policy.delay_after(attempts),
+            last_error=error,
+        )
+
+    def given_back(self) -> Delivery:
+        """A claimed message that was never handed to the mail server (its sender was stopping, or its claim grew
+        too old to start): pending again as it was, the try not counted."""
+        if self.status in FINAL:
+            raise NotPending(f"a {self.status} notification is not given back")
+        return replace(self, status=Status.pending)

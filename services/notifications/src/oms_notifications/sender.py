@@ -1,14 +1,24 @@
-"""Sending queued notifications over SMTP, and recording how each try ended.
+"""Sending queued notifications over SMTP, at most once each, and recording how each try ended.
 
-A pass locks the due pending notifications (FOR UPDATE SKIP LOCKED: two instances never take the same one), sends
-them over a few SMTP connections at once, and in the same transaction records each outcome and emits
-notification.sent.v1 or notification.failed.v1 through the outbox. If the process dies between the mail server's
-"250" and the commit, the message is sent again on the next pass with the same Message-ID, so a mail system that
-deduplicates drops the copy: at most once per (event, template) as far as we can know, and never lost.
+A pass has three steps, so that nothing can make it send a message twice:
+1. **Claim** (one transaction, committed before anything is sent): the due pending notifications become `sending`,
+   with the claim's time and this sender's name (FOR UPDATE SKIP LOCKED: two instances never take the same one).
+   Nothing claims a `sending` message again.
+2. **Send** them over a few SMTP connections at once.
+3. **Record** each outcome (sent, failed, or pending again with its backoff) and emit notification.sent.v1 or
+   notification.failed.v1 through the outbox, in a second transaction, only for rows still held by this claim.
+   If that transaction fails, the outcomes stay in memory and are recorded before the next pass claims anything.
 
-An order's messages go out one at a time and in the order of its story (store.lock_due): the next one is due only
-once the one before it is sent or has failed for good, so the confirmation always comes first. Operators' alerts
-stand outside that story and go out as soon as they are due, in one mail to every operator.
+What a sender cannot know, it does not guess, and never resends: a claim still `sending` after the claim timeout
+belongs to a sender that stopped (or lost its database) between claiming and recording, and a connection that
+breaks after the message went out (DATA) may have delivered it. Such a message becomes `unknown` (with a failed
+event saying so, `outcome_unknown`), for an operator to check in the mail server's log by its Message-ID, which is
+derived from the notification id. A sender that is stopped finishes the message it is handing over and records
+what it knows; messages it had not started go back to pending.
+
+An order's messages go out one at a time and in the order of its story (store.claim_due): the next one is due only
+once the one before it is sent or final, so the confirmation always comes first. Operators' alerts stand outside
+that story and go out as soon as they are due, in one mail to every operator.
 
 The sender is woken after each commit of the consumer and runs every second in any case, for retries that come due.
 """
@@ -18,6 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -42,7 +55,7 @@ from oms_runtime.outbox import append
 from oms_runtime.telemetry import context_from_traceparent, traceparent_of, tracer
 
 from . import store
-from .domain import Audience, Delivery, Outcome, RetryPolicy, outcome_of_reply
+from .domain import Audience, ClaimPolicy, Delivery, Outcome, RetryPolicy, outcome_of_reply
 from .domain import Status as NotificationStatus
 from .settings import NotificationsSettings
 
@@ -80,11 +93,22 @@ class SmtpServer:
         return address.rpartition("@")[2] or "oms.local"
 
 
+class _Smtp(aiosmtplib.SMTP):
+    """An SMTP connection that knows whether the current message has been handed over: once the DATA command is
+    sent, a broken connection or a timeout may come after the server took the message."""
+
+    handed_over = False
+
+    async def data(self, message: str | bytes, /, **options: object) -> aiosmtplib.SMTPResponse:
+        self.handed_over = True
+        return await super().data(message, **options)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True, slots=True)
 class _Try:
-    """How sending one notification went."""
+    """How sending one notification went; no outcome when it was never handed to the mail server."""
 
-    outcome: Outcome
+    outcome: Outcome | None
     error: str | None = None
     # The connection is in an unknown state (dropped, timed out): the next message needs a new one.
     broken: bool = False
@@ -96,6 +120,14 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _sender_name() -> str:
+    """Who claims: enough for an operator to find the process (host, pid), and unique across restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+_NOT_TRIED = _Try(None)
+
+
 class Sender:
     def __init__(
         self,
@@ -103,21 +135,29 @@ class Sender:
         smtp: SmtpServer,
         *,
         policy: RetryPolicy = RetryPolicy(),
+        claims: ClaimPolicy = ClaimPolicy(),
         batch_size: int = 100,
         connections: int = 4,
         after_commit: Callable[[], None] = lambda: None,
         clock: Callable[[], datetime] = _utc_now,
         interval: float = 1.0,
+        name: str | None = None,
     ) -> None:
         self.database = database
         self.smtp = smtp
         self.policy = policy
+        self.claims = claims
         self.batch_size = batch_size
         self.connections = connections
         self.after_commit = after_commit
         self.clock = clock
         self.interval = interval
+        self.name = name or _sender_name()
         self._wake = asyncio.Event()
+        # Outcomes of sent messages whose recording failed: recorded before anything new is claimed.
+        self._unrecorded: list[tuple[store.Outgoing, Delivery, _Try]] = []
+        # Set when the sender is being stopped: no message is handed over any more.
+        self._stopping = False
 
     @classmethod
     def from_settings(
@@ -127,6 +167,7 @@ class Sender:
             database,
             SmtpServer.from_settings(settings),
             policy=RetryPolicy(settings.max_attempts, timedelta(seconds=settings.retry_cap_seconds)),
+            claims=ClaimPolicy(timedelta(seconds=settings.claim_timeout_seconds)),
             batch_size=settings.send_batch_size,
             connections=settings.smtp_connections,
             after_commit=after_commit,
@@ -146,28 +187,86 @@ class Sender:
             pass
 
     async def send_due(self) -> int:
-        """One pass: send the notifications due now (at most a batch) and record how each try ended. Returns how
-        many were tried."""
+        """One pass: record what an earlier pass could not, judge claims other senders lost, claim the
+        notifications due now (at most a batch), send them and record how each try ended. Returns how many were
+        claimed.
+
+        Cancelled (the service stops), the pass hands no further message over, waits for the one in hand, and
+        records every outcome before it ends: messages it never started are pending again."""
+        work = asyncio.ensure_future(self._pass())
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            self._stopping = True
+            with contextlib.suppress(Exception):
+                await work
+            raise
+
+    async def _pass(self) -> int:
+        if self._stopping:
+            return 0
+        if self._unrecorded:
+            await self._record(self._unrecorded)
+            self._unrecorded = []
+        claimed = await self._claim()
+        if not claimed:
+            return 0
+        await self._send_and_record(claimed)
+        return len(claimed)
+
+    async def _claim(self) -> list[store.Outgoing]:
         async with self.database.transaction() as conn:
             pg = await driver(conn)
-            due = await store.lock_due(pg, self.clock(), self.batch_size)
-            if not due:
-                return 0
-            tries = await self._send_all(due)
-            at = self.clock()
-            deliveries = [
-                (n.id, n.delivery.after(t.outcome, at, self.policy, t.error)) for n, t in zip(due, tries, strict=True)
-            ]
-            await store.record_deliveries(pg, deliveries)
+            now = self.clock()
+            lost = await store.lost_claims(pg, self.claims.lost_before(now), self.batch_size)
+            why = {n.id: _lost(n, self.smtp.domain) for n in lost}
+            judged = [(n, n.delivery.after(Outcome.unknown, now, self.policy, why[n.id])) for n in lost]
+            recorded = await store.record_deliveries(pg, judged)
             tx = Transaction(conn, "notifications")
-            for notification, attempt, (_, delivery) in zip(due, tries, deliveries, strict=True):
+            for notification, delivery in judged:
+                if notification.id in recorded:
+                    log.warning(
+                        "notification %s: outcome unknown, not sent again (%s)", notification.id, delivery.last_error
+                    )
+                    tx.emit(_event(notification, delivery), traceparent=notification.traceparent)
+            await append(conn, tx.outbox)
+            claimed = await store.claim_due(pg, now, self.batch_size, self.name)
+        if tx.outbox:
+            self.after_commit()
+        return claimed
+
+    async def _send_and_record(self, claimed: Sequence[store.Outgoing]) -> None:
+        tries = await self._send_all(claimed)
+        at = self.clock()
+        outcomes = [(n, _delivery_after(n, t, at, self.policy), t) for n, t in zip(claimed, tries, strict=True)]
+        try:
+            await self._record(outcomes)
+        except BaseException:
+            # The messages stay `sending`, so nothing sends them again; their outcomes are recorded next pass.
+            self._unrecorded = outcomes
+            raise
+
+    async def _record(self, outcomes: Sequence[tuple[store.Outgoing, Delivery, _Try]]) -> None:
+        async with self.database.transaction() as conn:
+            pg = await driver(conn)
+            recorded = await store.record_deliveries(pg, [(n, d) for n, d, _ in outcomes])
+            tx = Transaction(conn, "notifications")
+            for notification, delivery, attempt in outcomes:
+                if notification.id not in recorded:
+                    # Another sender took the claim for lost (this pass outlived the claim timeout): its verdict
+                    # stands, so that the message is announced once.
+                    log.warning(
+                        "notification %s: %s, but its claim was judged lost meanwhile; recorded as unknown",
+                        notification.id,
+                        delivery.status,
+                    )
+                    continue
                 event = _event(notification, delivery)
                 if event is not None:
                     tx.emit(event, traceparent=attempt.traceparent or notification.traceparent)
             await append(conn, tx.outbox)
         if tx.outbox:
             self.after_commit()
-        return len(due)
 
     async def _send_all(self, due: Sequence[store.Outgoing]) -> list[_Try]:
         # Spread the batch over a few connections: a mail server answers each command in turn, so one connection
@@ -179,11 +278,19 @@ class Sender:
             tries.update(zip(lane, lane_tries, strict=True))
         return [tries[i] for i in range(len(due))]
 
+    def _may_start(self, notification: store.Outgoing) -> bool:
+        """Whether to hand this claimed message over now: not while stopping, nor so late that its claim could be
+        judged lost before the answer is recorded."""
+        return not self._stopping and self.claims.may_start(notification.claimed_at, self.clock())
+
     async def _send_over_one_connection(self, notifications: Sequence[store.Outgoing]) -> list[_Try]:
         tries: list[_Try] = []
-        smtp: aiosmtplib.SMTP | None = None
+        smtp: _Smtp | None = None
         try:
             for position, notification in enumerate(notifications):
+                if not self._may_start(notification):
+                    tries.extend(_NOT_TRIED for _ in notifications[position:])
+                    return tries
                 if smtp is None:
                     try:
                         smtp = await self._connect()
@@ -210,8 +317,8 @@ class Sender:
                 with contextlib.suppress(Exception):
                     await smtp.quit()
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        smtp = aiosmtplib.SMTP(
+    async def _connect(self) -> _Smtp:
+        smtp = _Smtp(
             hostname=self.smtp.host,
             port=self.smtp.port,
             timeout=self.smtp.timeout,
@@ -222,7 +329,7 @@ class Sender:
         await smtp.connect()
         return smtp
 
-    async def _send_one(self, smtp: aiosmtplib.SMTP, notification: store.Outgoing) -> _Try:
+    async def _send_one(self, smtp: _Smtp, notification: store.Outgoing) -> _Try:
         with tracer().start_as_current_span(
             f"send {notification.template}",
             context=context_from_traceparent(notification.traceparent),
@@ -234,6 +341,7 @@ class Sender:
             },
         ) as span:
             traceparent = traceparent_of(span)
+            smtp.handed_over = False
             try:
                 refused, _ = await smtp.send_message(self._message(notification))
             except aiosmtplib.SMTPRecipientsRefused as error:
@@ -248,12 +356,18 @@ class Sender:
                 # An address this mail server cannot take (e.g. non-ASCII without SMTPUTF8): it never will.
                 result = _Try(Outcome.permanent, _say(error), traceparent=traceparent)
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-                result = _Try(Outcome.transient, _say(error), broken=True, traceparent=traceparent)
+                if smtp.handed_over:
+                    # No answer to the message itself: the server may have taken it and the reply been lost (RFC
+                    # 1047). Sending it again could deliver it twice.
+                    result = _Try(Outcome.unknown, _handed_over(error, self.smtp), broken=True, traceparent=traceparent)
+                else:
+                    result = _Try(Outcome.transient, _say(error), broken=True, traceparent=traceparent)
             except Exception as error:
                 # A fault of ours, not of the mail server: it still counts as a try, so one bad message ends up
                 # failed and recorded instead of blocking every pass behind it.
                 log.exception("notification %s could not be sent", notification.id)
-                result = _Try(Outcome.transient, _say(error), broken=True, traceparent=traceparent)
+                outcome = Outcome.unknown if smtp.handed_over else Outcome.transient
+                result = _Try(outcome, _say(error), broken=True, traceparent=traceparent)
             else:
                 if refused:
                     # Only a mail to several operators can be taken for some and refused for others; it went out,
@@ -274,14 +388,40 @@ class Sender:
             message["To"] = Address(display_name=notification.recipient_name or "", addr_spec=notification.recipient)
         message["Subject"] = notification.subject
         message["Date"] = format_datetime(self.clock())
-        # Derived from the notification id: a resend after a crash carries the same Message-ID.
-        message["Message-ID"] = f"<{notification.id}@{self.smtp.domain}>"
+        message["Message-ID"] = _message_id(notification.id, self.smtp.domain)
         message["Auto-Submitted"] = "auto-generated"
         if notification.order_id is not None:
             message["X-OMS-Order-Id"] = str(notification.order_id)
         message.set_content(notification.body_text)
         message.add_alternative(notification.body_html, subtype="html")
         return message
+
+
+def _delivery_after(notification: store.Outgoing, attempt: _Try, at: datetime, policy: RetryPolicy) -> Delivery:
+    if attempt.outcome is None:
+        return notification.delivery.given_back()
+    return notification.delivery.after(attempt.outcome, at, policy, attempt.error)
+
+
+def _message_id(notification_id: uuid.UUID, domain: str) -> str:
+    """Derived from the notification id: an operator finds the mail in the mail server's log by it."""
+    return f"<{notification_id}@{domain}>"
+
+
+def _lost(notification: store.Outgoing, domain: str) -> str:
+    return (
+        f"outcome unknown: claimed by {notification.claimed_by} at {notification.claimed_at.isoformat()}, and its "
+        "outcome was never recorded (that sender stopped or lost its database while sending); not sent again, so "
+        f"that it is never sent twice: the mail server's log for Message-ID {_message_id(notification.id, domain)} "
+        "says whether it went out"
+    )
+
+
+def _handed_over(error: BaseException, smtp: SmtpServer) -> str:
+    return (
+        f"outcome unknown: {_say(error)} after the message was handed to {smtp.host}:{smtp.port} (DATA), before "
+        "its answer; not sent again, so that it is never sent twice: the mail server's log says whether it went out"
+    )
 
 
 def _event(notification: store.Outgoing, delivery: Delivery) -> NotificationSent | NotificationFailed | None:
@@ -301,12 +441,14 @@ def _event(notification: store.Outgoing, delivery: Delivery) -> NotificationSent
         return NotificationSent(
             source=SOURCE, subject=subject, data=NotificationSentData(**common, sent_at=delivery.sent_at)
         )
-    if delivery.status is NotificationStatus.failed:
-        return NotificationFailed(
-            source=SOURCE,
-            subject=subject,
-            data=NotificationFailedData(**common, failed_at=delivery.failed_at, error=delivery.last_error or ""),
+    if delivery.status in (NotificationStatus.failed, NotificationStatus.unknown):
+        data = NotificationFailedData(
+            **common,
+            failed_at=delivery.failed_at,
+            error=delivery.last_error or "",
+            outcome_unknown=delivery.status is NotificationStatus.unknown,
         )
+        return NotificationFailed(source=SOURCE, subject=subject, data=data)
     return None
 
 

@@ -1,8 +1,8 @@
 import json
 from datetime import timedelta
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Self
 
-from pydantic import EmailStr, Field, SecretStr, TypeAdapter, field_validator
+from pydantic import EmailStr, Field, SecretStr, TypeAdapter, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from oms_contracts.notification import NotificationData
@@ -19,6 +19,11 @@ _RECIPIENT_LENGTH = next(
     m.max_length for m in NotificationData.model_fields["recipient"].metadata if hasattr(m, "max_length")
 )
 _ADDRESSES: TypeAdapter[list[EmailStr]] = TypeAdapter(list[EmailStr])
+
+# A try on a new connection waits for up to eight answers (connect, EHLO, STARTTLS and EHLO again, login, MAIL,
+# RCPT, DATA and its end), each up to smtp_timeout; twice that, since a try starts only in a claim's first half,
+# and some more for the recording.
+CLAIM_TIMEOUT_PER_SMTP_TIMEOUT = 20
 
 
 class NotificationsSettings(ServiceSettings):
@@ -40,9 +45,14 @@ class NotificationsSettings(ServiceSettings):
     # Retries: 2^attempts seconds between tries, capped; a message still undelivered after max_attempts fails.
     max_attempts: PositiveInt = service_field("notifications", "max_attempts", 8)
     retry_cap_seconds: Seconds = service_field("notifications", "retry_cap_seconds", 900.0)
-    # How many due messages one sender pass locks, and over how many SMTP connections it sends them at once.
+    # How many due messages one sender pass claims, and over how many SMTP connections it sends them at once.
     send_batch_size: PositiveInt = service_field("notifications", "send_batch_size", 100)
     smtp_connections: PositiveInt = service_field("notifications", "smtp_connections", 4)
+    # A message claimed longer ago than this and still `sending` was lost by its sender (stopped, or cut off from
+    # the database, between claiming and recording): it becomes `unknown`, never sent again. A sender hands a
+    # claimed message over only in the first half of this time; a try takes a few SMTP round trips, each bounded
+    # by smtp_timeout, hence at least CLAIM_TIMEOUT_PER_SMTP_TIMEOUT times smtp_timeout.
+    claim_timeout_seconds: Seconds = service_field("notifications", "claim_timeout_seconds", 600.0)
 
     # Where the order service answers the public: the customer's wait-or-cancel page, an order's single view.
     order_public_url: str = service_field("notifications", "order_public_url", "http://127.0.0.1:8081")
@@ -79,6 +89,16 @@ class NotificationsSettings(ServiceSettings):
                 "mail goes to them all and is recorded with them); use a distribution list"
             )
         return addresses
+
+    @model_validator(mode="after")
+    def _claims_outlive_a_try(self) -> Self:
+        least = CLAIM_TIMEOUT_PER_SMTP_TIMEOUT * self.smtp_timeout
+        if self.claim_timeout_seconds < least:
+            raise ValueError(
+                f"OMS_NOTIFICATIONS_CLAIM_TIMEOUT_SECONDS must be at least {CLAIM_TIMEOUT_PER_SMTP_TIMEOUT} times "
+                f"OMS_NOTIFICATIONS_SMTP_TIMEOUT ({least:g} s): a claim must outlive the try it holds"
+            )
+        return self
 
     @property
     def links(self) -> Links:

@@ -68,25 +68,38 @@ notifications = sa.Table(
     sa.Column("cause_at", sa.DateTime(timezone=True), nullable=False),
     # customer (in the order of their order's story) or operators (outside every story: sent as soon as due).
     sa.Column("audience", sa.Text, nullable=False, server_default="customer"),
+    # The last claim: when and by which sender (host:pid:random) the message was taken to be sent. A message stays
+    # `sending` from its claim until its outcome is recorded; a claim older than the sender's claim timeout was lost.
+    sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("claimed_by", sa.Text, nullable=True),
     sa.UniqueConstraint("cause_event_id", "template", name="notifications_once_per_event_and_template"),
-    sa.CheckConstraint("status IN ('pending', 'sent', 'failed')", name="notifications_status"),
+    sa.CheckConstraint("status IN ('pending', 'sending', 'sent', 'failed', 'unknown')", name="notifications_status"),
     sa.CheckConstraint("audience IN ('customer', 'operators')", name="notifications_audience"),
     sa.CheckConstraint("status <> 'pending' OR next_attempt_at IS NOT NULL", name="notifications_pending_is_due"),
+    sa.CheckConstraint(
+        "status <> 'sending' OR (claimed_at IS NOT NULL AND claimed_by IS NOT NULL)",
+        name="notifications_sending_is_claimed",
+    ),
     # Only messages still to send are in the sender's index; the sent record grows without slowing it down.
     sa.Index(
         "notifications_due",
         "next_attempt_at",
         postgresql_where=sa.text("status = 'pending'"),
     ),
+    # Claims being sent, oldest first: where a sender looks for claims another sender lost.
+    sa.Index("notifications_sending", "claimed_at", postgresql_where=sa.text("status = 'sending'")),
+    # What an operator lists across orders (GET /notifications?status=unknown): few rows, whatever the record holds.
+    sa.Index("notifications_to_look_at", "created_at", postgresql_where=sa.text("status IN ('failed', 'unknown')")),
     sa.Index("notifications_by_order", "order_id", "created_at"),
     sa.Index("notifications_by_template", "template", "created_at"),
-    # What the sender asks before sending a customer's message: does an earlier one of the same order still wait?
+    # What the sender asks before sending a customer's message: is an earlier one of the same order still waiting
+    # or being sent?
     sa.Index(
         "notifications_pending_by_order",
         "order_id",
         "stage",
         "cause_at",
-        postgresql_where=sa.text("status = 'pending' AND audience = 'customer'"),
+        postgresql_where=sa.text("status IN ('pending', 'sending') AND audience = 'customer'"),
     ),
     # One "your order is cancelled" per order, whichever event carried it (domain.template_for).
     sa.Index(
@@ -112,6 +125,9 @@ notices_awaiting_contact = sa.Table(
 )
 
 outbox, inbox = add_messaging_tables(metadata)
+
+# The statuses GET /notifications lists on their own, across orders and templates (`notifications_to_look_at`).
+STATUSES_TO_LOOK_AT = frozenset({Status.failed, Status.unknown})
 
 
 async def remember_contacts(pg: asyncpg.Connection, contacts: Sequence[Contact]) -> None:
@@ -278,7 +294,7 @@ async def queue(
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A pending notification, locked for sending, with everything the mail needs."""
+    """A notification claimed for sending (`sending`), with everything the mail needs and the claim that holds it."""
 
     id: uuid.UUID
     order_id: uuid.UUID | None
@@ -293,85 +309,129 @@ class Outgoing:
     traceparent: str | None
     audience: Audience
     delivery: Delivery
+    claimed_at: datetime
+    claimed_by: str
 
 
-async def lock_due(pg: asyncpg.Connection, now: datetime, limit: int) -> list[Outgoing]:
-    """Lock up to `limit` pending notifications due by `now`, oldest due first. Rows another sender holds are
-    skipped, so two instances never send the same message.
+_OUTGOING = """
+    n.id, n.order_id, n.cause_event_id, n.template, n.channel, n.recipient, n.recipient_name, n.subject, n.body_text,
+    n.body_html, n.traceparent, n.audience, n.status, n.attempts, n.next_attempt_at, n.last_error, n.claimed_at,
+    n.claimed_by
+"""
+
+
+def _outgoing(row: asyncpg.Record) -> Outgoing:
+    return Outgoing(
+        id=row["id"],
+        order_id=row["order_id"],
+        cause_event_id=row["cause_event_id"],
+        template=row["template"],
+        channel=row["channel"],
+        recipient=row["recipient"],
+        recipient_name=row["recipient_name"],
+        subject=row["subject"],
+        body_text=row["body_text"],
+        body_html=row["body_html"],
+        traceparent=row["traceparent"],
+        audience=Audience(row["audience"]),
+        delivery=Delivery(
+            status=Status(row["status"]),
+            attempts=row["attempts"],
+            next_attempt_at=row["next_attempt_at"],
+            last_error=row["last_error"],
+        ),
+        claimed_at=row["claimed_at"],
+        claimed_by=row["claimed_by"],
+    )
+
+
+async def claim_due(pg: asyncpg.Connection, now: datetime, limit: int, sender: str) -> list[Outgoing]:
+    """Claim up to `limit` pending notifications due by `now`, oldest due first: each becomes `sending`, claimed at
+    `now` by `sender`, in one statement. Rows another sender is claiming are skipped (SKIP LOCKED), and rows it has
+    claimed are no longer pending, so two instances never take the same message. The claim is meant to be committed
+    before anything is sent: whatever happens to the sender afterwards, the message is never claimed again.
 
     An order's messages to its customer go out one at a time, in (stage, cause_at) order: a message is not due
-    while an earlier message of its order is still pending (waiting for its next try, or being sent by another
-    sender), so the customer never reads the pre-warning before the confirmation, nor a parcel's delivery before its
-    shipping. The operators' messages stand outside that story: an alert about an order neither waits behind its
-    customer's mails nor holds one up."""
+    while an earlier message of its order is still pending (waiting for its next try) or being sent, so the customer
+    never reads the pre-warning before the confirmation, nor a parcel's delivery before its shipping. The operators'
+    messages stand outside that story: an alert about an order neither waits behind its customer's mails nor holds
+    one up."""
     rows = await pg.fetch(
-        """
-        SELECT id, order_id, cause_event_id, template, channel, recipient, recipient_name, subject, body_text,
-               body_html, traceparent, audience, attempts, next_attempt_at, last_error
-        FROM notifications AS n
-        WHERE status = 'pending' AND next_attempt_at <= $1
-          AND (
-              n.audience = 'operators'
-              OR NOT EXISTS (
-                  SELECT 1 FROM notifications AS earlier
-                  WHERE earlier.order_id = n.order_id AND earlier.status = 'pending' AND earlier.audience = 'customer'
-                    AND (earlier.stage, earlier.cause_at, earlier.id) < (n.stage, n.cause_at, n.id)
+        f"""
+        WITH due AS (
+            SELECT id FROM notifications AS n
+            WHERE status = 'pending' AND next_attempt_at <= $1
+              AND (
+                  n.audience = 'operators'
+                  OR NOT EXISTS (
+                      SELECT 1 FROM notifications AS earlier
+                      WHERE earlier.order_id = n.order_id AND earlier.status IN ('pending', 'sending')
+                        AND earlier.audience = 'customer'
+                        AND (earlier.stage, earlier.cause_at, earlier.id) < (n.stage, n.cause_at, n.id)
+                  )
               )
-          )
-        ORDER BY next_attempt_at
-        LIMIT $2
-        FOR UPDATE OF n SKIP LOCKED
+            ORDER BY next_attempt_at
+            LIMIT $2
+            FOR UPDATE OF n SKIP LOCKED
+        )
+        UPDATE notifications AS n SET status = 'sending', claimed_at = $1, claimed_by = $3
+        FROM due WHERE n.id = due.id
+        RETURNING {_OUTGOING}
         """,
         now,
         limit,
+        sender,
     )
-    return [
-        Outgoing(
-            id=row["id"],
-            order_id=row["order_id"],
-            cause_event_id=row["cause_event_id"],
-            template=row["template"],
-            channel=row["channel"],
-            recipient=row["recipient"],
-            recipient_name=row["recipient_name"],
-            subject=row["subject"],
-            body_text=row["body_text"],
-            body_html=row["body_html"],
-            traceparent=row["traceparent"],
-            audience=Audience(row["audience"]),
-            delivery=Delivery(
-                status=Status.pending,
-                attempts=row["attempts"],
-                next_attempt_at=row["next_attempt_at"],
-                last_error=row["last_error"],
-            ),
-        )
-        for row in rows
-    ]
+    return sorted((_outgoing(row) for row in rows), key=lambda n: (n.delivery.next_attempt_at, n.id))
 
 
-async def record_deliveries(pg: asyncpg.Connection, deliveries: Sequence[tuple[uuid.UUID, Delivery]]) -> None:
-    """Write the delivery state of each notification, in one statement."""
+async def lost_claims(pg: asyncpg.Connection, claimed_before: datetime, limit: int) -> list[Outgoing]:
+    """Lock up to `limit` notifications still `sending` under a claim made before `claimed_before`: their sender
+    stopped (or lost its database) between claiming and recording, and whether the mail server got them cannot be
+    known. Rows another sender is judging are skipped."""
+    rows = await pg.fetch(
+        f"""
+        SELECT {_OUTGOING} FROM notifications AS n
+        WHERE status = 'sending' AND claimed_at < $1
+        ORDER BY claimed_at
+        LIMIT $2
+        FOR UPDATE OF n SKIP LOCKED
+        """,
+        claimed_before,
+        limit,
+    )
+    return [_outgoing(row) for row in rows]
+
+
+async def record_deliveries(pg: asyncpg.Connection, deliveries: Sequence[tuple[Outgoing, Delivery]]) -> set[uuid.UUID]:
+    """Write the delivery state of claimed notifications, in one statement, each only while it is still `sending`
+    under the claim it was taken with (a claim judged lost by another sender meanwhile is left as that sender
+    recorded it). Returns the ids written."""
     if not deliveries:
-        return
-    await pg.execute(
+        return set()
+    rows = await pg.fetch(
         """
         UPDATE notifications AS n SET
             status = u.status, attempts = u.attempts, next_attempt_at = u.next_attempt_at,
             last_error = u.last_error, sent_at = u.sent_at, failed_at = u.failed_at
         FROM unnest(
-            $1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::timestamptz[], $7::timestamptz[]
-        ) AS u(id, status, attempts, next_attempt_at, last_error, sent_at, failed_at)
-        WHERE n.id = u.id
+            $1::uuid[], $2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::timestamptz[], $7::timestamptz[],
+            $8::timestamptz[], $9::text[]
+        ) AS u(id, status, attempts, next_attempt_at, last_error, sent_at, failed_at, claimed_at, claimed_by)
+        WHERE n.id = u.id AND n.status = 'sending' AND n.claimed_at = u.claimed_at AND n.claimed_by = u.claimed_by
+        RETURNING n.id
         """,
-        [id_ for id_, _ in deliveries],
+        [n.id for n, _ in deliveries],
         [d.status.value for _, d in deliveries],
         [d.attempts for _, d in deliveries],
         [d.next_attempt_at for _, d in deliveries],
         [d.last_error for _, d in deliveries],
         [d.sent_at for _, d in deliveries],
         [d.failed_at for _, d in deliveries],
+        [n.claimed_at for n, _ in deliveries],
+        [n.claimed_by for n, _ in deliveries],
     )
+    return {row["id"] for row in rows}
 
 
 _LISTED = (
@@ -393,6 +453,8 @@ _LISTED = (
     "failed_at",
     "next_attempt_at",
     "last_error",
+    "claimed_at",
+    "claimed_by",
 )
 
 
@@ -407,13 +469,24 @@ async def notifications_of_order(conn: AsyncConnection, order_id: uuid.UUID) -> 
     return list(result)
 
 
-async def notifications_by_template(
-    conn: AsyncConnection, template: Template, order_id: uuid.UUID | None, limit: int
+async def notifications_matching(
+    conn: AsyncConnection,
+    limit: int,
+    template: Template | None = None,
+    order_id: uuid.UUID | None = None,
+    status: Status | None = None,
 ) -> list[sa.Row]:
-    """The messages made from one template (of one order, when given), newest first, at most `limit`."""
+    """The messages of one template, order or status (or several of these together), newest first, at most
+    `limit`. A status alone is asked only for those an operator looks for (`STATUSES_TO_LOOK_AT`), which an index
+    of their own finds however long the record grows."""
     n = notifications
-    query = sa.select(*(n.c[name] for name in _LISTED)).where(n.c.template == template.value)
+    query = sa.select(*(n.c[name] for name in _LISTED))
+    if template is not None:
+        query = query.where(n.c.template == template.value)
     if order_id is not None:
         query = query.where(n.c.order_id == order_id)
+    if status is not None:
+        # Inlined, so that the planner may prove the partial index's predicate whatever plan it caches.
+        query = query.where(n.c.status == sa.literal(status.value, literal_execute=True))
     result = await conn.execute(query.order_by(n.c.created_at.desc(), n.c.id).limit(limit))
     return list(result)

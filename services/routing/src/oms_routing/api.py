@@ -11,7 +11,8 @@ from typing import Annotated
 
 import asyncpg
 from aiokafka.errors import KafkaError
-from fastapi import APIRouter, HTTPException, Path, Request, status
+from fastapi import APIRouter, Header, HTTPException, Path, Request, Response, status
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, field_validator
 
 from oms_contracts import fulfillment_requests
@@ -26,7 +27,8 @@ from oms_contracts.routing import (
     SourceDeactivatedData,
     SourceUpserted,
 )
-from oms_runtime import Principal, Service, Transaction
+from oms_contracts.types import SourceCode
+from oms_runtime import Principal, Role, Service, Transaction, require_role
 from oms_runtime.database import driver
 from oms_runtime.http import Problem
 from oms_runtime.outbox import append
@@ -86,6 +88,26 @@ class RuleChains(BaseModel):
 
 
 Channel = Annotated[str, Path(min_length=1, max_length=64, description="A sales channel, or `*` for the default")]
+Code = Annotated[SourceCode, Path(description="The source's code")]
+
+# Editing the network: who may do it. Reading it needs only a known token.
+Admin = Annotated[str, require_role(Role.admin)]
+
+_FORBIDDEN = {"model": Problem, "description": "The token's roles do not allow this: editing the network needs admin"}
+_TOPICS_DOWN = {
+    "model": Problem,
+    "description": "The source's request topic could not be created (Kafka unreachable); nothing changed",
+}
+_ETAG = {"ETag": {"description": "The network's version after the answer: send it as If-Match to PUT /network"}}
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description="The ETag of the network as the client read it (GET /network). Given, the network is replaced "
+        "only if it is still that version, else 412 and nothing changes. Optional, so that clients from before "
+        "versions keep working; a client that may race another should always send it.",
+    ),
+]
 
 
 def _service(request: Request) -> Service:
@@ -112,32 +134,36 @@ def _chain_view(channel: str, stored: dict[str, store.StoredRuleChain], settings
     return RuleChain(channel=channel, rules=own.rules, defined_for=own.channel, set_by=own.set_by, set_at=own.set_at)
 
 
-@router.get("/network", summary="The fulfillment network, every source by code")
-async def get_network(request: Request, who: Principal) -> Network:
-    async with _service(request).database.connect() as conn:
-        return Network(sources=await store.network(await driver(conn)))
+def etag(version: int) -> str:
+    """The network's version as an entity tag (strong: one version is one network)."""
+    return f'"network-{version}"'
 
 
-@router.put(
-    "/network",
-    summary="Replace the fulfillment network",
-    description="Sources missing from the body are deactivated, never deleted. Every source's request topic exists "
-    "before the source is announced on oms.routing.network.v1.",
-    responses={
-        status.HTTP_503_SERVICE_UNAVAILABLE: {
-            "model": Problem,
-            "description": "The sources' request topics could not be created (Kafka unreachable); nothing changed",
-        }
-    },
-)
-async def put_network(body: Network, request: Request, who: Principal) -> Network:
-    service = _service(request)
-    settings: RoutingSettings = service.settings  # type: ignore[assignment]
-    # Every listed source, not only new ones: creation is idempotent, and a request topic lost since is restored.
+def _still(if_match: str | None, version: int) -> bool:
+    """Whether `If-Match` allows changing the network as it stands at `version` (RFC 9110: any listed tag, or `*`
+    for any current network)."""
+    if if_match is None:
+        return True
+    listed = [tag.strip() for tag in if_match.split(",")]
+    return "*" in listed or etag(version) in listed
+
+
+def _stale(version: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_412_PRECONDITION_FAILED,
+        f"the network changed since it was read (it is {etag(version)} now): GET /network, apply the edit to what it "
+        "holds and send that with its ETag; or change one source with PUT /network/sources/{code}",
+        {"ETag": etag(version)},
+    )
+
+
+async def _create_request_topics(settings: RoutingSettings, codes: list[str]) -> None:
+    """The sources' request topics exist before the sources are announced, so no request is ever sent to a topic
+    that does not exist. Idempotent: a request topic lost since is restored."""
     try:
         await ensure_topics(
             settings,
-            [fulfillment_requests(source.code) for source in body.sources],
+            [fulfillment_requests(code) for code in codes],
             partitions=settings.request_topic_partitions,
             replication_factor=settings.request_topic_replication,
         )
@@ -145,18 +171,163 @@ async def put_network(body: Network, request: Request, who: Principal) -> Networ
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, f"the sources' request topics could not be created: {error!r}"
         ) from error
+
+
+async def _apply(pg: asyncpg.Connection, tx: Transaction, change: domain.NetworkChange, version: int, who: str) -> int:
+    """Store and announce an edit of the network; returns the network's version after it (raised when it changed)."""
+    if not change:
+        return version
+    await store.upsert_sources(pg, change.upserted)
+    await store.deactivate_sources(pg, change.deactivated)
+    for source in change.upserted:
+        tx.emit(SourceUpserted(source=SOURCE, subject=source.code, data=source))
+    now = datetime.now(UTC)
+    for code in change.deactivated:
+        gone = SourceDeactivatedData(code=code, deactivated_at=now)
+        tx.emit(SourceDeactivated(source=SOURCE, subject=code, data=gone))
+    return await store.new_network_version(pg, who)
+
+
+@router.get(
+    "/network",
+    summary="The fulfillment network, every source by code",
+    responses={status.HTTP_200_OK: {"headers": _ETAG}},
+)
+async def get_network(request: Request, response: Response, who: Principal) -> Network:
+    async with _service(request).database.connect() as conn:
+        version, sources = await store.versioned_network(await driver(conn))
+    response.headers["ETag"] = etag(version)
+    return Network(sources=sources)
+
+
+@router.put(
+    "/network",
+    summary="Replace the fulfillment network",
+    description="Sources missing from the body are deactivated, never deleted: everything another client added since "
+    "you read the network is deactivated too. Send `If-Match` with the ETag you read, so that such a race is "
+    "refused (412) instead; to add or change one source, PUT /network/sources/{code}, which touches no other. Every "
+    "source's request topic exists before the source is announced on oms.routing.network.v1. Needs the admin role.",
+    responses={
+        status.HTTP_200_OK: {"headers": _ETAG},
+        status.HTTP_403_FORBIDDEN: _FORBIDDEN,
+        status.HTTP_412_PRECONDITION_FAILED: {
+            "model": Problem,
+            "description": "If-Match names a version the network no longer is; nothing changed. The ETag header "
+            "holds the current version",
+            "headers": _ETAG,
+        },
+        status.HTTP_503_SERVICE_UNAVAILABLE: {
+            "model": Problem,
+            "description": "The sources' request topics could not be created (Kafka unreachable); nothing changed",
+        },
+    },
+)
+async def put_network(
+    body: Network, request: Request, response: Response, who: Admin, if_match: IfMatch = None
+) -> Network:
+    service = _service(request)
+    if if_match is not None:
+        # A stale edit is refused before any topic is created for it.
+        async with service.database.connect() as conn:
+            version, _ = await store.versioned_network(await driver(conn))
+        if not _still(if_match, version):
+            raise _stale(version)
+    await _create_request_topics(service.settings, [source.code for source in body.sources])  # type: ignore[arg-type]
     async with _publishing(service) as (pg, tx):
-        change = domain.network_change(await store.lock_network(pg), body.sources)
-        await store.upsert_sources(pg, change.upserted)
-        await store.deactivate_sources(pg, change.deactivated)
-        for source in change.upserted:
-            tx.emit(SourceUpserted(source=SOURCE, subject=source.code, data=source))
-        now = datetime.now(UTC)
-        for code in change.deactivated:
-            gone = SourceDeactivatedData(code=code, deactivated_at=now)
-            tx.emit(SourceDeactivated(source=SOURCE, subject=code, data=gone))
+        version, current = await store.lock_network(pg)
+        if not _still(if_match, version):
+            raise _stale(version)
+        version = await _apply(pg, tx, domain.network_change(current, body.sources), version, who)
         result = await store.network(pg)
+    response.headers["ETag"] = etag(version)
     return Network(sources=result)
+
+
+@router.get(
+    "/network/sources/{code}",
+    summary="One source of the network",
+    responses={
+        status.HTTP_200_OK: {"headers": _ETAG},
+        status.HTTP_404_NOT_FOUND: {"model": Problem, "description": "No source with this code in the network"},
+    },
+)
+async def get_source(code: Code, request: Request, response: Response, who: Principal) -> Source:
+    async with _service(request).database.connect() as conn:
+        version, sources = await store.versioned_network(await driver(conn))
+    found = next((s for s in sources if s.code == code), None)
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no source {code!r} in the network")
+    response.headers["ETag"] = etag(version)
+    return found
+
+
+@router.put(
+    "/network/sources/{code}",
+    summary="Create or replace one source",
+    description="Only this source changes: another client's edits of other sources stand (this is what `oms demo "
+    "network` uses). 201 when the source is new, 200 when it was there (changed or not; nothing is announced when it "
+    "did not change). Its request topic exists before it is announced on oms.routing.network.v1. Raises the "
+    "network's version (ETag) when it changes anything. `active: false` keeps it in the network, inactive. Needs the "
+    "admin role.",
+    status_code=status.HTTP_200_OK,
+    responses={
+        status.HTTP_200_OK: {"description": "The source was there: replaced", "headers": _ETAG},
+        status.HTTP_201_CREATED: {
+            "model": Source,
+            "description": "The source is new",
+            "headers": {**_ETAG, "Location": {"description": "Where the source is read: /network/sources/{code}"}},
+        },
+        status.HTTP_403_FORBIDDEN: _FORBIDDEN,
+        status.HTTP_503_SERVICE_UNAVAILABLE: _TOPICS_DOWN,
+    },
+)
+async def put_source(code: Code, body: Source, request: Request, response: Response, who: Admin) -> Source:
+    if body.code != code:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("body", "code"),
+                    "msg": f"the body's code {body.code!r} is not the path's {code!r}",
+                    "input": body.code,
+                }
+            ]
+        )
+    service = _service(request)
+    await _create_request_topics(service.settings, [code])  # type: ignore[arg-type]
+    async with _publishing(service) as (pg, tx):
+        version, current = await store.lock_source(pg, code)
+        version = await _apply(pg, tx, domain.source_change(current, body), version, who)
+        stored = await store.source(pg, code)
+    if current is None:
+        response.status_code = status.HTTP_201_CREATED
+        response.headers["Location"] = f"/network/sources/{code}"
+    response.headers["ETag"] = etag(version)
+    return stored
+
+
+@router.delete(
+    "/network/sources/{code}",
+    summary="Deactivate one source",
+    description="The source stays in the network, inactive (shipments already planned from it still need its name "
+    "and request topic), and is announced as deactivated; no other source changes. Deactivating an inactive source "
+    "changes nothing. Raises the network's version (ETag) when it changes anything. Needs the admin role.",
+    responses={
+        status.HTTP_200_OK: {"description": "The source as it now stands, inactive", "headers": _ETAG},
+        status.HTTP_403_FORBIDDEN: _FORBIDDEN,
+        status.HTTP_404_NOT_FOUND: {"model": Problem, "description": "No source with this code in the network"},
+    },
+)
+async def delete_source(code: Code, request: Request, response: Response, who: Admin) -> Source:
+    service = _service(request)
+    async with _publishing(service) as (pg, tx):
+        version, current = await store.lock_source(pg, code)
+        if current is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no source {code!r} in the network")
+        version = await _apply(pg, tx, domain.source_removal(current), version, who)
+        stored = await store.source(pg, code)
+    response.headers["ETag"] = etag(version)
+    return stored
 
 
 @router.get("/rule-chains", summary="The default rule chain and every channel's own")

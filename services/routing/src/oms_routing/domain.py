@@ -1137,10 +1137,15 @@ def _whole(line: Line) -> str:
 
 @dataclass(frozen=True, slots=True)
 class NetworkChange:
-    """What replacing the network changes: sources new or different, and active sources no longer listed."""
+    """What an edit of the network changes: sources new or different, and active sources deactivated. Every change
+    makes a new version of the network (what `If-Match` is checked against); an edit that changes nothing does
+    not."""
 
     upserted: list[Source]
     deactivated: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.upserted or self.deactivated)
 
 
 def duplicate_codes(sources: Iterable[Source]) -> list[str]:
@@ -1158,3 +1163,15 @@ def network_change(current: Iterable[Source], wanted: Iterable[Source]) -> Netwo
         upserted=[s for s in wanted if now.get(s.code) != s],
         deactivated=sorted(code for code, s in now.items() if s.active and code not in listed),
     )
+
+
+def source_change(current: Source | None, wanted: Source) -> NetworkChange:
+    """Creating or replacing one source: the source as given, whatever it was; no other source is touched, so two
+    clients that each edit their own sources never undo each other's edits."""
+    return NetworkChange(upserted=[wanted] if current != wanted else [], deactivated=[])
+
+
+def source_removal(current: Source) -> NetworkChange:
+    """Removing one source from the network: deactivated, never forgotten (as `network_change` does with a source
+    left out); removing an inactive one changes nothing."""
+    return NetworkChange(upserted=[], deactivated=[current.code] if current.active else [])

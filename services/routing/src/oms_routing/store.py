@@ -49,6 +49,19 @@ sources = sa.Table(
     sa.Column("daily_capacity", sa.Integer, nullable=True),
 )
 
+# The network's version: one row, raised by every edit that changes a source. `GET /network` shows it as its ETag,
+# and `PUT /network` with `If-Match` replaces only the network the client read. Its row lock also serializes every
+# edit of the network (sources that do not exist yet included).
+network_version = sa.Table(
+    "network_version",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True, server_default=sa.text("1")),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("changed_by", sa.Text, nullable=True),
+    sa.CheckConstraint("id = 1", name="network_version_one_row"),
+)
+
 # Inventory's stock levels as routing last heard them; `changed_at` keeps an older report from overwriting a newer.
 availability = sa.Table(
     "availability",
@@ -151,11 +164,45 @@ async def network(pg: asyncpg.Connection) -> list[Source]:
     return [_source(row) for row in rows]
 
 
-async def lock_network(pg: asyncpg.Connection) -> list[Source]:
-    """The whole network, with every later change of it by another transaction held until this one ends."""
-    # An advisory lock also covers sources that do not exist yet, which row locks cannot.
-    await pg.execute("SELECT pg_advisory_xact_lock(hashtext('oms_routing.network'))")
-    return await network(pg)
+async def versioned_network(pg: asyncpg.Connection) -> tuple[int, list[Source]]:
+    """The network's version and every source, read together (one statement, one snapshot)."""
+    columns = ", ".join(f"s.{c.strip()}" for c in _SOURCE_COLUMNS.split(",")).replace(
+        "s.transit_days", "s.transit_days::text AS transit_days"
+    )
+    rows = await pg.fetch(
+        f"SELECT v.version, {columns} FROM network_version v LEFT JOIN sources s ON true ORDER BY s.code"
+    )
+    return rows[0]["version"], [_source(row) for row in rows if row["code"] is not None]
+
+
+async def lock_network(pg: asyncpg.Connection) -> tuple[int, list[Source]]:
+    """The network's version and the whole network, with every other edit of it held until this transaction ends."""
+    return await _lock_version(pg), await network(pg)
+
+
+async def lock_source(pg: asyncpg.Connection, code: str) -> tuple[int, Source | None]:
+    """The network's version and one source (None: not in the network), with every other edit of the network held
+    until this transaction ends."""
+    version = await _lock_version(pg)
+    return version, await source(pg, code)
+
+
+async def _lock_version(pg: asyncpg.Connection) -> int:
+    # The one row every edit of the network takes first: it also covers sources that do not exist yet.
+    return await pg.fetchval("SELECT version FROM network_version FOR UPDATE")
+
+
+async def source(pg: asyncpg.Connection, code: str) -> Source | None:
+    row = await pg.fetchrow(f"{_SELECT_SOURCES} WHERE code = $1", code)
+    return _source(row) if row is not None else None
+
+
+async def new_network_version(pg: asyncpg.Connection, who: str) -> int:
+    """Raise the network's version after an edit that changed it (hold `lock_network` or `lock_source`)."""
+    return await pg.fetchval(
+        "UPDATE network_version SET version = version + 1, changed_at = now(), changed_by = $1 RETURNING version",
+        who,
+    )
 
 
 async def upsert_sources(pg: asyncpg.Connection, changed: Sequence[Source]) -> None:
