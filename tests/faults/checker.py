@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
+from bench.collect import consumer_lag
 from oms_contracts.topics import DEAD_LETTERS, NOTIFICATIONS, ORDER_EVENTS
 
 from . import traffic
@@ -255,25 +255,6 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return consumer.partitions_for_topic(topic) or set()
 
 
-async def consumer_lag(bootstrap: str) -> int:
-    """Records the services' consumer groups have not committed yet, over all their partitions."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    ends = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    await admin.start()
-    await ends.start()
-    try:
-        committed: dict[tuple[str, TopicPartition], int] = {}
-        for group, *_ in await admin.list_consumer_groups():
-            if group.startswith("oms-"):
-                for tp, meta in (await admin.list_consumer_group_offsets(group)).items():
-                    committed[(group, tp)] = meta.offset
-        end = await ends.end_offsets(list({tp for _, tp in committed})) if committed else {}
-        return sum(max(0, end[tp] - offset) for (_, tp), offset in committed.items())
-    finally:
-        await ends.stop()
-        await admin.close()
-
-
 async def fetch(infra: Infra, service: str, sql: str, *args) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(infra.pg_url(service))
     try:
@@ -293,7 +274,7 @@ async def leftovers(infra: Infra, orders: list[traffic.Planned]) -> dict[str, in
         )
         out[f"outbox rows left ({service})"] = row["outbox"]
         out[f"parked messages ({service})"] = row["parked"]
-    out["consumer lag (records)"] = await consumer_lag(infra.bootstrap)
+    out["consumer lag (records)"] = await consumer_lag(infra.bootstrap, ("oms-",))
     deliverable = [o.order_id for o in orders if o.expected == "delivered"]
     [row] = await fetch(
         infra,
