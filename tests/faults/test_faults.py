@@ -8,7 +8,6 @@ and database."""
 from __future__ import annotations
 
 import time
-import warnings
 
 import pytest
 
@@ -19,13 +18,6 @@ SIZE = chosen_size()
 # A deadline for the whole run, not a measure of it: the machine is shared, and a broker restart can take a minute.
 pytestmark = pytest.mark.timeout(1500 if SIZE.name == "bounded" else 5400)
 
-# Findings written down in docs/reliability.md ("Open findings") whose fix belongs to work in progress elsewhere. The
-# bounded run inside `make test` reports them (a warning with the count) without failing everyone's build on them;
-# `make faults` fails on them like on anything else. Remove an entry when its fix is merged.
-KNOWN_OPEN = {
-    "duplicated: mails delivered twice (same Message-ID)": "open finding 1: the sender sends inside its transaction",
-}
-
 
 async def test_under_faults_no_order_is_lost_no_effect_happens_twice_nothing_is_oversold_every_flow_completes():
     run_dir = ROOT / ".cache" / "faults" / f"{SIZE.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -35,7 +27,4 @@ async def test_under_faults_no_order_is_lost_no_effect_happens_twice_nothing_is_
     missed = [f"{f.kind} {f.target}" for f in outcome.faults if not f.happened]
     assert not missed, f"faults that did not happen: {missed}"
     failures = dict(outcome.failures)
-    if SIZE.name == "bounded":
-        for what in [w for w in failures if w in KNOWN_OPEN]:
-            warnings.warn(f"{what}: {failures.pop(what)} ({KNOWN_OPEN[what]}, docs/reliability.md)", stacklevel=1)
     assert not failures, f"the checker found {failures} (see {run_dir}/report.md)"
