@@ -123,6 +123,18 @@ _PAGES = {
     503: {"description": "Links are not configured (OMS_CUSTOMER_LINK_KEY is not set)"},
 }
 _HTML = {code: {**answer, "content": {"text/html": {}}} for code, answer in _PAGES.items()}
+# The link's signature is the credential: its query parameters, read raw so that a missing or altered one answers the
+# customer's 403 page, not a JSON 422, and documented here.
+_SIGNED_LINK = {
+    "parameters": [
+        {"name": name, "in": "query", "required": True, "description": text, "schema": {"type": kind}}
+        for name, kind, text in (
+            ("lines", "string", "The link's line ids, comma-separated"),
+            ("expires", "integer", "When the link expires, Unix seconds"),
+            ("sig", "string", "HMAC-SHA256 of the order, the lines and the expiry (OMS_CUSTOMER_LINK_KEY)"),
+        )
+    ]
+}
 
 
 def language(locale: str | None) -> str:
@@ -179,6 +191,7 @@ async def _checked(request: Request, order_id: uuid.UUID) -> tuple[list[str], di
     response_class=HTMLResponse,
     summary="The customer's page of items waiting for stock, with a form to cancel them (signed link, no token)",
     responses=_HTML,
+    openapi_extra=_SIGNED_LINK,
 )
 async def wait_or_cancel(order_id: uuid.UUID, request: Request) -> HTMLResponse:
     checked = await _checked(request, order_id)
@@ -232,6 +245,7 @@ async def wait_or_cancel(order_id: uuid.UUID, request: Request) -> HTMLResponse:
     response_class=HTMLResponse,
     summary="Cancel what of the link's items still waits for stock, as the customer (signed link, no token)",
     responses=_HTML,
+    openapi_extra=_SIGNED_LINK,
 )
 async def cancel_waiting(order_id: uuid.UUID, request: Request) -> HTMLResponse:
     checked = await _checked(request, order_id)
