@@ -64,11 +64,14 @@ class System:
     environments: dict[str, dict[str, str]] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start(self, service: str) -> None:
-        log = (self.log_dir / f"{service}.log").open("a")
-        self.processes[service] = subprocess.Popen(
+    def start(self, service: str, *, name: str | None = None, **env: str) -> None:
+        """Start the service; with a `name`, another process of it under that name (its log, its entry in
+        `processes`, stopped with the others), with `env` over the service's settings (e.g. its own HTTP port)."""
+        name = name or service
+        log = (self.log_dir / f"{name}.log").open("a")
+        self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", f"oms_{service}"],
-            env=self.environments[service],
+            env=self.environments[service] | env,
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
