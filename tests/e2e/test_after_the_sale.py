@@ -261,6 +261,25 @@ def money_of(view: dict) -> dict[str, Decimal]:
     return {field: Decimal(view[field]) for field in TOTALS}
 
 
+async def order_when(system: System, order_id: uuid.UUID, check, what: str) -> dict:
+    """The order's view once `check(view)` holds."""
+
+    async def holds():
+        order = await order_view(system, order_id)
+        return order if check(order) else None
+
+    return await eventually(holds, timeout=60, what=what)
+
+
+async def keep_and_drop(system: System, name: str, stock: int):
+    """An order of one unit of a SKU to keep (line 1, 10.00) and two of a SKU to drop (line 2, 5.00 each), with
+    `stock` of each at WH-EAST: (keep, drop, the submitted order)."""
+    rid = run_id()
+    keep, drop = f"{name.upper()}-KEEP-{rid}", f"{name.upper()}-DROP-{rid}"
+    await in_stock(system, "WH-EAST", {keep: stock, drop: 2})
+    return keep, drop, samples.order_submitted(f"{name}-{rid}", [(keep, 1, "10.00"), (drop, 2, "5.00")])
+
+
 async def test_cancelling_a_backordered_line_refunds_it_with_its_shares_and_the_last_line_refunds_shipping_too(
     system: System, network
 ):
@@ -712,12 +731,9 @@ async def test_lines_nothing_can_serve_are_cancelled_and_refunded_and_the_custom
     await system.publish(CHANNEL_ORDERS.name, swiss, samples.payment_captured(swiss))
 
     order = await order_view(system, denied.data.order_id, "awaiting_fulfillment")
-
-    async def line_cancelled():
-        order = await order_view(system, denied.data.order_id)
-        return order if units(order)["2"]["cancelled"] == 1 else None
-
-    order = await eventually(line_cancelled, timeout=60, what="the denied line to be cancelled")
+    order = await order_when(
+        system, denied.data.order_id, lambda o: units(o)["2"]["cancelled"] == 1, "the denied line to be cancelled"
+    )
     refund = value_of(Decimal("6.00"), denied)
     assert [Decimal(r["amount"]) for r in order["refunds"]] == [refund]
     [items_mail] = await notices(system, denied.data.order_id, "lines_cancelled")
@@ -748,10 +764,7 @@ async def stopped(system: System, service: str):
 async def test_units_cancelled_before_routing_planned_them_go_back_to_inventory_without_a_second_mail(
     system: System, network
 ):
-    rid = run_id()
-    keep, drop = f"GIVE-KEEP-{rid}", f"GIVE-DROP-{rid}"
-    await in_stock(system, "WH-EAST", {keep: 1, drop: 2})
-    submitted = samples.order_submitted(f"give-back-{rid}", [(keep, 1, "10.00"), (drop, 2, "5.00")])
+    keep, drop, submitted = await keep_and_drop(system, "give-back", 1)
     order_id = submitted.data.order_id
     # Routing is down while the order is paid and the customer cancels a line at once, so it plans the paid order
     # as it was, both lines, when it comes back: the order service gives the cancelled units back to inventory.
@@ -762,12 +775,9 @@ async def test_units_cancelled_before_routing_planned_them_go_back_to_inventory_
             samples.payment_captured(submitted),
             samples.cancellation_requested(submitted, {"2": 2}),
         )
-
-        async def cancelled_at_once():
-            order = await order_view(system, order_id)
-            return order if units(order)["2"]["cancelled"] == 2 else None
-
-        await eventually(cancelled_at_once, timeout=60, what="line 2 cancelled before any plan")
+        await order_when(
+            system, order_id, lambda o: units(o)["2"]["cancelled"] == 2, "line 2 cancelled before any plan"
+        )
     requests = Feed(system, fulfillment_requests("WH-EAST").name)
     async with requests as warehouse, Feed(system, ORDER_EVENTS.name) as events:
         request = await warehouse.request(order_id)
@@ -825,11 +835,9 @@ async def test_bad_cancellations_are_refused_with_the_reason_and_a_repeated_one_
     headers = {k: v.decode() for k, v in dead.headers}
     assert headers["oms-service"] == "order" and f"no order {ghost.key()}" in headers["oms-error-message"]
 
-    async def two_applied():
-        order = await order_view(system, order_id)
-        return order if len(order["cancellations"]) == 2 else None
-
-    order = await eventually(two_applied, timeout=60, what="the second channel cancellation")
+    order = await order_when(
+        system, order_id, lambda o: len(o["cancellations"]) == 2, "the second channel cancellation"
+    )
     assert units(order)["1"]["cancelled"] == 2 and units(order)["1"]["backordered"] == 1
     assert len(order["refunds"]) == 2
     await waiting_in_queue(system, sku, order_id, 1)
@@ -868,21 +876,13 @@ async def test_a_fulfillment_inventory_allocated_from_the_queue_and_its_source_r
 async def test_a_cancellation_of_units_inventory_is_still_reserving_waits_for_the_reservation_and_releases_it(
     system: System, network
 ):
-    rid = run_id()
-    keep, drop = f"RES-KEEP-{rid}", f"RES-DROP-{rid}"
-    await in_stock(system, "WH-EAST", {keep: 2, drop: 2})
-    submitted = samples.order_submitted(f"reserving-{rid}", [(keep, 1, "10.00"), (drop, 2, "5.00")])
+    keep, drop, submitted = await keep_and_drop(system, "reserving", 2)
     order_id = submitted.data.order_id
     # Inventory is down: routing plans the order, the order service knows the shipment, nobody has reserved it yet.
     async with stopped(system, "inventory"):
         await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
-
-        async def planned():
-            order = await order_view(system, order_id)
-            return order if units(order)["2"]["reserved"] == 2 else None
-
-        await eventually(planned, timeout=60, what="the plan to reach the order")
-        answer = await cancel(system, order_id, {"2": 1}, key=f"reserving-{rid}")
+        await order_when(system, order_id, lambda o: units(o)["2"]["reserved"] == 2, "the plan to reach the order")
+        answer = await cancel(system, order_id, {"2": 1}, key=f"reserving-{order_id}")
         assert answer.status_code == 200, answer.text
         assert answer.json()["status"] == "pending" and answer.json()["lines"][0]["pending"] == 1
     requests = Feed(system, fulfillment_requests("WH-EAST").name)
@@ -1131,11 +1131,7 @@ async def test_malformed_cancellations_and_returns_are_dead_lettered_with_their_
     assert "data.lines.0.condition" in returned and "data.source_code" in returned
 
     # Only the good return did anything: one unit returned, refunded and back on the shelf.
-    async def good_return_applied():
-        order = await order_view(system, order_id)
-        return order if order["returns"] else None
-
-    order = await eventually(good_return_applied, timeout=60, what="the good return")
+    order = await order_when(system, order_id, lambda o: o["returns"], "the good return")
     assert order["cancellations"] == [] and len(order["returns"]) == 1
     assert units(order)["1"]["returned"] == 1 and units(order)["1"]["cancelled"] == 0
     assert [Decimal(r["amount"]) for r in order["refunds"]] == [Decimal("10.00")]
@@ -1192,17 +1188,18 @@ async def test_two_order_processes_and_concurrent_cancellations_lose_no_update_a
             if mine[0].status_code == 200:
                 assert mine[0].json()["cancellation_id"] == mine[2].json()["cancellation_id"]
 
-            async def settled(order_id=order_id):
-                order = await order_view(system, order_id)
-                # The channel's request is always recorded, cancelled or refused; the HTTP ones may come first.
-                applied = [
-                    c
-                    for c in order["cancellations"]
-                    if c["via"] == "channel" and c["status"] in ("cancelled", "refused")
-                ]
-                return order if applied and units(order)["1"]["cancelled"] == 3 else None
-
-            order = await eventually(settled, timeout=90, what=f"the cancellations of {order_id} applied")
+            # The channel's request is always recorded, cancelled or refused; the HTTP ones may come first.
+            order = await order_when(
+                system,
+                order_id,
+                lambda o: (
+                    units(o)["1"]["cancelled"] == 3
+                    and any(
+                        c["via"] == "channel" and c["status"] in ("cancelled", "refused") for c in o["cancellations"]
+                    )
+                ),
+                f"the cancellations of {order_id} applied",
+            )
             # Three units cancelled, each refunded once; the whole of what was paid, shipping included, and no more.
             assert units(order)["1"] == {**units(order)["1"], "cancelled": 3, "backordered": 0}
             assert sum(x["quantity"] for r in order["refunds"] for x in r["lines"]) == 3
