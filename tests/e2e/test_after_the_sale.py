@@ -458,20 +458,130 @@ async def test_a_source_that_gives_up_a_fulfillment_has_it_replanned_at_another_
         # Only now does WH-WEST have the SKU: routing could not have planned it there first.
         await in_stock(system, "WH-WEST", {sku: 1})
 
-        # WH-EAST finds its shelf empty and cancels on its own: nobody asked, so the unit is planned again elsewhere.
-        await system.publish(FULFILLMENT_UPDATES.name, samples.cancelled(first, {"1": 1}, reason="shelf empty"))
+        # WH-EAST finds its shelf empty and cancels on its own: nobody asked, so the unit is planned again elsewhere,
+        # and it is written off at WH-EAST (not there).
+        empty = samples.cancelled(
+            first, {"1": 1}, reason="shelf empty", reason_code=fulfillment.ReasonCode.out_of_stock
+        )
+        await system.publish(FULFILLMENT_UPDATES.name, empty)
         replan = await events.event(order_id, "oms.order.replan_requested.v1")
         assert (replan["source_code"], replan["fulfillment_id"]) == ("WH-EAST", str(first.data.fulfillment_id))
         assert [(x["line_id"], x["quantity"]) for x in replan["lines"]] == [("1", 1)]
         second = await west.request(order_id)
     assert [(x.sku, x.quantity) for x in second.data.lines] == [(sku, 1)]
-    await stock_at(system, sku, "WH-EAST", on_hand=1, reserved=0, available=1)
+    await stock_at(system, sku, "WH-EAST", on_hand=0, reserved=0, available=0)
     await stock_at(system, sku, "WH-WEST", on_hand=1, reserved=1, available=0)
     order = await order_view(system, order_id, "awaiting_fulfillment")
     by_source = {f["source_code"]: f["status"] for f in order["fulfillments"]}
     assert by_source == {"WH-EAST": "cancelled", "WH-WEST": "requested"}
     assert units(order)["1"]["requested"] == 1 and order["refunds"] == [] and order["cancellations"] == []
     assert await all_notices(system, order_id, "lines_cancelled") == []
+
+
+async def test_the_only_source_of_a_sku_out_of_stock_backorders_the_line_and_its_next_receipt_serves_it(
+    system: System, network
+):
+    """A shelf found empty is written off where it was: the line waits for stock instead of being served at once
+    from units that are not there, and is not sent back to that source until stock arrives there."""
+    rid = run_id()
+    sku = f"EMPTY-SHELF-{rid}"
+    await in_stock(system, "WH-EAST", {sku: 1})
+    submitted = samples.order_submitted(f"empty-shelf-{rid}", [(sku, 1, "12.00")])
+    order_id = submitted.data.order_id
+    async with Feed(system, fulfillment_requests("WH-EAST").name) as east, Feed(system, ORDER_EVENTS.name) as events:
+        await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
+        first = await east.request(order_id)
+        await stock_at(system, sku, "WH-EAST", on_hand=1, reserved=1, available=0)
+
+        empty = samples.cancelled(first, {"1": 1}, reason="not found", reason_code=fulfillment.ReasonCode.out_of_stock)
+        await system.publish(FULFILLMENT_UPDATES.name, empty)
+        replan = await events.event(order_id, "oms.order.replan_requested.v1")
+        assert [(x["line_id"], x["quantity"]) for x in replan["lines"]] == [("1", 1)]
+        # No source left with the SKU: routing backorders the line, and it waits; WH-EAST has nothing to give.
+        await order_when(system, order_id, lambda o: units(o)["1"]["backordered"] == 1, "the line backordered")
+        await waiting_in_queue(system, sku, order_id, 1)
+        await stock_at(system, sku, "WH-EAST", on_hand=0, reserved=0, available=0)
+        requested = [
+            e
+            for e in await everything_on(system, fulfillment_requests("WH-EAST").name)
+            if e["type"] == fulfillment.FulfillmentRequested.TYPE and e["data"]["order_id"] == str(order_id)
+        ]
+        assert [e["data"]["fulfillment_id"] for e in requested] == [str(first.data.fulfillment_id)]
+        [entry] = [e for e in await timeline(system, order_id) if e["kind"] == "replan_requested"]
+        assert entry["details"]["reason_code"] == "out_of_stock" and "[out_of_stock]" in entry["note"]
+
+        # The WMS finds more: the waiting line is served there, first in its queue.
+        await receive(system, sku, "WH-EAST", 1)
+        again = await east.request(order_id)
+    assert again.data.fulfillment_id != first.data.fulfillment_id
+    assert [(x.sku, x.quantity) for x in again.data.lines] == [(sku, 1)]
+    await waiting_in_queue(system, sku, order_id, None)
+    await stock_at(system, sku, "WH-EAST", on_hand=1, reserved=1, available=0)
+    await order_when(system, order_id, lambda o: units(o)["1"]["requested"] == 1, "the line requested again")
+
+
+async def test_a_source_that_gives_up_a_line_unit_by_unit_has_each_unit_replanned_elsewhere(system: System, network):
+    rid = run_id()
+    sku = f"UNIT-BY-UNIT-{rid}"
+    await in_stock(system, "WH-EAST", {sku: 3})
+    submitted = samples.order_submitted(f"unit-by-unit-{rid}", [(sku, 3, "8.00")])
+    order_id = submitted.data.order_id
+    east, west = Feed(system, fulfillment_requests("WH-EAST").name), Feed(system, fulfillment_requests("WH-WEST").name)
+    async with east, west:
+        await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
+        first = await east.request(order_id)
+        await in_stock(system, "WH-WEST", {sku: 3})
+        short = fulfillment.ReasonCode.out_of_stock
+
+        await system.publish(FULFILLMENT_UPDATES.name, samples.cancelled(first, {"1": 1}, reason_code=short))
+        one = await west.request(order_id)
+        # Later the same line loses another unit: planned again too, never left open.
+        await system.publish(FULFILLMENT_UPDATES.name, samples.cancelled(first, {"1": 1}, reason_code=short))
+        two = await west.request(order_id)
+    assert [(x.sku, x.quantity) for r in (one, two) for x in r.data.lines] == [(sku, 1), (sku, 1)]
+    await stock_at(system, sku, "WH-EAST", on_hand=1, reserved=1, available=0)
+    await stock_at(system, sku, "WH-WEST", on_hand=3, reserved=2, available=1)
+    order = await order_when(system, order_id, lambda o: units(o)["1"]["requested"] == 3, "every unit requested")
+    assert units(order)["1"]["open"] == 0
+    assert order["refunds"] == [] and order["cancellations"] == []
+
+
+async def test_a_source_update_with_an_unknown_reason_code_is_dead_lettered_with_the_field_error(
+    system: System, network
+):
+    rid = run_id()
+    sku = f"BAD-CODE-{rid}"
+    await in_stock(system, "WH-EAST", {sku: 1})
+    submitted = samples.order_submitted(f"bad-code-{rid}", [(sku, 1, "9.00")])
+    order_id = submitted.data.order_id
+    async with Feed(system, fulfillment_requests("WH-EAST").name) as east:
+        await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
+        request = await east.request(order_id)
+    await stock_at(system, sku, "WH-EAST", on_hand=1, reserved=1)
+    bad = json.loads(samples.cancelled(request, {"1": 1}).to_bytes())
+    bad["data"]["reason_code"] = "eaten_by_mice"
+    dlq = system.consumer(DEAD_LETTERS.name)
+    await dlq.start()
+    dead: dict[str, dict[str, str]] = {}
+    try:
+        await system.publish(FULFILLMENT_UPDATES.name, json.dumps(bad).encode(), key=str(order_id))
+
+        def order_and_inventory(record) -> bool:
+            headers = {k: v.decode() for k, v in record.headers}
+            if record.key == str(order_id).encode():
+                dead[headers["oms-service"]] = headers
+            return {"order", "inventory"} <= set(dead)
+
+        await read_until(dlq, order_and_inventory, timeout=60)
+    finally:
+        await dlq.stop()
+    for service in ("order", "inventory"):
+        assert dead[service]["oms-error-class"] == "ValidationError"
+        assert "data.reason_code" in dead[service]["oms-error-message"]
+    # Nothing moved: the unit is still reserved and requested.
+    await stock_at(system, sku, "WH-EAST", on_hand=1, reserved=1, available=0)
+    order = await order_view(system, order_id)
+    assert units(order)["1"]["requested"] == 1
 
 
 async def test_a_return_in_store_refunds_restocks_the_store_and_serves_a_backorder_waiting_for_that_sku(
