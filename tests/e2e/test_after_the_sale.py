@@ -280,6 +280,18 @@ async def keep_and_drop(system: System, name: str, stock: int):
     return keep, drop, samples.order_submitted(f"{name}-{rid}", [(keep, 1, "10.00"), (drop, 2, "5.00")])
 
 
+async def requested_from_wh_east(system: System, name: str, quantity: int):
+    """A paid order of `quantity` units (10.00 each) of a SKU that WH-EAST alone holds, requested from WH-EAST:
+    (sku, the submitted order, the request)."""
+    rid = run_id()
+    sku = f"{name.upper()}-{rid}"
+    await in_stock(system, "WH-EAST", {sku: quantity})
+    submitted = samples.order_submitted(f"{name}-{rid}", [(sku, quantity, "10.00")])
+    async with Feed(system, fulfillment_requests("WH-EAST").name) as warehouse:
+        await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
+        return sku, submitted, await warehouse.request(submitted.data.order_id)
+
+
 async def test_cancelling_a_backordered_line_refunds_it_with_its_shares_and_the_last_line_refunds_shipping_too(
     system: System, network
 ):
@@ -483,14 +495,10 @@ async def test_the_only_source_of_a_sku_out_of_stock_backorders_the_line_and_its
 ):
     """A shelf found empty is written off where it was: the line waits for stock instead of being served at once
     from units that are not there, and is not sent back to that source until stock arrives there."""
-    rid = run_id()
-    sku = f"EMPTY-SHELF-{rid}"
-    await in_stock(system, "WH-EAST", {sku: 1})
-    submitted = samples.order_submitted(f"empty-shelf-{rid}", [(sku, 1, "12.00")])
+    sku, submitted, first = await requested_from_wh_east(system, "empty-shelf", 1)
     order_id = submitted.data.order_id
     async with Feed(system, fulfillment_requests("WH-EAST").name) as east, Feed(system, ORDER_EVENTS.name) as events:
-        await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
-        first = await east.request(order_id)
+        assert (await east.request(order_id)).data.fulfillment_id == first.data.fulfillment_id  # read from the start
         await stock_at(system, sku, "WH-EAST", on_hand=1, reserved=1, available=0)
 
         empty = samples.cancelled(first, {"1": 1}, reason="not found", reason_code=fulfillment.ReasonCode.out_of_stock)
@@ -521,15 +529,9 @@ async def test_the_only_source_of_a_sku_out_of_stock_backorders_the_line_and_its
 
 
 async def test_a_source_that_gives_up_a_line_unit_by_unit_has_each_unit_replanned_elsewhere(system: System, network):
-    rid = run_id()
-    sku = f"UNIT-BY-UNIT-{rid}"
-    await in_stock(system, "WH-EAST", {sku: 3})
-    submitted = samples.order_submitted(f"unit-by-unit-{rid}", [(sku, 3, "8.00")])
+    sku, submitted, first = await requested_from_wh_east(system, "unit-by-unit", 3)
     order_id = submitted.data.order_id
-    east, west = Feed(system, fulfillment_requests("WH-EAST").name), Feed(system, fulfillment_requests("WH-WEST").name)
-    async with east, west:
-        await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
-        first = await east.request(order_id)
+    async with Feed(system, fulfillment_requests("WH-WEST").name) as west:
         await in_stock(system, "WH-WEST", {sku: 3})
         short = fulfillment.ReasonCode.out_of_stock
 
@@ -549,14 +551,8 @@ async def test_a_source_that_gives_up_a_line_unit_by_unit_has_each_unit_replanne
 async def test_a_source_update_with_an_unknown_reason_code_is_dead_lettered_with_the_field_error(
     system: System, network
 ):
-    rid = run_id()
-    sku = f"BAD-CODE-{rid}"
-    await in_stock(system, "WH-EAST", {sku: 1})
-    submitted = samples.order_submitted(f"bad-code-{rid}", [(sku, 1, "9.00")])
+    sku, submitted, request = await requested_from_wh_east(system, "bad-code", 1)
     order_id = submitted.data.order_id
-    async with Feed(system, fulfillment_requests("WH-EAST").name) as east:
-        await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
-        request = await east.request(order_id)
     await stock_at(system, sku, "WH-EAST", on_hand=1, reserved=1)
     bad = json.loads(samples.cancelled(request, {"1": 1}).to_bytes())
     bad["data"]["reason_code"] = "eaten_by_mice"
@@ -1197,14 +1193,8 @@ async def test_a_failed_payment_cancels_the_order_and_the_customer_is_told_why(s
 async def test_malformed_cancellations_and_returns_are_dead_lettered_with_their_field_errors_and_change_nothing(
     system: System, network
 ):
-    rid = run_id()
-    sku = f"MALFORMED-{rid}"
-    await in_stock(system, "WH-EAST", {sku: 2})
-    submitted = samples.order_submitted(f"malformed-{rid}", [(sku, 2, "10.00")])
+    sku, submitted, request = await requested_from_wh_east(system, "malformed", 2)
     order_id = submitted.data.order_id
-    async with Feed(system, fulfillment_requests("WH-EAST").name) as warehouse:
-        await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
-        request = await warehouse.request(order_id)
     await system.publish(FULFILLMENT_UPDATES.name, samples.shipped(request), samples.delivered(request))
     before = await order_view(system, order_id, "delivered")
     await stock_at(system, sku, "WH-EAST", on_hand=0, reserved=0)
