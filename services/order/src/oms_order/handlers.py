@@ -443,7 +443,9 @@ def _on_fulfillment_update(message: Incoming, order: Order | None, _orders, _out
         case fulfillment.FulfillmentAccepted():
             order.accept_fulfillment(data.fulfillment_id, data.source_code, cause)
         case fulfillment.FulfillmentRejected():
-            order.reject_fulfillment(data.fulfillment_id, data.source_code, data.reason, cause)
+            order.reject_fulfillment(
+                data.fulfillment_id, data.source_code, data.reason, cause, reason_code=data.reason_code.value
+            )
         case fulfillment.FulfillmentShipped():
             units = Counter()
             for x in data.lines:
@@ -463,7 +465,14 @@ def _on_fulfillment_update(message: Incoming, order: Order | None, _orders, _out
             units: Counter[str] = Counter()
             for x in data.lines:
                 units[x.line_id] += x.quantity
-            order.cancel_at_source(data.fulfillment_id, data.source_code, dict(units), data.reason, cause)
+            order.cancel_at_source(
+                data.fulfillment_id,
+                data.source_code,
+                dict(units),
+                data.reason,
+                cause,
+                reason_code=data.reason_code.value,
+            )
     return order
 
 
