@@ -41,7 +41,7 @@ from oms_runtime.loop import run_when_woken
 from oms_runtime.outbox import append
 from oms_runtime.telemetry import context_from_traceparent, traceparent_of, tracer
 
-from . import store
+from . import metrics, store
 from .domain import Audience, Delivery, Outcome, RetryPolicy, outcome_of_reply
 from .domain import Status as NotificationStatus
 from .settings import NotificationsSettings
@@ -165,6 +165,7 @@ class Sender:
                 if event is not None:
                     tx.emit(event, traceparent=attempt.traceparent or notification.traceparent)
             await append(conn, tx.outbox)
+        metrics.sent(due, [delivery for _, delivery in deliveries], at)
         if tx.outbox:
             self.after_commit()
         return len(due)

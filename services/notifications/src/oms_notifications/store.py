@@ -293,6 +293,8 @@ class Outgoing:
     traceparent: str | None
     audience: Audience
     delivery: Delivery
+    # When its cause happened (the event's time): how long the customer waited for the mail is measured from it.
+    cause_at: datetime | None = None
 
 
 async def lock_due(pg: asyncpg.Connection, now: datetime, limit: int) -> list[Outgoing]:
@@ -307,7 +309,7 @@ async def lock_due(pg: asyncpg.Connection, now: datetime, limit: int) -> list[Ou
     rows = await pg.fetch(
         """
         SELECT id, order_id, cause_event_id, template, channel, recipient, recipient_name, subject, body_text,
-               body_html, traceparent, audience, attempts, next_attempt_at, last_error
+               body_html, traceparent, audience, attempts, next_attempt_at, last_error, cause_at
         FROM notifications AS n
         WHERE status = 'pending' AND next_attempt_at <= $1
           AND (
@@ -345,6 +347,7 @@ async def lock_due(pg: asyncpg.Connection, now: datetime, limit: int) -> list[Ou
                 next_attempt_at=row["next_attempt_at"],
                 last_error=row["last_error"],
             ),
+            cause_at=row["cause_at"],
         )
         for row in rows
     ]

@@ -3,7 +3,7 @@
 from oms_contracts.topics import ORDER_EVENTS, fulfillment_requests
 from oms_runtime import Service
 
-from . import api, handlers
+from . import api, handlers, metrics
 from .settings import OrderSettings
 
 DESCRIPTION = (
@@ -16,6 +16,7 @@ DESCRIPTION = (
 def create_service(settings: OrderSettings) -> Service:
     service = Service(settings, description=DESCRIPTION)
     handlers.register(service)
+    metrics.register(service)
     service.publishes(ORDER_EVENTS)
     service.publishes(
         fulfillment_requests("{source_code}"), "Fulfillment requests; one topic per source, named by its code"

@@ -33,7 +33,7 @@ from oms_contracts.topics import CHANNEL_ORDERS, FULFILLMENT_UPDATES, INVENTORY_
 from oms_contracts.types import utc_now
 from oms_runtime import Incoming, Invalid, Refused, Service, Transaction, telemetry
 
-from . import domain, store
+from . import domain, metrics, store
 from .domain import Cause, Order, OrderRefusal
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ async def _apply(tx: Transaction, messages: list[Incoming], order_id_of, apply) 
             outgoing += [_translate(order, fact) for fact in order.events[recorded:]]
             for event in outgoing:
                 tx.emit(event, traceparent=order.traceparent)
+    await metrics.observe(tx, orders.values())  # before the save, which clears what the orders recorded
     await store.save(await tx.pg(), orders.values())
 
 
