@@ -34,7 +34,13 @@ export OMS_API_TOKENS="${OMS_API_TOKENS:-{\"$TOKEN\": \"cs-demo\"\}}"
 export OMS_NOTIFICATIONS_SMTP_HOST="${OMS_NOTIFICATIONS_SMTP_HOST:-127.0.0.1}"
 export OMS_NOTIFICATIONS_SMTP_PORT="${OMS_NOTIFICATIONS_SMTP_PORT:-1025}"
 export OMS_TRACE_FILE="${OMS_TRACE_FILE:-$RUN/traces.jsonl}"
+# Also local demo only: the key that signs and checks the backorder notice's wait-or-cancel link, where operator
+# alerts go (the mail catcher), and the token the order service's customer page asks inventory with.
+export OMS_CUSTOMER_LINK_KEY="${OMS_CUSTOMER_LINK_KEY:-demo-customer-link-key-local-use-only}"
+export OMS_NOTIFICATIONS_OPS_EMAIL="${OMS_NOTIFICATIONS_OPS_EMAIL:-ops@example.com}"
+export OMS_ORDER_INVENTORY_TOKEN="${OMS_ORDER_INVENTORY_TOKEN:-$TOKEN}"
 export OMS_ROUTING_URL="http://127.0.0.1:${PORT[routing]}" OMS_INVENTORY_URL="http://127.0.0.1:${PORT[inventory]}"
+export OMS_NOTIFICATIONS_ORDER_PUBLIC_URL="${OMS_NOTIFICATIONS_ORDER_PUBLIC_URL:-http://127.0.0.1:${PORT[order]}}"
 # Each service's database on the PostgreSQL this script starts (or finds), unless a URL is given.
 for service in "${SERVICES[@]}"; do
   var="OMS_${service^^}_DATABASE_URL"

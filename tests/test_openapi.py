@@ -79,6 +79,12 @@ def test_every_route_but_health_needs_a_token_and_documents_401(name):
             if path in public:
                 assert "security" not in operation, f"{method} {path} is public"
                 continue
+            if path.startswith("/customer/"):
+                # The customer's pages: the signed link is the credential, never a bearer token.
+                assert "security" not in operation, f"{method} {path} asks the customer for a token"
+                assert {p["name"] for p in operation["parameters"] if p["in"] == "query"} == {"lines", "expires", "sig"}
+                assert {"403", "410"} <= set(operation["responses"]), f"{method} {path}: forged/expired undocumented"
+                continue
             assert operation.get("security") == [{"HTTPBearer": []}], f"{method} {path} takes no token"
             assert operation["responses"]["401"]["content"]["application/json"]["schema"] == {
                 "$ref": "#/components/schemas/Problem"

@@ -1,12 +1,13 @@
 """The HTTP surface every service shares: health, readiness naming what is down, and bearer-token principals."""
 
 import logging
+from typing import Annotated
 
 import httpx
 import pytest
 from fastapi import APIRouter
 
-from oms_runtime import Principal, http
+from oms_runtime import Principal, Role, http, require_role
 
 UNREACHABLE_DATABASE = "postgresql+asyncpg://oms:oms@127.0.0.1:1/nowhere"
 
@@ -127,3 +128,63 @@ def test_a_token_is_compared_with_every_configured_token_and_no_prefix_matches(m
     for near_miss in ("alpha", "alpha-token ", "alpha-toke", "", "ALPHA-TOKEN"):
         assert http.principal_of(tokens, near_miss) is None
     assert http.principal_of({}, "alpha-token") is None
+
+
+@pytest.fixture
+def by_role(make_service):
+    service = make_service(
+        UNREACHABLE_DATABASE,
+        api_tokens={
+            "legacy-token": "old-timer",
+            "cs-token": {"principal": "ana", "roles": ["cs"]},
+            "finance-token": {"principal": "fin", "roles": ["finance", "viewer"]},
+            "admin-token": {"principal": "root", "roles": ["admin"]},
+            "nothing-token": {"principal": "nobody", "roles": []},
+        },
+    )
+    router = APIRouter()
+
+    @router.post("/cancellations")
+    async def cancel(who: Annotated[str, require_role(Role.cs)]) -> dict[str, str]:
+        return {"principal": who}
+
+    @router.get("/whoami")
+    async def whoami(who: Principal) -> dict[str, str]:
+        return {"principal": who}
+
+    service.http.include_router(router)
+    return service
+
+
+@pytest.mark.parametrize(
+    ("token", "status", "principal"),
+    [("cs-token", 200, "ana"), ("admin-token", 200, "root"), ("legacy-token", 200, "old-timer")],
+)
+async def test_a_route_that_requires_a_role_gives_the_principal_of_a_token_holding_it_or_admin(
+    by_role, token, status, principal
+):
+    async with client(by_role) as http:
+        response = await http.post("/cancellations", headers={"Authorization": f"Bearer {token}"})
+    assert (response.status_code, response.json()) == (status, {"principal": principal})
+
+
+@pytest.mark.parametrize("token", ["finance-token", "nothing-token"])
+async def test_a_token_without_the_role_gets_403_naming_what_is_needed(by_role, token):
+    async with client(by_role) as http:
+        response = await http.post("/cancellations", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 403
+    assert "needs one of admin, cs" in response.json()["detail"]
+
+
+async def test_a_route_that_requires_a_role_still_answers_401_without_a_known_token(by_role):
+    async with client(by_role) as http:
+        missing = await http.post("/cancellations")
+        unknown = await http.post("/cancellations", headers={"Authorization": "Bearer nope"})
+    assert (missing.status_code, unknown.status_code) == (401, 401)
+    assert missing.headers["www-authenticate"] == "Bearer"
+
+
+async def test_principal_keeps_working_for_tokens_with_roles(by_role):
+    async with client(by_role) as http:
+        response = await http.get("/whoami", headers={"Authorization": "Bearer nothing-token"})
+    assert response.json() == {"principal": "nobody"}

@@ -9,7 +9,7 @@ import pytest
 from faststream.security import SASLScram512
 from pydantic import ValidationError
 
-from oms_runtime import ServiceSettings, service_field
+from oms_runtime import ApiGrant, Role, ServiceSettings, service_field
 from oms_runtime.kafka import KafkaSettings, client_options
 
 
@@ -72,6 +72,31 @@ def test_api_tokens_that_are_json_but_not_an_object_are_refused(monkeypatch):
     with pytest.raises(ValidationError) as refused:
         ProbeSettings()
     assert "api_tokens" in str(refused.value)
+
+
+def test_a_token_may_name_a_principal_with_roles_and_a_plain_string_keeps_every_role(monkeypatch):
+    monkeypatch.setenv(
+        "OMS_API_TOKENS",
+        '{"ana-token": {"principal": "ana", "roles": ["cs"]}, "old-token": "ops", "mute-token": {"principal": "m",'
+        ' "roles": []}}',
+    )
+    settings = ProbeSettings()
+    assert settings.grant("ana-token") == ApiGrant(principal="ana", roles=frozenset({Role.cs}))
+    assert settings.grant("old-token") == ApiGrant(principal="ops", roles=frozenset(Role))
+    assert settings.grant("mute-token").roles == frozenset()
+    assert settings.grant("nobody") is None
+
+
+@pytest.mark.parametrize(
+    ("grant", "named"),
+    [('{"principal": "ana", "roles": ["support"]}', "roles"), ('{"roles": ["cs"]}', "principal")],
+)
+def test_a_token_with_an_unknown_role_or_without_a_principal_is_refused_by_name(monkeypatch, grant, named):
+    monkeypatch.setenv("OMS_API_TOKENS", f'{{"secret-token": {grant}}}')
+    with pytest.raises(ValidationError) as refused:
+        ProbeSettings()
+    assert named in str(refused.value) and "OMS_API_TOKENS" in str(refused.value)
+    assert "secret-token" not in str(refused.value), "the error names the principal, never the token"
 
 
 # Kafka security: one set of settings, every client built from it -------------------------------------------------

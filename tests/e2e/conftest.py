@@ -28,6 +28,8 @@ from oms_tools import samples
 
 SERVICES = ("order", "routing", "inventory", "notifications")
 TOKEN = "e2e-token"
+LINK_KEY = "e2e-customer-link-key-of-at-least-32-bytes"
+OPS_EMAIL = "ops@example.com"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -170,6 +172,11 @@ def system(oms_topics: str, service_database, tmp_path_factory) -> Iterator[Syst
                 "OMS_METRICS_REFRESH_S": "1",
                 # The order's single view asks inventory for the live queue position of backordered units.
                 "OMS_ORDER_INVENTORY_URL": f"http://127.0.0.1:{ports['inventory']}",
+                "OMS_ORDER_INVENTORY_TOKEN": TOKEN,
+                # The backorder notice's wait-or-cancel link, signed by notifications and checked by the order service.
+                "OMS_CUSTOMER_LINK_KEY": LINK_KEY,
+                "OMS_NOTIFICATIONS_ORDER_PUBLIC_URL": f"http://127.0.0.1:{ports['order']}",
+                "OMS_NOTIFICATIONS_OPS_EMAIL": OPS_EMAIL,
             }
             running.start(service)
         for service in SERVICES:

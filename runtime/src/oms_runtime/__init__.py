@@ -2,19 +2,22 @@
 
 from .consumer import Incoming, Invalid, Refused, Transaction
 from .database import Database, add_messaging_tables
-from .http import Principal
+from .http import Principal, require_role
 from .service import Service
-from .settings import ServiceSettings, service_field
+from .settings import ApiGrant, Role, ServiceSettings, service_field
 
 __all__ = [
+    "ApiGrant",
     "Database",
     "Incoming",
     "Invalid",
     "Principal",
     "Refused",
+    "Role",
     "Service",
     "ServiceSettings",
     "Transaction",
     "add_messaging_tables",
+    "require_role",
     "service_field",
 ]

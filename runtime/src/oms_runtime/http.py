@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
@@ -14,6 +15,7 @@ from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field
 
 from . import metrics, telemetry
+from .settings import ApiGrant, Role
 
 if TYPE_CHECKING:
     from .service import Service
@@ -48,26 +50,42 @@ def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def principal_of(tokens: dict[str, str], presented: str) -> str | None:
-    """The principal of a presented token, found in constant time: every configured token is compared (as a digest of
-    fixed length, so neither a matching prefix nor a token's length shows in the time taken), with no early exit."""
+def configured_token(tokens: Iterable[str], presented: str) -> str | None:
+    """The configured token a presented one is, found in constant time: every configured token is compared (as a
+    digest of fixed length, so neither a matching prefix nor a token's length shows in the time taken), with no
+    early exit."""
     wanted = _digest(presented)
     found = None
-    for token, who in tokens.items():
+    for token in tokens:
         if hmac.compare_digest(_digest(token), wanted):
-            found = who
+            found = token
     return found
+
+
+def principal_of(tokens: Mapping[str, str | ApiGrant], presented: str) -> str | None:
+    """The principal of a presented token, or None (constant time, as `configured_token`)."""
+    token = configured_token(tokens, presented)
+    if token is None:
+        return None
+    grant = tokens[token]
+    return grant if isinstance(grant, str) else grant.principal
+
+
+def _grant(request: Request, credentials: HTTPAuthorizationCredentials | None) -> ApiGrant:
+    """What the request's bearer token grants; 401 without a known token."""
+    if credentials is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token", {"WWW-Authenticate": "Bearer"})
+    settings = request.app.state.service.settings
+    token = configured_token(settings.api_tokens, credentials.credentials)
+    grant = settings.grant(token) if token is not None else None
+    if grant is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown bearer token", {"WWW-Authenticate": "Bearer"})
+    return grant
 
 
 def principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
     """The principal behind the request's bearer token; 401 without a known token."""
-    tokens: dict[str, str] = request.app.state.service.settings.api_tokens
-    if credentials is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token", {"WWW-Authenticate": "Bearer"})
-    who = principal_of(tokens, credentials.credentials)
-    if who is None:
-        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown bearer token", {"WWW-Authenticate": "Bearer"})
-    return who
+    return _grant(request, credentials).principal
 
 
 Principal = Annotated[str, Depends(principal)]
@@ -86,6 +104,24 @@ def _document_unauthorized(document: dict[str, Any]) -> dict[str, Any]:
                     str(status.HTTP_401_UNAUTHORIZED), {"description": UNAUTHORIZED["description"], "content": problem}
                 )
     return document
+
+
+def require_role(*roles: Role) -> Any:
+    """A dependency giving the principal of a token that holds one of `roles` (admin holds every one): 401 without
+    a known token, 403 when its roles do not allow the route. `who: Annotated[str, require_role(Role.cs)]`."""
+    allowed = frozenset(roles) | {Role.admin}
+    needed = ", ".join(sorted(allowed))
+
+    def holder(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> str:
+        grant = _grant(request, credentials)
+        if not grant.roles & allowed:
+            held = ", ".join(sorted(grant.roles)) or "none"
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"{grant.principal} may not do this: it needs one of {needed} (holds {held})"
+            )
+        return grant.principal
+
+    return Depends(holder)
 
 
 def create_app(service: Service, description: str) -> FastAPI:

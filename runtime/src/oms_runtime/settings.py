@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from .kafka import KafkaSettings
+
+
+class Role(StrEnum):
+    """What a token may do over HTTP. A service's endpoints say which roles they need (`http.require_role`)."""
+
+    viewer = "viewer"  # reads: every GET
+    cs = "cs"  # customer service: reads, cancellations, notes
+    finance = "finance"  # reads, notes
+    admin = "admin"  # everything
+
+
+class ApiGrant(BaseModel):
+    """A token's principal and its roles: `{"principal": "ana", "roles": ["cs"]}` in OMS_API_TOKENS."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    principal: str = Field(min_length=1, max_length=200)
+    roles: frozenset[Role] = Field(description="An empty list grants nothing but being known (every route: 403)")
 
 
 class ServiceSettings(KafkaSettings):
@@ -33,9 +52,11 @@ class ServiceSettings(KafkaSettings):
     database_url: str
     http_host: str = "127.0.0.1"
     http_port: int
-    # token -> principal, e.g. {"demo-cs-token": "cs-demo"}; empty means every authenticated endpoint answers 401.
-    # NoDecode: the validator below parses the JSON, so that a mistake is reported by name and an empty value is {}.
-    api_tokens: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # token -> principal with roles, e.g. {"ana-token": {"principal": "ana", "roles": ["cs"]}}; a plain string,
+    # {"demo-cs-token": "cs-demo"}, is a principal with every role (what such tokens could do before roles existed).
+    # Empty means every authenticated endpoint answers 401. NoDecode: the validator below parses the JSON, so that a
+    # mistake is reported by name and an empty value is {}.
+    api_tokens: Annotated[dict[str, str | ApiGrant], NoDecode] = Field(default_factory=dict)
     log_level: str = "INFO"
     # Largest batch a consumer takes at once, and how long it waits to fill one.
     batch_max_records: int = Field(default=500, ge=1)
@@ -63,10 +84,37 @@ class ServiceSettings(KafkaSettings):
     def _tokens_from_json(cls, value: object) -> object:
         if isinstance(value, str):
             try:
-                return json.loads(value) if value.strip() else {}
+                value = json.loads(value) if value.strip() else {}
             except json.JSONDecodeError as error:
-                raise ValueError(f"OMS_API_TOKENS must be a JSON object of token to principal: {error}") from error
+                raise ValueError(
+                    f"OMS_API_TOKENS must be a JSON object of token to principal or to "
+                    f'{{"principal": ..., "roles": [...]}}: {error}'
+                ) from error
+        if isinstance(value, dict):
+            value = {token: _grant(grant) for token, grant in value.items()}
         return value
+
+    def grant(self, token: str) -> ApiGrant | None:
+        """Who a token stands for and what it may do; None for an unknown token."""
+        found = self.api_tokens.get(token)
+        if isinstance(found, str):
+            return ApiGrant(principal=found, roles=frozenset(Role))
+        return found
+
+
+def _grant(value: object) -> object:
+    """A token's grant checked here, so that an error names the principal and never the token (the dict key)."""
+    if not isinstance(value, dict):
+        return value
+    try:
+        return ApiGrant.model_validate(value)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'grant'}: {e['msg']}" for e in error.errors(include_input=False)
+        )
+        raise ValueError(
+            f"OMS_API_TOKENS: the grant of principal {value.get('principal')!r} is invalid: {problems}"
+        ) from None
 
 
 def service_field(service: str, name: str, default: Any) -> Any:

@@ -1,19 +1,14 @@
 from __future__ import annotations
 
-import asyncio
-import socket
 import uuid
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from oms_contracts.topics import CHANNEL_ORDERS, FULFILLMENT_UPDATES, INVENTORY_ALLOCATIONS, ROUTING_PLANS
 from oms_order.app import create_service
 from oms_order.settings import OrderSettings
-from oms_runtime.testing import deliver
+from oms_runtime.testing import deliver, take_outbox
 from oms_tools import samples
 
 AUTH = {"Authorization": "Bearer cs-token"}
@@ -85,50 +80,6 @@ async def test_health_needs_no_token(client):
 
 
 # -- the single view of a mixed order, with inventory's live queue -----------------------------------------------
-
-
-class InventoryServer:
-    """A real HTTP server on a free local port answering `GET /backorders?order_id=` in inventory's shape, with what
-    a test puts in `waiting`; it records the Authorization header of each request. `answer` switches it to an error
-    status, or to never answering ("hang")."""
-
-    def __init__(self) -> None:
-        self.waiting: list[dict] = []
-        self.answer: int | str = 200
-        self.authorizations: list[str | None] = []
-        self.released = asyncio.Event()
-        app = FastAPI()
-
-        @app.get("/backorders")
-        async def backorders(order_id: uuid.UUID, request: Request):
-            self.authorizations.append(request.headers.get("authorization"))
-            if self.answer == "hang":
-                await self.released.wait()
-            if self.answer != 200:
-                return JSONResponse({"detail": "inventory is having a bad day"}, status_code=500)
-            return [entry for entry in self.waiting if entry["order_id"] == str(order_id)]
-
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        # Listening before the server starts: a request that comes early waits in the backlog, never refused.
-        self.socket.listen()
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
-
-    async def __aenter__(self) -> InventoryServer:
-        self.task = asyncio.create_task(self.server.serve(sockets=[self.socket]))
-        return self
-
-    async def __aexit__(self, *_) -> None:
-        self.released.set()
-        self.server.should_exit = True
-        await self.task
-
-
-@pytest.fixture(scope="module")
-async def inventory():
-    async with InventoryServer() as server:
-        yield server
 
 
 def viewer(service_database, inventory_url: str):
@@ -223,10 +174,10 @@ async def test_an_order_with_nothing_backordered_does_not_ask_inventory(order_se
     ],
 )
 async def test_when_inventory_fails_the_view_shows_the_lines_without_places_and_says_so(
-    order_service, service_database, answer, why
+    order_service, service_database, inventory_server, answer, why
 ):
     order_id = await mixed_order(order_service, f"view-down-{answer}")
-    async with InventoryServer() as inventory:
+    async with inventory_server() as inventory:
         inventory.answer = answer
         url = inventory.url
         if answer == "down":
@@ -239,3 +190,261 @@ async def test_when_inventory_fails_the_view_shows_the_lines_without_places_and_
     [warning] = body["warnings"]
     assert warning.startswith("backorder positions and expected dates are not shown") and why in warning
     assert body["fulfillments"][0]["parcels"][0]["tracking_number"] == "P-1"
+
+
+# -- customer service: roles, cancellations, notes ---------------------------------------------------------------
+
+ROLE_TOKENS = {
+    "cs-token": "cs-agent",  # a plain principal: every role, as before roles existed
+    "ana-token": {"principal": "ana", "roles": ["cs"]},
+    "fin-token": {"principal": "fin", "roles": ["finance"]},
+    "view-token": {"principal": "vera", "roles": ["viewer"]},
+    "root-token": {"principal": "root", "roles": ["admin"]},
+}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def desk(service_database):
+    """The order service as customer service reaches it, with tokens of every role, on the consumers' database."""
+    return create_service(OrderSettings(database_url=service_database("order"), api_tokens=ROLE_TOKENS))
+
+
+@pytest.fixture
+async def cs(desk):
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=desk.http), base_url="http://order") as c:
+        yield c
+
+
+async def waiting_order(order_service, name: str):
+    """TENT x1 requested from WH-EAST (not shipped), LAMP x3 backordered; paid 133.99."""
+    submitted = samples.order_submitted(name, [("TENT", 1, "99.00"), ("LAMP", 3, "10.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = samples.fulfillment_planned(submitted, [("1", 1)], [("2", 3)])
+    await deliver(order_service, ROUTING_PLANS, plan)
+    [_, request] = await deliver(order_service, INVENTORY_ALLOCATIONS, samples.shipment_reserved(plan))
+    return submitted.data.order_id, request.event
+
+
+async def test_customer_service_cancels_backordered_units_refunded_at_once_with_the_principal_as_actor(
+    order_service, desk, cs
+):
+    order_id, _ = await waiting_order(order_service, "http-cancel-1")
+    response = await cs.post(
+        f"/orders/{order_id}/cancellations",
+        json={"lines": [{"line_id": "2", "quantity": 2}], "reason": "customer called"},
+        headers=bearer("ana-token"),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["status"], body["requested_by"], body["via"], body["refunded"]) == (
+        "cancelled",
+        "ana",
+        "http",
+        "20.00",
+    )
+    assert body["lines"] == [{"line_id": "2", "sku": "LAMP", "asked": 2, "cancelled": 2, "pending": 0, "refused": 0}]
+    emitted = await take_outbox(desk)
+    assert [e.headers["ce-type"] for e in emitted] == ["oms.order.lines_cancelled.v1", "oms.order.refund_issued.v1"]
+    assert emitted[0].event.data.actor == "ana" and emitted[0].event.data.cancellation_id == uuid.UUID(
+        body["cancellation_id"]
+    )
+    view = (await cs.get(f"/orders/{order_id}", headers=bearer("view-token"))).json()
+    assert (view["grand_total"], view["refunded_total"], view["submitted"]["grand_total"]) == (
+        "113.99",
+        "20.00",
+        "133.99",
+    )
+    assert view["lines"][1]["quantities"]["cancelled"] == 2
+    assert [c["cancellation_id"] for c in view["cancellations"]] == [body["cancellation_id"]]
+    assert [(r["amount"], r["cause"]) for r in view["refunds"]] == [("20.00", "cancellation")]
+    timeline = (await cs.get(f"/orders/{order_id}/timeline", headers=bearer("fin-token"))).json()
+    assert [(t["kind"], t["actor"], t["cause_type"]) for t in timeline[-3:]] == [
+        ("cancellation_requested", "ana", "http"),
+        ("units_cancelled", "ana", "http"),
+        ("refund", "ana", "http"),
+    ]
+
+
+async def test_a_requested_unit_is_asked_of_its_source_and_the_cancellation_answers_pending(order_service, desk, cs):
+    order_id, request = await waiting_order(order_service, "http-cancel-pending")
+    response = await cs.post(
+        f"/orders/{order_id}/cancellations", json={"lines": None, "reason": "moving abroad"}, headers=bearer("cs-token")
+    )
+    body = response.json()
+    assert body["status"] == "pending" and body["whole_order"] is True
+    assert {x["line_id"]: (x["cancelled"], x["pending"]) for x in body["lines"]} == {"1": (0, 1), "2": (3, 0)}
+    emitted = await take_outbox(desk)
+    [asked] = [e for e in emitted if e.headers["ce-type"] == "oms.fulfillment.cancel_requested.v1"]
+    assert asked.topic == "oms.fulfillment.requests.WH-EAST.v1"
+    assert asked.event.data.fulfillment_id == request.data.fulfillment_id
+    # The source confirms: the tent is cancelled, and with it the order.
+    emitted = await deliver(order_service, FULFILLMENT_UPDATES, samples.cancelled(request, {"1": 1}))
+    assert [e.headers["ce-type"] for e in emitted][:2] == [
+        "oms.order.status_changed.v1",
+        "oms.order.lines_cancelled.v1",
+    ]
+    view = (await cs.get(f"/orders/{order_id}", headers=bearer("cs-token"))).json()
+    assert view["status"] == "cancelled" and view["refunded_total"] == view["paid_amount"] == "133.99"
+    assert view["cancellations"][0]["status"] == "cancelled"
+
+
+async def test_cancelling_shipped_units_is_409_with_the_reason_and_changes_nothing(order_service, cs):
+    order_id, request = await waiting_order(order_service, "http-cancel-shipped")
+    await deliver(order_service, FULFILLMENT_UPDATES, samples.parcel(request, {"1": 1}, tracking_number="H-1"))
+    before = (await cs.get(f"/orders/{order_id}", headers=bearer("cs-token"))).json()
+    response = await cs.post(
+        f"/orders/{order_id}/cancellations",
+        json={"lines": [{"line_id": "1", "quantity": 1}, {"line_id": "2", "quantity": 1}], "reason": "x"},
+        headers=bearer("ana-token"),
+    )
+    assert response.status_code == 409
+    assert (
+        "line 1 (TENT): 1 units asked, only 0 can still be cancelled (1 already shipped)" in response.json()["detail"]
+    )
+    after = (await cs.get(f"/orders/{order_id}", headers=bearer("cs-token"))).json()
+    assert after == before and after["cancellations"] == []
+
+
+async def test_the_same_idempotency_key_applies_once_and_reused_for_another_request_is_409(order_service, cs):
+    order_id, _ = await waiting_order(order_service, "http-cancel-key")
+    ask = {"lines": [{"line_id": "2", "quantity": 1}], "reason": "one less"}
+    key = {**bearer("ana-token"), "Idempotency-Key": "ticket-4711"}
+    first = await cs.post(f"/orders/{order_id}/cancellations", json=ask, headers=key)
+    again = await cs.post(f"/orders/{order_id}/cancellations", json=ask, headers=key)
+    assert first.status_code == again.status_code == 200 and first.json() == again.json()
+    view = (await cs.get(f"/orders/{order_id}", headers=bearer("cs-token"))).json()
+    assert view["lines"][1]["quantities"]["cancelled"] == 1 and len(view["refunds"]) == 1
+    other = await cs.post(
+        f"/orders/{order_id}/cancellations", json={**ask, "lines": [{"line_id": "2", "quantity": 2}]}, headers=key
+    )
+    assert other.status_code == 409 and "asked before with other lines" in other.json()["detail"]
+    # Another principal's key of the same name is another request.
+    theirs = await cs.post(
+        f"/orders/{order_id}/cancellations",
+        json=ask,
+        headers={**bearer("root-token"), "Idempotency-Key": "ticket-4711"},
+    )
+    assert theirs.status_code == 200 and theirs.json()["cancellation_id"] != first.json()["cancellation_id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        ({"lines": [{"line_id": "9", "quantity": 1}], "reason": "x"}, 422, "has no line 9"),
+        ({"lines": [{"line_id": "2", "quantity": 0}], "reason": "x"}, 422, "greater than 0"),
+        ({"lines": [], "reason": "x"}, 422, "at least 1 item"),
+        ({"lines": [{"line_id": "2", "quantity": 1}]}, 422, "Field required"),
+        (
+            {"lines": [{"line_id": "2", "quantity": 4}], "reason": "x"},
+            409,
+            "4 units asked, only 3 can still be cancelled",
+        ),
+    ],
+)
+async def test_a_bad_cancellation_is_refused_with_the_reason(order_service, cs, body, status, says):
+    order_id, _ = await waiting_order(order_service, f"http-bad-{uuid.uuid4().hex[:6]}")
+    response = await cs.post(f"/orders/{order_id}/cancellations", json=body, headers=bearer("ana-token"))
+    assert response.status_code == status and says in response.text
+
+
+async def test_a_cancellation_or_note_for_an_unknown_order_is_404(cs):
+    unknown = uuid.uuid4()
+    for path, body in [("cancellations", {"lines": None, "reason": "x"}), ("notes", {"text": "hello"})]:
+        response = await cs.post(f"/orders/{unknown}/{path}", json=body, headers=bearer("root-token"))
+        assert response.status_code == 404 and str(unknown) in response.json()["detail"]
+
+
+async def test_notes_are_timeline_entries_by_their_author(order_service, cs):
+    order_id, _ = await waiting_order(order_service, "http-note")
+    response = await cs.post(
+        f"/orders/{order_id}/notes", json={"text": "Customer asked about the lamps."}, headers=bearer("fin-token")
+    )
+    assert response.status_code == 201
+    assert (response.json()["kind"], response.json()["actor"]) == ("note", "fin")
+    timeline = (await cs.get(f"/orders/{order_id}/timeline", headers=bearer("view-token"))).json()
+    assert (timeline[-1]["kind"], timeline[-1]["actor"], timeline[-1]["note"]) == (
+        "note",
+        "fin",
+        "Customer asked about the lamps.",
+    )
+    assert [t["to_status"] for t in timeline if t["kind"] == "status"] == [
+        "pending",
+        "payment_processing",
+        "paid",
+        "awaiting_fulfillment",
+    ]
+    assert (
+        await cs.post(f"/orders/{order_id}/notes", json={"text": ""}, headers=bearer("fin-token"))
+    ).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed", "forbidden"),
+    [
+        ("GET", "/orders/{id}", ["view-token", "ana-token", "fin-token", "root-token", "cs-token"], []),
+        ("GET", "/orders/{id}/timeline", ["view-token", "fin-token"], []),
+        ("GET", "/orders", ["view-token", "ana-token"], []),
+        ("POST", "/orders/{id}/cancellations", ["ana-token", "root-token", "cs-token"], ["view-token", "fin-token"]),
+        ("POST", "/orders/{id}/notes", ["ana-token", "fin-token", "root-token"], ["view-token"]),
+    ],
+)
+async def test_each_route_answers_by_the_tokens_role_401_without_one_and_403_without_the_right(
+    order_service, cs, method, path, allowed, forbidden
+):
+    order_id, _ = await waiting_order(order_service, f"http-roles-{uuid.uuid4().hex[:6]}")
+    url = path.format(id=order_id)
+    body = {"notes": {"text": "n"}, "cancellations": {"lines": [{"line_id": "2", "quantity": 1}], "reason": "r"}}
+    payload = body.get(url.rsplit("/", 1)[-1])
+    for token in allowed:
+        response = await cs.request(method, url, json=payload, headers=bearer(token))
+        assert response.status_code in (200, 201), (token, response.text)
+    for token in forbidden:
+        response = await cs.request(method, url, json=payload, headers=bearer(token))
+        assert response.status_code == 403 and "may not do this" in response.json()["detail"], token
+    assert (await cs.request(method, url, json=payload)).status_code == 401
+    assert (await cs.request(method, url, json=payload, headers=bearer("stolen"))).status_code == 401
+
+
+async def test_the_openapi_of_every_route_lists_each_answer_it_can_give(cs):
+    spec = (await cs.get("/openapi.json")).json()
+    expected = {
+        ("get", "/orders/{order_id}"): {"200", "401", "403", "404", "422"},
+        ("get", "/orders/{order_id}/timeline"): {"200", "401", "403", "404", "422"},
+        ("get", "/orders"): {"200", "401", "403", "422"},
+        ("post", "/orders/{order_id}/cancellations"): {"200", "401", "403", "404", "409", "422"},
+        ("post", "/orders/{order_id}/notes"): {"201", "401", "403", "404", "422"},
+    }
+    for (method, path), codes in expected.items():
+        assert set(spec["paths"][path][method]["responses"]) == codes, (method, path)
+
+
+async def test_the_view_lists_returns_and_their_refunds(order_service, cs):
+    submitted = samples.order_submitted("http-returned", [("TENT", 2, "50.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = samples.fulfillment_planned(submitted, [("1", 2)])
+    await deliver(order_service, ROUTING_PLANS, plan)
+    [_, request] = await deliver(order_service, INVENTORY_ALLOCATIONS, samples.shipment_reserved(plan))
+    await deliver(order_service, FULFILLMENT_UPDATES, samples.shipped(request.event))
+    returned = samples.return_received(submitted, {"1": (1, "damaged")}, "STORE-BERLIN", reason="torn")
+    await deliver(order_service, CHANNEL_ORDERS, returned)
+    view = (await cs.get(f"/orders/{submitted.data.order_id}", headers=bearer("fin-token"))).json()
+    [back] = view["returns"]
+    assert (back["return_id"], back["source_code"], back["reason"], back["refund_amount"]) == (
+        str(returned.id),
+        "STORE-BERLIN",
+        "torn",
+        "50.00",
+    )
+    assert back["lines"] == [{"line_id": "1", "sku": "TENT", "quantity": 1, "condition": "damaged"}]
+    [refund] = view["refunds"]
+    assert (refund["cause"], refund["return_id"], refund["amount"], refund["refunded_total"]) == (
+        "return",
+        str(returned.id),
+        "50.00",
+        "50.00",
+    )
+    assert view["lines"][0]["quantities"]["returned"] == 1 and view["status"] == "fulfilled"

@@ -1,6 +1,7 @@
 import copy
 import itertools
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
@@ -29,28 +30,8 @@ CAUSE = Cause("test", NOW, uuid.uuid4(), "0" * 32)
 
 
 def new_order(*lines: tuple[str, int, str]) -> domain.Order:
-    lines = lines or (("SKU-1", 2, "19.99"),)
-    order_lines = [domain.Line(str(i), sku, qty, Decimal(price)) for i, (sku, qty, price) in enumerate(lines, 1)]
-    total = sum((line.unit_price * line.quantity for line in order_lines), Decimal(0)) + Decimal("4.99")
-    return domain.accept(
-        uuid.uuid4(),
-        channel="web-eu",
-        external_order_id="1001",
-        currency="EUR",
-        placed_at=NOW,
-        customer={"email": "ada@example.com", "name": "Ada"},
-        shipping_address={"name": "Ada", "line1": "x", "city": "Berlin", "country": "DE"},
-        shipping_method="standard",
-        pickup_source=None,
-        options={"ship_complete": False, "backorder_policy": "allow"},
-        lines=order_lines,
-        shipping_total=Decimal("4.99"),
-        tax_total=Decimal(0),
-        discount_total=Decimal(0),
-        grand_total=total,
-        cause=CAUSE,
-        traceparent=None,
-    )
+    """A pending order of `lines` (two units of SKU-1 by default), shipping 4.99, no tax or discount."""
+    return priced_order(*(lines or (("SKU-1", 2, "19.99"),)))
 
 
 def paid_order(*lines) -> domain.Order:
@@ -480,11 +461,47 @@ def test_an_allocation_of_an_already_shipped_line_is_refused():
     unchanged_by(order, lambda: order.allocate_backorder(shipped_line, CAUSE), "line 1 already shipped")
 
 
-def test_an_allocation_of_a_cancelled_line_is_refused():
+def test_an_allocation_of_units_cancelled_meanwhile_gives_them_back_and_requests_only_the_rest():
+    # The cancellation had not reached inventory when it allocated: what it reserved for them goes back at once.
+    order = paid_order(("A", 1, "1.00"), ("B", 3, "1.00"))
+    plan(order, [units_of(order, "1", 1)], backordered=units_of(order, "2", 3))
+    order.request_cancellation(
+        domain.CancellationRequest(uuid.uuid4(), "cs-agent", "http", "too late", (domain.LineRequest("2", 2),)), CAUSE
+    )
+    allocated = allocation(units_of(order, "2", 3))
+    order.allocate_backorder(allocated, CAUSE)
+    fulfillment = order.fulfillments[allocated.fulfillment_id]
+    assert fulfillment.status is F.requested and fulfillment.requestable() == units_of(order, "2", 1)
+    assert units(order, "2") == {L.requested: 1, L.cancelled: 2}
+    [released] = [e for e in events(order, domain.UnitsCancelled) if e.released]
+    assert [(u.line_id, u.quantity, u.was, u.fulfillment_id) for u in released.units] == [
+        ("2", 2, "reserved", allocated.fulfillment_id)
+    ]
+    assert released.refund is None and order.refunded_total == Decimal("2.00")  # refunded once, by the cancellation
+
+
+def test_an_allocation_of_nothing_but_cancelled_units_is_given_back_and_requests_nothing():
     order = paid_order(("A", 1, "1.00"), ("B", 2, "1.00"))
     plan(order, backordered=units_of(order, "1", 1), unfulfillable=units_of(order, "2", 2))
     cancelled = allocation(units_of(order, "2", 1))
-    unchanged_by(order, lambda: order.allocate_backorder(cancelled, CAUSE), "line 2 is cancelled")
+    order.allocate_backorder(cancelled, CAUSE)
+    assert order.fulfillments[cancelled.fulfillment_id].status is F.cancelled
+    assert not [
+        e
+        for e in events(order, domain.FulfillmentRequested)
+        if e.fulfillment.fulfillment_id == cancelled.fulfillment_id
+    ]
+    assert [e.released for e in events(order, domain.UnitsCancelled)][-1] is True
+
+
+def test_an_allocation_beyond_what_waits_and_what_cancellations_explain_is_refused():
+    order = paid_order(("A", 1, "1.00"), ("B", 2, "1.00"))
+    plan(order, backordered=units_of(order, "1", 1), unfulfillable=units_of(order, "2", 2))
+    unchanged_by(
+        order,
+        lambda: order.allocate_backorder(allocation(units_of(order, "1", 2)), CAUSE),
+        "allocation of 2 units of line 1 .* only 1 are backordered",
+    )
 
 
 def test_an_allocation_for_an_order_that_takes_no_fulfillment_is_refused():
@@ -895,33 +912,68 @@ def _check_units_add_up(order: domain.Order) -> None:
     for line in order.lines.values():
         assert all(n >= 0 for n in line.units.values()) and sum(line.units.values()) == line.quantity
         held = {state: 0 for state in L}
+        out = delivered = 0
         for f in order.fulfillments.values():
-            in_it = sum(x.quantity for x in f.lines if x.line_id == line.line_id)
             if f.status is F.planned:
-                held[L.reserved] += in_it
+                held[L.reserved] += f.still_to_ship(line.line_id)
             elif f.status in (F.requested, F.accepted):
                 held[L.requested] += f.still_to_ship(line.line_id)
+            assert f.pending_units(line.line_id) <= max(f.still_to_ship(line.line_id), 0), (f, line)
+            assert f.still_to_ship(line.line_id) >= 0 or f.status is F.rejected, (f, line)
             for p in f.parcels:
                 units_in = sum(x.quantity for x in p.lines if x.line_id == line.line_id)
-                held[L.delivered if p.delivered_at else L.shipped] += units_in
-        for state in (L.reserved, L.requested, L.shipped, L.delivered):
+                out += units_in
+                delivered += units_in if p.delivered_at else 0
+        for state in (L.reserved, L.requested):
             assert line.units[state] == held[state], (line, state)
-        # shipped + open in fulfillments + backordered + cancelled (+ not placed yet) = ordered
-        assert (
-            held[L.shipped]
-            + held[L.delivered]
-            + held[L.reserved]
-            + held[L.requested]
-            + line.units[L.backordered]
-            + line.units[L.cancelled]
-            + line.units[L.open]
-        ) == line.quantity
+        # Every unit that left is shipped, delivered or returned; returns take delivered units first.
+        assert line.units[L.shipped] + line.units[L.delivered] + line.units[L.returned] == out, line
+        assert line.units[L.delivered] <= delivered, line
+
+
+def _check_money(order: domain.Order) -> None:
+    """Refunds never exceed what was paid, each unit is refunded at most once, a paid order with nothing left
+    refunds exactly what was paid, and the totals are what the units and cancellations left."""
+    refunds = events_of_refunds(order)
+    assert order.refunded_total == sum((r.amount for r in refunds), Decimal(0))
+    assert all(r.amount > 0 for r in refunds)
+    paid = order.paid_amount or Decimal(0)
+    assert order.refunded_total <= paid
+    units = order.units()
+    for line in order.lines.values():
+        refunded = sum(x.quantity for r in refunds for x in r.lines if x.line_id == line.line_id)
+        assert refunded <= line.units[L.cancelled] + line.units[L.returned], line
+    if order.paid_amount is not None and units[L.cancelled] + units[L.returned] == units.total():
+        assert order.refunded_total == order.paid_amount
+    left = order.left
+    assert order.grand_total == left.grand and left.grand >= 0
+    assert min(left.goods, left.shipping, left.tax, left.discount) >= 0
+    if units[L.cancelled] == units.total():
+        assert order.grand_total == 0
+
+
+def _check_cancellations(order: domain.Order) -> None:
+    """Each request's units are cancelled, pending or refused, and pending ones are exactly those fulfillments wait
+    to hear about."""
+    for record in order.cancellations.values():
+        for line_id, x in record.lines.items():
+            assert min(x.cancelled, x.pending, x.refused) >= 0, record
+            if x.asked is not None and record.refusal is None:
+                assert x.cancelled + x.pending == x.asked, record
+            pending = sum(
+                p.quantity
+                for f in order.fulfillments.values()
+                for p in f.pending
+                if p.cancellation_id == record.cancellation_id and p.line_id == line_id
+            )
+            assert pending == x.pending, record
 
 
 def _check_status_follows_units(order: domain.Order) -> None:
     units = order.units()
     to_ship = sum(units[s] for s in domain.TO_SHIP)
     has_shipped = sum(units[s] for s in domain.HAS_SHIPPED)
+    gone = units[L.cancelled] + units[L.returned]
     expected = {
         S.partially_fulfilled: has_shipped > 0 and to_ship > 0,
         S.fulfilled: to_ship == 0 and units[L.shipped] > 0,
@@ -929,22 +981,54 @@ def _check_status_follows_units(order: domain.Order) -> None:
         # (a rejected shipment may leave it with open units only, until routing's re-plan)
         S.awaiting_fulfillment: has_shipped == 0,
         S.paid: has_shipped == 0 and units[L.requested] == 0 and units[L.backordered] < sum(units.values()),
+        S.cancelled: units[L.cancelled] == units.total(),
+        S.refunded: gone == units.total() and units[L.returned] > 0,
     }
     if order.status in expected:
         assert expected[order.status], (order.status, units)
     if has_shipped:
-        assert order.status in (S.partially_fulfilled, S.fulfilled, S.delivered)
+        assert order.status in (S.partially_fulfilled, S.fulfilled, S.delivered, S.refunded)
+    if units[L.cancelled] == units.total():
+        assert order.status is S.cancelled
+    elif gone == units.total():
+        assert order.status is S.refunded
 
 
-PAYING = ["capture", "capture", "capture", "authorize", "fail", "cancel"]
+def events_of_refunds(order: domain.Order) -> list[domain.Refund]:
+    made = []
+    for e in order.events:
+        if isinstance(e, domain.UnitsCancelled | domain.Returned) and e.refund is not None:
+            made.append(e.refund)
+    return made
+
+
+PAYING = ["capture", "capture", "capture", "authorize", "fail", "cancel", "cancel_lines"]
 # Weighted towards what moves an order forward, so that walks reach fulfilled and delivered; refusals come from
 # drawing fulfillments, lines and quantities that do not fit.
 FULFILLING = ["plan", "reserve", "reserve", "reject", "accept", "allocate", "allocate", "ship", "ship", "ship"]
 FULFILLING += ["resend", "deliver", "deliver", "replan", "overtaken", "overtaken"]
+# After the sale: cancellations of all kinds, the sources' own cancellations, returns.
+FULFILLING += ["cancel_lines", "cancel_lines", "cancel", "source_cancel", "source_cancel", "return", "return"]
 
 
-def _walk_step(order: domain.Order, data) -> None:
-    action = data.draw(st.sampled_from(PAYING if order.status in domain.UNPAID else FULFILLING))
+def _cancel_step(order: domain.Order, data, whole: bool) -> None:
+    if whole:
+        lines = None
+    else:
+        chosen = data.draw(st.lists(st.sampled_from(sorted(order.lines)), min_size=1, max_size=3), label="lines")
+        lines = tuple(domain.LineRequest(x, data.draw(st.integers(1, 3), label="units")) for x in chosen)
+    request = domain.CancellationRequest(
+        uuid.UUID(int=data.draw(st.integers(1, 6), label="request id")),
+        data.draw(st.sampled_from(["channel:web-eu:ada", "cs-agent"]), label="who"),
+        "channel",
+        "changed my mind",
+        lines,
+    )
+    order.request_cancellation(request, CAUSE, record_refusal=data.draw(st.booleans(), label="record refusal"))
+
+
+def _walk_step(order: domain.Order, data, choices: list[str] | None = None) -> None:
+    action = data.draw(st.sampled_from(PAYING if order.status in domain.UNPAID else choices or FULFILLING))
     fulfillments = list(order.fulfillments.values())
     pick = (lambda: data.draw(st.sampled_from(fulfillments))) if fulfillments else None
     if action == "authorize":
@@ -953,8 +1037,13 @@ def _walk_step(order: domain.Order, data) -> None:
         order.capture_payment(order.grand_total, "EUR", "p", CAUSE)
     elif action == "fail":
         order.fail_payment("x", CAUSE)
-    elif action == "cancel":
-        order.cancel_before_payment("x", CAUSE)
+    elif action in ("cancel", "cancel_lines"):
+        _cancel_step(order, data, whole=action == "cancel")
+    elif action == "return":
+        line = data.draw(st.sampled_from(list(order.lines.values())))
+        n = data.draw(st.integers(1, max(line.units[L.shipped] + line.units[L.delivered], 0) + 1))
+        condition = data.draw(st.sampled_from(["resellable", "damaged"]))
+        order.receive_return(uuid.uuid4(), "STORE-1", [domain.ReturnedLine(line.line_id, n, condition)], "x", CAUSE)
     elif action == "plan":
         shipments: list[list[domain.ShipmentLine]] = [[], []]
         backordered, unfulfillable = [], []
@@ -983,7 +1072,17 @@ def _walk_step(order: domain.Order, data) -> None:
         order.reject_fulfillment(pick().fulfillment_id, data.draw(st.sampled_from(["WH-EAST", "WH-WEST"])), "x", CAUSE)
     elif action == "accept":
         f = pick()
-        order.accept_fulfillment(f.fulfillment_id, f.source_code)
+        order.accept_fulfillment(f.fulfillment_id, f.source_code, CAUSE)
+    elif action == "source_cancel":
+        # The source will not ship some units: its answer to a cancellation, or its own decision.
+        f = pick()
+        lines = {
+            x.line_id: data.draw(st.integers(1, max(f.still_to_ship(x.line_id), 0) + 1))
+            for x in f.lines
+            if data.draw(st.booleans())
+        }
+        if lines:
+            order.cancel_at_source(f.fulfillment_id, f.source_code, lines, "shelf empty", CAUSE)
     elif action == "ship":
         f = pick()
         lines = {
@@ -1058,8 +1157,10 @@ def _applied_or_refused_changing_nothing(order: domain.Order, apply) -> None:
         apply()
     except OrderRefusal:
         assert order.status is before.status and order.lines == before.lines
-        assert order.fulfillments == before.fulfillments
+        assert order.fulfillments == before.fulfillments and order.cancellations == before.cancellations
+        assert (order.grand_total, order.refunded_total) == (before.grand_total, before.refunded_total)
         assert len(order.transitions) == len(before.transitions) and len(order.events) == len(before.events)
+        assert len(order.timeline) == len(before.timeline)
 
 
 def _finish(order: domain.Order) -> None:
@@ -1095,6 +1196,9 @@ def _finish(order: domain.Order) -> None:
 @given(st.data())
 def test_any_walk_of_plans_answers_in_any_arrival_order_parcels_and_deliveries_keeps_units_status_and_timeline(data):
     order = new_order(("A", 3, "5.00"), ("B", 2, "6.00"), ("C", 1, "7.00"))
+    order.submitted_tax_total = order.tax_total = Decimal(data.draw(st.sampled_from(["0", "3.17", "5.01"])))
+    order.submitted_discount_total = order.discount_total = Decimal(data.draw(st.sampled_from(["0", "2.35"])))
+    order.grand_total = order.left.grand
     if data.draw(st.booleans(), label="paid at once"):
         order.capture_payment(order.grand_total, "EUR", "p", CAUSE)
     for _ in range(data.draw(st.integers(1, 40), label="steps")):
@@ -1102,6 +1206,8 @@ def test_any_walk_of_plans_answers_in_any_arrival_order_parcels_and_deliveries_k
         _applied_or_refused_changing_nothing(order, lambda: _walk_step(order, data))
         _check_units_add_up(order)
         _check_status_follows_units(order)
+        _check_money(order)
+        _check_cancellations(order)
         for f in order.fulfillments.values():
             tracking = [p.tracking_number for p in f.parcels]
             assert len(tracking) == len(set(tracking))
@@ -1112,7 +1218,13 @@ def test_any_walk_of_plans_answers_in_any_arrival_order_parcels_and_deliveries_k
         # Whatever the walk left, the order can still be completed: plan what is open, request what is planned,
         # allocate what waits, ship in one parcel what is left of each fulfillment, deliver.
         _finish(order)
-        assert order.status is S.delivered
+        # Delivered, unless cancellations the walk left pending took what was left.
+        units = order.units()
+        gone = units[L.cancelled] + units[L.returned]
+        left_nothing = S.cancelled if units[L.cancelled] == units.total() else S.refunded
+        assert order.status is (left_nothing if gone == units.total() else S.delivered)
+        _check_money(order)
+        _check_cancellations(order)
     event(f"ends {order.status}")  # --hypothesis-show-statistics: how far the walks get
     # One ParcelShipped per parcel, naming exactly its lines.
     announced = [(e.fulfillment.fulfillment_id, e.parcel.tracking_number) for e in events(order, domain.ParcelShipped)]
@@ -1124,3 +1236,588 @@ def test_any_walk_of_plans_answers_in_any_arrival_order_parcels_and_deliveries_k
         assert after_t.from_status is before_t.to_status
         assert after_t.to_status in TRANSITIONS[before_t.to_status]
     assert timeline[-1].to_status is order.status
+    # The timeline holds every status change among its other entries, in the order they happened.
+    assert [e.to_status for e in order.timeline if e.kind is domain.EntryKind.status] == [
+        t.to_status for t in order.transitions
+    ]
+    assert all(e.actor for e in order.timeline)
+
+
+# After the sale: after a shipment, anything may come: parcels, cancellations, the sources' answers, returns.
+AFTER = ["ship", "ship", "deliver", "accept", "cancel_lines", "cancel_lines", "cancel", "source_cancel"]
+AFTER += ["source_cancel", "reject", "return", "return", "return", "plan", "reserve", "allocate"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_any_walk_after_the_sale_refunds_each_unit_at_most_once_and_never_more_than_was_paid(data):
+    tax, discount = data.draw(st.sampled_from([("0", "0"), ("3.17", "0"), ("5.01", "2.35")]), label="tax, discount")
+    order = priced_order(("A", 3, "5.00"), ("B", 2, "6.00"), ("C", 1, "7.00"), tax=tax, discount=discount)
+    order.capture_payment(order.grand_total, "EUR", "p", CAUSE)
+    order.request_fulfillment(reserved(order, plan_everything(order)), CAUSE)
+    for _ in range(data.draw(st.integers(1, 30), label="steps")):
+        _applied_or_refused_changing_nothing(order, lambda: _walk_step(order, data, AFTER))
+        _check_units_add_up(order)
+        _check_status_follows_units(order)
+        _check_money(order)
+        _check_cancellations(order)
+    if data.draw(st.booleans(), label="wind down"):
+        # The customer gives up: everything not shipped is cancelled (the holders say yes), everything shipped comes
+        # back. Nothing of the order is kept, so exactly what was paid goes back.
+        _wind_down(order)
+        units = order.units()
+        assert units[L.cancelled] + units[L.returned] == units.total()
+        assert order.status is (S.refunded if units[L.returned] else S.cancelled)
+        assert order.refunded_total == order.paid_amount
+        _check_money(order)
+        _check_cancellations(order)
+    event(f"ends {order.status}")
+    _check_timeline(order)
+
+
+def _wind_down(order: domain.Order) -> None:
+    cancel(order, reason="giving up")
+    for f in list(order.fulfillments.values()):
+        if f.status is F.planned:
+            order.request_fulfillment(
+                domain.Reservation(f.fulfillment_id, f.source_code, list(f.lines), uuid.uuid4()), CAUSE
+            )
+        elif f.status in domain.SHIPPABLE:
+            asked = {line_id: f.pending_units(line_id) for line_id in {x.line_id for x in f.lines}}
+            if any(asked.values()):
+                order.cancel_at_source(
+                    f.fulfillment_id, f.source_code, {k: n for k, n in asked.items() if n}, None, CAUSE
+                )
+        _check_units_add_up(order)
+        _check_money(order)
+    out = [
+        domain.ReturnedLine(x.line_id, x.units[L.shipped] + x.units[L.delivered], "resellable")
+        for x in order.lines.values()
+        if x.units[L.shipped] + x.units[L.delivered]
+    ]
+    if out:
+        order.receive_return(uuid.uuid4(), "WH-EAST", out, "giving up", CAUSE)
+
+
+# -- after the sale: cancellations ---------------------------------------------------------------------------------
+
+
+def priced_order(*lines: tuple[str, int, str], shipping="4.99", tax="0", discount="0") -> domain.Order:
+    """A pending order of `lines` [(sku, units, price)] whose totals add up."""
+    order_lines = [domain.Line(str(i), sku, qty, Decimal(price)) for i, (sku, qty, price) in enumerate(lines, 1)]
+    goods = sum((x.unit_price * x.quantity for x in order_lines), Decimal(0))
+    return domain.accept(
+        uuid.uuid4(),
+        channel="web-eu",
+        external_order_id="2001",
+        currency="EUR",
+        placed_at=NOW,
+        customer={"email": "ada@example.com", "name": "Ada"},
+        shipping_address={"name": "Ada", "line1": "x", "city": "Berlin", "country": "DE"},
+        shipping_method="standard",
+        pickup_source=None,
+        options={},
+        lines=order_lines,
+        shipping_total=Decimal(shipping),
+        tax_total=Decimal(tax),
+        discount_total=Decimal(discount),
+        grand_total=goods + Decimal(shipping) + Decimal(tax) - Decimal(discount),
+        cause=CAUSE,
+        traceparent=None,
+    )
+
+
+def paid(order: domain.Order) -> domain.Order:
+    order.capture_payment(order.grand_total, "EUR", "pay-1", CAUSE)
+    return order
+
+
+def cancel(order, *lines, who="cs-agent", reason="changed my mind", cancellation_id=None, only=None, record=True):
+    """Ask to cancel `lines` [(line_id, units)] of the order, the whole order when none are named."""
+    request = domain.CancellationRequest(
+        cancellation_id or uuid.uuid4(),
+        who,
+        "http",
+        reason,
+        tuple(domain.LineRequest(line_id, n) for line_id, n in lines) if lines else None,
+        only,
+    )
+    return order.request_cancellation(request, CAUSE, record_refusal=record)
+
+
+def cancelled_units(fact: domain.UnitsCancelled) -> list[tuple[str, int, str, uuid.UUID | None]]:
+    return [(u.line_id, u.quantity, str(u.was), u.fulfillment_id) for u in fact.units]
+
+
+def test_cancelling_open_units_before_payment_lowers_the_total_and_refunds_nothing():
+    order = priced_order(("A", 2, "10.00"), ("B", 1, "5.00"))
+    record = cancel(order, ("1", 1))
+    assert units(order, "1") == {L.open: 1, L.cancelled: 1} and order.grand_total == Decimal("19.99")
+    [fact] = events(order, domain.UnitsCancelled)
+    assert cancelled_units(fact) == [("1", 1, "open", None)] and fact.refund is None
+    assert (fact.grand_total, fact.status, fact.actor) == (Decimal("19.99"), S.pending, "cs-agent")
+    assert record.status is domain.CancellationStatus.cancelled and order.refunded_total == 0
+    # The channel captures what the order costs now.
+    with pytest.raises(OrderRefusal, match=r"does not match the order total 19\.99"):
+        order.capture_payment(Decimal("29.99"), "EUR", "p", CAUSE)
+    order.capture_payment(Decimal("19.99"), "EUR", "p", CAUSE)
+    assert order.status is S.paid
+
+
+def test_a_whole_order_cancelled_before_payment_is_cancelled_with_nothing_to_refund():
+    order = priced_order(("A", 2, "10.00"))
+    cancel(order, who="channel:web-eu:ada", reason="ordered twice")
+    assert order.status is S.cancelled and order.grand_total == 0
+    assert order.transitions[-1].note == "cancelled: ordered twice"
+    [fact] = events(order, domain.UnitsCancelled)
+    assert fact.status is S.cancelled and fact.refund is None
+
+
+def test_cancelling_backordered_units_after_payment_refunds_their_price_and_share_of_tax_and_discount():
+    order = paid(priced_order(("A", 2, "10.00"), ("B", 1, "20.00"), tax="7.60", discount="4.00"))
+    assert order.paid_amount == Decimal("48.59")
+    plan(order, backordered=everything(order))
+    cancel(order, ("1", 1))
+    [fact] = events(order, domain.UnitsCancelled)
+    assert cancelled_units(fact) == [("1", 1, "backordered", None)]
+    # 10.00 + 7.60 x 10/40 - 4.00 x 10/40 = 10.00 + 1.90 - 1.00
+    assert fact.refund.amount == Decimal("10.90") and fact.refund.refunded_total == Decimal("10.90")
+    assert fact.refund.cause is domain.RefundCause.cancellation and fact.refund.lines == tuple(units_of(order, "1", 1))
+    assert order.grand_total == fact.grand_total == Decimal("37.69")
+    assert (order.tax_total, order.discount_total, order.shipping_total) == (
+        Decimal("5.70"),
+        Decimal("3.00"),
+        Decimal("4.99"),
+    )
+    assert order.status is S.awaiting_fulfillment
+
+
+def test_the_last_units_cancelled_refund_what_is_left_of_the_payment_shipping_included_and_cancel_the_order():
+    order = paid(priced_order(("A", 2, "10.00"), ("B", 1, "20.00"), tax="7.60", discount="4.00"))
+    plan(order, backordered=everything(order))
+    cancel(order, ("1", 1))
+    cancel(order, ("1", 1), ("2", 1), reason="no longer needed")
+    last = events(order, domain.UnitsCancelled)[-1]
+    assert last.refund.amount == Decimal("37.69") and order.refunded_total == order.paid_amount
+    assert order.status is S.cancelled and last.status is S.cancelled and order.grand_total == 0
+    assert order.transitions[-1].note == "cancelled: no longer needed"
+
+
+def test_a_whole_paid_order_cancelled_at_once_refunds_exactly_what_was_paid():
+    order = paid(priced_order(("A", 3, "3.33"), ("B", 1, "0.01"), tax="1.91", discount="0.07"))
+    plan(order, backordered=everything(order))
+    cancel(order)
+    assert order.refunded_total == order.paid_amount and order.status is S.cancelled
+
+
+def test_units_are_taken_least_advanced_first_and_held_ones_wait_for_their_holders_answer():
+    order = paid(priced_order(("A", 4, "10.00")))
+    requested_id, planned_id = plan(order, [units_of(order, "1", 1), units_of(order, "1", 1)], units_of(order, "1", 1))
+    order.request_fulfillment(reserved(order, requested_id), CAUSE)
+    assert units(order, "1") == {L.open: 1, L.backordered: 1, L.reserved: 1, L.requested: 1}
+    record = cancel(order, ("1", 3))
+    [fact] = events(order, domain.UnitsCancelled)
+    assert sorted(cancelled_units(fact)) == [("1", 1, "backordered", None), ("1", 1, "open", None)]
+    assert order.fulfillments[planned_id].pending == [domain.PendingCancellation(record.cancellation_id, "1", 1)]
+    assert record.status is domain.CancellationStatus.pending
+    assert (record.lines["1"].cancelled, record.lines["1"].pending) == (2, 1)
+    assert not events(order, domain.CancelAskedOfSource)  # inventory's reservation answers for the planned one
+    other = cancel(order, ("1", 1))
+    [asked] = events(order, domain.CancelAskedOfSource)
+    assert asked.fulfillment.fulfillment_id == requested_id and asked.lines == tuple(units_of(order, "1", 1))
+    assert order.fulfillments[requested_id].pending == [domain.PendingCancellation(other.cancellation_id, "1", 1)]
+    # Nothing is left to take: a fifth unit does not exist.
+    with pytest.raises(domain.CancellationRefused, match=r"only 0 can still be cancelled .*2 cancelled already"):
+        cancel(order, ("1", 1), record=False)
+
+
+def test_reserved_units_are_cancelled_when_inventory_reserves_and_only_the_rest_is_requested():
+    order = paid(priced_order(("A", 2, "10.00")))
+    shipment_id = plan_everything(order)
+    record = cancel(order, ("1", 1))
+    assert units(order, "1") == {L.reserved: 2} and not events(order, domain.UnitsCancelled)
+    order.request_fulfillment(reserved(order, shipment_id), CAUSE)
+    [fact] = events(order, domain.UnitsCancelled)
+    assert cancelled_units(fact) == [("1", 1, "reserved", shipment_id)] and fact.refund.amount == Decimal("10.00")
+    [request] = events(order, domain.FulfillmentRequested)
+    assert request.fulfillment.requestable() == units_of(order, "1", 1)
+    assert (
+        units(order, "1") == {L.requested: 1, L.cancelled: 1} and record.status is domain.CancellationStatus.cancelled
+    )
+
+
+def test_a_planned_fulfillment_whose_every_unit_was_cancelled_is_not_requested_when_reserved():
+    order = paid(priced_order(("A", 2, "10.00")))
+    shipment_id = plan_everything(order)
+    cancel(order)
+    order.request_fulfillment(reserved(order, shipment_id), CAUSE)
+    assert order.fulfillments[shipment_id].status is F.cancelled and not events(order, domain.FulfillmentRequested)
+    assert order.status is S.cancelled and order.refunded_total == order.paid_amount
+
+
+def test_reserved_units_whose_reservation_inventory_rejects_are_cancelled_with_nothing_held_and_the_rest_reopens():
+    order = paid(priced_order(("A", 3, "10.00")))
+    shipment_id = plan_everything(order)
+    cancel(order, ("1", 1))
+    order.reject_reservation(reserved(order, shipment_id), "short", CAUSE)
+    [fact] = events(order, domain.UnitsCancelled)
+    assert cancelled_units(fact) == [("1", 1, "open", shipment_id)]
+    assert units(order, "1") == {L.open: 2, L.cancelled: 1}
+    assert not events(order, domain.ReplanAsked)  # routing re-plans inventory's rejections by itself
+
+
+def test_requested_units_are_asked_of_their_source_and_cancelled_and_refunded_when_it_confirms():
+    order, shipment_id = requested_everything(("A", 2, "10.00"))
+    record = cancel(order, ("1", 1), reason="found it cheaper")
+    [asked] = events(order, domain.CancelAskedOfSource)
+    assert (asked.reason, asked.lines) == ("found it cheaper", tuple(units_of(order, "1", 1)))
+    assert units(order, "1") == {L.requested: 2} and record.status is domain.CancellationStatus.pending
+    order.cancel_at_source(shipment_id, "WH-EAST", {"1": 1}, "as asked", CAUSE)
+    [fact] = events(order, domain.UnitsCancelled)
+    assert cancelled_units(fact) == [("1", 1, "requested", shipment_id)]
+    assert fact.refund.amount == Decimal("10.00") and fact.actor == "cs-agent" and fact.reason == "found it cheaper"
+    assert units(order, "1") == {L.requested: 1, L.cancelled: 1} and not events(order, domain.ReplanAsked)
+    fulfillment = order.fulfillments[shipment_id]
+    assert fulfillment.status is F.requested and fulfillment.still_to_ship("1") == 1 and fulfillment.pending == []
+    assert record.status is domain.CancellationStatus.cancelled
+
+
+def test_units_a_cancellation_waited_for_that_leave_anyway_are_refused_as_already_left():
+    order, shipment_id = requested_everything(("A", 2, "10.00"))
+    record = cancel(order, ("1", 2), who="channel:web-eu:ada")
+    order.ship_parcel(shipment_id, "WH-EAST", parcel("T1", {"1": 1}), CAUSE)
+    [refusal] = events(order, domain.CancellationRefusal)
+    assert refusal.lines == (("1", 1),) and refusal.requested_by == "channel:web-eu:ada"
+    assert "already left WH-EAST" in refusal.reason
+    assert (record.lines["1"].pending, record.lines["1"].refused) == (1, 1)
+    order.cancel_at_source(shipment_id, "WH-EAST", {"1": 1}, None, CAUSE)
+    assert record.status is domain.CancellationStatus.partly_cancelled
+    assert order.fulfillments[shipment_id].status is F.shipped and order.status is S.fulfilled
+    assert order.refunded_total == Decimal("10.00")
+
+
+def test_a_parcel_of_units_nobody_waits_to_cancel_leaves_the_pending_ones_pending():
+    order, shipment_id = requested_everything(("A", 3, "10.00"))
+    record = cancel(order, ("1", 1))
+    order.ship_parcel(shipment_id, "WH-EAST", parcel("T1", {"1": 2}), CAUSE)
+    assert not events(order, domain.CancellationRefusal) and record.lines["1"].pending == 1
+
+
+def test_a_source_that_cancels_units_nobody_asked_to_cancel_opens_them_for_a_re_plan():
+    order, shipment_id = requested_everything(("A", 2, "10.00"), ("B", 1, "5.00"))
+    order.cancel_at_source(shipment_id, "WH-EAST", {"1": 2, "2": 1}, "shelf empty", CAUSE)
+    [replan] = events(order, domain.ReplanAsked)
+    assert replan.fulfillment.fulfillment_id == shipment_id and replan.reason == "WH-EAST: shelf empty"
+    assert replan.lines == (*units_of(order, "1", 2), *units_of(order, "2", 1))
+    assert units(order, "1") == {L.open: 2} and order.fulfillments[shipment_id].status is F.cancelled
+    assert not events(order, domain.UnitsCancelled) and order.refunded_total == 0
+    assert order.status is S.awaiting_fulfillment
+    # The re-plan places the open units anew.
+    [again] = plan(order, [units_of(order, "1", 2) + units_of(order, "2", 1)], attempt=2)
+    assert order.fulfillments[again].status is F.planned and units(order, "1") == {L.reserved: 2}
+
+
+def test_a_source_cancellation_answers_pending_units_first_and_re_plans_the_rest():
+    order, shipment_id = requested_everything(("A", 3, "10.00"))
+    cancel(order, ("1", 1))
+    order.cancel_at_source(shipment_id, "WH-EAST", {"1": 2}, "damaged", CAUSE)
+    [fact] = events(order, domain.UnitsCancelled)
+    [replan] = events(order, domain.ReplanAsked)
+    assert cancelled_units(fact) == [("1", 1, "requested", shipment_id)] and replan.lines == tuple(
+        units_of(order, "1", 1)
+    )
+    assert units(order, "1") == {L.requested: 1, L.open: 1, L.cancelled: 1}
+
+
+def test_a_source_rejection_cancels_what_was_pending_and_re_plans_the_rest():
+    order, shipment_id = requested_everything(("A", 3, "10.00"))
+    cancel(order, ("1", 2))
+    order.reject_fulfillment(shipment_id, "WH-EAST", "no staff", CAUSE)
+    [fact] = events(order, domain.UnitsCancelled)
+    [replan] = events(order, domain.ReplanAsked)
+    assert cancelled_units(fact) == [("1", 2, "requested", shipment_id)] and fact.refund.amount == Decimal("20.00")
+    assert replan.lines == tuple(units_of(order, "1", 1)) and replan.reason == "no staff"
+    assert units(order, "1") == {L.open: 1, L.cancelled: 2}
+
+
+def test_a_fulfillment_from_a_backorder_allocation_that_its_source_rejects_is_planned_again():
+    order, _ = mixed_order()
+    allocated = allocation(units_of(order, "2", 3))
+    order.allocate_backorder(allocated, CAUSE)
+    order.reject_fulfillment(allocated.fulfillment_id, "WH-WEST", "closed", CAUSE)
+    [replan] = events(order, domain.ReplanAsked)
+    assert replan.fulfillment.fulfillment_id == allocated.fulfillment_id and replan.fulfillment.plan_id is None
+    assert replan.lines == tuple(units_of(order, "2", 3)) and units(order, "2") == {L.open: 3}
+
+
+def test_a_source_cancelling_more_than_is_still_to_ship_or_a_line_not_in_it_is_refused():
+    order, shipment_id = requested_everything(("A", 2, "10.00"), ("B", 1, "5.00"))
+    order.ship_parcel(shipment_id, "WH-EAST", parcel("T1", {"1": 1}), CAUSE)
+    unchanged_by(
+        order,
+        lambda: order.cancel_at_source(shipment_id, "WH-EAST", {"1": 2}, None, CAUSE),
+        "cancels 2 units of line 1, but only 1 of it are still to ship",
+    )
+    unchanged_by(order, lambda: order.cancel_at_source(shipment_id, "WH-WEST", {"1": 1}, None, CAUSE), "not WH-WEST")
+    unchanged_by(
+        order, lambda: order.cancel_at_source(uuid.uuid4(), "WH-EAST", {"1": 1}, None, CAUSE), "has no fulfillment"
+    )
+    order.cancel_at_source(shipment_id, "WH-EAST", {"1": 1, "2": 1}, None, CAUSE)
+    unchanged_by(
+        order, lambda: order.cancel_at_source(shipment_id, "WH-EAST", {"1": 1}, None, CAUSE), "is shipped; nothing"
+    )
+
+
+def test_the_rest_of_a_partially_fulfilled_order_cancelled_makes_it_fulfilled():
+    order, shipment_id = requested_everything(("A", 2, "10.00"))
+    order.ship_parcel(shipment_id, "WH-EAST", parcel("T1", {"1": 1}), CAUSE)
+    assert order.status is S.partially_fulfilled
+    cancel(order, ("1", 1))
+    order.cancel_at_source(shipment_id, "WH-EAST", {"1": 1}, None, CAUSE)
+    assert order.status is S.fulfilled and order.refunded_total == Decimal("10.00")  # shipping stays: one unit left
+
+
+def test_asking_to_cancel_shipped_units_refuses_the_whole_request_and_changes_nothing():
+    order, shipment_id = requested_everything(("A", 2, "10.00"), ("B", 1, "5.00"))
+    order.ship_parcel(shipment_id, "WH-EAST", parcel("T1", {"1": 2}), CAUSE)
+    unchanged_by(
+        order,
+        lambda: cancel(order, ("1", 1), ("2", 1), record=False),
+        r"line 1 \(A\): 1 units asked, only 0 can still be cancelled \(2 already shipped\)",
+    )
+    record = cancel(order, ("1", 1), ("2", 1), who="channel:web-eu:ada")
+    assert record.status is domain.CancellationStatus.refused and units(order, "2") == {L.requested: 1}
+    [refusal] = events(order, domain.CancellationRefusal)
+    assert refusal.lines == (("1", 1), ("2", 1)) and "already shipped" in refusal.reason
+    assert not events(order, domain.UnitsCancelled) and not events(order, domain.CancelAskedOfSource)
+
+
+def test_a_whole_order_cancellation_after_a_parcel_takes_the_rest_and_refuses_what_left():
+    order, shipment_id = requested_everything(("A", 2, "10.00"), ("B", 1, "5.00"))
+    order.ship_parcel(shipment_id, "WH-EAST", parcel("T1", {"1": 2}), CAUSE)
+    record = cancel(order, who="channel:web-eu:ada")
+    [refusal] = events(order, domain.CancellationRefusal)
+    assert refusal.lines == (("1", 2),) and refusal.reason == "already shipped: it cannot be cancelled"
+    [asked] = events(order, domain.CancelAskedOfSource)
+    assert asked.lines == tuple(units_of(order, "2", 1)) and record.status is domain.CancellationStatus.pending
+
+
+def test_the_same_cancellation_again_applies_once_and_its_key_with_another_request_is_refused():
+    order = paid(priced_order(("A", 3, "10.00")))
+    key = uuid.uuid4()
+    first = cancel(order, ("1", 1), cancellation_id=key)
+    seen = len(order.events)
+    assert cancel(order, ("1", 1), cancellation_id=key) is first and len(order.events) == seen
+    assert units(order, "1") == {L.open: 2, L.cancelled: 1}
+    unchanged_by(order, lambda: cancel(order, ("1", 2), cancellation_id=key), "was asked before with other lines")
+
+
+def test_a_duplicate_of_an_applied_cancellation_under_a_new_id_is_refused_with_the_reason():
+    order = paid(priced_order(("A", 2, "10.00")))
+    cancel(order, ("1", 2))
+    with pytest.raises(domain.CancellationRefused, match=r"2 units asked, only 0 .*2 cancelled already"):
+        cancel(order, ("1", 2), record=False)
+    with pytest.raises(domain.CancellationRefused, match="is cancelled already"):
+        cancel(order, record=False)
+
+
+def test_a_cancellation_naming_a_line_the_order_does_not_have_is_refused_as_unknown():
+    order = paid(priced_order(("A", 2, "10.00")))
+    unchanged_by(order, lambda: cancel(order, ("9", 1)), "has no line 9")
+    with pytest.raises(domain.UnknownLine):
+        cancel(order, ("1", 1), ("9", 1))
+
+
+def test_a_customer_link_cancels_only_what_waits_for_stock():
+    order, _ = mixed_order()
+    order.allocate_backorder(allocation(units_of(order, "2", 1)), CAUSE)
+    request = domain.CancellationRequest(
+        uuid.uuid4(), "customer:c-1", "link", "no longer wanted", (domain.LineRequest("2"),), L.backordered
+    )
+    record = order.request_cancellation(request, CAUSE)
+    [fact] = events(order, domain.UnitsCancelled)
+    assert cancelled_units(fact) == [("2", 2, "backordered", None)] and fact.actor == "customer:c-1"
+    assert (
+        units(order, "2") == {L.requested: 1, L.cancelled: 2} and record.status is domain.CancellationStatus.cancelled
+    )
+    assert not events(order, domain.CancelAskedOfSource)
+    again = domain.CancellationRequest(
+        uuid.uuid4(), "customer:c-1", "link", "no longer wanted", (domain.LineRequest("2"),), L.backordered
+    )
+    refused = order.request_cancellation(again, CAUSE)
+    assert refused.status is domain.CancellationStatus.refused and "nothing of these items waits" in refused.refusal
+
+
+def test_a_payment_failure_cancels_the_order_and_its_status_change_names_the_failed_payment():
+    order = priced_order(("A", 2, "10.00"))
+    failed = replace(CAUSE, type="oms.channel.payment_failed.v1")
+    order.fail_payment("card declined", failed)
+    [change] = order.transitions[-1:]
+    assert (change.to_status, change.cause_type, change.note) == (
+        S.cancelled,
+        "oms.channel.payment_failed.v1",
+        "payment failed: card declined",
+    )
+    assert order.grand_total == 0 and not events(order, domain.UnitsCancelled)
+
+
+def test_the_timeline_keeps_each_step_of_a_cancellation_with_who_asked():
+    order, shipment_id = requested_everything(("A", 2, "10.00"))
+    cancel(order, ("1", 1), who="channel:web-eu:ada", reason="gift no longer needed")
+    order.cancel_at_source(shipment_id, "WH-EAST", {"1": 1}, None, replace(CAUSE, actor="source:WH-EAST"))
+    after_paid = [(e.kind, e.actor) for e in order.timeline if e.kind is not domain.EntryKind.status]
+    assert after_paid == [
+        (domain.EntryKind.cancellation_requested, "channel:web-eu:ada"),
+        (domain.EntryKind.cancellation_pending, "channel:web-eu:ada"),
+        (domain.EntryKind.units_cancelled, "channel:web-eu:ada"),
+        (domain.EntryKind.refund, "channel:web-eu:ada"),
+    ]
+    assert order.timeline[-1].cause_event_id == CAUSE.event_id
+
+
+# -- after the sale: plans that cancel, plans overtaken by cancellations --------------------------------------------
+
+
+def test_unfulfillable_lines_in_a_plan_are_cancelled_and_refunded_with_the_plans_reason():
+    order = paid(priced_order(("A", 1, "10.00"), ("B", 2, "5.00")))
+    plan_id = uuid.uuid4()
+    order.apply_plan(
+        plan_id, [], units_of(order, "1", 1), units_of(order, "2", 2), CAUSE, 1, {"2": "no source ships to IS"}
+    )
+    [fact] = events(order, domain.UnitsCancelled)
+    assert cancelled_units(fact) == [("2", 2, "open", None)] and fact.reason == "no source ships to IS"
+    assert fact.refund.amount == Decimal("10.00") and order.status is S.awaiting_fulfillment
+
+
+def test_a_plan_that_can_fulfil_nothing_cancels_the_order_and_refunds_everything():
+    order = paid(priced_order(("A", 1, "10.00"), ("B", 2, "5.00")))
+    order.apply_plan(uuid.uuid4(), [], [], everything(order), CAUSE, 1, {"1": "x", "2": "y"})
+    [fact] = events(order, domain.UnitsCancelled)
+    assert fact.reason == "A: x; B: y" and fact.status is S.cancelled
+    assert order.status is S.cancelled and order.refunded_total == order.paid_amount == Decimal("24.99")
+
+
+def test_a_plan_placing_units_cancelled_before_it_arrived_gives_them_back_with_the_reservation():
+    order = paid(priced_order(("A", 3, "10.00")))
+    cancel(order, ("1", 1))
+    [shipment_id] = plan(order, [units_of(order, "1", 3)])
+    fulfillment = order.fulfillments[shipment_id]
+    assert units(order, "1") == {L.reserved: 2, L.cancelled: 1} and fulfillment.to_release == {"1": 1}
+    order.request_fulfillment(reserved(order, shipment_id), CAUSE)
+    released = events(order, domain.UnitsCancelled)[-1]
+    assert released.released and released.refund is None
+    assert cancelled_units(released) == [("1", 1, "reserved", shipment_id)]
+    assert events(order, domain.FulfillmentRequested)[-1].fulfillment.requestable() == units_of(order, "1", 2)
+    assert order.refunded_total == Decimal("10.00")
+
+
+def test_a_plan_for_an_order_cancelled_before_it_arrived_gives_everything_back_and_requests_nothing():
+    order = paid(priced_order(("A", 2, "10.00"), ("B", 1, "5.00")))
+    cancel(order)
+    [shipment_id] = plan(order, [units_of(order, "1", 2)], units_of(order, "2", 1))
+    gone_to_queue = events(order, domain.UnitsCancelled)[-1]
+    assert gone_to_queue.released and cancelled_units(gone_to_queue) == [("2", 1, "backordered", None)]
+    order.request_fulfillment(reserved(order, shipment_id), CAUSE)
+    assert order.fulfillments[shipment_id].status is F.cancelled and order.status is S.cancelled
+    assert cancelled_units(events(order, domain.UnitsCancelled)[-1]) == [("1", 2, "reserved", shipment_id)]
+    assert not events(order, domain.FulfillmentRequested) and order.refunded_total == order.paid_amount
+
+
+def test_a_reservation_that_overtakes_its_plan_after_a_cancellation_gives_back_the_cancelled_units_at_once():
+    order = paid(priced_order(("A", 2, "10.00")))
+    cancel(order, ("1", 1))
+    shipment_id = uuid.uuid4()
+    order.request_fulfillment(
+        domain.Reservation(shipment_id, "WH-EAST", units_of(order, "1", 2), uuid.uuid4(), date(2026, 11, 26)), CAUSE
+    )
+    released = events(order, domain.UnitsCancelled)[-1]
+    assert released.released and cancelled_units(released) == [("1", 1, "reserved", shipment_id)]
+    assert units(order, "1") == {L.requested: 1, L.cancelled: 1}
+
+
+def test_a_re_plan_covering_only_some_open_units_places_those_and_leaves_the_rest_open():
+    order = paid(priced_order(("A", 2, "10.00"), ("B", 1, "5.00")))
+    [first] = plan(order, [everything(order)])
+    order.request_fulfillment(reserved(order, first), CAUSE)
+    order.cancel_at_source(first, "WH-EAST", {"1": 2, "2": 1}, "flood", CAUSE)
+    plan(order, [units_of(order, "2", 1)], attempt=2)
+    assert units(order, "2") == {L.reserved: 1} and units(order, "1") == {L.open: 2}
+    assert order.fulfillments[first].status is F.cancelled
+
+
+# -- after the sale: returns ------------------------------------------------------------------------------------
+
+
+def shipped_order(*lines, tax="0", discount="0") -> tuple[domain.Order, uuid.UUID]:
+    order = paid(priced_order(*lines, tax=tax, discount=discount))
+    shipment_id = plan_everything(order)
+    order.request_fulfillment(reserved(order, shipment_id), CAUSE)
+    order.ship_parcel(shipment_id, "WH-EAST", parcel("T1"), CAUSE)
+    return order, shipment_id
+
+
+def back(line_id: str, n: int, condition: str = "resellable") -> list[domain.ReturnedLine]:
+    return [domain.ReturnedLine(line_id, n, condition)]
+
+
+def test_a_return_refunds_price_and_share_of_tax_and_discount_but_not_shipping():
+    order, _ = shipped_order(("A", 2, "10.00"), ("B", 1, "20.00"), tax="7.60", discount="4.00")
+    ret = order.receive_return(uuid.uuid4(), "STORE-1", back("1", 1, "damaged"), "too small", CAUSE)
+    [fact] = events(order, domain.Returned)
+    assert (
+        fact.refund.amount == ret.refund_amount == Decimal("10.90") and fact.refund.cause is domain.RefundCause.return_
+    )
+    assert ret.lines == ((domain.ShipmentLine("1", "A", 1), "damaged"),) and ret.source_code == "STORE-1"
+    assert units(order, "1") == {L.shipped: 1, L.returned: 1} and order.status is S.fulfilled
+    assert order.grand_total == Decimal("48.59")  # a return refunds, it does not change what the order cost
+
+
+def test_the_last_return_refunds_what_is_left_and_the_order_becomes_refunded():
+    order, shipment_id = shipped_order(("A", 2, "10.00"))
+    order.deliver_fulfillment(shipment_id, "WH-EAST", NOW, CAUSE)
+    order.receive_return(uuid.uuid4(), "WH-EAST", back("1", 1), "x", CAUSE)
+    assert order.refunded_total == Decimal("10.00") and order.status is S.delivered
+    order.receive_return(uuid.uuid4(), "WH-EAST", back("1", 1), "x", CAUSE)
+    assert order.refunded_total == order.paid_amount == Decimal("24.99") and order.status is S.refunded
+    assert order.transitions[-1].from_status is S.delivered
+
+
+def test_a_return_of_more_than_shipped_and_not_returned_is_refused_and_changes_nothing():
+    order, _ = shipped_order(("A", 2, "10.00"))
+    order.receive_return(uuid.uuid4(), "WH-EAST", back("1", 2), "x", CAUSE)
+    unchanged_by(
+        order,
+        lambda: order.receive_return(uuid.uuid4(), "WH-EAST", back("1", 1), "again", CAUSE),
+        r"return of 1 units of line 1 \(A\), but only 0 shipped and not returned \(2 returned already\)",
+    )
+    unchanged_by(order, lambda: order.receive_return(uuid.uuid4(), "WH-EAST", back("7", 1), "x", CAUSE), "no line 7")
+    unsent = paid(priced_order(("A", 1, "10.00")))
+    unchanged_by(unsent, lambda: unsent.receive_return(uuid.uuid4(), "WH-EAST", back("1", 1), "x", CAUSE), "only 0")
+
+
+def test_a_return_before_its_parcel_is_reported_delivered_keeps_the_units_returned():
+    order, shipment_id = shipped_order(("A", 2, "10.00"))
+    order.receive_return(uuid.uuid4(), "WH-EAST", back("1", 1), "x", CAUSE)
+    order.deliver_fulfillment(shipment_id, "WH-EAST", NOW, CAUSE)
+    assert units(order, "1") == {L.delivered: 1, L.returned: 1} and order.status is S.delivered
+
+
+def test_an_order_with_its_shipped_units_returned_and_the_rest_cancelled_is_refunded():
+    order, shipment_id = requested_everything(("A", 2, "10.00"))
+    order.ship_parcel(shipment_id, "WH-EAST", parcel("T1", {"1": 1}), CAUSE)
+    order.receive_return(uuid.uuid4(), "STORE-1", back("1", 1), "x", CAUSE)
+    assert order.status is S.partially_fulfilled
+    cancel(order, ("1", 1))
+    order.cancel_at_source(shipment_id, "WH-EAST", {"1": 1}, None, CAUSE)
+    assert order.status is S.refunded and order.refunded_total == order.paid_amount
+    assert [t.to_status for t in order.transitions[-2:]] == [S.fulfilled, S.refunded]
+
+
+def test_a_rejection_that_overtakes_the_plan_of_an_order_cancelled_meanwhile_changes_nothing():
+    order = paid(priced_order(("A", 2, "10.00")))
+    cancel(order)
+    rejected = domain.Reservation(uuid.uuid4(), "WH-EAST", units_of(order, "1", 2), uuid.uuid4())
+    order.reject_reservation(rejected, "short", CAUSE)
+    assert order.fulfillments[rejected.fulfillment_id].status is F.rejected and order.status is S.cancelled
+    order.apply_plan(rejected.plan_id, [planned(rejected.fulfillment_id, units_of(order, "1", 2))], [], [], CAUSE)
+    assert units(order, "1") == {L.cancelled: 2} and order.refunded_total == order.paid_amount

@@ -504,7 +504,7 @@ async def test_a_bad_backorder_allocation_is_dead_lettered_with_its_reason_and_c
     assert reason in message
 
 
-async def test_an_allocation_of_an_already_shipped_or_cancelled_line_is_dead_lettered(order_service):
+async def test_an_allocation_of_an_already_shipped_line_is_dead_lettered(order_service):
     submitted, emitted = await mixed_order(order_service, "shipped-alloc")
     await deliver(order_service, FULFILLMENT_UPDATES, samples.parcel(emitted[1].event, {"1": 1}, tracking_number="S-1"))
     other, _ = await mixed_order(order_service, "shipped-alloc-other")
@@ -513,15 +513,22 @@ async def test_an_allocation_of_an_already_shipped_or_cancelled_line_is_dead_let
     message = await refused(order_service, INVENTORY_ALLOCATIONS, bad, lambda e: True, good)
     assert "line 1 already shipped" in message
 
+
+async def test_an_allocation_of_cancelled_units_gives_them_back_to_inventory_and_requests_nothing(order_service):
     cancelled = samples.order_submitted("cancelled-alloc", [("TENT", 1, "99.00"), ("LAMP", 2, "10.00")])
     await deliver(order_service, CHANNEL_ORDERS, cancelled, samples.payment_captured(cancelled))
     unfulfillable = [routing.UnplannedLine(line_id="2", sku="LAMP", quantity=2, reason="no source")]
     plan = with_data(mixed_plan(cancelled, [], [("1", 1)]), unfulfillable_lines=unfulfillable)
     await deliver(order_service, ROUTING_PLANS, plan)
-    bad = samples.backorder_allocated(cancelled.data.order_id, [("2", "LAMP", 1)], "WH-WEST")
-    good = samples.backorder_allocated(other.data.order_id, [("2", "LAMP", 1)], "WH-WEST")
-    message = await refused(order_service, INVENTORY_ALLOCATIONS, bad, lambda e: True, good)
-    assert "line 2 is cancelled" in message
+    allocated = samples.backorder_allocated(cancelled.data.order_id, [("2", "LAMP", 1)], "WH-WEST")
+    [released] = await deliver(order_service, INVENTORY_ALLOCATIONS, allocated)
+    data = released.event.data
+    assert released.event.type == "oms.order.lines_cancelled.v1" and data.refund_amount == 0
+    assert [(u.line_id, u.quantity, u.from_state, u.fulfillment_id) for u in data.units] == [
+        ("2", 1, "reserved", allocated.data.shipment_id)
+    ]
+    order = await view(order_service, cancelled.data.order_id)
+    assert {f["fulfillment_id"]: f["status"] for f in order["fulfillments"]}[allocated.data.shipment_id] == "cancelled"
 
 
 async def test_bad_shipped_updates_are_dead_lettered_with_their_reason_and_change_nothing(order_service):
@@ -598,3 +605,343 @@ async def test_a_re_plan_that_overtakes_the_rejection_it_answers_is_applied_and_
         "WH-WEST": "requested",
     }
     assert quantities(order, "1") == ("requested", {"requested": 2})
+
+
+# -- after the sale ----------------------------------------------------------------------------------------------
+
+
+async def entries(service, order_id):
+    """The timeline as (kind, actor) pairs, oldest first."""
+    async with service.database.connect() as conn:
+        return [(row["kind"], row["actor"]) for row in await store.timeline(conn, order_id)]
+
+
+def data_of(emitted, type_):
+    return [e.event.data for e in emitted if e.headers.get("ce-type") == type_]
+
+
+async def test_a_channel_cancels_a_backordered_line_refunded_with_the_new_total(order_service):
+    submitted, _ = await mixed_order(order_service, "cancel-backordered")
+    order_id = submitted.data.order_id
+    asked = samples.cancellation_requested(submitted, {"2": 2}, reason="too slow")
+    emitted = await deliver(order_service, CHANNEL_ORDERS, asked)
+    assert types(emitted) == ["oms.order.lines_cancelled.v1", "oms.order.refund_issued.v1"]
+    assert all(e.key == str(order_id) and e.topic == "oms.order.events.v1" for e in emitted)
+    [cancelled] = data_of(emitted, "oms.order.lines_cancelled.v1")
+    assert [(x.line_id, x.quantity) for x in cancelled.lines] == [("2", 2)]
+    assert [(u.line_id, u.sku, u.quantity, u.from_state, u.fulfillment_id) for u in cancelled.units] == [
+        ("2", "LAMP", 2, "backordered", None)
+    ]
+    assert (cancelled.refund_amount, cancelled.grand_total, cancelled.currency) == (
+        Decimal("20.00"),
+        Decimal("113.99"),
+        "EUR",
+    )
+    assert cancelled.cancellation_id == asked.id and cancelled.status is OrderStatus.awaiting_fulfillment
+    assert (cancelled.actor, cancelled.reason) == ("channel:web-eu:customer", "too slow")
+    [refund] = data_of(emitted, "oms.order.refund_issued.v1")
+    assert (refund.amount, refund.refunded_total, refund.cause, refund.cancellation_id) == (
+        Decimal("20.00"),
+        Decimal("20.00"),
+        "cancellation",
+        asked.id,
+    )
+    assert [(x.line_id, x.quantity) for x in refund.lines] == [("2", 2)]
+    order = await view(order_service, order_id)
+    assert quantities(order, "2") == ("backordered", {"backordered": 1, "cancelled": 2})
+    assert (order["grand_total"], order["refunded_total"]) == (Decimal("113.99"), Decimal("20.00"))
+    assert (await entries(order_service, order_id))[-3:] == [
+        ("cancellation_requested", "channel:web-eu:customer"),
+        ("units_cancelled", "channel:web-eu:customer"),
+        ("refund", "channel:web-eu:customer"),
+    ]
+    # The same request redelivered is the inbox's; resent under a new id, it asks for units already cancelled.
+    assert await deliver(order_service, CHANNEL_ORDERS, asked) == []
+    again = samples.cancellation_requested(submitted, {"2": 2}, reason="too slow")
+    [refusal] = await deliver(order_service, CHANNEL_ORDERS, again)
+    assert refusal.event.type == "oms.order.cancellation_rejected.v1"
+    assert "2 cancelled already" in refusal.event.data.reason and refusal.event.data.requested_by.startswith("channel:")
+    assert quantities(await view(order_service, order_id), "2") == ("backordered", {"backordered": 1, "cancelled": 2})
+
+
+async def test_a_requested_line_is_cancelled_at_its_source_and_refunded_when_the_source_confirms(order_service):
+    submitted, emitted = await mixed_order(order_service, "cancel-requested")
+    request = emitted[1].event
+    emitted = await deliver(order_service, CHANNEL_ORDERS, samples.cancellation_requested(submitted, {"1": 1}))
+    [asked] = emitted
+    assert asked.topic == "oms.fulfillment.requests.WH-EAST.v1" and asked.key == str(submitted.data.order_id)
+    data = asked.event.data
+    assert asked.event.type == "oms.fulfillment.cancel_requested.v1"
+    assert (data.fulfillment_id, data.source_code, data.reason) == (
+        request.data.fulfillment_id,
+        "WH-EAST",
+        "changed my mind",
+    )
+    assert [(x.line_id, x.quantity) for x in data.lines] == [("1", 1)]
+
+    emitted = await deliver(order_service, FULFILLMENT_UPDATES, samples.cancelled(request, {"1": 1}))
+    assert types(emitted) == ["oms.order.lines_cancelled.v1", "oms.order.refund_issued.v1"]
+    [cancelled] = data_of(emitted, "oms.order.lines_cancelled.v1")
+    assert [(u.from_state, u.fulfillment_id) for u in cancelled.units] == [("requested", request.data.fulfillment_id)]
+    assert cancelled.refund_amount == Decimal("99.00")
+    order = await view(order_service, submitted.data.order_id)
+    assert quantities(order, "1") == ("cancelled", {"cancelled": 1})
+    assert order["fulfillments"][0]["status"] == "cancelled"
+
+
+async def test_a_cancellation_the_source_overtakes_by_shipping_is_refused_as_already_left(order_service):
+    submitted, emitted = await mixed_order(order_service, "cancel-too-late")
+    request = emitted[1].event
+    await deliver(order_service, CHANNEL_ORDERS, samples.cancellation_requested(submitted, {"1": 1}))
+    emitted = await deliver(
+        order_service, FULFILLMENT_UPDATES, samples.parcel(request, {"1": 1}, tracking_number="L-1")
+    )
+    assert types(emitted) == [
+        "oms.order.status_changed.v1",
+        "oms.order.fulfillment_shipped.v1",
+        "oms.order.cancellation_rejected.v1",
+    ]
+    [refusal] = data_of(emitted, "oms.order.cancellation_rejected.v1")
+    assert [(x.line_id, x.quantity) for x in refusal.lines] == [("1", 1)] and "already left WH-EAST" in refusal.reason
+    assert refusal.requested_by == "channel:web-eu:customer"
+
+
+async def test_a_cancellation_of_a_shipped_line_is_refused_and_changes_nothing(order_service):
+    submitted, emitted = await mixed_order(order_service, "cancel-shipped")
+    await deliver(order_service, FULFILLMENT_UPDATES, samples.parcel(emitted[1].event, {"1": 1}, tracking_number="Z-1"))
+    before = await view(order_service, submitted.data.order_id)
+    asked = samples.cancellation_requested(submitted, {"1": 1, "2": 1})
+    [refusal] = await deliver(order_service, CHANNEL_ORDERS, asked)
+    assert refusal.event.type == "oms.order.cancellation_rejected.v1"
+    data = refusal.event.data
+    assert data.cancellation_id == asked.id and [(x.line_id, x.quantity) for x in data.lines] == [("1", 1), ("2", 1)]
+    assert "line 1 (TENT): 1 units asked, only 0 can still be cancelled (1 already shipped)" in data.reason
+    after = await view(order_service, submitted.data.order_id)
+    assert after["lines"] == before["lines"] and after["grand_total"] == before["grand_total"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        (lambda order, ghost: samples.cancellation_requested(ghost, {"1": 1}), "no order web-eu:cancel-ghost"),
+        (lambda order, ghost: samples.cancellation_requested(order, {"7": 1}), "has no line 7"),
+        (lambda order, ghost: samples.return_received(order, {"9": 1}, "WH-EAST"), "has no line 9"),
+        (
+            lambda order, ghost: samples.return_received(order, {"2": 1}, "WH-EAST"),
+            "return of 1 units of line 2 (LAMP), but only 0 shipped and not returned",
+        ),
+    ],
+)
+async def test_cancellations_and_returns_naming_unknown_orders_or_lines_are_dead_lettered_and_the_consumer_goes_on(
+    order_service, bad, reason
+):
+    submitted, _ = await mixed_order(order_service, f"cancel-bad-{uuid.uuid4().hex[:6]}")
+    other, _ = await mixed_order(order_service, f"cancel-bad-other-{uuid.uuid4().hex[:6]}")
+    ghost = samples.order_submitted("cancel-ghost", [("TENT", 1, "1.00")])
+    message = await refused(
+        order_service,
+        CHANNEL_ORDERS,
+        bad(submitted, ghost),
+        lambda e: "oms.order.lines_cancelled.v1" in types(e),
+        samples.cancellation_requested(other, {"2": 1}),
+    )
+    assert reason in message
+
+
+async def test_a_source_cancelling_units_of_its_own_accord_asks_routing_to_plan_them_again(order_service):
+    submitted, emitted = await mixed_order(order_service, "source-cancels")
+    request = emitted[1].event
+    emitted = await deliver(
+        order_service, FULFILLMENT_UPDATES, samples.cancelled(request, {"1": 1}, reason="shelf empty")
+    )
+    [replan] = emitted
+    assert replan.event.type == "oms.order.replan_requested.v1" and replan.key == str(submitted.data.order_id)
+    data = replan.event.data
+    assert (data.fulfillment_id, data.source_code, data.reason) == (
+        request.data.fulfillment_id,
+        "WH-EAST",
+        "WH-EAST: shelf empty",
+    )
+    assert [(x.line_id, x.sku, x.quantity) for x in data.lines] == [("1", "TENT", 1)]
+    order = await view(order_service, submitted.data.order_id)
+    assert quantities(order, "1") == ("open", {"open": 1})
+    assert order["fulfillments"][0]["status"] == "cancelled"
+    # Routing's re-plan places the open unit at another source, which is asked for it.
+    replanned = with_data(mixed_plan(submitted, [("1", 1)], [], source_code="WH-WEST"), attempt=2)
+    assert await deliver(order_service, ROUTING_PLANS, replanned) == []
+    [again] = await deliver(order_service, INVENTORY_ALLOCATIONS, reserved(replanned))
+    assert again.topic == "oms.fulfillment.requests.WH-WEST.v1"
+    assert quantities(await view(order_service, submitted.data.order_id), "1") == ("requested", {"requested": 1})
+
+
+async def test_a_rejection_cancels_the_units_a_cancellation_waited_for_and_re_plans_the_rest(order_service):
+    submitted = samples.order_submitted("reject-pending", [("TENT", 3, "10.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = plan_for(submitted)
+    await deliver(order_service, ROUTING_PLANS, plan)
+    [_, request] = await deliver(order_service, INVENTORY_ALLOCATIONS, reserved(plan))
+    await deliver(order_service, CHANNEL_ORDERS, samples.cancellation_requested(submitted, {"1": 2}))
+    emitted = await deliver(order_service, FULFILLMENT_UPDATES, samples.rejected(request.event))
+    assert types(emitted) == [
+        "oms.order.lines_cancelled.v1",
+        "oms.order.refund_issued.v1",
+        "oms.order.replan_requested.v1",
+    ]
+    [replan] = data_of(emitted, "oms.order.replan_requested.v1")
+    assert [(x.line_id, x.quantity) for x in replan.lines] == [("1", 1)] and replan.reason == "no staff"
+    assert quantities(await view(order_service, submitted.data.order_id), "1") == (
+        "open",
+        {"open": 1, "cancelled": 2},
+    )
+
+
+async def test_unfulfillable_lines_of_a_plan_are_cancelled_refunded_and_an_order_with_nothing_left_cancelled(
+    order_service,
+):
+    submitted = samples.order_submitted("unfulfillable", [("TENT", 1, "99.00"), ("LAMP", 2, "10.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    gone = [
+        routing.UnplannedLine(line_id="1", sku="TENT", quantity=1, reason="no source ships to IS"),
+        routing.UnplannedLine(line_id="2", sku="LAMP", quantity=2, reason="no source ships to IS"),
+    ]
+    plan = with_data(mixed_plan(submitted, [], []), unfulfillable_lines=gone)
+    emitted = await deliver(order_service, ROUTING_PLANS, plan)
+    assert types(emitted) == [
+        "oms.order.status_changed.v1",
+        "oms.order.lines_cancelled.v1",
+        "oms.order.refund_issued.v1",
+    ]
+    [change] = data_of(emitted, "oms.order.status_changed.v1")
+    assert (change.to_status, change.cause_type, change.note) == (
+        OrderStatus.cancelled,
+        "oms.routing.fulfillment_planned.v1",
+        "cancelled: no source ships to IS",
+    )
+    [cancelled] = data_of(emitted, "oms.order.lines_cancelled.v1")
+    assert cancelled.status is OrderStatus.cancelled and cancelled.reason == "no source ships to IS"
+    assert cancelled.refund_amount == Decimal("123.99") and cancelled.grand_total == 0
+    assert cancelled.actor == "service:routing"
+
+
+async def test_a_return_in_store_is_refunded_and_the_last_one_refunds_the_order(order_service):
+    submitted = samples.order_submitted("returned", [("TENT", 2, "50.00")], tax_total="19.00")
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = plan_for(submitted)
+    await deliver(order_service, ROUTING_PLANS, plan)
+    [_, request] = await deliver(order_service, INVENTORY_ALLOCATIONS, reserved(plan))
+    await deliver(order_service, FULFILLMENT_UPDATES, samples.shipped(request.event))
+    await deliver(order_service, FULFILLMENT_UPDATES, samples.delivered(request.event))
+    first = samples.return_received(submitted, {"1": (1, "damaged")}, "STORE-BERLIN")
+    emitted = await deliver(order_service, CHANNEL_ORDERS, first)
+    assert types(emitted) == ["oms.order.lines_returned.v1", "oms.order.refund_issued.v1"]
+    [returned] = data_of(emitted, "oms.order.lines_returned.v1")
+    assert (returned.return_id, returned.source_code, returned.refund_amount) == (
+        first.id,
+        "STORE-BERLIN",
+        Decimal("59.50"),  # 50.00 + 19.00 x 50/100, no shipping
+    )
+    assert [(x.line_id, x.sku, x.quantity, x.condition) for x in returned.lines] == [("1", "TENT", 1, "damaged")]
+    [refund] = data_of(emitted, "oms.order.refund_issued.v1")
+    assert (refund.cause, refund.return_id, refund.amount) == ("return", first.id, Decimal("59.50"))
+
+    # The same units again: more than shipped and not returned.
+    second_time = samples.return_received(submitted, {"1": 2}, "STORE-BERLIN")
+    [dead] = await deliver(order_service, CHANNEL_ORDERS, second_time)
+    assert (
+        "return of 2 units of line 1 (TENT), but only 1 shipped and not returned" in dead.headers["oms-error-message"]
+    )
+
+    emitted = await deliver(order_service, CHANNEL_ORDERS, samples.return_received(submitted, {"1": 1}, "WH-EAST"))
+    assert types(emitted) == [
+        "oms.order.status_changed.v1",
+        "oms.order.lines_returned.v1",
+        "oms.order.refund_issued.v1",
+    ]
+    [change] = data_of(emitted, "oms.order.status_changed.v1")
+    assert (change.from_status, change.to_status) == (OrderStatus.delivered, OrderStatus.refunded)
+    [refund] = data_of(emitted, "oms.order.refund_issued.v1")
+    assert refund.amount == Decimal("64.49") and refund.refunded_total == Decimal("123.99")  # shipping back too
+
+
+async def test_every_status_change_names_the_type_of_what_caused_it(order_service):
+    submitted = samples.order_submitted("cause-types", [("TENT", 1, "99.00")])
+    emitted = await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_failed(submitted))
+    changes = data_of(emitted, "oms.order.status_changed.v1")
+    assert [(c.to_status, c.cause_type) for c in changes] == [
+        (OrderStatus.pending, "oms.channel.order_submitted.v1"),
+        (OrderStatus.cancelled, "oms.channel.payment_failed.v1"),
+    ]
+    assert changes[-1].note == "payment failed: card declined"
+    async with order_service.database.connect() as conn:
+        rows = await store.timeline(conn, submitted.data.order_id)
+    assert [row["cause_type"] for row in rows] == ["oms.channel.order_submitted.v1", "oms.channel.payment_failed.v1"]
+
+
+async def test_a_whole_order_cancelled_by_its_channel_before_payment_is_cancelled_refunding_nothing(order_service):
+    submitted = samples.order_submitted("cancel-unpaid", [("TENT", 1, "99.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted)
+    emitted = await deliver(
+        order_service, CHANNEL_ORDERS, samples.cancellation_requested(submitted, reason="duplicate")
+    )
+    assert types(emitted) == ["oms.order.status_changed.v1", "oms.order.lines_cancelled.v1"]
+    [change] = data_of(emitted, "oms.order.status_changed.v1")
+    assert (change.from_status, change.to_status, change.note) == ("pending", "cancelled", "cancelled: duplicate")
+    [cancelled] = data_of(emitted, "oms.order.lines_cancelled.v1")
+    assert cancelled.refund_amount == 0 and cancelled.status is OrderStatus.cancelled
+
+
+async def test_backorder_queued_teaches_the_order_when_its_waiting_units_are_expected(order_service):
+    submitted, _ = await mixed_order(order_service, "expected-date")
+    queued = backorder_queued(submitted.data.order_id, [("2", "LAMP", 3)])
+    expected = date.today() + timedelta(days=9)
+    queued = with_data(queued, lines=[queued.data.lines[0].model_copy(update={"expected_date": expected})])
+    assert await deliver(order_service, INVENTORY_ALLOCATIONS, queued) == []
+    order = await view(order_service, submitted.data.order_id)
+    assert [x["backorder_expected_date"] for x in order["lines"]] == [None, expected]
+
+
+async def test_units_of_a_planned_shipment_are_cancelled_with_its_reservation_and_only_the_rest_is_requested(
+    order_service,
+):
+    submitted = samples.order_submitted("cancel-planned", [("TENT", 3, "10.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = plan_for(submitted)
+    await deliver(order_service, ROUTING_PLANS, plan)
+    # Inventory is reserving: the cancellation waits for its answer.
+    assert await deliver(order_service, CHANNEL_ORDERS, samples.cancellation_requested(submitted, {"1": 2})) == []
+    emitted = await deliver(order_service, INVENTORY_ALLOCATIONS, reserved(plan))
+    assert types(emitted) == [
+        "oms.order.status_changed.v1",  # paid -> awaiting_fulfillment: status changes come first
+        "oms.order.lines_cancelled.v1",
+        "oms.order.refund_issued.v1",
+        "oms.fulfillment.requested.v1",
+    ]
+    [cancelled] = data_of(emitted, "oms.order.lines_cancelled.v1")
+    shipment_id = plan.data.shipments[0].shipment_id
+    assert [(u.from_state, u.quantity, u.fulfillment_id) for u in cancelled.units] == [("reserved", 2, shipment_id)]
+    [request] = data_of(emitted, "oms.fulfillment.requested.v1")
+    assert [(x.line_id, x.quantity) for x in request.lines] == [("1", 1)]
+
+
+async def test_a_plan_for_an_order_cancelled_before_it_arrived_gives_back_what_inventory_reserves(order_service):
+    submitted = samples.order_submitted("cancel-before-plan", [("TENT", 1, "99.00"), ("LAMP", 3, "10.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    emitted = await deliver(order_service, CHANNEL_ORDERS, samples.cancellation_requested(submitted))
+    assert types(emitted) == [
+        "oms.order.status_changed.v1",
+        "oms.order.lines_cancelled.v1",
+        "oms.order.refund_issued.v1",
+    ]
+    # Routing planned the paid order meanwhile: inventory queues the lamps and reserves the tent.
+    plan = mixed_plan(submitted, [("1", 1)], [("2", 3)])
+    [queue] = await deliver(order_service, ROUTING_PLANS, plan)
+    [reservation] = await deliver(order_service, INVENTORY_ALLOCATIONS, reserved(plan))
+    for given_back, state in ((queue, "backordered"), (reservation, "reserved")):
+        data = given_back.event.data
+        assert given_back.event.type == "oms.order.lines_cancelled.v1" and data.refund_amount == 0
+        assert data.actor == "service:order" and data.status is OrderStatus.cancelled
+        assert {u.from_state for u in data.units} == {state}
+    assert [(u.line_id, u.quantity) for u in reservation.event.data.units] == [("1", 1)]
+    order = await view(order_service, submitted.data.order_id)
+    assert order["status"] == "cancelled" and order["fulfillments"][0]["status"] == "cancelled"
+    assert order["refunded_total"] == order["paid_amount"]

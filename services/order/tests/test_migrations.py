@@ -24,7 +24,7 @@ async def test_the_migrations_create_exactly_the_tables_of_the_store(service_dat
     finally:
         await engine.dispose()
     assert diff == []
-    assert version == "0004"
+    assert version == "0005"
 
 
 def _alembic(url: str, *args: str) -> None:
@@ -154,5 +154,49 @@ async def test_inbox_rows_from_before_the_inbox_kept_sources_stay_as_any_source_
         _alembic(url, "downgrade", "0003")
         async with engine.connect() as conn:
             assert (await conn.execute(sa.text("SELECT consumer, event_id FROM inbox"))).all() == [("c", event_id)]
+    finally:
+        await engine.dispose()
+
+
+async def test_orders_stored_before_the_after_sale_revision_keep_their_totals_as_submitted_and_their_timeline(
+    create_database,
+):
+    url = create_database("order_0004").replace("postgresql://", "postgresql+asyncpg://", 1)
+    _alembic(url, "upgrade", "0004")
+    order_id, accepted_id = uuid.uuid4(), uuid.uuid4()
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await _insert_order(conn, order_id, "3", "awaiting_fulfillment")
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO order_timeline (order_id, from_status, to_status, actor, occurred_at) VALUES "
+                    "(:id, NULL, 'pending', 'channel:web', '2026-12-01T10:00:00Z'), "
+                    "(:id, 'pending', 'awaiting_fulfillment', 'service:inventory', '2026-12-01T11:00:00Z')"
+                ),
+                {"id": order_id},
+            )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO fulfillments (fulfillment_id, order_id, source_code, status, lines) VALUES "
+                    "(:f, :id, 'WH', 'accepted', '[]')"
+                ),
+                {"id": order_id, "f": accepted_id},
+            )
+        _alembic(url, "upgrade", "head")
+        async with engine.connect() as conn:
+            order = (await conn.execute(sa.text("SELECT * FROM orders"))).mappings().one()
+            kinds = (await conn.execute(sa.text("SELECT kind FROM order_timeline ORDER BY id"))).scalars().all()
+            accepted_at = await conn.scalar(sa.text("SELECT accepted_at FROM fulfillments"))
+        assert (order["submitted_shipping_total"], order["submitted_tax_total"], order["submitted_discount_total"]) == (
+            order["shipping_total"],
+            order["tax_total"],
+            order["discount_total"],
+        )
+        assert order["refunded_total"] == 0 and order["status_since"].hour == 11
+        assert kinds == ["status", "status"] and accepted_at is not None
+        _alembic(url, "downgrade", "0004")
+        async with engine.connect() as conn:
+            assert await conn.scalar(sa.text("SELECT count(*) FROM order_timeline")) == 2
     finally:
         await engine.dispose()

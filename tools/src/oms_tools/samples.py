@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 from oms_contracts import channel, fulfillment, inventory, routing
-from oms_contracts.common import Address, Customer, Line, LineQuantity, OrderOptions, PricedLine
+from oms_contracts.common import Address, Customer, Line, LineQuantity, OrderOptions, PricedLine, ReturnedLine
 from oms_contracts.types import utc_now
 
 BERLIN = Address(
@@ -158,6 +158,71 @@ def payment_captured(submitted: channel.OrderSubmitted, *, amount: Decimal | Non
     )
 
 
+def payment_failed(submitted: channel.OrderSubmitted, *, reason: str = "card declined") -> channel.PaymentFailed:
+    d = submitted.data
+    return channel.PaymentFailed(
+        source=f"/channels/{d.channel}",
+        subject=str(d.order_id),
+        data=channel.PaymentFailedData(
+            channel=d.channel,
+            external_order_id=d.external_order_id,
+            amount=d.grand_total,
+            currency=d.currency,
+            payment_ref=f"pay-{d.external_order_id}",
+            reason=reason,
+        ),
+    )
+
+
+def cancellation_requested(
+    submitted: channel.OrderSubmitted,
+    lines: dict[str, int] | None = None,
+    *,
+    reason: str = "changed my mind",
+    requested_by: str = "customer",
+) -> channel.CancellationRequested:
+    """A channel asks to cancel `lines` {line_id: units} of an order, or the whole order (None)."""
+    d = submitted.data
+    return channel.CancellationRequested(
+        source=f"/channels/{d.channel}",
+        subject=str(d.order_id),
+        data=channel.CancellationRequestedData(
+            channel=d.channel,
+            external_order_id=d.external_order_id,
+            lines=None if lines is None else [LineQuantity(line_id=i, quantity=n) for i, n in lines.items()],
+            reason=reason,
+            requested_by=requested_by,
+        ),
+    )
+
+
+def return_received(
+    submitted: channel.OrderSubmitted,
+    lines: dict[str, int | tuple[int, str]],
+    source_code: str,
+    *,
+    reason: str = "did not fit",
+) -> channel.ReturnReceived:
+    """A parcel came back to `source_code` (a warehouse, or a store): `lines` {line_id: units or (units,
+    condition)}, resellable unless said otherwise."""
+    d = submitted.data
+    returned = []
+    for line_id, what in lines.items():
+        n, condition = what if isinstance(what, tuple) else (what, "resellable")
+        returned.append(ReturnedLine(line_id=line_id, quantity=n, condition=condition))
+    return channel.ReturnReceived(
+        source=f"/channels/{d.channel}",
+        subject=str(d.order_id),
+        data=channel.ReturnReceivedData(
+            channel=d.channel,
+            external_order_id=d.external_order_id,
+            lines=returned,
+            source_code=source_code,
+            reason=reason,
+        ),
+    )
+
+
 def stock_received(
     sku: str, source_code: str, quantity: int, *, reason: str = "restock", reference: str = "demo"
 ) -> inventory.StockReceived:
@@ -276,6 +341,37 @@ def parcel(
             tracking_url=carrier.tracking_url(tracking_number),
             shipped_at=datetime.now(UTC),
             lines=[LineQuantity(line_id=line_id, quantity=n) for line_id, n in lines.items()],
+        ),
+    )
+
+
+def rejected(request: fulfillment.FulfillmentRequested, *, reason: str = "no staff") -> fulfillment.FulfillmentRejected:
+    """The source will not ship any of a fulfillment request."""
+    d = request.data
+    return fulfillment.FulfillmentRejected(
+        source=f"/sources/{d.source_code}",
+        subject=str(d.order_id),
+        data=fulfillment.FulfillmentRejectedData(
+            fulfillment_id=d.fulfillment_id, order_id=d.order_id, source_code=d.source_code, reason=reason
+        ),
+    )
+
+
+def cancelled(
+    request: fulfillment.FulfillmentRequested, lines: dict[str, int], *, reason: str | None = None
+) -> fulfillment.FulfillmentCancelled:
+    """The source will not ship `lines` {line_id: units} of a fulfillment request: its answer to a cancel request,
+    or its own decision (a shelf found empty)."""
+    d = request.data
+    return fulfillment.FulfillmentCancelled(
+        source=f"/sources/{d.source_code}",
+        subject=str(d.order_id),
+        data=fulfillment.FulfillmentCancelledData(
+            fulfillment_id=d.fulfillment_id,
+            order_id=d.order_id,
+            source_code=d.source_code,
+            lines=[LineQuantity(line_id=line_id, quantity=n) for line_id, n in lines.items()],
+            reason=reason,
         ),
     )
 

@@ -8,14 +8,22 @@ import uuid
 from collections import Counter
 from dataclasses import replace
 from datetime import date
+from decimal import Decimal
 
 from pydantic import ValidationError
 
 from oms_contracts import channel, fulfillment, inventory, order_id_for, routing
-from oms_contracts.common import Address, Customer, Line, OrderOptions, Recipient
+from oms_contracts.common import Address, Customer, Line, LineQuantity, OrderOptions, Recipient, ReturnCondition
 from oms_contracts.envelope import CloudEvent
 from oms_contracts.order import (
+    CancellationRejected,
+    CancellationRejectedData,
+    CancelledUnits,
     FieldError,
+    LinesCancelled,
+    LinesCancelledData,
+    LinesReturned,
+    LinesReturnedData,
     OrderAccepted,
     OrderAcceptedData,
     OrderFulfillmentDelivered,
@@ -26,6 +34,12 @@ from oms_contracts.order import (
     OrderPaidData,
     OrderRejected,
     OrderRejectedData,
+    RefundCause,
+    RefundIssued,
+    RefundIssuedData,
+    ReplanRequested,
+    ReplanRequestedData,
+    ReturnedUnits,
     StatusChanged,
     StatusChangedData,
 )
@@ -49,13 +63,13 @@ def register(service: Service) -> None:
 
 
 def _cause(message: Incoming, actor: str, order: Order | None = None) -> Cause:
-    trace_id = _trace_id(order.traceparent) if order and order.traceparent else None
+    trace_id = trace_id_of(order.traceparent) if order and order.traceparent else None
     if trace_id is None:
         trace_id = format(message.span.get_span_context().trace_id, "032x")
-    return Cause(actor=actor, at=utc_now(), event_id=message.event.id, trace_id=trace_id)
+    return Cause(actor=actor, at=utc_now(), event_id=message.event.id, trace_id=trace_id, type=message.event.type)
 
 
-def _trace_id(traceparent: str) -> str | None:
+def trace_id_of(traceparent: str) -> str | None:
     parts = traceparent.split("-")
     return parts[1] if len(parts) == 4 else None
 
@@ -79,28 +93,44 @@ async def _apply(tx: Transaction, messages: list[Incoming], order_id_of, apply) 
             except OrderRefusal as refusal:
                 # The whole batch is replayed one message at a time and only this one is dead-lettered.
                 raise Refused(str(refusal)) from refusal
-            _announce(tx, order, order.transitions[announced:])
-            outgoing += [_translate(order, fact) for fact in order.events[recorded:]]
-            for event in outgoing:
-                tx.emit(event, traceparent=order.traceparent)
+            announce(tx, order, order.transitions[announced:], order.events[recorded:], outgoing)
     await metrics.observe(tx, orders.values())  # before the save, which clears what the orders recorded
     await store.save(await tx.pg(), orders.values())
 
 
-def _translate(order: Order, fact: domain.Event) -> CloudEvent:
+def translate(order: Order, fact: domain.Event) -> list[CloudEvent]:
+    """The contracts of what the order recorded (HTTP writes and consumers alike)."""
     match fact:
         case domain.Paid():
-            return _paid(order)
+            return [_paid(order)]
         case domain.FulfillmentRequested(fulfillment=f):
-            return _request(order, f)
+            return [_request(order, f)]
         case domain.ParcelShipped():
-            return _parcel_shipped(order, fact)
+            return [_parcel_shipped(order, fact)]
         case domain.FulfillmentDelivered():
-            return _fulfillment_delivered(order, fact)
+            return [_fulfillment_delivered(order, fact)]
+        case domain.UnitsCancelled():
+            return [_lines_cancelled(order, fact), *_refund_issued(order, fact.refund)]
+        case domain.CancelAskedOfSource():
+            return [_cancel_requested(order, fact)]
+        case domain.CancellationRefusal():
+            return [_cancellation_rejected(order, fact)]
+        case domain.ReplanAsked():
+            return [_replan_requested(order, fact)]
+        case domain.Returned():
+            return [_lines_returned(order, fact), *_refund_issued(order, fact.refund)]
     raise TypeError(f"no contract for {fact!r}")
 
 
-def _announce(tx: Transaction, order: Order, transitions: list[domain.Transition]) -> None:
+def announce(
+    tx: Transaction,
+    order: Order,
+    transitions: list[domain.Transition],
+    facts: list[domain.Event],
+    made: list[CloudEvent] = (),
+) -> None:
+    """Emit, in the order's trace, its status changes, then events `made` from the message itself (the accepted
+    order), then the facts the order recorded."""
     for t in transitions:
         tx.emit(
             StatusChanged(
@@ -114,18 +144,23 @@ def _announce(tx: Transaction, order: Order, transitions: list[domain.Transition
                     note=t.note,
                     at=t.at,
                     cause_event_id=t.cause_event_id,
+                    cause_type=t.cause_type,
                 ),
             ),
             traceparent=order.traceparent,
         )
+    for event in [*made, *(event for fact in facts for event in translate(order, fact))]:
+        tx.emit(event, traceparent=order.traceparent)
 
 
 # -- channels ---------------------------------------------------------------------------------------------------
 
 
 async def on_channel_orders(tx: Transaction, messages: list[Incoming[CloudEvent]]) -> None:
-    """Orders, payments and cancellations from sales channels. A new order is accepted as `pending`; a full
-    capture makes it `paid` and publishes `order.paid.v1` for routing."""
+    """Orders, payments, cancellations and returns from sales channels. A new order is accepted as `pending`; a
+    full capture makes it `paid` and publishes `order.paid.v1` for routing; a cancellation cancels what it may
+    (`order.lines_cancelled.v1`, `order.refund_issued.v1`, `fulfillment.cancel_requested.v1` to a source) or is
+    refused (`order.cancellation_rejected.v1`); a return is refunded (`order.lines_returned.v1`)."""
     await _apply(tx, messages, lambda m: m.event.data.order_id, _on_channel_event)
 
 
@@ -150,12 +185,28 @@ def _on_channel_event(message: Incoming, order: Order | None, orders, outgoing: 
             order.capture_payment(data.amount, data.currency, data.payment_ref, cause)
         case channel.PaymentFailed():
             order.fail_payment(data.reason, cause)
-        case channel.CancellationRequested() if data.lines is None:
-            order.cancel_before_payment(data.reason, replace(cause, actor=f"{actor}:{data.requested_by}"))
         case channel.CancellationRequested():
-            raise OrderRefusal("cancelling single lines needs the refund flow, which this version does not have yet")
+            # The event id is the cancellation's: a redelivery is the inbox's, a resend under the same id applies once.
+            requester = f"{actor}:{data.requested_by}"
+            request = domain.CancellationRequest(
+                cancellation_id=event.id,
+                requested_by=requester,
+                via="channel",
+                reason=data.reason,
+                lines=None
+                if data.lines is None
+                else tuple(domain.LineRequest(x.line_id, x.quantity) for x in data.lines),
+            )
+            # A refusal is recorded and announced (order.cancellation_rejected): the channel is told by event.
+            order.request_cancellation(request, replace(cause, actor=requester))
         case channel.ReturnReceived():
-            raise OrderRefusal("returns are not handled by this version yet")
+            order.receive_return(
+                event.id,
+                data.source_code,
+                [domain.ReturnedLine(x.line_id, x.quantity, str(x.condition)) for x in data.lines],
+                data.reason,
+                cause,
+            )
     return order
 
 
@@ -317,6 +368,7 @@ def _on_plan(message: Incoming, order: Order | None, _orders, _outgoing: list[Cl
         [domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in plan.unfulfillable_lines],
         _cause(message, "service:routing", order),
         plan.attempt,
+        {x.line_id: x.reason for x in plan.unfulfillable_lines},
     )
     return order
 
@@ -336,7 +388,7 @@ def _on_allocation(message: Incoming, order: Order | None, _orders, _outgoing: l
     lines = [domain.ShipmentLine(x.line_id, x.sku, x.quantity) for x in data.lines]
     match event:
         case inventory.BackorderQueued():
-            order.queue_backorder(lines, cause)
+            order.queue_backorder(lines, cause, {x.line_id: x.expected_date for x in data.lines})
         case inventory.BackorderAllocated():
             order.allocate_backorder(domain.Allocation(data.shipment_id, data.source_code, lines, data.ship_by), cause)
         case inventory.ShipmentReserved():
@@ -363,7 +415,7 @@ def _request(order: Order, f: domain.Fulfillment) -> fulfillment.FulfillmentRequ
             fulfillment_id=f.fulfillment_id,
             order_id=order.order_id,
             source_code=f.source_code,
-            lines=[Line(line_id=x.line_id, sku=x.sku, quantity=x.quantity) for x in f.lines],
+            lines=_lines(f.requestable()),
             ship_to=address,
             recipient=Recipient(name=address.name, phone=customer.phone),
             shipping_method=order.shipping_method,
@@ -377,8 +429,10 @@ def _request(order: Order, f: domain.Fulfillment) -> fulfillment.FulfillmentRequ
 
 
 async def on_fulfillment_updates(tx: Transaction, messages: list[Incoming[CloudEvent]]) -> None:
-    """What sources report: accepted, rejected (routing re-plans), shipped (a parcel: all of a fulfillment or part
-    of it; `order.fulfillment_shipped.v1`), delivered (`order.fulfillment_delivered.v1`)."""
+    """What sources report: accepted, rejected or cancelled (units a cancellation waited for are cancelled and
+    refunded; the rest is planned again: `order.replan_requested.v1`), shipped (a parcel: all of a fulfillment or
+    part of it; `order.fulfillment_shipped.v1`; a cancellation it overtook is refused), delivered
+    (`order.fulfillment_delivered.v1`)."""
     await _apply(tx, messages, lambda m: m.event.data.order_id, _on_fulfillment_update)
 
 
@@ -388,11 +442,11 @@ def _on_fulfillment_update(message: Incoming, order: Order | None, _orders, _out
     cause = _cause(message, f"source:{data.source_code}", order)
     match event:
         case fulfillment.FulfillmentAccepted():
-            order.accept_fulfillment(data.fulfillment_id, data.source_code)
+            order.accept_fulfillment(data.fulfillment_id, data.source_code, cause)
         case fulfillment.FulfillmentRejected():
             order.reject_fulfillment(data.fulfillment_id, data.source_code, data.reason, cause)
         case fulfillment.FulfillmentShipped():
-            units: Counter[str] = Counter()
+            units = Counter()
             for x in data.lines:
                 units[x.line_id] += x.quantity
             parcel = domain.Shipment(
@@ -407,7 +461,10 @@ def _on_fulfillment_update(message: Incoming, order: Order | None, _orders, _out
         case fulfillment.FulfillmentDelivered():
             order.deliver_fulfillment(data.fulfillment_id, data.source_code, data.delivered_at, cause)
         case fulfillment.FulfillmentCancelled():
-            raise OrderRefusal("a source cancelling lines needs re-planning and refunds, not in this version yet")
+            units: Counter[str] = Counter()
+            for x in data.lines:
+                units[x.line_id] += x.quantity
+            order.cancel_at_source(data.fulfillment_id, data.source_code, dict(units), data.reason, cause)
     return order
 
 
@@ -448,6 +505,127 @@ def _fulfillment_delivered(order: Order, fact: domain.FulfillmentDelivered) -> O
             lines=_lines(fact.lines),
             tracking_numbers=[p.tracking_number for p in fact.parcels],
             status=fact.status,
+        ),
+    )
+
+
+def _units_from(units) -> list[CancelledUnits]:
+    return [
+        CancelledUnits(
+            line_id=u.line_id, sku=u.sku, quantity=u.quantity, from_state=u.was, fulfillment_id=u.fulfillment_id
+        )
+        for u in units
+    ]
+
+
+def _quantities(pairs) -> list[LineQuantity]:
+    merged: Counter[str] = Counter()
+    for line_id, n in pairs:
+        merged[line_id] += n
+    return [LineQuantity(line_id=line_id, quantity=n) for line_id, n in merged.items()]
+
+
+def _lines_cancelled(order: Order, fact: domain.UnitsCancelled) -> LinesCancelled:
+    return LinesCancelled(
+        source=SOURCE,
+        subject=str(order.order_id),
+        data=LinesCancelledData(
+            order_id=order.order_id,
+            lines=_quantities((u.line_id, u.quantity) for u in fact.units),
+            reason=fact.reason[:2000],
+            actor=fact.actor[:200],
+            refund_amount=fact.refund.amount if fact.refund else Decimal("0.00"),
+            currency=order.currency,
+            grand_total=fact.grand_total,
+            cancellation_id=fact.cancellation_id,
+            units=_units_from(fact.units),
+            status=fact.status,
+        ),
+    )
+
+
+def _refund_issued(order: Order, refund: domain.Refund | None) -> list[RefundIssued]:
+    if refund is None:
+        return []
+    return [
+        RefundIssued(
+            source=SOURCE,
+            subject=str(order.order_id),
+            data=RefundIssuedData(
+                order_id=order.order_id,
+                refund_id=refund.refund_id,
+                amount=refund.amount,
+                currency=order.currency,
+                reason=refund.reason[:2000],
+                lines=_quantities((x.line_id, x.quantity) for x in refund.lines),
+                cause=RefundCause(refund.cause.value),
+                cancellation_id=refund.cancellation_id,
+                return_id=refund.return_id,
+                refunded_total=refund.refunded_total,
+            ),
+        )
+    ]
+
+
+def _cancel_requested(order: Order, fact: domain.CancelAskedOfSource) -> fulfillment.FulfillmentCancelRequested:
+    f = fact.fulfillment
+    return fulfillment.FulfillmentCancelRequested(
+        source=SOURCE,
+        subject=str(order.order_id),
+        data=fulfillment.FulfillmentCancelRequestedData(
+            fulfillment_id=f.fulfillment_id,
+            order_id=order.order_id,
+            source_code=f.source_code,
+            lines=_quantities((x.line_id, x.quantity) for x in fact.lines),
+            reason=fact.reason[:2000],
+        ),
+    )
+
+
+def _cancellation_rejected(order: Order, fact: domain.CancellationRefusal) -> CancellationRejected:
+    return CancellationRejected(
+        source=SOURCE,
+        subject=str(order.order_id),
+        data=CancellationRejectedData(
+            order_id=order.order_id,
+            cancellation_id=fact.cancellation_id,
+            lines=_quantities(fact.lines),
+            reason=fact.reason[:2000],
+            requested_by=fact.requested_by[:200],
+        ),
+    )
+
+
+def _replan_requested(order: Order, fact: domain.ReplanAsked) -> ReplanRequested:
+    return ReplanRequested(
+        source=SOURCE,
+        subject=str(order.order_id),
+        data=ReplanRequestedData(
+            order_id=order.order_id,
+            fulfillment_id=fact.fulfillment.fulfillment_id,
+            source_code=fact.fulfillment.source_code,
+            lines=_lines(fact.lines),
+            reason=fact.reason[:2000],
+        ),
+    )
+
+
+def _lines_returned(order: Order, fact: domain.Returned) -> LinesReturned:
+    ret = fact.ret
+    return LinesReturned(
+        source=SOURCE,
+        subject=str(order.order_id),
+        data=LinesReturnedData(
+            order_id=order.order_id,
+            return_id=ret.return_id,
+            source_code=ret.source_code,
+            lines=[
+                ReturnedUnits(line_id=x.line_id, sku=x.sku, quantity=x.quantity, condition=ReturnCondition(condition))
+                for x, condition in ret.lines
+            ],
+            reason=ret.reason[:2000],
+            refund_amount=ret.refund_amount,
+            currency=order.currency,
         ),
     )
 

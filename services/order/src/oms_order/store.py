@@ -6,26 +6,33 @@ import dataclasses
 import json
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
-from oms_contracts.order import OrderStatus
+from oms_contracts.order import OrderStatus, StuckKind
 from oms_runtime import add_messaging_tables
 
 from .domain import (
     BackorderCount,
+    Cancellation,
+    CancellationLine,
+    Entry,
     Fulfillment,
     FulfillmentStatus,
     Line,
     LineState,
     Order,
     Parcel,
+    PendingCancellation,
+    Refund,
+    Return,
     ShipmentLine,
-    Transition,
 )
+from .stuck import Stuck, Waits
 
 metadata = sa.MetaData()
 add_messaging_tables(metadata)
@@ -55,6 +62,14 @@ orders = sa.Table(
     sa.Column("grand_total", _Money, nullable=False),
     sa.Column("paid_amount", _Money),
     sa.Column("payment_ref", sa.Text),
+    # The totals above are what the order costs now (cancellations lower them); these are as the channel sent them,
+    # the base of every share of tax and discount a refund takes.
+    sa.Column("submitted_shipping_total", _Money, nullable=False),
+    sa.Column("submitted_tax_total", _Money, nullable=False),
+    sa.Column("submitted_discount_total", _Money, nullable=False),
+    sa.Column("refunded_total", _Money, nullable=False, server_default="0"),
+    # When the order entered its status: the stuck check's "paid, not planned" starts here.
+    sa.Column("status_since", sa.DateTime(timezone=True)),
     # The trace of the order's submission: every event about the order continues it, so one trace id follows
     # the order through all services.
     sa.Column("traceparent", sa.Text),
@@ -85,6 +100,8 @@ order_lines = sa.Table(
     sa.CheckConstraint(
         " AND ".join(f"backorder_{c} >= 0" for c in BACKORDER_COUNTS), name="order_lines_backorder_counts_not_negative"
     ),
+    # When inventory expects to serve the line's backordered units (from backorder_queued); null when unknown.
+    sa.Column("backorder_expected_date", sa.Date),
 )
 
 fulfillments = sa.Table(
@@ -103,6 +120,12 @@ fulfillments = sa.Table(
     sa.Column("shipped_at", sa.DateTime(timezone=True)),  # when its last unit left
     sa.Column("delivered_at", sa.DateTime(timezone=True)),  # when its last parcel arrived
     sa.Column("rejection", sa.Text),
+    sa.Column("accepted_at", sa.DateTime(timezone=True)),
+    # line_id -> units that will not leave from it (domain.Fulfillment.withdrawn), units given back to inventory
+    # with its reservation, and cancellations waiting for its source's (or inventory's) answer.
+    sa.Column("withdrawn", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("to_release", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("pending_cancellations", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
@@ -125,21 +148,107 @@ parcels = sa.Table(
     sa.UniqueConstraint("fulfillment_id", "tracking_number", name="parcels_fulfillment_id_tracking_number_key"),
 )
 
-# The audit timeline: one row per status change, written in the transaction that made the change.
+# The audit timeline: one row per status change, note, cancellation (asked, pending, done, refused), refund, return,
+# re-plan and stuck alert, written in the transaction that made it; its id is the order things happened in.
 order_timeline = sa.Table(
     "order_timeline",
     metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(always=False), primary_key=True),
     sa.Column("order_id", UUID(as_uuid=True), sa.ForeignKey("orders.order_id"), nullable=False),
+    sa.Column("kind", sa.Text, nullable=False, server_default="status"),
     sa.Column("from_status", sa.Text),
-    sa.Column("to_status", sa.Text, nullable=False),
+    sa.Column("to_status", sa.Text),  # set for status changes only
     sa.Column("actor", sa.Text, nullable=False),
     sa.Column("note", sa.Text),
     sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("cause_event_id", UUID(as_uuid=True)),
+    sa.Column("cause_type", sa.Text),
     sa.Column("trace_id", sa.Text),
+    sa.Column("details", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.CheckConstraint("kind <> 'status' OR to_status IS NOT NULL", name="order_timeline_status_has_to_status"),
 )
 sa.Index("order_timeline_order_id_idx", order_timeline.c.order_id, order_timeline.c.id)
+
+# Every request to cancel (some of) an order, and what became of it per line. Its id makes a repeated request
+# apply once: a channel's event id, an Idempotency-Key, a customer link's signature.
+cancellations = sa.Table(
+    "cancellations",
+    metadata,
+    sa.Column("cancellation_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("order_id", UUID(as_uuid=True), sa.ForeignKey("orders.order_id"), nullable=False, index=True),
+    sa.Column("requested_by", sa.Text, nullable=False),
+    sa.Column("via", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("asked", JSONB),  # [[line_id, units or null], ...]; null: the whole order
+    sa.Column("only_state", sa.Text),
+    sa.Column("lines", JSONB, nullable=False),  # per line: sku, asked, cancelled, pending, refused
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("refusal", sa.Text),
+    sa.Column("refunded", _Money, nullable=False, server_default="0"),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# Money given back, once per refund: what finance reads beside order.refund_issued.v1.
+refunds = sa.Table(
+    "refunds",
+    metadata,
+    sa.Column("refund_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("order_id", UUID(as_uuid=True), sa.ForeignKey("orders.order_id"), nullable=False, index=True),
+    sa.Column("amount", _Money, nullable=False),
+    sa.Column("currency", sa.Text, nullable=False),
+    sa.Column("cause", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("lines", JSONB, nullable=False),
+    sa.Column("refunded_total", _Money, nullable=False),
+    sa.Column("cancellation_id", UUID(as_uuid=True)),
+    sa.Column("return_id", UUID(as_uuid=True)),
+    sa.Column("issued_at", sa.DateTime(timezone=True), nullable=False),
+    sa.CheckConstraint("amount > 0", name="refunds_amount_positive"),
+)
+
+returns = sa.Table(
+    "returns",
+    metadata,
+    sa.Column("return_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("order_id", UUID(as_uuid=True), sa.ForeignKey("orders.order_id"), nullable=False, index=True),
+    sa.Column("source_code", sa.Text, nullable=False),
+    sa.Column("lines", JSONB, nullable=False),  # [{line_id, sku, quantity, condition}]
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("refund_amount", _Money, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+# One row per stuck episode: an order (and, for the kinds about one, a fulfillment) without progress since `since`.
+# Raised once (the primary key); cleared when the check no longer finds it, i.e. the order moved on.
+NO_FULFILLMENT = uuid.UUID(int=0)
+stuck_alerts = sa.Table(
+    "stuck_alerts",
+    metadata,
+    sa.Column("order_id", UUID(as_uuid=True), sa.ForeignKey("orders.order_id"), primary_key=True),
+    sa.Column("kind", sa.Text, primary_key=True),
+    # NO_FULFILLMENT for the kinds about the whole order, so that the key has no null in it.
+    sa.Column("fulfillment_id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("since", sa.DateTime(timezone=True), primary_key=True),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("raised_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("cleared_at", sa.DateTime(timezone=True)),
+)
+sa.Index("stuck_alerts_open_idx", stuck_alerts.c.order_id, postgresql_where=stuck_alerts.c.cleared_at.is_(None))
+# What the stuck check reads every minute: only the rows that may be waiting, so it stays cheap as orders pile up.
+sa.Index("orders_paid_since_idx", orders.c.status_since, postgresql_where=orders.c.status == "paid")
+sa.Index(
+    "fulfillments_waiting_idx",
+    fulfillments.c.status,
+    fulfillments.c.requested_at,
+    fulfillments.c.accepted_at,
+    postgresql_where=fulfillments.c.status.in_(["requested", "accepted"]),
+)
+sa.Index(
+    "order_lines_backordered_idx",
+    order_lines.c.backorder_expected_date,
+    postgresql_where=order_lines.c.quantity_backordered > 0,
+)
 
 
 def _json(value: Any) -> Any:
@@ -181,8 +290,18 @@ def upsert(table: sa.Table, columns: list[str], *, update: list[str]) -> str:
 
 _UNITS = [f"quantity_{s}" for s in LineState]
 _COUNTS = [f"backorder_{c}" for c in BACKORDER_COUNTS]
-_LINE_COLUMNS = ["order_id", "line_id", "sku", "quantity", "unit_price", "state", *_UNITS, *_COUNTS]
-_UPSERT_LINES = upsert(order_lines, _LINE_COLUMNS, update=["state", *_UNITS, *_COUNTS])
+_LINE_COLUMNS = [
+    "order_id",
+    "line_id",
+    "sku",
+    "quantity",
+    "unit_price",
+    "state",
+    *_UNITS,
+    *_COUNTS,
+    "backorder_expected_date",
+]
+_UPSERT_LINES = upsert(order_lines, _LINE_COLUMNS, update=["state", *_UNITS, *_COUNTS, "backorder_expected_date"])
 _FULFILLMENT_COLUMNS = [c.name for c in fulfillments.c if c.name != "updated_at"]
 _UPSERT_FULFILLMENTS = upsert(
     fulfillments,
@@ -196,14 +315,22 @@ _UPSERT_FULFILLMENTS = upsert(
         "shipped_at",
         "delivered_at",
         "rejection",
+        "accepted_at",
+        "withdrawn",
+        "to_release",
+        "pending_cancellations",
     ],
 )
+_CANCELLATION_COLUMNS = [c.name for c in cancellations.c]
+_UPSERT_CANCELLATIONS = upsert(cancellations, _CANCELLATION_COLUMNS, update=["lines", "status", "refusal", "refunded"])
 _PARCEL_COLUMNS = [c.name for c in parcels.c if c.name != "recorded_at"]
 _UPSERT_PARCELS = upsert(parcels, _PARCEL_COLUMNS, update=["delivered_at"])
 
 
 async def load(pg, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Order]:
-    """The orders with their lines, fulfillments and parcels, locked for this transaction (four statements)."""
+    """The orders with their lines, fulfillments, parcels and cancellations, locked for this transaction (five
+    statements). Every writer of an order, consumer or HTTP request, comes through here: the row lock makes them
+    take turns, so none loses another's update."""
     ids = list(set(order_ids))
     if not ids:
         return {}
@@ -221,13 +348,19 @@ async def load(pg, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Order]:
             row["unit_price"],
             {s: row[f"quantity_{s}"] for s in LineState},
             BackorderCount(**{c: row[f"backorder_{c}"] for c in BACKORDER_COUNTS}),
+            row["backorder_expected_date"],
         )
-    for row in await pg.fetch("SELECT * FROM fulfillments WHERE order_id = ANY($1::uuid[])", list(loaded)):
+    for row in await pg.fetch(
+        "SELECT * FROM fulfillments WHERE order_id = ANY($1::uuid[]) ORDER BY requested_at NULLS LAST, fulfillment_id",
+        list(loaded),
+    ):
         loaded[row["order_id"]].fulfillments[row["fulfillment_id"]] = _fulfillment(row)
     for row in await pg.fetch(
         "SELECT * FROM parcels WHERE order_id = ANY($1::uuid[]) ORDER BY shipped_at, recorded_at", list(loaded)
     ):
         loaded[row["order_id"]].fulfillments[row["fulfillment_id"]].parcels.append(_parcel(row))
+    for row in await pg.fetch("SELECT * FROM cancellations WHERE order_id = ANY($1::uuid[])", list(loaded)):
+        loaded[row["order_id"]].cancellations[row["cancellation_id"]] = _cancellation(row)
     return loaded
 
 
@@ -252,6 +385,29 @@ def _order(row: Any) -> Order:
         traceparent=row["traceparent"],
         paid_amount=row["paid_amount"],
         payment_ref=row["payment_ref"],
+        submitted_shipping_total=row["submitted_shipping_total"],
+        submitted_tax_total=row["submitted_tax_total"],
+        submitted_discount_total=row["submitted_discount_total"],
+        refunded_total=row["refunded_total"],
+        status_since=row["status_since"],
+    )
+
+
+def _cancellation(row: Any) -> Cancellation:
+    asked = _json(row["asked"])
+    return Cancellation(
+        cancellation_id=row["cancellation_id"],
+        order_id=row["order_id"],
+        requested_by=row["requested_by"],
+        via=row["via"],
+        reason=row["reason"],
+        asked=[(line_id, n) for line_id, n in asked] if asked is not None else None,
+        only=LineState(row["only_state"]) if row["only_state"] else None,
+        requested_at=row["requested_at"],
+        lines={line_id: CancellationLine(line_id, **x) for line_id, x in _json(row["lines"]).items()},
+        refusal=row["refusal"],
+        refunded=row["refunded"],
+        updated_at=row["updated_at"],
     )
 
 
@@ -270,6 +426,13 @@ def _fulfillment(row: Any) -> Fulfillment:
         shipped_at=row["shipped_at"],
         delivered_at=row["delivered_at"],
         rejection=row["rejection"],
+        accepted_at=row["accepted_at"],
+        withdrawn=_json(row["withdrawn"]),
+        to_release=_json(row["to_release"]),
+        pending=[
+            PendingCancellation(uuid.UUID(p["cancellation_id"]), p["line_id"], p["quantity"])
+            for p in _json(row["pending_cancellations"])
+        ],
     )
 
 
@@ -288,23 +451,31 @@ def _parcel(row: Any) -> Parcel:
 
 
 async def save(pg, orders_: Iterable[Order]) -> None:
-    """Write what changed in these orders: new orders, statuses, line units, fulfillments, parcels, timeline rows
-    (one set-based statement per table)."""
+    """Write what changed in these orders: new orders, statuses and totals, line units, fulfillments, parcels,
+    cancellations, refunds, returns, timeline rows (one set-based statement per table, each skipped when empty)."""
+    orders_ = list(orders_)
     changed = [o for o in orders_ if o.changed]
-    if not changed:
-        return
     await _insert_orders(pg, [o for o in changed if o.new])
     await _update_orders(pg, [o for o in changed if not o.new])
-    await _upsert_lines(pg, changed)
+    if changed:
+        await _upsert_lines(pg, changed)
     touched = [o.fulfillments[f] for o in changed for f in sorted(o.changed_fulfillments)]
     await _upsert_fulfillments(pg, touched)
     await _upsert_parcels(pg, touched)
-    await _insert_timeline(pg, [t for o in changed for t in o.transitions])
-    for order in changed:
+    await _upsert_cancellations(pg, [o.cancellations[c] for o in changed for c in sorted(o.changed_cancellations)])
+    await _insert_refunds(pg, [(o, r) for o in changed for r in o.refunds])
+    await _insert_returns(pg, [r for o in changed for r in o.returns])
+    # A note changes nothing but the timeline: it is written whether or not the order changed.
+    await insert_timeline(pg, [e for o in orders_ for e in o.timeline])
+    for order in orders_:
         order.new = order.changed = False
         order.transitions.clear()
+        order.timeline.clear()
         order.events.clear()
+        order.refunds.clear()
+        order.returns.clear()
         order.changed_fulfillments.clear()
+        order.changed_cancellations.clear()
 
 
 async def _insert_orders(pg, new: list[Order]) -> None:
@@ -314,13 +485,15 @@ async def _insert_orders(pg, new: list[Order]) -> None:
         """
         INSERT INTO orders (order_id, channel, external_order_id, status, currency, placed_at, customer,
             shipping_address, shipping_method, pickup_source, options, shipping_total, tax_total, discount_total,
-            grand_total, traceparent, paid_amount, payment_ref)
+            grand_total, traceparent, paid_amount, payment_ref, submitted_shipping_total, submitted_tax_total,
+            submitted_discount_total, status_since)
         SELECT u.id, u.ch, u.ext, u.st, u.cur, u.placed, u.cust::jsonb, u.addr::jsonb, u.method, u.pickup,
-            u.opts::jsonb, u.ship, u.tax, u.disc, u.total, u.tp, u.paid, u.ref
+            u.opts::jsonb, u.ship, u.tax, u.disc, u.total, u.tp, u.paid, u.ref, u.ship, u.tax, u.disc, u.since
         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::numeric[], $13::numeric[], $14::numeric[],
-            $15::numeric[], $16::text[], $17::numeric[], $18::text[])
-            AS u(id, ch, ext, st, cur, placed, cust, addr, method, pickup, opts, ship, tax, disc, total, tp, paid, ref)
+            $15::numeric[], $16::text[], $17::numeric[], $18::text[], $19::timestamptz[])
+            AS u(id, ch, ext, st, cur, placed, cust, addr, method, pickup, opts, ship, tax, disc, total, tp, paid, ref,
+                since)
         """,
         [o.order_id for o in new],
         [o.channel for o in new],
@@ -340,6 +513,7 @@ async def _insert_orders(pg, new: list[Order]) -> None:
         [o.traceparent for o in new],
         [o.paid_amount for o in new],
         [o.payment_ref for o in new],
+        [o.status_since for o in new],
     )
 
 
@@ -348,14 +522,24 @@ async def _update_orders(pg, existing: list[Order]) -> None:
         return
     await pg.execute(
         """
-        UPDATE orders o SET status = u.st, paid_amount = u.paid, payment_ref = u.ref, updated_at = now()
-        FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::text[]) AS u(id, st, paid, ref)
+        UPDATE orders o SET status = u.st, paid_amount = u.paid, payment_ref = u.ref, shipping_total = u.ship,
+            tax_total = u.tax, discount_total = u.disc, grand_total = u.total, refunded_total = u.refunded,
+            status_since = u.since, updated_at = now()
+        FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::text[], $5::numeric[], $6::numeric[], $7::numeric[],
+            $8::numeric[], $9::numeric[], $10::timestamptz[])
+            AS u(id, st, paid, ref, ship, tax, disc, total, refunded, since)
         WHERE o.order_id = u.id
         """,
         [o.order_id for o in existing],
         [str(o.status) for o in existing],
         [o.paid_amount for o in existing],
         [o.payment_ref for o in existing],
+        [o.shipping_total for o in existing],
+        [o.tax_total for o in existing],
+        [o.discount_total for o in existing],
+        [o.grand_total for o in existing],
+        [o.refunded_total for o in existing],
+        [o.status_since for o in existing],
     )
 
 
@@ -372,6 +556,7 @@ async def _upsert_lines(pg, changed: list[Order]) -> None:
         [str(line.state) for _, line in lines],
         *([line.units[s] for _, line in lines] for s in LineState),
         *([getattr(line.backorder, c) for _, line in lines] for c in BACKORDER_COUNTS),
+        [line.expected_date for _, line in lines],
     )
 
 
@@ -392,6 +577,18 @@ async def _upsert_fulfillments(pg, changed: list[Fulfillment]) -> None:
         "shipped_at": [f.shipped_at for f in changed],
         "delivered_at": [f.delivered_at for f in changed],
         "rejection": [f.rejection for f in changed],
+        "accepted_at": [f.accepted_at for f in changed],
+        "withdrawn": [json.dumps({k: n for k, n in f.withdrawn.items() if n}) for f in changed],
+        "to_release": [json.dumps({k: n for k, n in f.to_release.items() if n}) for f in changed],
+        "pending_cancellations": [
+            json.dumps(
+                [
+                    {"cancellation_id": str(p.cancellation_id), "line_id": p.line_id, "quantity": p.quantity}
+                    for p in f.pending
+                ]
+            )
+            for f in changed
+        ],
     }
     await pg.execute(_UPSERT_FULFILLMENTS, *(columns[c] for c in _FULFILLMENT_COLUMNS))
 
@@ -416,24 +613,203 @@ async def _upsert_parcels(pg, touched: list[Fulfillment]) -> None:
     await pg.execute(_UPSERT_PARCELS, *(columns[c] for c in _PARCEL_COLUMNS))
 
 
-async def _insert_timeline(pg, transitions: list[Transition]) -> None:
-    if not transitions:
+async def _upsert_cancellations(pg, changed: list[Cancellation]) -> None:
+    if not changed:
+        return
+    columns = {
+        "cancellation_id": [c.cancellation_id for c in changed],
+        "order_id": [c.order_id for c in changed],
+        "requested_by": [c.requested_by for c in changed],
+        "via": [c.via for c in changed],
+        "reason": [c.reason for c in changed],
+        "asked": [json.dumps(c.asked) if c.asked is not None else None for c in changed],
+        "only_state": [str(c.only) if c.only else None for c in changed],
+        "lines": [json.dumps({k: _cancellation_line(x) for k, x in c.lines.items()}) for c in changed],
+        "status": [str(c.status) for c in changed],
+        "refusal": [c.refusal for c in changed],
+        "refunded": [c.refunded for c in changed],
+        "requested_at": [c.requested_at for c in changed],
+        "updated_at": [c.updated_at or c.requested_at for c in changed],
+    }
+    await pg.execute(_UPSERT_CANCELLATIONS, *(columns[c] for c in _CANCELLATION_COLUMNS))
+
+
+def _cancellation_line(x: CancellationLine) -> dict[str, Any]:
+    return {"sku": x.sku, "asked": x.asked, "cancelled": x.cancelled, "pending": x.pending, "refused": x.refused}
+
+
+async def _insert_refunds(pg, made: list[tuple[Order, Refund]]) -> None:
+    if not made:
         return
     await pg.execute(
         """
-        INSERT INTO order_timeline (order_id, from_status, to_status, actor, note, occurred_at, cause_event_id,
-            trace_id)
-        SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
-            $7::uuid[], $8::text[])
+        INSERT INTO refunds (refund_id, order_id, amount, currency, cause, reason, lines, refunded_total,
+            cancellation_id, return_id, issued_at)
+        SELECT u.id, u.o, u.amount, u.cur, u.cause, u.reason, u.lines::jsonb, u.total, u.c, u.r, u.at
+        FROM unnest($1::uuid[], $2::uuid[], $3::numeric[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::numeric[], $9::uuid[], $10::uuid[], $11::timestamptz[])
+            AS u(id, o, amount, cur, cause, reason, lines, total, c, r, at)
         """,
-        [t.order_id for t in transitions],
-        [str(t.from_status) if t.from_status else None for t in transitions],
-        [str(t.to_status) for t in transitions],
-        [t.actor for t in transitions],
-        [t.note for t in transitions],
-        [t.at for t in transitions],
-        [t.cause_event_id for t in transitions],
-        [t.trace_id for t in transitions],
+        [r.refund_id for _, r in made],
+        [r.order_id for _, r in made],
+        [r.amount for _, r in made],
+        [o.currency for o, _ in made],
+        [r.cause.value for _, r in made],
+        [r.reason for _, r in made],
+        [_lines_json(r.lines) for _, r in made],
+        [r.refunded_total for _, r in made],
+        [r.cancellation_id for _, r in made],
+        [r.return_id for _, r in made],
+        [r.at for _, r in made],
+    )
+
+
+async def _insert_returns(pg, made: list[Return]) -> None:
+    if not made:
+        return
+    await pg.execute(
+        """
+        INSERT INTO returns (return_id, order_id, source_code, lines, reason, refund_amount, received_at)
+        SELECT u.id, u.o, u.src, u.lines::jsonb, u.reason, u.refund, u.at
+        FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::numeric[], $7::timestamptz[])
+            AS u(id, o, src, lines, reason, refund, at)
+        """,
+        [r.return_id for r in made],
+        [r.order_id for r in made],
+        [r.source_code for r in made],
+        [
+            json.dumps(
+                [{"line_id": x.line_id, "sku": x.sku, "quantity": x.quantity, "condition": c} for x, c in r.lines]
+            )
+            for r in made
+        ],
+        [r.reason for r in made],
+        [r.refund_amount for r in made],
+        [r.at for r in made],
+    )
+
+
+async def insert_timeline(pg, entries: list[Entry]) -> None:
+    if not entries:
+        return
+    await pg.execute(
+        """
+        INSERT INTO order_timeline (order_id, kind, from_status, to_status, actor, note, occurred_at, cause_event_id,
+            cause_type, trace_id, details)
+        SELECT u.o, u.kind, u.f, u.t, u.actor, u.note, u.at, u.cause, u.ctype, u.trace, u.details::jsonb
+        FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
+            $8::uuid[], $9::text[], $10::text[], $11::text[])
+            AS u(o, kind, f, t, actor, note, at, cause, ctype, trace, details)
+        """,
+        [e.order_id for e in entries],
+        [e.kind.value for e in entries],
+        [str(e.from_status) if e.from_status else None for e in entries],
+        [str(e.to_status) if e.to_status else None for e in entries],
+        [e.actor for e in entries],
+        [e.note for e in entries],
+        [e.at for e in entries],
+        [e.cause_event_id for e in entries],
+        [e.cause_type for e in entries],
+        [e.trace_id for e in entries],
+        [json.dumps(e.details) for e in entries],
+    )
+
+
+# -- the stuck-order check ---------------------------------------------------------------------------------------
+
+_STUCK_CANDIDATES = """
+SELECT o.order_id, 'paid_not_planned' AS kind, NULL::uuid AS fulfillment_id, o.status_since AS since, o.status,
+    NULL AS source_code, EXISTS (SELECT 1 FROM fulfillments f WHERE f.order_id = o.order_id) AS planned,
+    0 AS units, o.traceparent
+FROM orders o
+WHERE o.status = 'paid' AND o.status_since < $1::timestamptz - $2::interval
+UNION ALL
+SELECT f.order_id, 'requested_not_accepted', f.fulfillment_id, f.requested_at, o.status, f.source_code, true, 0,
+    o.traceparent
+FROM fulfillments f JOIN orders o ON o.order_id = f.order_id
+WHERE f.status = 'requested' AND f.requested_at < $1::timestamptz - $3::interval
+    AND NOT EXISTS (SELECT 1 FROM parcels p WHERE p.fulfillment_id = f.fulfillment_id)
+UNION ALL
+SELECT f.order_id, 'accepted_not_shipped', f.fulfillment_id, f.accepted_at, o.status, f.source_code, true, 0,
+    o.traceparent
+FROM fulfillments f JOIN orders o ON o.order_id = f.order_id
+WHERE f.status = 'accepted' AND f.accepted_at < $1::timestamptz - $4::interval
+UNION ALL
+SELECT l.order_id, 'backorder_overdue', NULL, min(l.backorder_expected_date)::timestamp AT TIME ZONE 'UTC', o.status,
+    NULL, true, sum(l.quantity_backordered)::int, o.traceparent
+FROM order_lines l JOIN orders o ON o.order_id = l.order_id
+WHERE l.quantity_backordered > 0 AND l.backorder_expected_date + $5::int < ($1::timestamptz AT TIME ZONE 'UTC')::date
+GROUP BY l.order_id, o.status, o.traceparent
+UNION ALL
+SELECT o.order_id, 'no_progress', NULL, o.updated_at, o.status, NULL, true, 0, o.traceparent
+FROM orders o
+WHERE o.status = 'awaiting_fulfillment' AND o.updated_at < $1::timestamptz - $6::interval
+"""
+
+
+async def stuck_candidates(pg, now: datetime, waits: Waits) -> list[Stuck]:
+    """Every episode of an order without progress that the waits allow now (one statement)."""
+    rows = await pg.fetch(
+        _STUCK_CANDIDATES,
+        now,
+        waits.paid,
+        waits.requested,
+        waits.accepted,
+        waits.backorder.days,
+        waits.no_progress,
+    )
+    return [
+        Stuck(
+            order_id=row["order_id"],
+            kind=StuckKind(row["kind"]),
+            since=row["since"],
+            status=OrderStatus(row["status"]),
+            fulfillment_id=row["fulfillment_id"],
+            source_code=row["source_code"],
+            planned=row["planned"],
+            units=row["units"],
+            traceparent=row["traceparent"],
+        )
+        for row in rows
+    ]
+
+
+async def raise_stuck(pg, found: list[Stuck], now: datetime) -> list[Stuck]:
+    """Record the episodes not raised before; returns those (the ones to announce). Two instances checking at once
+    raise each episode once: the primary key decides."""
+    if not found:
+        return []
+    rows = await pg.fetch(
+        """
+        INSERT INTO stuck_alerts (order_id, kind, fulfillment_id, since, reason, raised_at)
+        SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[], $5::text[], $6::timestamptz[])
+        ON CONFLICT DO NOTHING
+        RETURNING order_id, kind, fulfillment_id, since
+        """,
+        [s.order_id for s in found],
+        [s.kind.value for s in found],
+        [s.fulfillment_id or NO_FULFILLMENT for s in found],
+        [s.since for s in found],
+        [s.reason(now) for s in found],
+        [now] * len(found),
+    )
+    raised = {(r["order_id"], r["kind"], r["fulfillment_id"], r["since"]) for r in rows}
+    return [s for s in found if (s.order_id, s.kind.value, s.fulfillment_id or NO_FULFILLMENT, s.since) in raised]
+
+
+async def clear_stuck(pg, found: list[Stuck], now: datetime) -> None:
+    """Episodes the check no longer finds are over: the order moved on."""
+    await pg.execute(
+        """
+        UPDATE stuck_alerts a SET cleared_at = $5
+        WHERE a.cleared_at IS NULL AND (a.order_id, a.kind, a.fulfillment_id, a.since) NOT IN (
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::timestamptz[]))
+        """,
+        [s.order_id for s in found],
+        [s.kind.value for s in found],
+        [s.fulfillment_id or NO_FULFILLMENT for s in found],
+        [s.since for s in found],
+        now,
     )
 
 
@@ -472,7 +848,29 @@ async def order_view(conn, order_id: uuid.UUID) -> dict[str, Any] | None:
         {**line, "quantities": {str(s): line[f"quantity_{s}"] for s in LineState}} for line in map(dict, lines)
     ]
     view["fulfillments"] = [{**f, "parcels": by_fulfillment.get(f["fulfillment_id"], [])} for f in map(dict, shipments)]
-    view["subtotal"] = sum((line["unit_price"] * line["quantity"] for line in view["lines"]), Decimal(0))
+    # What the order costs now: the goods of its units that are not cancelled (the totals beside it are as
+    # cancellations left them); as submitted, for comparison.
+    view["subtotal"] = sum(
+        (line["unit_price"] * (line["quantity"] - line["quantity_cancelled"]) for line in view["lines"]), Decimal(0)
+    )
+    submitted_goods = sum((line["unit_price"] * line["quantity"] for line in view["lines"]), Decimal(0))
+    view["submitted"] = {
+        "subtotal": submitted_goods,
+        "shipping_total": row["submitted_shipping_total"],
+        "tax_total": row["submitted_tax_total"],
+        "discount_total": row["submitted_discount_total"],
+        "grand_total": submitted_goods
+        + row["submitted_shipping_total"]
+        + row["submitted_tax_total"]
+        - row["submitted_discount_total"],
+    }
+    for name, table, by in (
+        ("refunds", refunds, refunds.c.issued_at),
+        ("cancellations", cancellations, cancellations.c.requested_at),
+        ("returns", returns, returns.c.received_at),
+    ):
+        found = await conn.execute(sa.select(table).where(table.c.order_id == order_id).order_by(by))
+        view[name] = [{k: _json(v) if k in ("lines", "asked") else v for k, v in x.items()} for x in found.mappings()]
     return view
 
 
@@ -486,7 +884,9 @@ async def timeline(conn, order_id: uuid.UUID) -> list[dict[str, Any]] | None:
     return [dict(row) for row in rows.mappings()]
 
 
-async def order_list(conn, *, status: str | None, channel: str | None, limit: int) -> list[dict[str, Any]]:
+async def order_list(
+    conn, *, status: str | None, channel: str | None, limit: int, stuck: bool | None = None
+) -> list[dict[str, Any]]:
     query = sa.select(
         orders.c.order_id,
         orders.c.channel,
@@ -501,4 +901,11 @@ async def order_list(conn, *, status: str | None, channel: str | None, limit: in
         query = query.where(orders.c.status == status)
     if channel:
         query = query.where(orders.c.channel == channel)
+    if stuck is not None:
+        open_alert = (
+            sa.select(stuck_alerts.c.order_id)
+            .where(stuck_alerts.c.order_id == orders.c.order_id, stuck_alerts.c.cleared_at.is_(None))
+            .exists()
+        )
+        query = query.where(open_alert if stuck else ~open_alert)
     return [dict(row) for row in (await conn.execute(query.limit(limit))).mappings()]
