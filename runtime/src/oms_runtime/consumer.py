@@ -140,6 +140,17 @@ class Transaction:
         its metrics is then counted once, however often a failed batch is replayed."""
         self.committed.append(callback)
 
+    def has_committed(self) -> None:
+        """Run the `after_commit` callbacks: the consumer calls this once the transaction has committed, and so does
+        a service's own transaction outside a consumer (an HTTP write). A callback that fails is logged, never
+        raised: the transaction stands."""
+        for callback in self.committed:
+            try:
+                callback()
+            except Exception:
+                log.exception("a metric of %s could not be recorded (the transaction is committed)", self.service)
+        self.committed.clear()
+
     def emit(
         self,
         event: CloudEvent,
@@ -503,11 +514,7 @@ class BatchConsumer(metrics.GaugeSource):
                 await append(conn, tx.outbox)
         # Committed: only now do its records count, and the handler's own metrics with them.
         self._outcomes.update(outcomes)
-        for callback in tx.committed:
-            try:
-                callback()
-            except Exception:
-                log.exception("a metric of %s could not be recorded (the batch is applied)", self.name)
+        tx.has_committed()
 
     async def _claim(self, tx: Transaction, messages: list[Message], *, by_position: bool = False) -> list[Message]:
         """Record the batch in the inbox; return the messages not seen before, each (source, id) once.

@@ -2,11 +2,13 @@
 channel, the flow's steps, and the fulfillment KPIs (order-to-ship time, on-time shipping per channel and source),
 plus the open orders by status and how long the oldest of each has not moved.
 
-Wired with two lines: `register(service)` in app.py, and `await observe(tx, orders)` after a batch's domain calls and
-before its save (which clears what the orders recorded). A batch is looked at once, and what it counts is recorded
-only when its transaction commits (a replayed batch counts once). Cost per batch: one pass over the orders' new
+Wired with one line each: `register(service)` in app.py, and `await observe(tx, orders)` after the domain calls of a
+consumer's batch (handlers.py) or of an HTTP write (writes.py) and before the save (which clears what the orders
+recorded). A batch is looked at once, and what it counts is recorded only when its transaction commits (a replayed
+batch counts once). Cost per batch: one pass over the orders' new
 transitions and facts, one counter call per (status, channel) and one histogram call per request, parcel and
 completed fulfillment; one indexed query for the acceptance times when the batch requested or shipped something.
+The gauges (open orders by status, open stuck episodes by kind) come from two grouped queries per metrics refresh.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from oms_contracts.order import StuckKind
 from oms_runtime import Service, Transaction, metrics
 
 from . import domain
@@ -40,6 +43,19 @@ RETURNS = _meter.create_counter(
     unit="{return}",
     description="Returns the order service accepted, per channel and the source that received them",
 )
+# The source of cancelled units no fulfillment had been requested for yet.
+NO_SOURCE = "(none)"
+CANCELLATIONS = _meter.create_counter(
+    "oms.order.cancellations",
+    unit="{cancellation}",
+    description="Cancellations that took units off an order, per channel and the source whose fulfillment held them "
+    f"(oms.source={NO_SOURCE!r}: units no source was asked for yet); one that touches two sources counts for each",
+)
+REQUESTS = _meter.create_counter(
+    "oms.fulfillment.requests",
+    unit="{fulfillment}",
+    description="Fulfillments requested from a source, per channel and source: the base of the per-source rates",
+)
 SHIPMENTS = _meter.create_counter(
     "oms.fulfillment.shipments",
     unit="{fulfillment}",
@@ -59,19 +75,18 @@ OPEN = (
 )
 
 
-# Returns are applied by the after-the-sale work (issue 8, its `domain.Returned` fact); until that is merged no
-# order records one, and the counter stays at the 0 it starts at.
-_RETURNED = getattr(domain, "Returned", None)
-
-
 # What the last refresh found, per open status: (orders, seconds since the least recently changed one changed). One
 # order service runs per process; in tests, the service refreshed last is the one shown.
 _open: dict[str, tuple[int, float]] = {}
+# What the last refresh found: open stuck episodes (the stuck-order check's, `GET /orders?stuck=true`) per kind.
+_stuck: dict[str, int] = {}
 
 
 def register(service: Service) -> None:
-    """Refresh the open-orders gauges every `metrics_refresh_s` (the runtime's refresh loop); returns start at 0."""
+    """Refresh the open-orders gauges every `metrics_refresh_s` (the runtime's refresh loop); the after-the-sale
+    counters start at 0, so that a rate over them has a series before the first return or cancellation."""
     RETURNS.add(0)
+    CANCELLATIONS.add(0)
 
     @service.metrics_refresh
     async def count_open_orders() -> None:
@@ -85,10 +100,17 @@ def register(service: Service) -> None:
                 """,
                 [str(s) for s in OPEN],
             )
+            # Open episodes only: the stuck_alerts_open_idx partial index.
+            stuck = await pg.fetch(
+                "SELECT kind, count(*) AS n FROM stuck_alerts WHERE cleared_at IS NULL GROUP BY kind"
+            )
         seen = {row["status"]: (row["orders"], max(float(row["oldest"] or 0.0), 0.0)) for row in rows}
         # Every open status, with 0 when none is in it: an alert compares a value, not the absence of one.
         _open.clear()
         _open.update({str(s): seen.get(str(s), (0, 0.0)) for s in OPEN})
+        found = {row["kind"]: row["n"] for row in stuck}
+        _stuck.clear()
+        _stuck.update({str(kind): found.get(str(kind), 0) for kind in StuckKind})
 
 
 metrics.observable_gauge(
@@ -105,6 +127,13 @@ metrics.observable_gauge(
     unit="s",
     description="Per open status, how long its least recently changed order has not changed: a stuck order",
 )
+metrics.observable_gauge(
+    _meter,
+    "oms.orders.stuck",
+    lambda: [(n, {"oms.stuck.kind": kind}) for kind, n in _stuck.items()],
+    unit="{order}",
+    description="Open episodes of the order service's stuck-order check (order.stuck.v1), per kind",
+)
 
 
 async def observe(tx: Transaction, orders: Iterable[domain.Order]) -> None:
@@ -114,14 +143,20 @@ async def observe(tx: Transaction, orders: Iterable[domain.Order]) -> None:
     shipped: list[uuid.UUID] = []
     done: list[tuple[domain.Order, domain.Fulfillment]] = []
     returns: Counter[tuple[str, str]] = Counter()
+    requests: Counter[tuple[str, str]] = Counter()
+    cancellations: Counter[tuple[str, str]] = Counter()
     for order in orders:
         for t in order.transitions:
             changes[(str(t.to_status), order.channel)] += 1
         for fact in order.events:
-            if _RETURNED is not None and isinstance(fact, _RETURNED):
+            if isinstance(fact, domain.Returned):
                 returns[(order.channel, fact.ret.source_code)] += 1
+            elif isinstance(fact, domain.UnitsCancelled) and not fact.released:
+                for source in {_source_of(order, units.fulfillment_id) for units in fact.units}:
+                    cancellations[(order.channel, source)] += 1
             elif isinstance(fact, domain.FulfillmentRequested):
                 requested.append(order.order_id)
+                requests[(order.channel, fact.fulfillment.source_code)] += 1
             elif isinstance(fact, domain.ParcelShipped):
                 shipped.append(order.order_id)
                 f = fact.fulfillment
@@ -146,10 +181,16 @@ async def observe(tx: Transaction, orders: Iterable[domain.Order]) -> None:
             on_time[(order.channel, f.source_code, kept)] += 1
         for (channel, source, kept), n in on_time.items():
             SHIPMENTS.add(n, {"oms.channel": channel, "oms.source": source, "oms.on_time": kept})
-        for (channel, source), n in returns.items():
-            RETURNS.add(n, {"oms.channel": channel, "oms.source": source})
+        for counter, counts in ((RETURNS, returns), (REQUESTS, requests), (CANCELLATIONS, cancellations)):
+            for (channel, source), n in counts.items():
+                counter.add(n, {"oms.channel": channel, "oms.source": source})
 
     tx.after_commit(record)
+
+
+def _source_of(order: domain.Order, fulfillment_id: uuid.UUID | None) -> str:
+    fulfillment = order.fulfillments.get(fulfillment_id) if fulfillment_id is not None else None
+    return fulfillment.source_code if fulfillment is not None else NO_SOURCE
 
 
 async def _accepted_at(tx: Transaction, order_ids: set[uuid.UUID]) -> dict[uuid.UUID, datetime]:
