@@ -1,6 +1,7 @@
 """The Prometheus setup `make observe` and docker-compose.yml load (deploy/prometheus): its config and alert rules are
 valid for Prometheus's own checker, and every alert fires, and only fires, as its unit tests say; among them a paid
-order that nothing moves fires OMSOrderStuckPaid.
+order that nothing moves fires OMSOrderStuckPaid, and an episode of the order service's stuck check fires
+OMSOrdersStuck.
 
 promtool comes with Debian's prometheus package, which `make test` installs (deploy/prometheus/prometheus.sh
 install); run alone, the fixture installs it the same way."""
@@ -44,4 +45,16 @@ def test_a_stuck_order_fires_its_alert_and_every_rule_fires_only_as_its_unit_tes
     out = _run(promtool, "test", "rules", *map(str, sorted((HERE / "tests").glob("*.yml"))))
     assert "SUCCESS" in out
     tested = (HERE / "tests" / "oms.test.yml").read_text()
-    assert "alertname: OMSOrderStuckPaid" in tested
+    # Each kind of alert the issue names has a unit test: stuck orders, DLQ growth, lag, outbox age, backorder age,
+    # error rates.
+    for alert in (
+        "OMSOrdersStuck",
+        "OMSOrderStuckPaid",
+        "OMSDeadLetters",
+        "OMSConsumerLag",
+        "OMSOutboxBehind",
+        "OMSBackorderWaitingLong",
+        "OMSConsumerErrors",
+        "OMSHTTPErrors",
+    ):
+        assert f"alertname: {alert}" in tested, alert
