@@ -209,6 +209,10 @@ async def test_the_order_service_counts_status_changes_flow_steps_and_fulfillmen
     # Shipped the day they were requested, and routing promised a ship-by day after the warehouse's handling day.
     assert total(samples_, "oms_fulfillment_shipments_total", **kpi, oms_on_time="true") == SHIPPED
     assert total(samples_, "oms_fulfillment_shipments_total", oms_on_time="false") == 0
+    # Per source: the three fulfillments requested of WH-EAST; the unpaid order's cancellation held no source's units.
+    assert total(samples_, "oms_fulfillment_requests_total", **kpi) == SHIPPED
+    assert total(samples_, "oms_order_cancellations_total", oms_channel=CHANNEL, oms_source="(none)") == 1
+    assert total(samples_, "oms_order_cancellations_total", oms_source="WH-EAST") == 0
 
 
 async def test_open_orders_lag_and_outboxes_settle_to_where_the_flow_left_them(system: System, flow: Flow):
@@ -225,6 +229,11 @@ async def test_open_orders_lag_and_outboxes_settle_to_where_the_flow_left_them(s
     samples_ = await until_scraped(system, "order", open_orders, "one open order, awaiting fulfillment")
     ages = {labels["oms_order_status"]: v for labels, v in series(samples_, "oms_orders_oldest_age_seconds")}
     assert ages["awaiting_fulfillment"] >= 0 and ages["paid"] == 0
+    # Every kind of the stuck-order check has its series, none stuck: nothing waited past its settings.
+    stuck = {labels["oms_stuck_kind"]: v for labels, v in series(samples_, "oms_orders_stuck")}
+    assert stuck == dict.fromkeys(
+        ("paid_not_planned", "requested_not_accepted", "accepted_not_shipped", "backorder_overdue", "no_progress"), 0
+    )
 
     for service in SERVICES:
 
@@ -383,7 +392,15 @@ async def test_prometheus_scrapes_the_four_services_and_evaluates_every_dashboar
             return rules if rules and all(rule["health"] == "ok" for rule in rules) else None
 
         rules = await eventually(rules_evaluated, timeout=60, what="every alert rule evaluated without error")
-        assert {rule["name"] for rule in rules} >= {"OMSOrderStuckPaid", "OMSDeadLetters", "OMSOutboxBehind"}
+        assert {rule["name"] for rule in rules} >= {
+            "OMSOrdersStuck",
+            "OMSOrderStuckPaid",
+            "OMSDeadLetters",
+            "OMSOutboxBehind",
+            "OMSConsumerLag",
+            "OMSBackorderWaitingLong",
+            "OMSConsumerErrors",
+        }
         # A record dead-lettered while Prometheus watches fires its rule. (The flow's own came before the first
         # scrape: a counter already at 1 then has no increase; its series starting at 0 is what lets the next count.)
         await system.publish(INVENTORY_RECEIPTS.name, b"still not an event", key="garbage")
