@@ -24,32 +24,25 @@ LOG="$STATE/prometheus.log"
 log() { echo "prometheus[$PORT]: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-is_root() { [[ "$(id -u)" == 0 ]]; }
+# shellcheck source=../apt.sh
+source "$REPO/deploy/apt.sh"
 
 install() {
   command -v prometheus >/dev/null && command -v promtool >/dev/null && return 0
-  local sudo=()
-  if ! is_root; then
-    command -v sudo >/dev/null || die "Prometheus is not installed and we are not root (no sudo): apt-get install prometheus"
-    sudo=(sudo)
-  fi
-  command -v apt-get >/dev/null || die "Prometheus is not installed and there is no apt-get: install Prometheus >= 2.42 by hand"
-  log "installing Debian's prometheus package"
-  local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options::=--force-confold)
-  "${apt[@]}" update >&2
+  apt_prepare Prometheus prometheus 2.42
   # The package starts a system Prometheus on 9090, which would take make observe's port: a policy-rc.d that says
   # "no" (101) keeps every service from starting during this install, then goes. One already there is respected.
   local policy=/usr/sbin/policy-rc.d made_policy=0
   if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
-    "${sudo[@]}" chmod 755 "$policy"
+    printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+    "${SUDO[@]}" chmod 755 "$policy"
     made_policy=1
   fi
   # Not the recommended node exporter: only the server and promtool are needed.
-  "${apt[@]}" install --no-install-recommends prometheus >&2 || { ((made_policy)) && "${sudo[@]}" rm -f "$policy"; die "apt-get install prometheus failed"; }
-  ((made_policy)) && "${sudo[@]}" rm -f "$policy"
+  "${APT[@]}" install --no-install-recommends prometheus >&2 || { ((made_policy)) && "${SUDO[@]}" rm -f "$policy"; die "apt-get install prometheus failed"; }
+  ((made_policy)) && "${SUDO[@]}" rm -f "$policy"
   # Nor at the next boot: this script runs the Prometheus the OMS uses, on the port it is told.
-  if command -v systemctl >/dev/null && "${sudo[@]}" systemctl disable prometheus >/dev/null 2>&1; then
+  if command -v systemctl >/dev/null && "${SUDO[@]}" systemctl disable prometheus >/dev/null 2>&1; then
     log "the package's system service (prometheus.service) is disabled; this script runs ours"
   fi
   command -v prometheus >/dev/null && command -v promtool >/dev/null || die "prometheus installed but not on PATH"
