@@ -13,6 +13,19 @@ def counted(name: str, **labels: str) -> float:
     return metrics.sample(name, labels)
 
 
+async def requested_of_wh_east(order_service, submitted, *, units: int):
+    """Submit and pay the order, plan line 1 at WH-EAST, reserve it: the fulfillment request the order emits."""
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = samples.fulfillment_planned(submitted, [("1", units)], source_code="WH-EAST")
+    await deliver(order_service, ROUTING_PLANS, plan)
+    [request] = [
+        e.event
+        for e in await deliver(order_service, INVENTORY_ALLOCATIONS, samples.shipment_reserved(plan))
+        if e.topic.startswith("oms.fulfillment.requests.")
+    ]
+    return request
+
+
 async def cancel_over_http(order_service, submitted) -> dict:
     """Customer service cancels the whole order (the order service's HTTP write, outside any consumer)."""
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=order_service.http), base_url="http://o") as http:
@@ -33,14 +46,7 @@ async def test_a_shipped_order_counts_its_status_changes_flow_steps_and_on_time_
         "requested": counted("oms_order_flow_duration_seconds_count", oms_flow_step="fulfillment_requested"),
         "shipped": counted("oms_order_flow_duration_seconds_count", oms_flow_step="shipped"),
     }
-    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
-    plan = samples.fulfillment_planned(submitted, [("1", 2)], source_code="WH-EAST")
-    await deliver(order_service, ROUTING_PLANS, plan)
-    [request] = [
-        e.event
-        for e in await deliver(order_service, INVENTORY_ALLOCATIONS, samples.shipment_reserved(plan))
-        if e.topic.startswith("oms.fulfillment.requests.")
-    ]
+    request = await requested_of_wh_east(order_service, submitted, units=2)
     await deliver(order_service, FULFILLMENT_UPDATES, samples.shipped(request))
 
     for status, n in (
@@ -87,14 +93,7 @@ async def test_cancellations_count_per_channel_and_the_source_that_held_the_unit
     # Cancelled by customer service over HTTP (the writes path, not a consumer) while its source holds the unit; the
     # source confirms, and the cancellation counts for that source once.
     held = samples.order_submitted("metrics-cancel-2", [("SKU-1", 1, "5.00")], channel_name="metrics-cancel")
-    await deliver(order_service, CHANNEL_ORDERS, held, samples.payment_captured(held))
-    plan = samples.fulfillment_planned(held, [("1", 1)], source_code="WH-EAST")
-    await deliver(order_service, ROUTING_PLANS, plan)
-    [request] = [
-        e.event
-        for e in await deliver(order_service, INVENTORY_ALLOCATIONS, samples.shipment_reserved(plan))
-        if e.topic.startswith("oms.fulfillment.requests.")
-    ]
+    request = await requested_of_wh_east(order_service, held, units=1)
     assert (await cancel_over_http(order_service, held))["status"] == "pending"
     await deliver(order_service, FULFILLMENT_UPDATES, samples.cancelled(request, {"1": 1}))
     assert counted("oms_order_cancellations_total", **channel, oms_source="WH-EAST") == 1
