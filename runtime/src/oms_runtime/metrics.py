@@ -89,10 +89,18 @@ def exposition() -> tuple[bytes, str]:
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
-    """One value as Prometheus would read it (0 when there is none): for tests in this process."""
+    """One value as Prometheus would read it (0 when there is none): for tests in this process. The exporter gives
+    every series of a metric the same label names, an absent one as "", which Prometheus reads as no label: so does
+    this."""
     if _registry is None:
         return 0.0
-    return _registry.get_sample_value(name, labels or {}) or 0.0
+    wanted = labels or {}
+    return sum(
+        s.value
+        for family in _registry.collect()
+        for s in family.samples
+        if s.name == name and {k: v for k, v in s.labels.items() if v != ""} == wanted
+    )
 
 
 _meter = meter("oms.runtime")
