@@ -175,6 +175,8 @@ def system(oms_topics: str, service_database, tmp_path_factory, request) -> Iter
                 "OMS_NOTIFICATIONS_SMTP_HOST": "127.0.0.1",
                 "OMS_NOTIFICATIONS_SMTP_PORT": str(smtp.port),
                 "OMS_LOG_LEVEL": "INFO",
+                # The gauges behind /metrics (lag, outbox, orders by status, backorders) refresh every second.
+                "OMS_METRICS_REFRESH_S": "1",
                 # The order's single view asks inventory for the live queue position of backordered units.
                 "OMS_ORDER_INVENTORY_URL": f"http://127.0.0.1:{ports['inventory']}",
                 "OMS_ORDER_INVENTORY_TOKEN": TOKEN,

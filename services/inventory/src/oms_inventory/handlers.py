@@ -51,7 +51,7 @@ from oms_contracts.topics import (
     ROUTING_NETWORK,
     ROUTING_PLANS,
 )
-from oms_inventory import held, store
+from oms_inventory import held, metrics, store
 from oms_inventory.domain import (
     Allocation,
     Count,
@@ -450,6 +450,7 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
         pg, {s.shipment_id for s in shipments} - decided, {(line.order_id, line.line_id) for line in new_lines}
     )
     result = reserve_shipments(batch.before, shipments, decided, tombstones)
+    metrics.reservations(tx, result.decisions)
     joining = join_queues(new_lines, tombstones)
     reserved_now = {d.shipment.shipment_id for d in result.decisions}
     # A shipment's tombstones are used up by its decision, whatever it was: the units are not held either way.

@@ -47,7 +47,7 @@ from oms_contracts.topics import CHANNEL_ORDERS, FULFILLMENT_UPDATES, INVENTORY_
 from oms_contracts.types import utc_now
 from oms_runtime import Incoming, Invalid, Refused, Service, Transaction, telemetry
 
-from . import domain, store
+from . import domain, metrics, store
 from .domain import Cause, Order, OrderRefusal
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ async def _apply(tx: Transaction, messages: list[Incoming], order_id_of, apply) 
                 # The whole batch is replayed one message at a time and only this one is dead-lettered.
                 raise Refused(str(refusal)) from refusal
             announce(tx, order, order.transitions[announced:], order.events[recorded:], outgoing)
+    await metrics.observe(tx, orders.values())  # before the save, which clears what the orders recorded
     await store.save(await tx.pg(), orders.values())
 
 
