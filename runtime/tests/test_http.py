@@ -212,3 +212,13 @@ async def test_a_body_of_bytes_that_are_not_utf8_gets_422_with_the_field_errors_
             )
             assert response.status_code == 422, (content_type, response.text)
             assert response.json()["detail"][0]["loc"][0] == "body"
+        # A lone surrogate in a JSON string: valid JSON, not encodable as UTF-8 when the error echoes it.
+        response = await http.post(
+            "/notes", content=b'{"text": "\\ud800", "x": 1', headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, response.text
+        response = await http.post(
+            "/notes", content=b'{"text": ["\\ud800"]}', headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["input"] == ["?"]

@@ -127,7 +127,8 @@ class System:
         return (self.log_dir / f"{service}.log").read_text()
 
 
-async def eventually(check, *, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
+# Deadlines, not measures: generous, because a shared 2-core machine may be busy with much else.
+async def eventually(check, *, timeout: float = 60.0, interval: float = 0.2, what: str = "condition"):
     """Poll an async check until it returns something truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last = None
@@ -139,7 +140,7 @@ async def eventually(check, *, timeout: float = 30.0, interval: float = 0.2, wha
     pytest.fail(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
 
 
-async def read_until(consumer: AIOKafkaConsumer, predicate, *, timeout: float = 30.0):
+async def read_until(consumer: AIOKafkaConsumer, predicate, *, timeout: float = 60.0):
     """The first record the predicate accepts."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -126,6 +126,17 @@ def require_role(*roles: Role) -> Any:
     return Depends(holder)
 
 
+def _encodable(value: Any) -> Any:
+    """`value` with every string made encodable as UTF-8 (a lone surrogate becomes "?")."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_encodable(item) for item in value]
+    if isinstance(value, dict):
+        return {_encodable(key): _encodable(item) for key, item in value.items()}
+    return value
+
+
 def create_app(service: Service, description: str) -> FastAPI:
     app = FastAPI(
         title=f"OMS {service.name} service",
@@ -140,9 +151,10 @@ def create_app(service: Service, description: str) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         # FastAPI's own handler echoes the input; a body sent as another content type is echoed as bytes, and bytes
-        # that are not UTF-8 made it fail with a 500 (found by tests/fuzz). Shown with replacement characters.
+        # that are not UTF-8 made it fail with a 500, as did a lone surrogate (`"\ud800"`) in a JSON string, which
+        # UTF-8 cannot encode (both found by tests/fuzz). Either is shown with replacement characters.
         readable = jsonable_encoder(error.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
-        return JSONResponse({"detail": readable}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return JSONResponse({"detail": _encodable(readable)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     @app.middleware("http")
     async def trace_requests(request: Request, call_next: Any) -> Any:
