@@ -111,6 +111,20 @@ async def test_a_rows_traceparent_is_continued_by_the_published_message(
     assert span_id != PARENT_SPAN, "as a span of its own"
 
 
+async def test_an_unsampled_rows_trace_context_travels_as_stored_without_a_span(
+    database, relays, kafka_topic, topic_reader
+):
+    topic = await kafka_topic()
+    traceparent = f"00-{TRACE_ID}-{PARENT_SPAN}-00"
+    await write(database, [OutboxMessage(topic.name, "k", b"{}", [("traceparent", traceparent)])])
+
+    async with topic_reader(topic.name) as reader:
+        (await relays(database)).wake()
+        [published] = await reader.take(1)
+
+    assert [v.decode() for k, v in published.headers if k == "traceparent"] == [traceparent]
+
+
 async def test_rows_left_by_a_crashed_instance_are_published_by_the_sweep(database, relays, kafka_topic, topic_reader):
     topic = await kafka_topic()
     await write(database, [OutboxMessage(topic.name, f"k{i}", f"left {i}".encode()) for i in range(3)])

@@ -507,15 +507,19 @@ class Relay:
     async def _send(self, producer: AIOKafkaProducer, row) -> asyncio.Future:
         stored = row["headers"]
         headers = [(name, value) for name, value in (json.loads(stored) if isinstance(stored, str) else stored)]
-        parent = telemetry.context_from_traceparent(dict(headers).get("traceparent"))
-        with telemetry.tracer().start_as_current_span(
-            f"publish {row['topic']}",
-            context=parent,
-            kind=trace.SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": row["topic"]},
-        ):
-            carried = telemetry.inject()
-        headers = [(n, v) for n, v in headers if n not in ("traceparent", "tracestate")] + list(carried.items())
+        traceparent = next((value for name, value in headers if name == "traceparent"), None)
+        if telemetry.is_sampled(traceparent):
+            # A traced order: its publish is a span of its own, which the consumers continue.
+            with telemetry.tracer().start_as_current_span(
+                f"publish {row['topic']}",
+                context=telemetry.context_from_traceparent(traceparent),
+                kind=trace.SpanKind.PRODUCER,
+                attributes={"messaging.system": "kafka", "messaging.destination.name": row["topic"]},
+            ):
+                carried = telemetry.inject()
+            headers = [(n, v) for n, v in headers if n not in ("traceparent", "tracestate")] + list(carried.items())
+        # Otherwise the row's trace context travels as the transaction stored it: the same trace, and no span that
+        # would not be recorded anyway.
         return await producer.send(
             row["topic"],
             value=row["payload"],

@@ -19,6 +19,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
 from pythonjsonlogger.json import JsonFormatter
 
 _order_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("oms_order_id", default=None)
@@ -28,9 +29,23 @@ Headers = Sequence[tuple[str, bytes | None]]
 
 TRACE_HEADERS = ("traceparent", "tracestate")
 
+# Of the orders whose trace starts here (a channel that sent no trace context), the share whose spans are recorded
+# and exported. Recording and exporting every span cost more CPU than all the rest of a hop; the trace context (and
+# so every timeline row's trace id) travels whether sampled or not, and a channel that sends a sampled traceparent
+# has its order traced whole (parent-based). OTEL_TRACES_SAMPLER / OTEL_TRACES_SAMPLER_ARG choose another.
+DEFAULT_SAMPLE_RATIO = 0.01
+
+
+def default_sampler() -> Sampler | None:
+    """The sampler the runtime installs: None (the SDK's reading of OTEL_TRACES_SAMPLER) when that is set, else
+    parent-based with DEFAULT_SAMPLE_RATIO of new traces."""
+    if os.environ.get("OTEL_TRACES_SAMPLER"):
+        return None
+    return ParentBased(TraceIdRatioBased(DEFAULT_SAMPLE_RATIO))
+
 
 def setup_tracing(service: str, trace_file: str | None) -> TracerProvider:
-    provider = TracerProvider(resource=Resource.create({"service.name": f"oms-{service}"}))
+    provider = TracerProvider(resource=Resource.create({"service.name": f"oms-{service}"}), sampler=default_sampler())
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -74,6 +89,16 @@ def context_of(span: trace.Span) -> otel_context.Context:
 
 def traceparent_of(span: trace.Span) -> str | None:
     return inject(context_of(span)).get("traceparent")
+
+
+def is_sampled(traceparent: str | None) -> bool:
+    """Whether a W3C traceparent says its trace is sampled (recorded); False for none or a malformed one."""
+    if not traceparent or len(traceparent) != 55:
+        return False
+    try:
+        return bool(int(traceparent[53:], 16) & 1)
+    except ValueError:
+        return False
 
 
 def context_from_traceparent(traceparent: str | None) -> otel_context.Context:
