@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -52,6 +52,9 @@ _ERRORS_NAMED = 20
 
 # Records that never validated have no event id of their own; their inbox key is derived from where they sit.
 _UNDECODABLE = uuid.UUID("3d0bf7c6-94a4-4c52-9a0b-9a7e0e3c6a11")
+
+# Where a record names its CloudEvent type: the outbox writes `ce-type`; the CloudEvents Kafka binding says `ce_type`.
+_TYPE_HEADERS = ("ce-type", "ce_type")
 
 
 @dataclass(slots=True)
@@ -262,8 +265,14 @@ class BatchConsumer:
         on_commit: Callable[[], None],
         on_invalid: InvalidHandler | None = None,
         dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
+        handles: Iterable[type[CloudEvent]] | None = None,
     ) -> None:
         self.name = name
+        # The topic's types this consumer does not handle, as their headers spell them: such a record is skipped
+        # before it is decoded. Only a type the topic's contract lists counts; a record without the header, or with
+        # a type unknown to the topic, is decoded (and dead-lettered when invalid) as always.
+        handled = None if handles is None else {event.TYPE for event in handles}
+        self.skipped = frozenset(t.encode() for t in topic.types if handled is not None and t not in handled)
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.topic = topic
         self.handler = handler
@@ -284,13 +293,14 @@ class BatchConsumer:
         try:
             # Inside the try: whatever a record holds, an error here is a redelivery, never a batch that the
             # framework logs and drops while the next offset commit moves past it.
-            messages.extend(self._open(record) for record in records)
-            with telemetry.tracer().start_as_current_span(
-                f"{self.name} batch",
-                links=[Link(m.span.get_span_context()) for m in messages],
-                attributes={"oms.batch.size": len(messages)},
-            ):
-                await self._apply_batch(messages)
+            messages.extend(self._open(record) for record in records if not self._skips(record))
+            if messages:
+                with telemetry.tracer().start_as_current_span(
+                    f"{self.name} batch",
+                    links=[Link(m.span.get_span_context()) for m in messages],
+                    attributes={"oms.batch.size": len(messages)},
+                ):
+                    await self._apply_batch(messages)
         except asyncio.CancelledError:
             self._rewind(records)
             raise
@@ -304,7 +314,9 @@ class BatchConsumer:
         finally:
             for m in messages:
                 m.span.end()
-        self.on_commit()
+        if messages:
+            self.on_commit()
+        # Skipped records' offsets too: they are done with.
         self._commit(records)
         if self.stopping:
             # The framework stops the Kafka consumer once this batch returns: commit its offsets while it can.
@@ -318,6 +330,16 @@ class BatchConsumer:
         for tp, offset in first.items():
             if tp in self.consumer.assignment():
                 self.consumer.seek(tp, offset)
+
+    def _skips(self, record: ConsumerRecord) -> bool:
+        """Whether the record's type header names a type of the topic this consumer does not handle: it is not
+        decoded, traced or recorded in the inbox, only its offset is committed."""
+        if not self.skipped:
+            return False
+        for name, value in record.headers or ():
+            if name in _TYPE_HEADERS:
+                return value in self.skipped
+        return False
 
     def _open(self, record: ConsumerRecord) -> Message:
         span = telemetry.tracer().start_span(

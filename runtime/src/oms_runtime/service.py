@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import uvicorn
@@ -16,7 +16,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaAckableMessage
 from faststream.specification import AsyncAPI
 
-from oms_contracts import Topic
+from oms_contracts import CloudEvent, Topic
 
 from . import http, telemetry
 from .consumer import BatchConsumer, Handler, InvalidHandler, prune_inbox
@@ -90,8 +90,15 @@ class Service:
         self.http: FastAPI = http.create_app(self, description)
         self.worker(self._prune_inbox)
 
-    def consumer(self, topic: Topic, *, on_invalid: InvalidHandler | None = None) -> Callable[[Handler], Handler]:
-        """Subscribe a batch handler to a topic, in this service's consumer group for that topic."""
+    def consumer(
+        self,
+        topic: Topic,
+        *,
+        on_invalid: InvalidHandler | None = None,
+        handles: Iterable[type[CloudEvent]] | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Subscribe a batch handler to a topic, in this service's consumer group for that topic. With `handles`,
+        records of the topic's other types are skipped by their `ce-type` header, before they are decoded."""
 
         def register(handler: Handler) -> Handler:
             group = f"oms-{self.name}.{topic.name}"
@@ -104,6 +111,7 @@ class Service:
                 on_commit=self._committed,
                 on_invalid=on_invalid,
                 dead_letter_max_bytes=self.settings.dead_letter_max_bytes,
+                handles=handles,
             )
             self.consumers.append(consumer)
 

@@ -292,6 +292,23 @@ def latest_contacts(contacts: Iterable[Contact]) -> list[Contact]:
     return list({contact.order_id: contact for contact in contacts}.values())
 
 
+# Every event type template_for may answer for: the consumers skip the others unread (by their ce-type header).
+CALLED_FOR = (
+    OrderAccepted,
+    FulfillmentPlanned,
+    BackorderQueued,
+    OrderFulfillmentShipped,
+    OrderFulfillmentDelivered,
+    LinesCancelled,
+    StatusChanged,
+    RefundIssued,
+    LinesReturned,
+    CancellationRejected,
+    OrderStuck,
+    LowStock,
+)
+
+
 def template_for(event: object) -> Template | None:
     """The message an event calls for, if any (see the module's docstring).
 
