@@ -343,26 +343,30 @@ class BatchConsumer:
 
     def _open(self, record: ConsumerRecord) -> Message:
         span = telemetry.tracer().start_span(
-            f"consume {record.topic}",
-            context=telemetry.extract(record.headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "kafka",
-                "messaging.destination.name": record.topic,
-                "messaging.consumer.group.name": self.name,
-                "messaging.kafka.partition": record.partition,
-                "messaging.kafka.offset": record.offset,
-            },
+            f"consume {record.topic}", context=telemetry.extract(record.headers), kind=SpanKind.CONSUMER
         )
+        # Most spans are not recorded (sampling): their attributes are not even made.
+        recording = span.is_recording()
+        if recording:
+            span.set_attributes(
+                {
+                    "messaging.system": "kafka",
+                    "messaging.destination.name": record.topic,
+                    "messaging.consumer.group.name": self.name,
+                    "messaging.kafka.partition": record.partition,
+                    "messaging.kafka.offset": record.offset,
+                }
+            )
         try:
             event = self.topic.parse(record.value or b"")
         except (ValidationError, ValueError) as error:
             span.set_status(Status(StatusCode.ERROR, "invalid message"))
             return Invalid(record, error, span)
-        span.set_attribute("cloudevents.event_type", event.type)
-        span.set_attribute("cloudevents.event_id", str(event.id))
-        if event.subject:
-            span.set_attribute("cloudevents.event_subject", event.subject)
+        if recording:
+            span.set_attribute("cloudevents.event_type", event.type)
+            span.set_attribute("cloudevents.event_id", str(event.id))
+            if event.subject:
+                span.set_attribute("cloudevents.event_subject", event.subject)
         return Incoming(event, record, span)
 
     async def _apply_batch(self, messages: list[Message]) -> None:
