@@ -19,7 +19,7 @@ TEST_ENV := OMS_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
 PYTEST_ARGS ?=
 
 .PHONY: help setup run stop test test-infra test-infra-down infra infra-down migrate topics schemas asyncapi lint clean \
-	bench bench-quick
+	bench bench-quick faults
 
 help:
 	@echo "make run         the whole OMS locally (Kafka, PostgreSQL, four services, demo network); Ctrl-C stops"
@@ -29,6 +29,7 @@ help:
 	@echo "make asyncapi    regenerate docs/asyncapi/ from the services' FastStream apps"
 	@echo "make bench       the benchmark: rate sweep, limits, baseline; report in bench/results/<timestamp>/"
 	@echo "make bench-quick one short point (50 orders/s, 20 s): a smoke run of the benchmark"
+	@echo "make faults      the fault suite at full size: kills, restarts, rebalances, poison under load; docs/reliability.md"
 	@echo "make lint        ruff"
 
 $(UV):
@@ -89,6 +90,11 @@ bench: setup
 
 bench-quick: setup
 	$(UV) run --frozen python -m bench quick --rate 50 --window 20 $(BENCH_ARGS)
+
+# The fault suite starts (and kills, and stops) a broker, a database and the services of its own (Kafka 20292,
+# PostgreSQL 16332, HTTP 18181-18184, SMTP 18125); `make test` runs it at a bounded size. Report in .cache/faults/.
+faults: setup
+	OMS_FAULTS_SIZE=full $(UV) run --frozen pytest -s tests/faults/test_faults.py $(PYTEST_ARGS)
 
 lint: setup
 	$(UV) run ruff check . && $(UV) run ruff format --check .

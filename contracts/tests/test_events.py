@@ -191,3 +191,21 @@ def test_an_invalid_submission_fails_its_json_schema_where_it_is_wrong(change, w
     errors = list(validators["oms.channel.order_submitted.v1"].iter_errors(document))
     assert errors, "the schema accepted it"
     assert {"/".join(map(str, e.absolute_path)) for e in errors} == {where}
+
+
+@EVENTS
+def test_an_event_read_from_its_topic_without_an_id_is_invalid_not_given_a_new_one(event, make_example):
+    # CloudEvents require an id, and the inbox knows an event by it: an id made up at each read would make every
+    # redelivery of such a record a new event, applied again.
+    document = json.loads(make_example(event).to_bytes())
+    del document["id"]
+    with pytest.raises(ValidationError) as refused:
+        TOPICS[TOPIC_OF[event.TYPE]].parse(json.dumps(document))
+    [error] = refused.value.errors()
+    assert (error["type"], error["loc"][-1]) == ("missing", "id")
+
+
+def test_an_event_made_in_code_without_an_id_still_gets_a_new_one(make_example):
+    [paid] = [e for e in ALL_EVENTS if e.TYPE == "oms.order.paid.v1"]
+    made = paid.model_validate({k: v for k, v in make_example(paid).model_dump(by_alias=True).items() if k != "id"})
+    assert isinstance(made.id, uuid.UUID)

@@ -2,7 +2,11 @@
 # A private PostgreSQL server for development, tests and CI: its own data dir,
 # port and socket dir under .cache, never the system's cluster.
 #
-#   postgres.sh install|start|stop|status|reset|createdb NAME...
+#   postgres.sh install|start|stop|restart-immediate|status|reset|createdb NAME...
+#
+# restart-immediate crashes the running server on purpose (pg_ctl -m immediate:
+# every backend gone at once, no checkpoint, WAL replayed at the next start)
+# and starts it again: what the fault suite (tests/faults) does to PostgreSQL.
 #
 # Exit codes: 0 ok, 1 failure, 2 usage, 3 not running (status).
 # Environment: OMS_PG_PORT (5432), OMS_PG_STATE (<repo>/.cache/postgres-<port>),
@@ -136,6 +140,16 @@ init_data() {
   rm -f "$pwfile"
 }
 
+# Settings go on the command line so that an existing data dir picks up changes
+# made here. Full durability (fsync, synchronous_commit) is a requirement; 300
+# connections for many services with pools on one box.
+server_opts() {
+  local opts="-p $PORT -k '$STATE' -c listen_addresses=127.0.0.1"
+  opts+=" -c max_connections=300 -c shared_buffers=256MB"
+  opts+=" -c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+  echo "$opts"
+}
+
 start() {
   if answers; then
     log "already running on 127.0.0.1:$PORT (pg_isready answers); not starting another"
@@ -145,14 +159,8 @@ start() {
     if ! answers; then
       init_data
       log "starting PostgreSQL from $BIN (data $DATA, log $LOG)"
-      # Settings go on the command line so that an existing data dir picks up
-      # changes made here. Full durability (fsync, synchronous_commit) is a
-      # requirement; 300 connections for many services with pools on one box.
-      local opts="-p $PORT -k '$STATE' -c listen_addresses=127.0.0.1"
-      opts+=" -c max_connections=300 -c shared_buffers=256MB"
-      opts+=" -c fsync=on -c synchronous_commit=on -c full_page_writes=on"
       # 9>&-: the server must not inherit (and so hold) our lock.
-      as_pg "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 -o "$opts" start >&2 9>&- \
+      as_pg "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 60 -o "$(server_opts)" start >&2 9>&- \
         || { tail -n 40 "$LOG" >&2 2>/dev/null; die "pg_ctl start failed"; }
     fi
   fi
@@ -172,6 +180,18 @@ stop() {
   as_pg "$BIN/pg_ctl" -D "$DATA" stop -m fast -w -t 60 >&2 9>&- || die "pg_ctl stop failed"
 }
 
+# A crash and a start: no shutdown checkpoint, connections cut without goodbye,
+# crash recovery from the WAL before the server accepts connections again.
+restart_immediate() {
+  [[ -f "$DATA/PG_VERSION" ]] || die "no data dir at $DATA"
+  find_bin || die "PostgreSQL is not installed"
+  as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1 || die "not running (pg_ctl status)"
+  log "restarting in immediate mode (a crash, then crash recovery)"
+  as_pg "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 120 -m immediate -o "$(server_opts)" restart >&2 9>&- \
+    || { tail -n 40 "$LOG" >&2 2>/dev/null; die "pg_ctl restart failed"; }
+  log "running on 127.0.0.1:$PORT again"
+}
+
 find_bin || true
 case "${1:-}" in
   install)  install; log "PostgreSQL binaries in $BIN" ;;
@@ -179,7 +199,8 @@ case "${1:-}" in
   createdb) shift; [[ $# -gt 0 ]] || die "createdb needs database names"
             answers || die "not running on 127.0.0.1:$PORT"; createdbs "$@" ;;
   stop)     if [[ -d "$STATE" ]]; then lock; fi; stop ;;
+  restart-immediate) lock; restart_immediate ;;
   status)   if answers; then echo running; else echo stopped; exit 3; fi ;;
   reset)    if [[ -d "$STATE" ]]; then lock; fi; stop; rm -rf "$STATE"; log "state $STATE deleted" ;;
-  *)        echo "usage: $0 install|start|stop|status|reset|createdb NAME..." >&2; exit 2 ;;
+  *)        echo "usage: $0 install|start|stop|restart-immediate|status|reset|createdb NAME..." >&2; exit 2 ;;
 esac

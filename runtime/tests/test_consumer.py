@@ -240,6 +240,24 @@ async def test_a_dead_letter_replayed_after_a_fix_is_applied_and_the_original_re
     assert await applied(service) == ["refuse-until-fixed"], "applied once"
 
 
+async def test_a_record_without_an_event_id_is_dead_lettered_each_time_it_is_sent_never_applied(
+    service, topic, receipt, applied, consume
+):
+    # A producer that leaves out the id and sends the same bytes twice (a retry, a replay): were the id made up at
+    # each read, each copy would be a new event to the inbox, and applied.
+    document = json.loads(receipt("no-id").to_bytes())
+    del document["id"]
+    value = json.dumps(document).encode()
+
+    emitted = await consume(service, topic, [record(topic.name, value, "SKU-1")])
+    emitted += await consume(service, topic, [record(topic.name, value, "SKU-1")])
+
+    assert await applied(service) == []
+    assert [dict(e.headers)["oms-error-message"] for e in dead_letters(emitted)] == [
+        "1 validation error(s): id: Field required"
+    ] * 2
+
+
 async def test_records_of_types_the_consumer_does_not_handle_are_skipped_unread_by_their_type_header(
     make_service, database_url, probe, receipt, applied, consume
 ):

@@ -6,6 +6,7 @@ from typing import Annotated
 import httpx
 import pytest
 from fastapi import APIRouter
+from pydantic import BaseModel
 
 from oms_runtime import Principal, Role, http, require_role
 
@@ -188,3 +189,26 @@ async def test_principal_keeps_working_for_tokens_with_roles(by_role):
     async with client(by_role) as http:
         response = await http.get("/whoami", headers={"Authorization": "Bearer nothing-token"})
     assert response.json() == {"principal": "nobody"}
+
+
+async def test_a_body_of_bytes_that_are_not_utf8_gets_422_with_the_field_errors_not_a_server_error(make_service):
+    # Found by tests/fuzz: sent as text/plain (so not parsed as JSON), the body reached the validation error as bytes,
+    # and FastAPI's handler failed to echo them (500).
+    service = make_service(UNREACHABLE_DATABASE)
+    router = APIRouter()
+
+    class Note(BaseModel):
+        text: str
+
+    @router.post("/notes")
+    async def note(body: Note) -> dict[str, str]:
+        return {"text": body.text}
+
+    service.http.include_router(router)
+    async with client(service) as http:
+        for content_type in ("text/plain", "application/xml", "application/json"):
+            response = await http.post(
+                "/notes", content=b'\xff\xfe{"text": "hi"}', headers={"content-type": content_type}
+            )
+            assert response.status_code == 422, (content_type, response.text)
+            assert response.json()["detail"][0]["loc"][0] == "body"

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field, TypeAdapter
 
 from . import channel, fulfillment, inventory, notification, order, routing
-from .envelope import CloudEvent
+from .envelope import READ_FROM_A_TOPIC, CloudEvent
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,9 @@ class Topic:
         return TypeAdapter(self.union)
 
     def parse(self, raw: bytes | str) -> CloudEvent:
-        """Validate one message's bytes; raises pydantic.ValidationError with every field error."""
-        return self.adapter.validate_json(raw)
+        """Validate one message's bytes; raises pydantic.ValidationError with every field error (a missing id is
+        one: what a consumer reads must carry its own)."""
+        return self.adapter.validate_json(raw, context=READ_FROM_A_TOPIC)
 
     @property
     def types(self) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from oms_contracts import DEAD_LETTERS, CloudEvent, Topic
 from oms_contracts.topics import topic_for
 
-from . import telemetry
+from . import faults, telemetry
 from .database import Database, driver, is_transient
 from .outbox import OutboxMessage, append
 
@@ -314,6 +314,9 @@ class BatchConsumer:
         finally:
             for m in messages:
                 m.span.end()
+        if faults.ARMED:
+            # The batch's transaction has committed; its offsets are not committed yet.
+            faults.reach("consumer.after_commit")
         if messages:
             self.on_commit()
         # Skipped records' offsets too: they are done with.

@@ -49,7 +49,7 @@ from aiokafka.errors import (
 from aiokafka.protocol.metadata import MetadataRequest
 from opentelemetry import trace
 
-from . import telemetry
+from . import faults, telemetry
 from .database import Database, driver
 from .kafka import Kafka, client_options
 from .loop import run_when_woken
@@ -294,6 +294,9 @@ class Relay:
             if after_id == 0:
                 self._forget_before(rows[0]["id"])
             done = await self._send_all(rows)
+            if faults.ARMED and done.sent:
+                # The broker has acknowledged these rows; they are still in the outbox, and stay there if we die.
+                faults.reach("relay.after_publish")
             if done.parked:
                 await pg.execute(
                     """
