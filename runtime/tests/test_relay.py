@@ -12,7 +12,11 @@ import sqlalchemy as sa
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, NotLeaderForPartitionError
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
 
+from oms_runtime import outbox
 from oms_runtime.database import Database
 from oms_runtime.outbox import _FAILURES_BEFORE_RESTART, OutboxMessage, Relay, append
 from oms_runtime.topics import ensure_topics
@@ -478,3 +482,11 @@ async def _delete_topics(bootstrap: str, names: list[str]) -> None:
             await admin.delete_topics(names)
     finally:
         await admin.close()
+
+
+@given(keys=st.lists(st.binary(max_size=64), min_size=1, max_size=50), count=st.integers(min_value=1, max_value=64))
+def test_a_key_goes_to_the_partition_kafkas_default_partitioner_chooses(keys, count):
+    # Per-key order across versions: a key must never move to another partition.
+    partitions = list(range(count))
+    for key in keys + keys:
+        assert outbox._partition(key, partitions, partitions) == DefaultPartitioner()(key, partitions, partitions)
