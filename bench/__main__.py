@@ -1,8 +1,8 @@
 """`python -m bench sweep|quick`: the end-to-end benchmark (docs/performance.md).
 
 It starts a system of its own (by default broker 20092, PostgreSQL 16132, services 18081-18084, SMTP 18025: see the
---*-port options; state under .cache/bench/<timestamp>), plays the channels and the sources, measures, stops everything it started, and writes
-bench/results/<timestamp>/{results.json,report.md,latency.png}.
+--*-port options; state under .cache/bench/<timestamp>), plays the channels and the sources, measures, stops
+everything it started, and writes bench/results/<timestamp>/{results.json,report.md,latency.png}.
 """
 
 from __future__ import annotations
