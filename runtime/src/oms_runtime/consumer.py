@@ -41,6 +41,8 @@ E = TypeVar("E", bound=CloudEvent)
 
 # How long a stopping consumer waits for its offsets to be committed; then they are left for redelivery.
 _FLUSH_SECONDS = 10.0
+# How long applied offsets wait to be committed together with the next batches' (seconds).
+_OFFSET_COMMIT_INTERVAL = 0.2
 
 # The most of an original record's value a dead letter keeps: the broker's default message.max.bytes is 1 MB, and a
 # dead letter carries its error and origin in headers beside the value. A larger one is cut, and says so.
@@ -471,6 +473,11 @@ class BatchConsumer:
             self._commit_task = asyncio.create_task(self._flush_offsets())
 
     async def _flush_offsets(self) -> None:
+        if not self.stopping:
+            # Offsets of the batches applied meanwhile go in the same request: one commit per subscription per
+            # interval instead of one per batch (each is a write on the broker). A crash in between redelivers a
+            # little more, which the inbox skips.
+            await asyncio.sleep(_OFFSET_COMMIT_INTERVAL)
         delay = 0.05
         while self._pending_offsets:
             offsets, self._pending_offsets = self._pending_offsets, {}
