@@ -18,11 +18,12 @@ TEST_ENV := OMS_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$(TEST_KAFKA_PORT) \
 	OMS_TEST_SASL_KAFKA_PORT=$(TEST_SASL_KAFKA_PORT)
 PYTEST_ARGS ?=
 
-.PHONY: help setup run stop test test-infra test-infra-down infra infra-down migrate topics schemas asyncapi lint clean \
-	bench bench-quick faults
+.PHONY: help setup run observe stop test test-infra test-infra-down infra infra-down migrate topics schemas asyncapi lint \
+	clean bench bench-quick faults
 
 help:
 	@echo "make run         the whole OMS locally (Kafka, PostgreSQL, four services, demo network); Ctrl-C stops"
+	@echo "make observe     make run with Prometheus (http://127.0.0.1:9090) scraping the services, alert rules loaded"
 	@echo "make stop        stop what make run started (from another terminal)"
 	@echo "make test        every test, against a real Kafka broker and PostgreSQL started for the tests"
 	@echo "make schemas     regenerate contracts/schemas/ (JSON Schema of every event)"
@@ -41,8 +42,14 @@ $(UV):
 
 setup: .venv/.synced
 
+# OBSERVE=1 (or `make observe`): Prometheus too, installed from Debian's packages when missing.
+OBSERVE ?= 0
+
 run: setup
-	deploy/run.sh start
+	OMS_OBSERVE=$(OBSERVE) deploy/run.sh start
+
+observe: setup
+	OMS_OBSERVE=1 deploy/run.sh start
 
 stop:
 	deploy/run.sh stop
@@ -64,6 +71,7 @@ topics: setup
 test-infra:
 	OMS_KAFKA_PORT=$(TEST_KAFKA_PORT) deploy/kafka/kafka.sh start
 	OMS_PG_PORT=$(TEST_PG_PORT) deploy/postgres/postgres.sh start
+	deploy/prometheus/prometheus.sh install
 
 test-infra-down:
 	OMS_KAFKA_PORT=$(TEST_KAFKA_PORT) deploy/kafka/kafka.sh stop

@@ -9,7 +9,8 @@
 #
 # Environment (the defaults are the local demo): OMS_RUN_DIR (.cache/run); OMS_KAFKA_PORT and OMS_PG_PORT (also
 # read by deploy/kafka and deploy/postgres); OMS_<SERVICE>_HTTP_PORT (8081-8084); OMS_DEMO (1: load the demo
-# network and stock); OMS_DEMO_SOURCES (1: run the demo sources); OMS_RESTART_MAX_DELAY (30 seconds).
+# network and stock); OMS_DEMO_SOURCES (1: run the demo sources); OMS_RESTART_MAX_DELAY (30 seconds); OMS_OBSERVE
+# (0; 1: Prometheus too, deploy/prometheus/prometheus.sh, on OMS_PROMETHEUS_PORT, 9090, scraping the four services).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -115,6 +116,7 @@ stop() {
   # Only what this script started: a broker or database that was already running stays up.
   if [[ -f "$RUN/started-kafka" ]]; then "$REPO/deploy/kafka/kafka.sh" stop; rm -f "$RUN/started-kafka"; fi
   if [[ -f "$RUN/started-postgres" ]]; then "$REPO/deploy/postgres/postgres.sh" stop; rm -f "$RUN/started-postgres"; fi
+  if [[ -f "$RUN/started-prometheus" ]]; then "$REPO/deploy/prometheus/prometheus.sh" stop; rm -f "$RUN/started-prometheus"; fi
   say "stopped"
 }
 
@@ -156,6 +158,18 @@ start() {
     say "$service ready on http://127.0.0.1:${PORT[$service]}"
   done
   SUPERVISED=(mail "${SERVICES[@]}")
+  local observing=""
+  if [[ "${OMS_OBSERVE:-0}" == 1 ]]; then
+    local targets=""
+    for service in "${SERVICES[@]}"; do targets+="$service=127.0.0.1:${PORT[$service]} "; done
+    if ! "$REPO/deploy/prometheus/prometheus.sh" status >/dev/null 2>&1; then
+      OMS_PROMETHEUS_TARGETS="$targets" "$REPO/deploy/prometheus/prometheus.sh" start && touch "$RUN/started-prometheus"
+    else
+      OMS_PROMETHEUS_TARGETS="$targets" "$REPO/deploy/prometheus/prometheus.sh" start
+    fi
+    observing="  Prometheus: http://127.0.0.1:${OMS_PROMETHEUS_PORT:-9090} (alerts at /alerts); each service's own metrics at /metrics.
+"
+  fi
 
   if [[ "${OMS_DEMO:-1}" == 1 ]]; then
     "$UV" run --frozen oms demo network --token "$TOKEN"
@@ -172,8 +186,8 @@ start() {
   The OMS is running: order :${PORT[order]}, routing :${PORT[routing]}, inventory :${PORT[inventory]}, notifications :${PORT[notifications]} (OpenAPI at /docs).
   A process that exits is restarted (with backoff); Kafka, PostgreSQL and the others keep running.
   Demo sources ship every fulfillment request (OMS_DEMO_SOURCES=0 to play them yourself: .venv/bin/oms demo ship).
-  Mail goes to a local catcher: $RUN/mail.log. Traces: $OMS_TRACE_FILE.
-
+  Mail goes to a local catcher: $RUN/mail.log. Traces: $OMS_TRACE_FILE (one order's: .venv/bin/oms trace <order_id>).
+$observing
   Submit and pay a demo order:
       .venv/bin/oms demo order --sku TENT-2P:1 --sku LAMP-HEAD:2
   Read it back (local demo token; never use it elsewhere):

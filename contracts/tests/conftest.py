@@ -299,7 +299,12 @@ DATA: dict[str, dict[str, Any]] = {
         "lines": LINE_QUANTITIES,
     },
     "oms.fulfillment.delivered.v1": {**FULFILLMENT, "delivered_at": "2026-11-25T11:00:00Z"},
-    "oms.fulfillment.cancelled.v1": {**FULFILLMENT, "lines": LINE_QUANTITIES, "reason": "shelf empty"},
+    "oms.fulfillment.cancelled.v1": {
+        **FULFILLMENT,
+        "lines": LINE_QUANTITIES,
+        "reason": "shelf empty",
+        "reason_code": "out_of_stock",
+    },
     "oms.notification.sent.v1": {**NOTIFICATION, "sent_at": "2026-11-22T10:00:05Z"},
     "oms.notification.failed.v1": {
         **NOTIFICATION,

@@ -8,6 +8,7 @@ from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
 from oms_contracts import ALL_EVENTS, FIXED_TOPICS, fulfillment_requests, order_id_for
+from oms_contracts.fulfillment import ReasonCode
 from oms_contracts.order import OrderRejected
 from oms_contracts.schemas import checked_in_schemas
 from oms_contracts.topics import CHANNEL_ORDERS, ORDER_EVENTS, topic_for
@@ -209,3 +210,21 @@ def test_an_event_made_in_code_without_an_id_still_gets_a_new_one(make_example):
     [paid] = [e for e in ALL_EVENTS if e.TYPE == "oms.order.paid.v1"]
     made = paid.model_validate({k: v for k, v in make_example(paid).model_dump(by_alias=True).items() if k != "id"})
     assert isinstance(made.id, uuid.UUID)
+
+
+@pytest.mark.parametrize("type_", ["oms.fulfillment.rejected.v1", "oms.fulfillment.cancelled.v1"])
+def test_a_source_update_without_a_reason_code_means_other_and_an_unknown_one_fails_where_it_is_wrong(
+    type_, make_document, validators
+):
+    event = {e.TYPE: e for e in ALL_EVENTS}[type_]
+    document = make_document(type_)
+    document["data"].pop("reason_code", None)
+    assert event.model_validate(document).data.reason_code is ReasonCode.other  # a source from before the field
+
+    document["data"]["reason_code"] = "lost_in_space"
+    with pytest.raises(ValidationError) as refused:
+        event.model_validate(document)
+    assert [e["loc"] for e in refused.value.errors()] == [("data", "reason_code")]
+    assert {"/".join(map(str, e.absolute_path)) for e in validators[type_].iter_errors(document)} == {
+        "data/reason_code"
+    }

@@ -109,6 +109,14 @@ def test_a_payment_in_a_code_that_is_not_legal_tender_is_refused(make_document):
     assert error.field == "data.currency"
 
 
+def test_text_with_a_nul_character_is_refused_at_its_path(make_document):
+    # PostgreSQL's text and jsonb cannot hold it: refused with the field, not by the database later.
+    cancellation = make_document("oms.channel.cancellation_requested.v1")
+    cancellation["data"]["reason"] = "changed\u0000my mind"
+    [error] = refusals(cancellation)
+    assert error.field == "data.reason" and "NUL" in error.message
+
+
 def test_totals_that_do_not_add_up_are_refused_with_the_sum(submitted):
     submitted["data"]["grand_total"] = "40.00"
     [error] = refusals(submitted)

@@ -25,6 +25,8 @@ log() { echo "postgres[$PORT]: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 is_root() { [[ "$(id -u)" == 0 ]]; }
+# shellcheck source=../apt.sh
+source "$REPO/deploy/apt.sh"
 
 # postgres refuses to run as root, and the service user must be able to reach
 # the state dir. If the checkout sits under a dir it cannot enter (e.g. /root),
@@ -67,21 +69,13 @@ as_pg() {  # run a server command as the user that owns the data dir
 
 install() {
   find_bin && return 0
-  local sudo=()
-  if ! is_root; then
-    command -v sudo >/dev/null || die "PostgreSQL is not installed and we are not root (no sudo): apt-get install postgresql"
-    sudo=(sudo)
-  fi
-  command -v apt-get >/dev/null || die "PostgreSQL is not installed and there is no apt-get: install PostgreSQL >= 15 by hand"
-  log "installing Debian's postgresql package"
-  local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Options::=--force-confold)
-  "${apt[@]}" update >&2
+  apt_prepare PostgreSQL postgresql 15
   # The package would create and start a system cluster on 5432, which would
   # take the port from ours: switch that off before the server is installed.
-  "${apt[@]}" install --no-install-recommends postgresql-common >&2
-  "${sudo[@]}" sed -ri 's/^#?\s*create_main_cluster\s*=.*/create_main_cluster = false/' \
+  "${APT[@]}" install --no-install-recommends postgresql-common >&2
+  "${SUDO[@]}" sed -ri 's/^#?\s*create_main_cluster\s*=.*/create_main_cluster = false/' \
     /etc/postgresql-common/createcluster.conf
-  "${apt[@]}" install --no-install-recommends postgresql postgresql-client >&2
+  "${APT[@]}" install --no-install-recommends postgresql postgresql-client >&2
   find_bin || die "postgresql installed but no pg_ctl/initdb found"
 }
 

@@ -1,7 +1,9 @@
 """The running system: the four services as separate processes on a real Kafka broker and real PostgreSQL, a real
 SMTP server (aiosmtpd), and the test playing channel, WMS and 3PL with a real Kafka client.
 
-The services start once per module (fresh databases, free ports, their own trace files) and stop after it."""
+The services start once per module (fresh databases, free ports, their own trace files) and stop after it. A module
+may give its services more settings with a module-level `SYSTEM_ENV` dict (e.g. short stuck-order thresholds),
+merged over the defaults below for every service."""
 
 from __future__ import annotations
 
@@ -62,11 +64,14 @@ class System:
     environments: dict[str, dict[str, str]] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def start(self, service: str) -> None:
-        log = (self.log_dir / f"{service}.log").open("a")
-        self.processes[service] = subprocess.Popen(
+    def start(self, service: str, *, name: str | None = None, **env: str) -> None:
+        """Start the service; with a `name`, another process of it under that name (its log, its entry in
+        `processes`, stopped with the others), with `env` over the service's settings (e.g. its own HTTP port)."""
+        name = name or service
+        log = (self.log_dir / f"{name}.log").open("a")
+        self.processes[name] = subprocess.Popen(
             [sys.executable, "-m", f"oms_{service}"],
-            env=self.environments[service],
+            env=self.environments[service] | env,
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -146,7 +151,9 @@ async def read_until(consumer: AIOKafkaConsumer, predicate, *, timeout: float = 
 
 
 @pytest.fixture(scope="module")
-def system(oms_topics: str, service_database, tmp_path_factory) -> Iterator[System]:
+def system(oms_topics: str, service_database, tmp_path_factory, request) -> Iterator[System]:
+    # A module's own settings, e.g. thresholds it needs shorter than any default; other modules get the defaults.
+    extra: dict[str, str] = getattr(request.module, "SYSTEM_ENV", {})
     label = uuid.uuid4().hex[:6]
     databases = {service: service_database(service, f"e2e{label}") for service in SERVICES}
     ports = {service: free_port() for service in SERVICES}
@@ -168,6 +175,8 @@ def system(oms_topics: str, service_database, tmp_path_factory) -> Iterator[Syst
                 "OMS_NOTIFICATIONS_SMTP_HOST": "127.0.0.1",
                 "OMS_NOTIFICATIONS_SMTP_PORT": str(smtp.port),
                 "OMS_LOG_LEVEL": "INFO",
+                # The gauges behind /metrics (lag, outbox, orders by status, backorders) refresh every second.
+                "OMS_METRICS_REFRESH_S": "1",
                 # The order's single view asks inventory for the live queue position of backordered units.
                 "OMS_ORDER_INVENTORY_URL": f"http://127.0.0.1:{ports['inventory']}",
                 "OMS_ORDER_INVENTORY_TOKEN": TOKEN,
@@ -175,6 +184,7 @@ def system(oms_topics: str, service_database, tmp_path_factory) -> Iterator[Syst
                 "OMS_CUSTOMER_LINK_KEY": LINK_KEY,
                 "OMS_NOTIFICATIONS_ORDER_PUBLIC_URL": f"http://127.0.0.1:{ports['order']}",
                 "OMS_NOTIFICATIONS_OPS_EMAIL": OPS_EMAIL,
+                **extra,
             }
             running.start(service)
         for service in SERVICES:

@@ -5,120 +5,31 @@ routing backorders on a stale view of stock ships from the stock already there."
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from oms_contracts import fulfillment
-from oms_contracts.common import Address
 from oms_contracts.inventory import StockLevelChanged, StockLevelChangedData
 from oms_contracts.topics import (
     CHANNEL_ORDERS,
     FULFILLMENT_UPDATES,
-    INVENTORY_RECEIPTS,
     INVENTORY_STOCK,
     fulfillment_requests,
 )
 from oms_tools import samples
 
 from .conftest import System, eventually, read_until, run_id
+from .steps import line_of, notices, order_view, receive, request_for, requests_for, routable, simulated, units_of
 
 pytestmark = pytest.mark.timeout(300)
-
-
-async def _simulated(system: System, sku: str, quantity: int = 1, address: Address = samples.BERLIN) -> dict:
-    """The plan routing would make now for a one-line order of `sku` to `address` (routing's /simulate)."""
-    probe = samples.order_submitted(f"probe-{run_id()}", [(sku, quantity, "1.00")], address=address)
-    paid = {
-        "order_id": str(probe.data.order_id),
-        "channel": "web-eu",
-        "placed_at": "2026-11-25T10:00:00Z",
-        "currency": "EUR",
-        "amount": str(probe.data.grand_total),
-        "lines": [{"line_id": "1", "sku": sku, "quantity": quantity}],
-        "shipping_address": probe.data.shipping_address.model_dump(mode="json"),
-        "shipping_method": "standard",
-        "options": {"ship_complete": False, "backorder_policy": "allow"},
-    }
-    async with system.http() as http:
-        r = await http.post(system.url("routing", "/simulate"), json=paid)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-async def _routable(system: System, sku: str, source: str, quantity: int = 1) -> None:
-    """Routing's projection has caught up with inventory: a one-line order of `sku` would ship from `source`."""
-
-    async def planned_there():
-        shipments = (await _simulated(system, sku, quantity))["shipments"]
-        return [s for s in shipments if s["source_code"] == source]
-
-    await eventually(planned_there, what=f"routing to see {sku} at {source}")
-
-
-async def _stock(system: System, sku: str, source: str, quantity: int) -> None:
-    await system.publish(INVENTORY_RECEIPTS.name, samples.stock_received(sku, source, quantity))
-
-
-async def _requests_for(
-    consumer: AIOKafkaConsumer, *order_ids: uuid.UUID
-) -> dict[uuid.UUID, fulfillment.FulfillmentRequested]:
-    """The next fulfillment request of each order; they may arrive in any order (one partition per order)."""
-    found: dict[uuid.UUID, fulfillment.FulfillmentRequested] = {}
-
-    def wanted(record) -> bool:
-        event = json.loads(record.value)
-        order_id = uuid.UUID(event["data"]["order_id"])
-        if event["type"] == fulfillment.FulfillmentRequested.TYPE and order_id in order_ids and order_id not in found:
-            found[order_id] = fulfillment.FulfillmentRequested.model_validate_json(record.value)
-        return len(found) == len(order_ids)
-
-    await read_until(consumer, wanted)
-    return found
-
-
-async def _request_for(consumer: AIOKafkaConsumer, order_id: uuid.UUID) -> fulfillment.FulfillmentRequested:
-    return (await _requests_for(consumer, order_id))[order_id]
-
-
-def _units(lines) -> list[tuple[str, int]]:
-    return sorted((line.sku, line.quantity) for line in lines)
-
-
-async def _order(system: System, order_id: uuid.UUID, status: str | None = None) -> dict:
-    async with system.http() as http:
-
-        async def fetched():
-            r = await http.get(system.url("order", f"/orders/{order_id}"))
-            if r.status_code != 200 or (status is not None and r.json()["status"] != status):
-                return None
-            return r.json()
-
-        return await eventually(fetched, what=f"order {order_id} to be {status or 'there'}")
-
-
-async def _notifications(system: System, order_id: uuid.UUID, template: str, count: int = 1) -> list[dict]:
-    async with system.http() as http:
-
-        async def sent():
-            r = await http.get(system.url("notifications", "/notifications"), params={"order_id": str(order_id)})
-            found = [n for n in r.json() if n["template"] == template and n["status"] == "sent"]
-            return found if len(found) >= count else None
-
-        return await eventually(sent, what=f"{count} {template} mail(s) for {order_id}")
-
-
-def _line(order: dict, sku: str) -> dict:
-    return next(line for line in order["lines"] if line["sku"] == sku)
 
 
 async def test_a_mixed_order_ships_what_is_in_stock_now_and_the_rest_when_stock_arrives(system: System, network):
     rid = run_id()
     here, missing = f"MIX-HERE-{rid}", f"MIX-LATER-{rid}"
-    await _stock(system, here, "WH-EAST", 5)
-    await _routable(system, here, "WH-EAST")
+    await receive(system, here, "WH-EAST", 5)
+    await routable(system, here, "WH-EAST")
 
     submitted = samples.order_submitted(f"mixed-{rid}", [(here, 1, "10.00"), (missing, 2, "7.50")])
     order_id = submitted.data.order_id
@@ -128,42 +39,42 @@ async def test_a_mixed_order_ships_what_is_in_stock_now_and_the_rest_when_stock_
         await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
 
         # The line in stock is requested at once; the other waits in its SKU's queue, and the customer is told.
-        first = await _request_for(warehouse, order_id)
-        assert _units(first.data.lines) == [(here, 1)]
-        order = await _order(system, order_id, "awaiting_fulfillment")
-        waiting = _line(order, missing)
+        first = await request_for(warehouse, order_id)
+        assert units_of(first.data.lines) == [(here, 1)]
+        order = await order_view(system, order_id, "awaiting_fulfillment")
+        waiting = line_of(order, missing)
         assert waiting["state"] == "backordered" and waiting["quantities"]["backordered"] == 2
 
         async def queued_first():
-            line = _line(await _order(system, order_id), missing)
+            line = line_of(await order_view(system, order_id), missing)
             return line["backorder"] and line["backorder"]["position"] == 1
 
         await eventually(queued_first, what="the line's place in its SKU's queue")
-        [notice] = await _notifications(system, order_id, "backorder_notice")
+        [notice] = await notices(system, order_id, "backorder_notice")
         assert missing in notice["body_text"] and here not in notice["body_text"]
 
         # The parcel with the in-stock line leaves: partially fulfilled, and the mail says what is still to come.
         await system.publish(FULFILLMENT_UPDATES.name, samples.shipped(first))
-        await _order(system, order_id, "partially_fulfilled")
-        [parcel_mail] = await _notifications(system, order_id, "shipped")
+        await order_view(system, order_id, "partially_fulfilled")
+        [parcel_mail] = await notices(system, order_id, "shipped")
         assert here in parcel_mail["body_text"] and missing in parcel_mail["body_text"]
 
         # Stock arrives: the waiting line is served first-in-first-out, as a new fulfillment at the restocked source.
-        await _stock(system, missing, "WH-EAST", 2)
-        second = await _request_for(warehouse, order_id)
+        await receive(system, missing, "WH-EAST", 2)
+        second = await request_for(warehouse, order_id)
     finally:
         await warehouse.stop()
     assert second.data.fulfillment_id != first.data.fulfillment_id
-    assert _units(second.data.lines) == [(missing, 2)]
+    assert units_of(second.data.lines) == [(missing, 2)]
     await system.publish(FULFILLMENT_UPDATES.name, samples.shipped(second))
-    order = await _order(system, order_id, "fulfilled")
+    order = await order_view(system, order_id, "fulfilled")
     assert {line["state"] for line in order["lines"]} == {"shipped"}
     assert len(order["fulfillments"]) == 2
-    await _notifications(system, order_id, "shipped", count=2)
+    await notices(system, order_id, "shipped", count=2)
 
     await system.publish(FULFILLMENT_UPDATES.name, samples.delivered(first), samples.delivered(second))
-    await _order(system, order_id, "delivered")
-    await _notifications(system, order_id, "delivered", count=2)
+    await order_view(system, order_id, "delivered")
+    await notices(system, order_id, "delivered", count=2)
 
     async with system.http() as http:
         timeline = (await http.get(system.url("order", f"/orders/{order_id}/timeline"))).json()
@@ -181,10 +92,10 @@ async def test_a_mixed_order_ships_what_is_in_stock_now_and_the_rest_when_stock_
 async def test_a_two_warehouse_split_ships_two_parcels_each_mailed_with_exactly_its_items(system: System, network):
     rid = run_id()
     east, west = f"SPLIT-E-{rid}", f"SPLIT-W-{rid}"
-    await _stock(system, east, "WH-EAST", 3)
-    await _stock(system, west, "WH-WEST", 3)
-    await _routable(system, east, "WH-EAST")
-    await _routable(system, west, "WH-WEST")
+    await receive(system, east, "WH-EAST", 3)
+    await receive(system, west, "WH-WEST", 3)
+    await routable(system, east, "WH-EAST")
+    await routable(system, west, "WH-WEST")
 
     submitted = samples.order_submitted(f"split-{rid}", [(east, 1, "10.00"), (west, 2, "5.00")])
     order_id = submitted.data.order_id
@@ -193,23 +104,23 @@ async def test_a_two_warehouse_split_ships_two_parcels_each_mailed_with_exactly_
         await consumer.start()
     try:
         await system.publish(CHANNEL_ORDERS.name, submitted, samples.payment_captured(submitted))
-        requests = {code: await _request_for(consumer, order_id) for code, consumer in consumers.items()}
+        requests = {code: await request_for(consumer, order_id) for code, consumer in consumers.items()}
     finally:
         for consumer in consumers.values():
             await consumer.stop()
-    assert _units(requests["WH-EAST"].data.lines) == [(east, 1)]
-    assert _units(requests["WH-WEST"].data.lines) == [(west, 2)]
+    assert units_of(requests["WH-EAST"].data.lines) == [(east, 1)]
+    assert units_of(requests["WH-WEST"].data.lines) == [(west, 2)]
 
     # Before anything leaves, the customer learns it comes in two parcels.
-    [warning] = await _notifications(system, order_id, "split_prewarning")
+    [warning] = await notices(system, order_id, "split_prewarning")
     assert east in warning["body_text"] and west in warning["body_text"]
 
     await system.publish(FULFILLMENT_UPDATES.name, samples.shipped(requests["WH-EAST"]))
-    await _order(system, order_id, "partially_fulfilled")
-    [first_mail] = await _notifications(system, order_id, "shipped")
+    await order_view(system, order_id, "partially_fulfilled")
+    [first_mail] = await notices(system, order_id, "shipped")
     await system.publish(FULFILLMENT_UPDATES.name, samples.shipped(requests["WH-WEST"]))
-    await _order(system, order_id, "fulfilled")
-    mails = await _notifications(system, order_id, "shipped", count=2)
+    await order_view(system, order_id, "fulfilled")
+    mails = await notices(system, order_id, "shipped", count=2)
     second_mail = next(m for m in mails if m["id"] != first_mail["id"])
 
     # Each parcel's mail names its own items as in the parcel, and the first also names what is still to come.
@@ -239,21 +150,21 @@ async def test_three_backorders_are_served_oldest_first_and_the_third_keeps_its_
         warehouse = system.consumer(fulfillment_requests("WH-EAST").name)
         await warehouse.start()
         try:
-            await _stock(system, sku, "WH-EAST", 2)
-            served = await _requests_for(warehouse, *orders[:2])
-            assert all(_units(r.data.lines) == [(sku, 1)] for r in served.values())
+            await receive(system, sku, "WH-EAST", 2)
+            served = await requests_for(warehouse, *orders[:2])
+            assert all(units_of(r.data.lines) == [(sku, 1)] for r in served.values())
 
             queue = (await http.get(system.url("inventory", f"/backorders/{sku}"))).json()
             assert [(w["position"], w["order_id"]) for w in queue] == [(1, str(orders[2]))]
-            order = await _order(system, orders[2])
-            assert _line(order, sku)["state"] == "backordered"
+            order = await order_view(system, orders[2])
+            assert line_of(order, sku)["state"] == "backordered"
 
-            await _stock(system, sku, "WH-EAST", 1)
-            third = await _request_for(warehouse, orders[2])
+            await receive(system, sku, "WH-EAST", 1)
+            third = await request_for(warehouse, orders[2])
         finally:
             await warehouse.stop()
-    assert _units(third.data.lines) == [(sku, 1)]
-    assert (await _order(system, orders[2]))["status"] == "awaiting_fulfillment"
+    assert units_of(third.data.lines) == [(sku, 1)]
+    assert (await order_view(system, orders[2]))["status"] == "awaiting_fulfillment"
 
 
 def _level(sku: str, source: str, available: int, changed_at: datetime) -> StockLevelChanged:
@@ -273,8 +184,8 @@ async def test_a_line_routing_backorders_on_a_stale_view_of_stock_is_requested_f
     rid = run_id()
     here, unseen = f"STALE-HERE-{rid}", f"STALE-UNSEEN-{rid}"
     poland = samples.DEMO_ADDRESSES["PL"]  # only WH-EAST ships to Poland
-    await _stock(system, here, "WH-EAST", 3)
-    await _routable(system, here, "WH-EAST")
+    await receive(system, here, "WH-EAST", 3)
+    await routable(system, here, "WH-EAST")
 
     levels = system.consumer(INVENTORY_STOCK.name)
     await levels.start()
@@ -283,7 +194,7 @@ async def test_a_line_routing_backorders_on_a_stale_view_of_stock_is_requested_f
         # receipt's level (ignored: older), and a marker at WH-WEST (which does not ship to Poland) that shows when
         # routing has read the receipt's level.
         await system.publish(INVENTORY_STOCK.name, _level(unseen, "WH-EAST", 0, datetime(2099, 1, 1, tzinfo=UTC)))
-        await _stock(system, unseen, "WH-EAST", 2)
+        await receive(system, unseen, "WH-EAST", 2)
 
         def inventorys_level(record) -> bool:
             event = json.loads(record.value)
@@ -294,8 +205,8 @@ async def test_a_line_routing_backorders_on_a_stale_view_of_stock_is_requested_f
     finally:
         await levels.stop()
     await system.publish(INVENTORY_STOCK.name, _level(unseen, "WH-WEST", 1, datetime.now(UTC)))
-    await _routable(system, unseen, "WH-WEST")
-    stale = await _simulated(system, unseen, 2, poland)
+    await routable(system, unseen, "WH-WEST")
+    stale = await simulated(system, unseen, 2, poland)
     assert stale["shipments"] == [] and [x["sku"] for x in stale["backordered_lines"]] == [unseen]
     async with system.http() as http:
         stock = (await http.get(system.url("inventory", f"/stock/{unseen}"))).json()
@@ -319,13 +230,13 @@ async def test_a_line_routing_backorders_on_a_stale_view_of_stock_is_requested_f
         await read_until(warehouse, both)
     finally:
         await warehouse.stop()
-    assert sorted(_units(r.data.lines) for r in requests) == [[(here, 1)], [(unseen, 2)]]
+    assert sorted(units_of(r.data.lines) for r in requests) == [[(here, 1)], [(unseen, 2)]]
 
     async with system.http() as http:
         [plan] = (await http.get(system.url("routing", f"/plans/{order_id}"))).json()["plans"]
         queue = (await http.get(system.url("inventory", f"/backorders/{unseen}"))).json()
     assert [(x["sku"], x["quantity"]) for x in plan["backordered_lines"]] == [(unseen, 2)]
     assert queue == []
-    order = await _order(system, order_id, "awaiting_fulfillment")
-    assert _line(order, unseen)["state"] == "requested"
-    assert _line(order, unseen)["quantities"]["requested"] == 2
+    order = await order_view(system, order_id, "awaiting_fulfillment")
+    assert line_of(order, unseen)["state"] == "requested"
+    assert line_of(order, unseen)["quantities"]["requested"] == 2

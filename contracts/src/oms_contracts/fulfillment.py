@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import date
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import Field, HttpUrl
@@ -12,6 +13,23 @@ from pydantic import Field, HttpUrl
 from .common import Address, Line, LineQuantity, Recipient, ShippingMethod
 from .envelope import CloudEvent
 from .types import Contract, NonEmptyStr, SourceCode, Text, UtcDatetime
+
+
+class ReasonCode(StrEnum):
+    """Why a source will not ship units (`fulfillment.rejected`, `fulfillment.cancelled`): what inventory does with
+    the units it held for them follows from it."""
+
+    out_of_stock = "out_of_stock"  # the shelf is empty or the units were not found: they are not there
+    damaged = "damaged"  # found, but not fit to ship: they are not there to sell either
+    customer_request = "customer_request"  # the source's answer to a cancel request: the units are on the shelf
+    other = "other"  # capacity, address, carrier...: the units are on the shelf (also when a source sends none)
+
+
+REASON_CODE = Field(
+    default=ReasonCode.other,
+    description="out_of_stock and damaged: the units are not there, and inventory takes them off the source's on "
+    "hand; otherwise they are available there again. Absent: other.",
+)
 
 
 class FulfillmentRef(Contract):
@@ -42,6 +60,7 @@ class FulfillmentAcceptedData(FulfillmentRef):
 
 class FulfillmentRejectedData(FulfillmentRef):
     reason: Text
+    reason_code: ReasonCode = REASON_CODE
 
 
 class FulfillmentShippedData(FulfillmentRef):
@@ -63,6 +82,7 @@ class FulfillmentCancelledData(FulfillmentRef):
 
     lines: list[LineQuantity] = Field(min_length=1)
     reason: Text | None = None
+    reason_code: ReasonCode = REASON_CODE
 
 
 class _FulfillmentEvent(CloudEvent):

@@ -12,7 +12,7 @@ from pydantic import Field
 from .common import Line
 from .envelope import CloudEvent
 from .order import OrderRef
-from .types import Contract, Count, Quantity, Sku, SourceCode, UtcDatetime
+from .types import Contract, Count, Quantity, Sku, SourceCode, Text, UtcDatetime
 
 
 class ShipmentRef(OrderRef):
@@ -100,6 +100,11 @@ class StockLevelChangedData(Contract):
     reserved: Count
     available: Count
     changed_at: UtcDatetime
+    reason: Text | None = Field(
+        default=None,
+        description="Set when the change is not a plain movement: units a source reported missing or damaged "
+        "(written off its on hand)",
+    )
 
 
 class LowStockData(Contract):

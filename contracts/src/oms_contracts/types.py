@@ -93,6 +93,13 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def _no_nul(value: str) -> str:
+    # PostgreSQL's text and jsonb cannot hold it: refused here, with the field, rather than by the database.
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000)")
+    return value
+
+
 def _rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -135,8 +142,8 @@ UtcDatetime = Annotated[
     PlainSerializer(_rfc3339, return_type=str),
     WithJsonSchema({"type": "string", "format": "date-time", "description": "RFC 3339 time with offset; sent as UTC"}),
 ]
-NonEmptyStr = Annotated[str, Field(min_length=1, max_length=200)]
-Text = Annotated[str, Field(max_length=2000)]
+NonEmptyStr = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
+Text = Annotated[str, Field(max_length=2000), AfterValidator(_no_nul)]
 Sku = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^\S(.*\S)?$")]
 LineId = Annotated[str, Field(min_length=1, max_length=64)]
 # A source code becomes part of a Kafka topic name (oms.fulfillment.requests.{code}.v1), so only topic-safe

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,6 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import ConsumerRecord, TopicPartition
 from opentelemetry import trace
+from opentelemetry.metrics import Observation
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -31,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from oms_contracts import DEAD_LETTERS, CloudEvent, Topic
 from oms_contracts.topics import topic_for
 
-from . import faults, telemetry
+from . import faults, metrics, telemetry
 from .database import Database, driver, is_transient
 from .outbox import OutboxMessage, append
 
@@ -128,6 +131,7 @@ class Transaction:
         self.service = service
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.outbox: list[OutboxMessage] = []
+        self.committed: list[Callable[[], None]] = []
         self._pg = None
 
     async def pg(self):
@@ -135,6 +139,22 @@ class Transaction:
         if self._pg is None:
             self._pg = await driver(self.conn)
         return self._pg
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once this transaction has committed, never when it rolls back: what a handler counts for
+        its metrics is then counted once, however often a failed batch is replayed."""
+        self.committed.append(callback)
+
+    def has_committed(self) -> None:
+        """Run the `after_commit` callbacks: the consumer calls this once the transaction has committed, and so does
+        a service's own transaction outside a consumer (an HTTP write). A callback that fails is logged, never
+        raised: the transaction stands."""
+        for callback in self.committed:
+            try:
+                callback()
+            except Exception:
+                log.exception("a metric of %s could not be recorded (the transaction is committed)", self.service)
+        self.committed.clear()
 
     def emit(
         self,
@@ -253,7 +273,7 @@ def _subject(message: Message) -> str | None:
     return message.event.subject if isinstance(message, Incoming) else None
 
 
-class BatchConsumer:
+class BatchConsumer(metrics.GaugeSource):
     """One subscription of one service: a topic, a consumer group, a handler."""
 
     def __init__(
@@ -286,11 +306,29 @@ class BatchConsumer:
         self._pending_offsets: dict[TopicPartition, int] = {}
         self._commit_task: asyncio.Task[None] | None = None
         self.consumer: Any = None
+        # The framework's subscriber, whose Kafka consumer the lag gauge asks before the first batch arrives.
+        self.subscription: Any = None
+        self._attributes = {metrics.SYSTEM: "kafka", metrics.DESTINATION: topic.name, metrics.GROUP: name}
+        # What became of the records of the batch being applied, counted from committed transactions only.
+        self._outcomes: Counter[str] = Counter()
+        # Per partition: the next offset this group applies (after each commit), the partition's end offset and the
+        # consumer's position as the last refresh found them. The lag gauge reads them; nothing here asks Kafka.
+        self._applied: dict[TopicPartition, int] = {}
+        self._end: dict[TopicPartition, int] = {}
+        self._position: dict[TopicPartition, int] = {}
+        metrics.observe(self)
+        # Every outcome and the errors start at 0, so that Prometheus's increase() and rate() see the first dead
+        # letter or error (a series that appears at 1 has no increase), and an alert on them has a series to read.
+        for outcome in ("applied", "duplicate", "dead_lettered"):
+            metrics.MESSAGES.add(0, {**self._attributes, "oms.outcome": outcome})
+        metrics.ERRORS.add(0, self._attributes)
 
     async def consume(self, records: Sequence[ConsumerRecord], consumer: Any) -> None:
         if not records:
             return
         self.consumer = consumer
+        started = time.perf_counter()
+        self._outcomes.clear()
         messages: list[Message] = []
         try:
             # Inside the try: whatever a record holds, an error here is a redelivery, never a batch that the
@@ -298,9 +336,14 @@ class BatchConsumer:
             messages.extend(self._open(record) for record in records if not self._skips(record))
             if messages:
                 with telemetry.tracer().start_as_current_span(
-                    f"{self.name} batch",
+                    f"process {self.topic.name}",
+                    kind=SpanKind.CONSUMER,
                     links=[Link(m.span.get_span_context()) for m in messages],
-                    attributes={"oms.batch.size": len(messages)},
+                    attributes={
+                        **self._attributes,
+                        "messaging.operation.type": "process",
+                        "messaging.batch.message_count": len(messages),
+                    },
                 ):
                     await self._apply_batch(messages)
         except asyncio.CancelledError:
@@ -310,12 +353,14 @@ class BatchConsumer:
             # Not even dead-lettering could absorb it: rewind so the batch is fetched again rather than skipped by
             # the next offset commit, and slow down so a persistent fault does not spin.
             self._rewind(records)
+            self._measure(records, started, error)
             log.critical("batch of %d on %s not applied, will be redelivered: %r", len(records), self.name, error)
             await asyncio.sleep(1.0)
             return
         finally:
             for m in messages:
                 m.span.end()
+        self._measure(records, started)
         if faults.ARMED:
             # The batch's transaction has committed; its offsets are not committed yet.
             faults.reach("consumer.after_commit")
@@ -326,6 +371,58 @@ class BatchConsumer:
         if self.stopping:
             # The framework stops the Kafka consumer once this batch returns: commit its offsets while it can.
             await self._flush()
+
+    def _measure(self, records: Sequence[ConsumerRecord], started: float, error: BaseException | None = None) -> None:
+        """The batch's metrics, one call per instrument (and per outcome), whatever its size."""
+        attributes = (
+            self._attributes if error is None else {**self._attributes, metrics.ERROR_TYPE: type(error).__name__}
+        )
+        metrics.PROCESS_DURATION.record(time.perf_counter() - started, attributes)
+        metrics.CONSUMED.add(len(records), self._attributes)
+        metrics.BATCH_SIZE.record(len(records), self._attributes)
+        for outcome, n in self._outcomes.items():
+            metrics.MESSAGES.add(n, {**self._attributes, "oms.outcome": outcome})
+
+    def _failed(self, error: BaseException, *, transient: bool) -> None:
+        metrics.ERRORS.add(
+            1, {**self._attributes, metrics.ERROR_TYPE: type(error).__name__, "oms.transient": str(transient).lower()}
+        )
+
+    def lag(self) -> Iterable[Observation]:
+        """Per assigned partition, the records not applied yet; partitions without a known position are left out."""
+        consumer = self.consumer or getattr(self.subscription, "consumer", None)
+        if consumer is None:
+            return
+        for tp in consumer.assignment():
+            end = max(consumer.highwater(tp) or 0, self._end.get(tp, 0))
+            applied = self._applied.get(tp, self._position.get(tp))
+            if applied is None or not end:
+                continue
+            yield Observation(max(end - applied, 0), {**self._attributes, metrics.PARTITION: str(tp.partition)})
+
+    async def refresh(self) -> None:
+        """Ask Kafka for the end offsets of the assigned partitions (the fetcher's highwater stops moving while a
+        consumer is stuck) and, for partitions no batch of this process came from yet, where the group stands: its
+        committed offset, else the partition's beginning (where `earliest` starts it). Not the fetch position: records
+        fetched but not applied are lag. Once per metrics refresh."""
+        consumer = self.consumer or getattr(self.subscription, "consumer", None)
+        if consumer is None:
+            return
+        assigned = consumer.assignment()
+        # A partition that moved to another instance is that instance's to report.
+        self._applied = {tp: offset for tp, offset in self._applied.items() if tp in assigned}
+        self._position = {tp: offset for tp, offset in self._position.items() if tp in assigned}
+        if not assigned:
+            self._end = {}
+            return
+        self._end = await asyncio.wait_for(consumer.end_offsets(list(assigned)), 5.0)
+        unknown = [tp for tp in assigned if tp not in self._applied]
+        if not unknown:
+            return
+        beginnings = await asyncio.wait_for(consumer.beginning_offsets(unknown), 5.0)
+        for tp in unknown:
+            committed = await asyncio.wait_for(consumer.committed(tp), 5.0)
+            self._position[tp] = committed if committed is not None else beginnings[tp]
 
     def _rewind(self, records: Sequence[ConsumerRecord]) -> None:
         first: dict[TopicPartition, int] = {}
@@ -348,17 +445,16 @@ class BatchConsumer:
 
     def _open(self, record: ConsumerRecord) -> Message:
         span = telemetry.tracer().start_span(
-            f"consume {record.topic}", context=telemetry.extract(record.headers), kind=SpanKind.CONSUMER
+            f"process {record.topic}", context=telemetry.extract(record.headers), kind=SpanKind.CONSUMER
         )
         # Most spans are not recorded (sampling): their attributes are not even made.
         recording = span.is_recording()
         if recording:
             span.set_attributes(
                 {
-                    "messaging.system": "kafka",
-                    "messaging.destination.name": record.topic,
-                    "messaging.consumer.group.name": self.name,
-                    "messaging.kafka.partition": record.partition,
+                    **self._attributes,
+                    "messaging.operation.type": "process",
+                    metrics.PARTITION: str(record.partition),
                     "messaging.kafka.offset": record.offset,
                 }
             )
@@ -384,6 +480,7 @@ class BatchConsumer:
             if is_transient(error):
                 # Only a stopping consumer gives up on a transient failure: leave the batch for redelivery.
                 raise
+            self._failed(error, transient=False)
             if len(messages) == 1:
                 await self._retrying(lambda e=error: self._apply(messages, poison=e))
                 return
@@ -396,6 +493,7 @@ class BatchConsumer:
             except Exception as error:
                 if is_transient(error):
                     raise
+                self._failed(error, transient=False)
                 await self._retrying(lambda m=message, e=error: self._apply([m], poison=e))
 
     async def _retrying(self, attempt: Callable[[], Awaitable[None]]) -> None:
@@ -407,33 +505,47 @@ class BatchConsumer:
             except Exception as error:
                 if not is_transient(error) or self.stopping:
                     raise
+                self._failed(error, transient=True)
                 log.warning("transient failure in %s, retrying in %.2fs: %r", self.name, delay, error)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
     async def _apply(self, messages: list[Message], poison: BaseException | None = None) -> None:
-        async with self.database.transaction() as conn:
-            tx = Transaction(conn, self.service, dead_letter_max_bytes=self.dead_letter_max_bytes)
-            # A dead letter is recorded by the record's position, not its event: a redelivery of that record is not
-            # dead-lettered twice, while a replay of the dead letter (a new record, the same event) is applied.
-            fresh = await self._claim(tx, messages, by_position=poison is not None)
-            if poison is not None:
-                for message in fresh:
-                    message.span.record_exception(poison)
-                    message.span.set_status(Status(StatusCode.ERROR, type(poison).__name__))
-                    tx.dead_letter(message, poison)
-            else:
-                valid: list[Incoming[Any]] = []
-                for message in fresh:
-                    if isinstance(message, Incoming):
-                        valid.append(message)
-                    elif not (self.on_invalid and await self.on_invalid(tx, message)):
-                        tx.dead_letter(message, message.error)
-                if valid:
-                    # Any exception, Refused included, rolls back the whole transaction; the batch is then replayed
-                    # one message at a time and the culprit dead-lettered in a transaction of its own.
-                    await self.handler(tx, valid)
-            await append(conn, tx.outbox)
+        outcomes: Counter[str] = Counter()
+        with telemetry.tracer().start_as_current_span(
+            "transaction", kind=SpanKind.CLIENT, attributes={"db.system.name": "postgresql"}
+        ):
+            async with self.database.transaction() as conn:
+                tx = Transaction(conn, self.service, dead_letter_max_bytes=self.dead_letter_max_bytes)
+                # A dead letter is recorded by the record's position, not its event: a redelivery of that record is
+                # not dead-lettered twice, while a replay of the dead letter (a new record, the same event) is applied.
+                fresh = await self._claim(tx, messages, by_position=poison is not None)
+                outcomes["duplicate"] = len(messages) - len(fresh)
+                if poison is not None:
+                    for message in fresh:
+                        message.span.record_exception(poison)
+                        message.span.set_status(Status(StatusCode.ERROR, type(poison).__name__))
+                        tx.dead_letter(message, poison)
+                    outcomes["dead_lettered"] += len(fresh)
+                else:
+                    valid: list[Incoming[Any]] = []
+                    for message in fresh:
+                        if isinstance(message, Incoming):
+                            valid.append(message)
+                        elif self.on_invalid and await self.on_invalid(tx, message):
+                            outcomes["applied"] += 1
+                        else:
+                            tx.dead_letter(message, message.error)
+                            outcomes["dead_lettered"] += 1
+                    if valid:
+                        # Any exception, Refused included, rolls back the whole transaction; the batch is then
+                        # replayed one message at a time and the culprit dead-lettered in a transaction of its own.
+                        await self.handler(tx, valid)
+                    outcomes["applied"] += len(valid)
+                await append(conn, tx.outbox)
+        # Committed: only now do its records count, and the handler's own metrics with them.
+        self._outcomes.update(outcomes)
+        tx.has_committed()
 
     async def _claim(self, tx: Transaction, messages: list[Message], *, by_position: bool = False) -> list[Message]:
         """Record the batch in the inbox; return the messages not seen before, each (source, id) once.
@@ -469,6 +581,7 @@ class BatchConsumer:
         for record in records:
             tp = TopicPartition(record.topic, record.partition)
             self._pending_offsets[tp] = max(self._pending_offsets.get(tp, 0), record.offset + 1)
+            self._applied[tp] = max(self._applied.get(tp, 0), record.offset + 1)
         if self._commit_task is None or self._commit_task.done():
             self._commit_task = asyncio.create_task(self._flush_offsets())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -19,6 +20,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from . import metrics
 
 
 def add_messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
@@ -70,8 +73,13 @@ class Database:
     # a transient error the consumers retry, and SQLAlchemy replaces the connection.
     def __init__(self, url: str, pool_size: int = 10) -> None:
         self.engine: AsyncEngine = create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800
+            url,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_recycle=1800,
+            connect_args={"connection_class": TimedConnection},
         )
+        _instrument(self.engine)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
@@ -89,6 +97,64 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+class TimedConnection(asyncpg.Connection):
+    """asyncpg's connection, timing each statement sent on it (`db.client.operation.duration`, and a span inside a
+    traced operation): the set-based batch SQL, and BEGIN and COMMIT, which SQLAlchemy sends through it. The time is
+    taken around the call itself, so a statement's span sits where it ran, and what asyncpg does for it (preparing,
+    introspecting a type the first time) is in it."""
+
+    async def execute(self, query: str, *args, **kwargs):
+        with _timed(query):
+            return await super().execute(query, *args, **kwargs)
+
+    async def executemany(self, command: str, args, **kwargs):
+        with _timed(command):
+            return await super().executemany(command, args, **kwargs)
+
+    async def fetch(self, query: str, *args, **kwargs):
+        with _timed(query):
+            return await super().fetch(query, *args, **kwargs)
+
+    async def fetchrow(self, query: str, *args, **kwargs):
+        with _timed(query):
+            return await super().fetchrow(query, *args, **kwargs)
+
+    async def fetchval(self, query: str, *args, **kwargs):
+        with _timed(query):
+            return await super().fetchval(query, *args, **kwargs)
+
+
+@contextlib.contextmanager
+def _timed(query: str):
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException as error:
+        metrics.statement_done(query, time.perf_counter() - started, error)
+        raise
+    metrics.statement_done(query, time.perf_counter() - started, None)
+
+
+def _instrument(engine: AsyncEngine) -> None:
+    """Time SQLAlchemy's own statements (the HTTP reads): they go through prepared statements, which TimedConnection
+    does not see, so SQLAlchemy's cursor events time those."""
+
+    @sa.event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def started(conn, _cursor, _statement, _parameters, _context, _executemany) -> None:
+        conn.info.setdefault("oms_started", []).append(time.perf_counter())
+
+    @sa.event.listens_for(engine.sync_engine, "after_cursor_execute")
+    def finished(conn, _cursor, statement, _parameters, _context, _executemany) -> None:
+        metrics.statement_done(statement, time.perf_counter() - conn.info["oms_started"].pop(), None)
+
+    @sa.event.listens_for(engine.sync_engine, "handle_error")
+    def failed(context) -> None:
+        started_at = context.connection.info.get("oms_started") if context.connection is not None else None
+        if started_at:
+            seconds = time.perf_counter() - started_at.pop()
+            metrics.statement_done(context.statement or "", seconds, context.original_exception)
 
 
 async def driver(conn: AsyncConnection) -> asyncpg.Connection:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Request, Response, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -15,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field
 
-from . import telemetry
+from . import metrics, telemetry
 from .settings import ApiGrant, Role
 
 if TYPE_CHECKING:
@@ -40,6 +41,11 @@ class NotReady(BaseModel):
 
 
 UNAUTHORIZED = {"model": Problem, "description": "No bearer token, or one that is not configured"}
+
+# Probes and scrapes make neither spans nor request metrics: they come every few seconds and say nothing new.
+_UNOBSERVED = frozenset({"/healthz", "/readyz", "/metrics"})
+# Methods as HTTP knows them; anything else is `_OTHER` (semantic conventions), so a client cannot mint series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 
 
 def _digest(token: str) -> bytes:
@@ -140,18 +146,37 @@ def create_app(service: Service, description: str) -> FastAPI:
 
     @app.middleware("http")
     async def trace_requests(request: Request, call_next: Any) -> Any:
-        if request.url.path in ("/healthz", "/readyz"):
+        if request.url.path in _UNOBSERVED:
             return await call_next(request)
+        started = time.perf_counter()
+        method = request.method if request.method in _METHODS else "_OTHER"
         carrier = {k: v for k, v in request.headers.items() if k in ("traceparent", "tracestate")}
         with telemetry.tracer().start_as_current_span(
-            f"{request.method} {request.url.path}",
+            method,
             context=telemetry.propagate.extract(carrier),
             kind=SpanKind.SERVER,
-            attributes={"http.request.method": request.method, "url.path": request.url.path},
+            attributes={"http.request.method": method, "url.path": request.url.path},
         ) as span:
-            response = await call_next(request)
-            span.set_attribute("http.response.status_code", response.status_code)
-            return response
+            attributes: dict[str, Any] = {"http.request.method": method}
+            try:
+                response = await call_next(request)
+            except Exception as error:
+                attributes[metrics.ERROR_TYPE] = type(error).__name__
+                raise
+            else:
+                attributes["http.response.status_code"] = response.status_code
+                if response.status_code >= 500:
+                    attributes[metrics.ERROR_TYPE] = str(response.status_code)
+                span.set_attribute("http.response.status_code", response.status_code)
+                return response
+            finally:
+                # The route's template (/orders/{order_id}), never the path: one series per route, not per order.
+                route = getattr(request.scope.get("route"), "path", None)
+                if route:
+                    attributes["http.route"] = route
+                    span.set_attribute("http.route", route)
+                    span.update_name(f"{method} {route}")
+                metrics.HTTP_DURATION.record(time.perf_counter() - started, attributes)
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     async def healthz() -> dict[str, str]:
@@ -171,6 +196,20 @@ def create_app(service: Service, description: str) -> FastAPI:
         if problems:
             return JSONResponse({"status": "unavailable", "problems": problems}, status.HTTP_503_SERVICE_UNAVAILABLE)
         return JSONResponse({"status": "ready", "service": service.name})
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        summary="Metrics in Prometheus's text format",
+        description="Unauthenticated, like /healthz: Prometheus scrapes it. It names no customer and no order, only "
+        "topics, consumer groups, statuses, channels, sources and the SKUs that wait longest (docs/architecture.md, "
+        '"Observability").',
+        response_class=Response,
+        responses={status.HTTP_200_OK: {"content": {"text/plain": {}}, "description": "The exposition"}},
+    )
+    async def metrics_exposition() -> Response:
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @app.get("/asyncapi.json", tags=["health"], summary="The AsyncAPI document of this service's topics")
     async def asyncapi() -> dict[str, Any]:

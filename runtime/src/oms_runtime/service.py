@@ -19,9 +19,9 @@ from faststream.specification import AsyncAPI
 
 from oms_contracts import CloudEvent, Topic
 
-from . import http, telemetry
+from . import http, metrics, telemetry
 from .consumer import BatchConsumer, Handler, InvalidHandler, prune_inbox
-from .database import Database, is_transient
+from .database import Database, driver, is_transient
 from .kafka import kafka_problem
 from .loop import run_when_woken
 from .outbox import Relay
@@ -70,10 +70,26 @@ def _poll(timeout_ms: int, max_records: int) -> Callable[[Any], Awaitable[tuple[
     return get_msg
 
 
+class _Outbox(metrics.GaugeSource):
+    """The outbox gauges of one service, from its last refresh."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, float] | None = None
+
+    def outbox(self) -> dict[str, float] | None:
+        return self.state
+
+
+# Counted up to this many rows: an exact count of a huge backlog would scan it all at every refresh.
+_BACKLOG_COUNTED = 100_001
+
+
 class Service:
     def __init__(self, settings: ServiceSettings, *, description: str) -> None:
         self.settings = settings
         self.name = settings.service
+        # Before any instrument records: counters a service starts at 0 (below) are dropped by a provider-less SDK.
+        metrics.setup(self.name)
         self.database = Database(settings.database_url, settings.db_pool_size)
         self.relay = Relay(
             self.database, settings, self.name, unknown_topic_grace_s=settings.relay_unknown_topic_grace_s
@@ -103,8 +119,23 @@ class Service:
         self._unready: dict[str, str] = {}
         self._starting: asyncio.Task[None] | None = None
         self._consumers_started = False
+        self._refreshes: list[Callable[[], Awaitable[None]]] = []
+        self.outbox_gauges = _Outbox()
+        metrics.observe(self.outbox_gauges)
         self.http: FastAPI = http.create_app(self, description)
         self.worker(self._prune_inbox)
+        self.worker(self._refresh_metrics)
+
+    @property
+    def meter(self):
+        """The meter of this service's own instruments (`oms.{service}`); see oms_runtime.metrics."""
+        return metrics.meter(f"oms.{self.name}")
+
+    def metrics_refresh(self, refresh: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """A query that feeds a service's observable gauges, run every `metrics_refresh_s` with the runtime's own
+        (consumer lag, outbox): a scrape reads what the last run found, so a costly query never runs per scrape."""
+        self._refreshes.append(refresh)
+        return refresh
 
     def consumer(
         self,
@@ -158,6 +189,7 @@ class Service:
             )
             subscription(subscriber)
             subscription.get_msg = _poll(self.settings.batch_timeout_ms, self.settings.batch_max_records)
+            consumer.subscription = subscription
             return handler
 
         return register
@@ -194,6 +226,39 @@ class Service:
                 log.info("inbox: forgot %d events applied more than %s ago", pruned, self.settings.inbox_retention)
 
         await run_when_woken(wake, prune, interval=self.settings.inbox_prune_interval_s, what="inbox pruning")
+
+    async def _refresh_metrics(self) -> None:
+        wake = asyncio.Event()
+        wake.set()
+        await run_when_woken(
+            wake, self.refresh_metrics, interval=self.settings.metrics_refresh_s, what="metrics refresh"
+        )
+
+    async def refresh_metrics(self) -> None:
+        """Refresh what the gauges show: the outbox, each consumer's lag, the service's own (`metrics_refresh`)."""
+        # Each on its own: a consumer whose broker does not answer leaves the outbox gauges fresh.
+        for step in (self._refresh_outbox, *(c.refresh for c in self.consumers), *self._refreshes):
+            try:
+                await step()
+            except Exception as error:
+                log.debug("metrics refresh %s failed: %r", getattr(step, "__qualname__", step), error)
+
+    async def _refresh_outbox(self) -> None:
+        """Backlog, age of the oldest row and parked rows: index lookups and a bounded count, one round trip."""
+        async with self.database.connect() as conn:
+            row = await (await driver(conn)).fetchrow(
+                """
+                SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) AS o) AS backlog,
+                       (SELECT extract(epoch FROM now() - created_at) FROM outbox ORDER BY id LIMIT 1) AS oldest_age,
+                       (SELECT count(*) FROM parked_messages) AS parked
+                """,
+                _BACKLOG_COUNTED,
+            )
+        self.outbox_gauges.state = {
+            "backlog": float(row["backlog"]),
+            "oldest_age": max(float(row["oldest_age"] or 0.0), 0.0),
+            "parked": float(row["parked"]),
+        }
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: FastAPI) -> AsyncIterator[None]:

@@ -76,6 +76,9 @@ class ServiceSettings(KafkaSettings):
     # The most of an original record's value a dead letter keeps (a larger one is cut and says so in its headers):
     # below the broker's default message.max.bytes (1 MB), with room for the key and the headers.
     dead_letter_max_bytes: int = Field(default=900_000, ge=1)
+    # How often the gauges behind GET /metrics are refreshed (consumer end offsets, the outbox, a service's own
+    # queries such as orders by status): a scrape reads what the last refresh found and never queries anything.
+    metrics_refresh_s: float = Field(default=15.0, gt=0)
 
     @field_validator("api_tokens", mode="before")
     @classmethod

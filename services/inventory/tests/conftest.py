@@ -22,6 +22,7 @@ from oms_contracts.fulfillment import (
     FulfillmentRejectedData,
     FulfillmentShipped,
     FulfillmentShippedData,
+    ReasonCode,
 )
 from oms_contracts.inventory import (
     ReceiptExpected,
@@ -287,17 +288,26 @@ class Events:
         return FulfillmentShipped(source="/wms", subject=str(plan.data.order_id), data=data)
 
     @classmethod
-    def rejected(cls, plan: FulfillmentPlanned, shipment: PlannedShipment) -> FulfillmentRejected:
-        data = FulfillmentRejectedData(**cls._ref(plan, shipment), reason="out of stock on the shelf")
+    def rejected(
+        cls, plan: FulfillmentPlanned, shipment: PlannedShipment, reason_code: ReasonCode = ReasonCode.other
+    ) -> FulfillmentRejected:
+        data = FulfillmentRejectedData(
+            **cls._ref(plan, shipment), reason="out of stock on the shelf", reason_code=reason_code
+        )
         return FulfillmentRejected(source="/wms", subject=str(plan.data.order_id), data=data)
 
     @classmethod
     def cancelled(
-        cls, plan: FulfillmentPlanned, shipment: PlannedShipment, lines: list[tuple[str, int]]
+        cls,
+        plan: FulfillmentPlanned,
+        shipment: PlannedShipment,
+        lines: list[tuple[str, int]],
+        reason_code: ReasonCode = ReasonCode.other,
     ) -> FulfillmentCancelled:
         data = FulfillmentCancelledData(
             **cls._ref(plan, shipment),
             lines=[LineQuantity(line_id=line_id, quantity=quantity) for line_id, quantity in lines],
+            reason_code=reason_code,
         )
         return FulfillmentCancelled(source="/wms", subject=str(plan.data.order_id), data=data)
 

@@ -409,6 +409,29 @@ def test_cancelled_releases_only_the_cancelled_lines():
     assert list(settled.reservations) == [(s.shipment_id, "2")]
 
 
+def test_units_given_back_as_not_there_leave_on_hand_and_never_become_available():
+    s, stock, rows = reserved_shipment(
+        snapshot(Stock("A", "WH", 10), Stock("B", "WH", 4)), ("1", "A", 3), ("2", "B", 4)
+    )
+    settled = settle_fulfillments(
+        stock, rows, [FulfillmentUpdate.lines_given_back(s.shipment_id, [("1", 2)], missing=True)]
+    )
+    assert settled.stock == snapshot(Stock("A", "WH", 8, 1))
+    assert settled.written_off == {("A", "WH"): 2}
+    line = settled.reservations[(s.shipment_id, "1")]
+    assert (line.state, line.open, line.released) == (ReservationState.reserved, 1, 2)
+
+
+def test_a_rejection_as_not_there_writes_off_every_open_line():
+    s, stock, rows = reserved_shipment(
+        snapshot(Stock("A", "WH", 10), Stock("B", "WH", 4)), ("1", "A", 3), ("2", "B", 4)
+    )
+    settled = settle_fulfillments(stock, rows, [FulfillmentUpdate.all_given_back(s.shipment_id, missing=True)])
+    assert settled.stock == snapshot(Stock("A", "WH", 7, 0), Stock("B", "WH", 0, 0))
+    assert settled.written_off == {("A", "WH"): 3, ("B", "WH"): 4}
+    assert {r.state for r in settled.reservations.values()} == {ReservationState.released}
+
+
 def test_a_line_shipped_after_part_was_given_back_counts_as_shipped():
     s, stock, rows = reserved_shipment(snapshot(Stock("A", "WH", 10)), ("1", "A", 3))
     settled = settle_fulfillments(
@@ -579,7 +602,7 @@ def test_an_earlier_shipment_is_never_refused_stock_a_later_one_got(stock, shipm
 updates_plan = st.lists(
     st.tuples(
         st.integers(0, 7),  # which shipment
-        st.sampled_from(["ship", "release", "reject"]),
+        st.sampled_from(["ship", "release", "reject", "missing", "reject missing"]),
         st.lists(st.tuples(st.sampled_from(["0", "1", "2"]), st.integers(1, 12)), max_size=3),
     ),
     max_size=12,
@@ -597,10 +620,10 @@ def test_shipping_and_releasing_keep_on_hand_at_or_above_reserved_and_reserved_a
         target = shipments[index].shipment_id if index < len(shipments) else uuid.uuid4()
         if kind == "ship":
             updates.append(FulfillmentUpdate.shipment_left(target, lines))
-        elif kind == "release":
-            updates.append(FulfillmentUpdate.lines_given_back(target, lines))
+        elif kind in ("release", "missing"):
+            updates.append(FulfillmentUpdate.lines_given_back(target, lines, missing=kind == "missing"))
         else:
-            updates.append(FulfillmentUpdate.all_given_back(target))
+            updates.append(FulfillmentUpdate.all_given_back(target, missing=kind == "reject missing"))
     settled = settle_fulfillments(current, rows, updates)
     after = {**current, **settled.stock}
     final_rows = {(r.shipment_id, r.line_id): r for r in rows} | settled.reservations
@@ -609,6 +632,10 @@ def test_shipping_and_releasing_keep_on_hand_at_or_above_reserved_and_reserved_a
         # What stays reserved is exactly what the open reservation lines hold.
         held_by_lines = sum(r.open for r in final_rows.values() if r.key == key)
         assert row.reserved - stock_at(stock, key).reserved == held_by_lines
+        # Units given back become available, except those written off: they are not there.
+        given_back = sum(r.released for r in final_rows.values() if r.key == key)
+        rose = row.available - stock_at(current, key).available
+        assert rose == given_back - settled.written_off.get(key, 0)
     for r in final_rows.values():
         assert 0 <= r.shipped + r.released <= r.quantity
 

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from oms_contracts.fulfillment import FulfillmentCancelled, ReasonCode
 from oms_contracts.inventory import (
+    BackorderAllocated,
     BackorderQueued,
     LowStock,
     ReservationRejected,
@@ -438,6 +443,69 @@ async def test_cancelled_releases_the_cancelled_lines_only(inventory, events, fr
     (level,) = of_type(emitted, StockLevelChanged)
     assert (level.data.reserved, level.data.available) == (3, 7)
     assert await reservation_states(inventory, shipment.shipment_id) == {"1": "reserved", "2": "released"}
+
+
+@pytest.mark.parametrize("code", [ReasonCode.out_of_stock, ReasonCode.damaged])
+async def test_units_a_source_cancels_as_not_there_are_written_off_not_made_available(
+    inventory, events, fresh_sku, fresh_source, code
+):
+    plan, shipment = await reserved_plan(
+        inventory, events, fresh_sku, fresh_source, on_hand=10, lines=[("1", fresh_sku, 3)]
+    )
+
+    emitted = await deliver(inventory, FULFILLMENT_UPDATES, events.cancelled(plan, shipment, [("1", 2)], code))
+
+    (level,) = of_type(emitted, StockLevelChanged)
+    assert (level.data.on_hand, level.data.reserved, level.data.available) == (8, 1, 7)
+    assert (
+        level.data.reason is not None and f"{fresh_source} reported 2 reserved unit(s) not there" in level.data.reason
+    )
+    assert await stock_row(inventory, fresh_sku, fresh_source) == (8, 1)
+    assert await reservation_states(inventory, shipment.shipment_id) == {"1": "reserved"}
+
+
+async def test_a_fulfillment_rejected_as_out_of_stock_writes_off_all_it_held(
+    inventory, events, fresh_sku, fresh_source
+):
+    plan, shipment = await reserved_plan(
+        inventory, events, fresh_sku, fresh_source, on_hand=4, lines=[("1", fresh_sku, 3)]
+    )
+
+    emitted = await deliver(inventory, FULFILLMENT_UPDATES, events.rejected(plan, shipment, ReasonCode.out_of_stock))
+
+    (level,) = of_type(emitted, StockLevelChanged)
+    assert (level.data.on_hand, level.data.reserved, level.data.available) == (1, 0, 1)
+    assert await reservation_states(inventory, shipment.shipment_id) == {"1": "released"}
+
+
+@pytest.mark.parametrize(
+    ("code", "served"), [(ReasonCode.out_of_stock, False), (ReasonCode.customer_request, True), (None, True)]
+)
+async def test_a_waiting_line_is_served_from_units_given_back_only_when_they_are_on_the_shelf(
+    inventory, events, fresh_sku, fresh_source, code, served
+):
+    plan, shipment = await reserved_plan(
+        inventory, events, fresh_sku, fresh_source, on_hand=2, lines=[("1", fresh_sku, 2)]
+    )
+    waiting = events.plan(backordered=(("1", fresh_sku, 1),))
+    await deliver(inventory, ROUTING_PLANS, waiting)
+    cancelled = events.cancelled(plan, shipment, [("1", 2)])
+    if code is not None:
+        cancelled = events.cancelled(plan, shipment, [("1", 2)], code)
+    else:  # a source from before reason_code: "other"
+        wire = json.loads(cancelled.to_bytes())
+        del wire["data"]["reason_code"]
+        cancelled = FulfillmentCancelled.model_validate(wire)
+
+    emitted = await deliver(inventory, FULFILLMENT_UPDATES, cancelled)
+
+    allocated = of_type(emitted, BackorderAllocated)
+    assert [a.data.order_id for a in allocated] == ([waiting.data.order_id] if served else [])
+    assert await stock_row(inventory, fresh_sku, fresh_source) == ((2, 1) if served else (0, 0))
+    if not served:
+        # The source's next receipt serves the waiting line, oldest first, as any receipt does.
+        emitted = await deliver(inventory, INVENTORY_RECEIPTS, events.received(fresh_sku, fresh_source, 1))
+        assert [a.data.order_id for a in of_type(emitted, BackorderAllocated)] == [waiting.data.order_id]
 
 
 async def test_accepted_moves_no_stock(inventory, events, fresh_sku, fresh_source):

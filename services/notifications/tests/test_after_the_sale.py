@@ -57,6 +57,26 @@ def test_cancelled_lines_that_leave_nothing_of_the_order_call_for_order_cancelle
     assert template_for(order_lines_cancelled(ORDER, status="cancelled")) is Template.order_cancelled
 
 
+def test_units_given_back_to_inventory_after_their_cancellation_call_for_no_mail(order_lines_cancelled):
+    # The order service gives back what a plan placed after the units were cancelled: same units, nothing refunded,
+    # its own actor, no cancellation behind it. The customer was told of the cancellation itself.
+    for status in ("awaiting_fulfillment", "cancelled"):
+        give_back = order_lines_cancelled(
+            ORDER,
+            refund="0.00",
+            actor="service:order",
+            status=status,
+            reason="cancelled before it was placed at WH-EAST: given back",
+            units=[("2", "SKU-TEA-500G", 1, "reserved")],
+        )
+        assert template_for(give_back) is None
+        assert told(give_back).notices == [] and told(give_back).awaiting_contact == []
+    # Anyone else's cancellation is news even with nothing refunded (an unpaid order's).
+    assert template_for(order_lines_cancelled(ORDER, refund="0.00", actor="channel:web-eu:customer")) is (
+        Template.lines_cancelled
+    )
+
+
 def test_a_cancellation_caused_by_a_failed_payment_calls_for_payment_failed(order_status_changed):
     assert template_for(order_status_changed(ORDER, "payment_processing")) is Template.payment_failed
     assert template_for(order_status_changed(ORDER, "pending")) is Template.payment_failed

@@ -377,6 +377,29 @@ async def test_the_store_keeps_one_cancelled_mail_per_order_also_within_one_stat
     assert [r["template"] for r in await pg.fetch("SELECT template FROM notifications")] == ["payment_failed"]
 
 
+async def test_units_given_back_after_their_cancellation_make_no_second_cancelled_mail(
+    service, pg, order_accepted, order_lines_cancelled
+):
+    order_id = await accepted(service, order_accepted)
+    cancelled = order_lines_cancelled(order_id, [("2", 1)], refund="7.50", actor="channel:web-eu:customer")
+    # Routing planned the paid order before it heard of the cancellation; the order service gives the unit back.
+    given_back = order_lines_cancelled(
+        order_id,
+        [("2", 1)],
+        refund="0.00",
+        actor="service:order",
+        reason="cancelled before it was placed at WH-EAST: given back",
+        units=[("2", "SKU-TEA-500G", 1, "reserved")],
+    )
+
+    await deliver(service, ORDER_EVENTS, cancelled)
+    await deliver(service, ORDER_EVENTS, given_back)
+
+    [row] = await queued(pg, "lines_cancelled")
+    assert row["cause_event_id"] == cancelled.id
+    assert await pg.fetchval("SELECT count(*) FROM notices_awaiting_contact") == 0
+
+
 async def test_a_cancellation_refused_to_customer_service_mails_nobody(
     service, pg, order_accepted, order_cancellation_rejected
 ):

@@ -358,6 +358,20 @@ async def test_a_cancellation_or_note_for_an_unknown_order_is_404(cs):
         assert response.status_code == 404 and str(unknown) in response.json()["detail"]
 
 
+async def test_a_note_or_reason_with_a_nul_character_is_422_and_writes_nothing(order_service, cs):
+    # Found by tests/fuzz: PostgreSQL cannot store the character, which once made this a 500.
+    order_id, _ = await waiting_order(order_service, "http-nul")
+    before = (await cs.get(f"/orders/{order_id}/timeline", headers=bearer("view-token"))).json()
+    for path, body, field in [
+        ("notes", {"text": "a\u0000b"}, "text"),
+        ("cancellations", {"lines": None, "reason": "a\u0000b"}, "reason"),
+    ]:
+        response = await cs.post(f"/orders/{order_id}/{path}", json=body, headers=bearer("root-token"))
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["loc"][-1] == field
+    assert (await cs.get(f"/orders/{order_id}/timeline", headers=bearer("view-token"))).json() == before
+
+
 async def test_notes_are_timeline_entries_by_their_author(order_service, cs):
     order_id, _ = await waiting_order(order_service, "http-note")
     response = await cs.post(

@@ -1107,10 +1107,13 @@ def _walk_step(order: domain.Order, data, choices: list[str] | None = None) -> N
         # Routing re-plans a shipment's lines after its rejection, which may or may not have arrived yet.
         f = pick()
         if data.draw(st.booleans(), label="rejection first"):
-            order.reject_fulfillment(f.fulfillment_id, f.source_code, "x", CAUSE)
+            # Two messages: the rejection stands even when the plan after it is refused.
+            _applied_or_refused_changing_nothing(
+                order, lambda: order.reject_fulfillment(f.fulfillment_id, f.source_code, "x", CAUSE)
+            )
         ship = [x for x in f.lines if data.draw(st.booleans())]
         rest = [x for x in f.lines if x not in ship]
-        plan(order, [ship] if ship else [], rest, attempt=2)
+        _applied_or_refused_changing_nothing(order, lambda: plan(order, [ship] if ship else [], rest, attempt=2))
 
 
 def _overtaken_plan(order: domain.Order, data) -> None:
@@ -1515,6 +1518,15 @@ def test_a_source_that_cancels_units_nobody_asked_to_cancel_opens_them_for_a_re_
     # The re-plan places the open units anew.
     [again] = plan(order, [units_of(order, "1", 2) + units_of(order, "2", 1)], attempt=2)
     assert order.fulfillments[again].status is F.planned and units(order, "1") == {L.reserved: 2}
+
+
+def test_the_sources_reason_code_is_shown_on_the_timeline_with_the_re_plan():
+    order, shipment_id = requested_everything(("A", 3, "10.00"))
+    order.cancel_at_source(shipment_id, "WH-EAST", {"1": 1}, "shelf empty", CAUSE, reason_code="out_of_stock")
+    order.cancel_at_source(shipment_id, "WH-EAST", {"1": 1}, None, CAUSE)
+    replans = [e for e in order.timeline if e.kind is domain.EntryKind.replan_requested]
+    assert [e.details.get("reason_code") for e in replans] == ["out_of_stock", None]
+    assert replans[0].note.endswith("WH-EAST: shelf empty [out_of_stock]")
 
 
 def test_a_source_cancellation_answers_pending_units_first_and_re_plans_the_rest():

@@ -9,7 +9,7 @@ from decimal import Decimal
 from itertools import combinations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from oms_contracts.common import (
@@ -678,6 +678,63 @@ def test_lines_of_a_fulfillment_already_planned_again_are_not_planned_twice(make
 
     assert again.request is None and again.lines == () and again.order == first.order
     assert partly.request is None
+
+
+def test_a_line_given_back_unit_by_unit_is_planned_again_at_each_step(make_order):
+    # The source cancels 1 of 3 units, later another one: each step is planned again, never a unit left open.
+    order = make_order(uuid.uuid4(), [("1", "A", 3)])
+    fulfillment = planned_fulfillment(order, "WH-1", order.lines)
+    one = [Line(line_id="1", sku="A", quantity=1)]
+
+    first = RoutedOrder(order).replan(fulfillment, "WH-1", one)
+    second = first.order.replan(first.fulfillment, "WH-1", one)
+
+    assert second.request is not None and second.request.lines == tuple(one) and second.request.attempt == 3
+    assert second.fulfillment.replanned == {"1": 2}
+    assert second.fulfillment.withdrawn is False  # one unit still leaves WH-1
+
+
+def test_a_request_for_more_units_than_are_left_to_plan_again_plans_only_what_is_left(make_order):
+    order = make_order(uuid.uuid4(), [("1", "A", 3), ("2", "B", 1)])
+    fulfillment = planned_fulfillment(order, "WH-1", order.lines)
+    first = RoutedOrder(order).replan(fulfillment, "WH-1", [Line(line_id="1", sku="A", quantity=2)])
+
+    # Resent, or a source's later report of the same line: only the unit not planned again yet is.
+    again = first.order.replan(first.fulfillment, "WH-1", [Line(line_id="1", sku="A", quantity=2), order.lines[1]])
+
+    assert again.request is not None
+    assert again.request.lines == (Line(line_id="1", sku="A", quantity=1), order.lines[1])
+    assert again.fulfillment.replanned == {"1": 3, "2": 1}
+    assert again.fulfillment.withdrawn is True
+
+
+# make_order only hands out a function: sharing it between examples is harmless.
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    quantities=st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=3),
+    asks=st.lists(st.tuples(st.integers(0, 2), st.integers(1, 5)), max_size=12),
+    planned=st.booleans(),
+)
+def test_never_more_units_are_planned_again_than_the_fulfillment_had(make_order, quantities, asks, planned):
+    order = make_order(uuid.uuid4(), [(str(i), f"S{i}", q) for i, q in enumerate(quantities)])
+    fulfillment = planned_fulfillment(order, "WH-1", order.lines)
+    if not planned:  # a backorder allocation: bounded by the order's lines
+        fulfillment = Fulfillment(uuid.uuid4(), order.order_id)
+    routed, asked, planned_again = RoutedOrder(order), Counter(), Counter()
+    for index, units in asks:
+        if index >= len(quantities) or units > quantities[index]:
+            continue  # refused as not the fulfillment's (tested above)
+        line = Line(line_id=str(index), sku=f"S{index}", quantity=units)
+        replan = routed.replan(fulfillment, "WH-1", [line])
+        routed, fulfillment = replan.order, replan.fulfillment
+        asked[line.line_id] += units
+        for x in replan.lines:
+            planned_again[x.line_id] += x.quantity
+        assert (replan.request is None) == (replan.lines == ())
+    for i, q in enumerate(quantities):
+        # Everything asked is planned again up to what the fulfillment had, and never more.
+        assert planned_again[str(i)] == min(asked[str(i)], q)
+        assert fulfillment.replanned.get(str(i), 0) == planned_again[str(i)]
 
 
 def test_a_replan_of_a_fulfillment_routing_never_planned_is_checked_against_the_order(make_order):

@@ -142,6 +142,14 @@ async def planned_with_two_sources_to_spare(routing, make_source, make_order, sk
     return order, plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
 
 
+async def planned_at_wh_a_with_wh_b_to_spare(routing, make_source, make_order, sku, codes):
+    """A three-unit order planned at WH-A; WH-B, farther, holds the SKU too."""
+    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"], lat=53.55, lon=9.99))
+    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(sku, codes["WH-B"], 5))
+    order = make_order(uuid.uuid4(), [("1", sku, 3)])
+    return order, plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+
+
 async def test_paid_order_is_planned_from_the_own_warehouse_not_the_nearer_dropship(
     routing, make_source, make_order, sku, codes
 ):
@@ -213,10 +221,7 @@ async def test_paid_orders_of_one_batch_do_not_both_count_on_the_last_unit(
 async def test_reservation_rejected_replans_without_that_source_and_lowers_its_availability(
     routing, make_source, make_order, sku, codes
 ):
-    await add_sources(routing, make_source(codes["WH-A"]), make_source(codes["WH-B"], lat=53.55, lon=9.99))
-    await deliver(routing, INVENTORY_STOCK, level(sku, codes["WH-A"], 5), level(sku, codes["WH-B"], 5))
-    order = make_order(uuid.uuid4(), [("1", sku, 3)])
-    first = plan_of(await deliver(routing, ORDER_EVENTS, paid(order)))
+    order, first = await planned_at_wh_a_with_wh_b_to_spare(routing, make_source, make_order, sku, codes)
     assert first.shipments[0].source_code == codes["WH-A"]
 
     second = plan_of(await deliver(routing, INVENTORY_ALLOCATIONS, reservation_rejected(first, first.shipments[0], 1)))
@@ -615,6 +620,28 @@ async def test_a_later_replan_of_other_lines_of_the_same_fulfillment_plans_those
         (2, [(codes["WH-B"], order.lines[:1])]),
         (3, [(codes["WH-B"], order.lines[1:])]),
     ]
+
+
+async def test_a_line_its_source_gives_back_unit_by_unit_is_planned_again_each_time_never_beyond_its_units(
+    routing, make_source, make_order, sku, codes
+):
+    _, first = await planned_at_wh_a_with_wh_b_to_spare(routing, make_source, make_order, sku, codes)
+    shipment = first.shipments[0]
+    one, two = [Line(line_id="1", sku=sku, quantity=1)], [Line(line_id="1", sku=sku, quantity=2)]
+
+    a = plan_of(await deliver(routing, ORDER_EVENTS, replan_of(first, shipment, one)))
+    b = plan_of(await deliver(routing, ORDER_EVENTS, replan_of(first, shipment, one)))
+    # Two more asked, one left of the shipment's three: only that one is planned again (past the last attempt:
+    # backordered); then nothing is.
+    c = plan_of(await deliver(routing, ORDER_EVENTS, replan_of(first, shipment, two)))
+    d = await deliver(routing, ORDER_EVENTS, replan_of(first, shipment, one))
+
+    assert [(p.attempt, [(s.source_code, s.lines) for s in p.shipments]) for p in (a, b)] == [
+        (2, [(codes["WH-B"], one)]),
+        (3, [(codes["WH-B"], one)]),
+    ]
+    assert (c.attempt, c.shipments, [(x.line_id, x.quantity) for x in c.backordered_lines]) == (4, [], [("1", 1)])
+    assert d == []
 
 
 async def test_after_max_attempts_replan_requests_make_lines_unfulfillable_when_backorders_are_denied(

@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import secrets
 import signal
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +35,7 @@ from oms_runtime import outbox as relay_outbox
 from oms_runtime.kafka import Kafka, KafkaSettings
 from oms_runtime.topics import ensure_topics
 
-from . import acl, demo, dlq, outbox, samples
+from . import acl, demo, dlq, outbox, samples, trace
 from .dlq import tail
 from .errors import FAILED, INVALID, UNREACHABLE, ToolError
 from .kafka import (
@@ -1018,3 +1020,65 @@ def acl_show(principal: Principal = None, bootstrap: Bootstrap = DEFAULT_BOOTSTR
     typer.echo(f"ACLs ({len(acls)}):")
     for entry in acls:
         typer.echo(f"  {entry.describe()}")
+
+
+# oms trace ---------------------------------------------------------------------------------------------------------
+
+_SERVICES_TRACED = ("oms-order", "oms-routing", "oms-inventory", "oms-notifications")
+
+
+def _check_order_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an order id (a UUID)") from None
+
+
+@app.command("trace", epilog=EXIT_CODES)
+def trace_order(
+    order_id: Annotated[str, typer.Argument(callback=_check_order_id, help="The order's id (a UUID).")],
+    files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--file",
+            "-f",
+            dir_okay=False,
+            show_default="$OMS_TRACE_FILE, else .cache/run/traces.jsonl (make run's)",
+            help="A trace file the services write (OMS_TRACE_FILE: one JSON span per line); repeat for several.",
+        ),
+    ] = None,
+    jaeger_url: Annotated[
+        str | None,
+        typer.Option(
+            "--jaeger-url",
+            envvar="OMS_JAEGER_URL",
+            callback=lambda v: _check_url(v) if v else v,
+            help="Read the trace from Jaeger's HTTP query API instead (e.g. http://localhost:16686).",
+        ),
+    ] = None,
+    width: Annotated[int | None, typer.Option("--width", min=40, help="Columns (default: the terminal's).")] = None,
+) -> None:
+    """Print one order's trace as a waterfall: each span's service, operation, start offset, duration and error,
+    indented under its parent, with how long each message waited in its topic before the next service took it.
+
+    From the trace files it also shows the batches that applied the order's messages, with their database
+    transactions and statements, and the HTTP requests about the order."""
+    if jaeger_url:
+        try:
+            spans = trace.read_jaeger(jaeger_url, order_id, _SERVICES_TRACED)
+        except httpx.HTTPError as error:
+            raise _fail(ToolError(f"Jaeger at {jaeger_url}: {error}", UNREACHABLE)) from None
+        where = jaeger_url
+    else:
+        default = os.environ.get("OMS_TRACE_FILE") or ".cache/run/traces.jsonl"
+        paths = files or [Path(default)]
+        for path in paths:
+            if not path.is_file():
+                raise _fail(
+                    ToolError(f"no trace file {path} (the services write it where OMS_TRACE_FILE says)", INVALID)
+                )
+        spans = trace.read_files(paths, order_id)
+        where = ", ".join(map(str, paths))
+    if not spans:
+        raise _fail(ToolError(f"no spans of order {order_id} in {where}", FAILED))
+    typer.echo(trace.waterfall(order_id, spans, width))

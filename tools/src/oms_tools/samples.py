@@ -345,23 +345,37 @@ def parcel(
     )
 
 
-def rejected(request: fulfillment.FulfillmentRequested, *, reason: str = "no staff") -> fulfillment.FulfillmentRejected:
-    """The source will not ship any of a fulfillment request."""
+def rejected(
+    request: fulfillment.FulfillmentRequested,
+    *,
+    reason: str = "no staff",
+    reason_code: fulfillment.ReasonCode = fulfillment.ReasonCode.other,
+) -> fulfillment.FulfillmentRejected:
+    """The source will not ship any of a fulfillment request (`reason_code` out_of_stock or damaged: the units are
+    not on its shelf)."""
     d = request.data
     return fulfillment.FulfillmentRejected(
         source=f"/sources/{d.source_code}",
         subject=str(d.order_id),
         data=fulfillment.FulfillmentRejectedData(
-            fulfillment_id=d.fulfillment_id, order_id=d.order_id, source_code=d.source_code, reason=reason
+            fulfillment_id=d.fulfillment_id,
+            order_id=d.order_id,
+            source_code=d.source_code,
+            reason=reason,
+            reason_code=reason_code,
         ),
     )
 
 
 def cancelled(
-    request: fulfillment.FulfillmentRequested, lines: dict[str, int], *, reason: str | None = None
+    request: fulfillment.FulfillmentRequested,
+    lines: dict[str, int],
+    *,
+    reason: str | None = None,
+    reason_code: fulfillment.ReasonCode = fulfillment.ReasonCode.other,
 ) -> fulfillment.FulfillmentCancelled:
-    """The source will not ship `lines` {line_id: units} of a fulfillment request: its answer to a cancel request,
-    or its own decision (a shelf found empty)."""
+    """The source will not ship `lines` {line_id: units} of a fulfillment request: its answer to a cancel request
+    (`reason_code` customer_request), or its own decision (a shelf found empty: out_of_stock)."""
     d = request.data
     return fulfillment.FulfillmentCancelled(
         source=f"/sources/{d.source_code}",
@@ -372,6 +386,7 @@ def cancelled(
             source_code=d.source_code,
             lines=[LineQuantity(line_id=line_id, quantity=n) for line_id, n in lines.items()],
             reason=reason,
+            reason_code=reason_code,
         ),
     )
 

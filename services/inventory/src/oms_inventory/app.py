@@ -1,6 +1,6 @@
 """Wiring of the inventory service: settings, consumers, HTTP."""
 
-from oms_inventory import api, handlers
+from oms_inventory import api, handlers, metrics
 from oms_inventory.settings import InventorySettings
 from oms_runtime import Service
 
@@ -10,6 +10,7 @@ DESCRIPTION = "OMS inventory: stock per (sku, source), all-or-nothing shipment r
 def create_service(settings: InventorySettings) -> Service:
     service = Service(settings, description=DESCRIPTION)
     handlers.subscribe(service, settings)
+    metrics.register(service)
     service.http.include_router(api.router)
     return service
 

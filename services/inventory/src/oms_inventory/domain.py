@@ -94,6 +94,11 @@ class Stock:
         self._check_reserved(quantity)
         return replace(self, reserved=self.reserved - quantity)
 
+    def write_off(self, quantity: int) -> Stock:
+        """Reserved units their source reports are not there (not found, damaged): the reservation ends and they
+        leave on hand, as a shipment's would, so none becomes available. The source's next count sets the truth."""
+        return self.ship(quantity)
+
     def set_aside_for_line(self, quantity: int) -> Stock:
         """Hold available units for a waiting line that must ship whole (a claim)."""
         _positive(quantity)
@@ -620,23 +625,28 @@ def reserve_shipments(
 class FulfillmentUpdate:
     """What a source reports about a fulfillment (= a planned shipment) that moves reserved stock.
 
-    `lines` maps line_id to units; None means every line still open (a rejected fulfillment)."""
+    `lines` maps line_id to units; None means every line still open (a rejected fulfillment). `missing`: the units
+    given back are not on the shelf (the source found it empty, or them damaged), so they are written off, not
+    made available again."""
 
     shipment_id: uuid.UUID
     shipped: bool
     lines: Mapping[str, int] | None = None
+    missing: bool = False
 
     @classmethod
     def shipment_left(cls, shipment_id: uuid.UUID, lines: Iterable[tuple[str, int]]) -> FulfillmentUpdate:
         return cls(shipment_id, True, _by_line(lines))
 
     @classmethod
-    def lines_given_back(cls, shipment_id: uuid.UUID, lines: Iterable[tuple[str, int]]) -> FulfillmentUpdate:
-        return cls(shipment_id, False, _by_line(lines))
+    def lines_given_back(
+        cls, shipment_id: uuid.UUID, lines: Iterable[tuple[str, int]], *, missing: bool = False
+    ) -> FulfillmentUpdate:
+        return cls(shipment_id, False, _by_line(lines), missing)
 
     @classmethod
-    def all_given_back(cls, shipment_id: uuid.UUID) -> FulfillmentUpdate:
-        return cls(shipment_id, False, None)
+    def all_given_back(cls, shipment_id: uuid.UUID, *, missing: bool = False) -> FulfillmentUpdate:
+        return cls(shipment_id, False, None, missing)
 
 
 def _by_line(lines: Iterable[tuple[str, int]]) -> dict[str, int]:
@@ -657,6 +667,8 @@ class Settlement:
     unknown: list[int] = field(default_factory=list)
     # Cancelled reserved units of shipments not reserved yet (see `release_cancelled_units`).
     tombstones: list[Tombstone] = field(default_factory=list)
+    # Units written off per stock row: given back by their source as not there (`FulfillmentUpdate.missing`).
+    written_off: dict[StockKey, int] = field(default_factory=dict)
 
 
 def settle_fulfillments(
@@ -664,7 +676,8 @@ def settle_fulfillments(
     reservations: Iterable[Reservation],
     updates: Sequence[FulfillmentUpdate],
 ) -> Settlement:
-    """Ship or release reserved units as sources report them, in order.
+    """Ship or release reserved units as sources report them, in order; units reported missing are written off
+    (released and off on hand), so no waiting line is served from units that are not there.
 
     Only open units move: a line shipped or released twice (or reported beyond what was reserved) moves what is
     left of it and no more, so a repeated or exaggerated report never drives reserved below what others hold."""
@@ -676,6 +689,7 @@ def settle_fulfillments(
     causes: dict[StockKey, int] = {}
     never_reserved: list[int] = []
     unknown: list[int] = []
+    written_off: dict[StockKey, int] = {}
     for index, update in enumerate(updates):
         lines = by_shipment.get(update.shipment_id, {})
         if not any(r.state is not ReservationState.rejected for r in lines.values()):
@@ -694,12 +708,16 @@ def settle_fulfillments(
             held = stock_at(current, reservation.key)
             if update.shipped:
                 current[reservation.key], after = held.ship(moved), reservation.ship(moved)
+            elif update.missing:
+                current[reservation.key], after = held.write_off(moved), reservation.release(moved)
+                written_off[reservation.key] = written_off.get(reservation.key, 0) + moved
             else:
                 current[reservation.key], after = held.release(moved), reservation.release(moved)
             lines[line_id] = changed_lines[(after.shipment_id, line_id)] = after
             causes[reservation.key] = index
     changed = _changed(stock, current)
-    return Settlement(changed, changed_lines, {key: causes[key] for key in changed}, never_reserved, unknown)
+    causes = {key: causes[key] for key in changed}
+    return Settlement(changed, changed_lines, causes, never_reserved, unknown, written_off=written_off)
 
 
 @dataclass(frozen=True, slots=True)

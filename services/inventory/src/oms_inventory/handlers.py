@@ -19,7 +19,7 @@ import asyncpg
 
 from oms_contracts.common import Line as LineData
 from oms_contracts.common import ReturnCondition
-from oms_contracts.fulfillment import FulfillmentCancelled, FulfillmentRejected, FulfillmentShipped
+from oms_contracts.fulfillment import FulfillmentCancelled, FulfillmentRejected, FulfillmentShipped, ReasonCode
 from oms_contracts.inventory import (
     BackorderAllocated,
     BackorderAllocatedData,
@@ -51,7 +51,7 @@ from oms_contracts.topics import (
     ROUTING_NETWORK,
     ROUTING_PLANS,
 )
-from oms_inventory import held, store
+from oms_inventory import held, metrics, store
 from oms_inventory.domain import (
     Allocation,
     Count,
@@ -91,6 +91,9 @@ from oms_runtime.loop import run_when_woken
 log = logging.getLogger(__name__)
 
 SOURCE = "/oms/inventory"
+
+# A source that gives units back for these reasons says they are not on its shelf: written off, never available.
+NOT_THERE = frozenset({ReasonCode.out_of_stock, ReasonCode.damaged})
 
 # How many waiting lines of a SKU a release reads first: at least this many, and twice the units that came in (a
 # line takes one unit at least, and some lines are passed over). When the domain says it needs more, twice as many.
@@ -157,7 +160,9 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
     async def on_fulfillment_updates(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Sources report on fulfillments (each one a planned or released shipment): shipped lowers on hand and
         reserved by the shipped lines; rejected releases the whole reservation, cancelled the cancelled lines, and
-        the units given back serve the SKU's waiting lines first. Publishes the new stock levels."""
+        the units given back serve the SKU's waiting lines first, unless the source says they are not there
+        (reason_code out_of_stock or damaged): then they are written off its on hand. Publishes the new stock
+        levels."""
         await receive_fulfillment_updates(tx, messages, threshold)
 
     @service.consumer(ORDER_EVENTS, handles=(LinesCancelled, LinesReturned))
@@ -445,6 +450,7 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
         pg, {s.shipment_id for s in shipments} - decided, {(line.order_id, line.line_id) for line in new_lines}
     )
     result = reserve_shipments(batch.before, shipments, decided, tombstones)
+    metrics.reservations(tx, result.decisions)
     joining = join_queues(new_lines, tombstones)
     reserved_now = {d.shipment.shipment_id for d in result.decisions}
     # A shipment's tombstones are used up by its decision, whatever it was: the units are not held either way.
@@ -575,9 +581,14 @@ async def receive_fulfillment_updates(tx: Transaction, messages: list[Incoming[A
         if isinstance(e, FulfillmentShipped):
             updates.append(FulfillmentUpdate.shipment_left(e.data.fulfillment_id, _line_units(e.data.lines)))
         elif isinstance(e, FulfillmentCancelled):
-            updates.append(FulfillmentUpdate.lines_given_back(e.data.fulfillment_id, _line_units(e.data.lines)))
+            missing = e.data.reason_code in NOT_THERE
+            updates.append(
+                FulfillmentUpdate.lines_given_back(e.data.fulfillment_id, _line_units(e.data.lines), missing=missing)
+            )
         elif isinstance(e, FulfillmentRejected):
-            updates.append(FulfillmentUpdate.all_given_back(e.data.fulfillment_id))
+            updates.append(
+                FulfillmentUpdate.all_given_back(e.data.fulfillment_id, missing=e.data.reason_code in NOT_THERE)
+            )
         else:
             # accepted and delivered move no stock: the units stay reserved until shipped, and a delivery
             # follows a shipment inventory has already taken off the books.
@@ -604,13 +615,21 @@ async def receive_fulfillment_updates(tx: Transaction, messages: list[Incoming[A
             m.event.data.fulfillment_id,
             extra={"order_id": str(m.event.data.order_id)},
         )
+    reasons = {}
+    for (sku, source_code), units in settlement.written_off.items():
+        # Not available again: a waiting line served from them would wait at a source that cannot ship it.
+        reasons[(sku, source_code)] = (
+            f"{source_code} reported {units} reserved unit(s) not there (out of stock or damaged): written off its "
+            "on hand until its next count"
+        )
+        log.info("%s of %s: %s", units, sku, reasons[(sku, source_code)])
     await store.save_reservations(pg, list(settlement.reservations.values()))
     batch.moved(settlement.stock)
     release = await _serve_backorders(batch)
     await batch.save(release)
     by_sku = {r.sku: causes[i] for i, u in enumerate(updates) for r in reservations if r.shipment_id == u.shipment_id}
     emitted = _Causes(causes[-1], by_sku, {k: causes[i] for k, i in settlement.causes.items()})
-    batch.emit(tx, release, emitted, threshold)
+    batch.emit(tx, release, emitted, threshold, reasons)
 
 
 def _line_units(lines: Sequence[Any]) -> list[tuple[str, int]]:
@@ -807,7 +826,14 @@ class _Batch:
         final = {**self.after, **release.stock}
         return {key: row for key, row in final.items() if stock_at(self.before, key) != row}
 
-    def emit(self, tx: Transaction, release: Release, causes: _Causes, threshold: int) -> None:
+    def emit(
+        self,
+        tx: Transaction,
+        release: Release,
+        causes: _Causes,
+        threshold: int,
+        reasons: Mapping[StockKey, str] | None = None,
+    ) -> None:
         # A restock may release thousands of shipments from one message: its trace context is computed once.
         traceparents: dict[uuid.UUID, str | None] = {}
         for allocation in release.allocations:
@@ -816,7 +842,7 @@ class _Batch:
                 traceparents[cause.id] = telemetry.traceparent_of(cause.span)
             tx.emit(_allocation_event(allocation), cause=cause, traceparent=traceparents[cause.id])
         changed = self.changed(release)
-        _emit_stock_levels(tx, self.before, changed, {key: causes.of(key) for key in changed}, threshold)
+        _emit_stock_levels(tx, self.before, changed, {key: causes.of(key) for key in changed}, threshold, reasons)
 
 
 @dataclass
@@ -932,9 +958,11 @@ def _emit_stock_levels(
     after: Mapping[StockKey, Stock],
     causes: Mapping[StockKey, Incoming[Any]],
     threshold: int,
+    reasons: Mapping[StockKey, str] | None = None,
 ) -> None:
     """One level per changed (sku, source) per batch, its final value: routing's projection wants the latest.
-    Units set aside for waiting lines are published as reserved: nobody else may have them."""
+    Units set aside for waiting lines are published as reserved: nobody else may have them. `reasons` explains the
+    changes that are not plain movements (a write-off)."""
     changed_at = datetime.now(UTC)
     for key, stock in after.items():
         if replace(stock, counted_at=None) == replace(stock_at(before, key), counted_at=None):
@@ -947,6 +975,7 @@ def _emit_stock_levels(
             reserved=stock.held,
             available=stock.available,
             changed_at=changed_at,
+            reason=(reasons or {}).get(key),
         )
         tx.emit(StockLevelChanged(source=SOURCE, subject=stock.sku, data=level), cause=causes[key])
         if fell_below_threshold(stock_at(before, key), stock, threshold):

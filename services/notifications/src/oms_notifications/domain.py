@@ -11,7 +11,8 @@ Which event calls for which message (`template_for`):
 - `order.fulfillment_shipped` -> a shipped mail for that parcel (its items, what is still to come, tracking);
 - `order.fulfillment_delivered` -> a delivered mail;
 - `order.lines_cancelled` -> the lines cancelled mail (items, refund, new total), or "order cancelled" when nothing
-  is left of the order (its `status` after it is cancelled);
+  is left of the order (its `status` after it is cancelled); but not the order service's give-back of units
+  cancelled before a plan or allocation placed them (`is_give_back`): the customer was told of that cancellation;
 - `order.status_changed` to cancelled -> "payment failed" when a failed payment caused it, "order cancelled" when
   the order was cancelled before it was paid; a paid order's cancellation is told by its `lines_cancelled`
   (see `template_for`);
@@ -44,6 +45,7 @@ from oms_contracts.notification import NotificationChannel
 from oms_contracts.order import (
     CancellationRejected,
     LinesCancelled,
+    LinesCancelledData,
     LinesReturned,
     OrderAccepted,
     OrderAcceptedData,
@@ -119,6 +121,11 @@ STAGES: Mapping[Template, int] = {
 
 # Statuses in which nothing has been paid: a cancellation then refunds nothing and may come without lines_cancelled.
 UNPAID = frozenset({OrderStatus.pending, OrderStatus.payment_processing})
+
+# The order service's own actor. It cancels nothing on its own account: a `lines_cancelled` it signs with nothing
+# refunded and no cancellation behind it only gives inventory back what a plan or an allocation placed after the units
+# were cancelled (docs/architecture.md, "Messages overtaken by a cancellation").
+ORDER_SERVICE = "service:order"
 
 # Who may be told that their cancellation was refused by mail: the customer (`customer:...`, the signed link) or a
 # channel on the customer's behalf (`channel:...`). Customer service sees refusals in its own tool.
@@ -309,6 +316,13 @@ CALLED_FOR = (
 )
 
 
+def is_give_back(cancelled: LinesCancelledData) -> bool:
+    """Units already cancelled (and mailed, with their refund), given back to inventory because a plan or an
+    allocation placed them after the cancellation: no news to the customer, who would read it as a second "items
+    cancelled" with nothing refunded."""
+    return cancelled.actor == ORDER_SERVICE and cancelled.refund_amount == 0 and cancelled.cancellation_id is None
+
+
 def template_for(event: object) -> Template | None:
     """The message an event calls for, if any (see the module's docstring).
 
@@ -330,6 +344,8 @@ def template_for(event: object) -> Template | None:
             return Template.shipped
         case OrderFulfillmentDelivered():
             return Template.delivered
+        case LinesCancelled(data=cancelled) if is_give_back(cancelled):
+            return None
         case LinesCancelled(data=cancelled):
             return Template.order_cancelled if cancelled.status is OrderStatus.cancelled else Template.lines_cancelled
         case StatusChanged(data=change) if change.to_status is OrderStatus.cancelled:

@@ -53,7 +53,7 @@ from oms_runtime.loop import run_when_woken
 from oms_runtime.outbox import append
 from oms_runtime.telemetry import context_from_traceparent, traceparent_of, tracer
 
-from . import mime, store
+from . import metrics, mime, store
 from .domain import Audience, ClaimPolicy, Delivery, Outcome, RetryPolicy, outcome_of_reply
 from .domain import Status as NotificationStatus
 from .settings import NotificationsSettings
@@ -243,6 +243,7 @@ class Sender:
                     tx.emit(_event(notification, delivery), traceparent=notification.traceparent)
             await append(conn, tx.outbox)
             claimed = await store.claim_due(pg, now, self.batch_size, self.name)
+        metrics.sent([(n, d) for n, d in judged if n.id in recorded], now)
         if tx.outbox:
             self.after_commit()
         return claimed
@@ -277,6 +278,7 @@ class Sender:
                 if event is not None:
                     tx.emit(event, traceparent=attempt.traceparent or notification.traceparent)
             await append(conn, tx.outbox)
+        metrics.sent([(n, d) for n, d, _ in outcomes if n.id in recorded], self.clock())
         if tx.outbox:
             self.after_commit()
 

@@ -311,12 +311,14 @@ class Outgoing:
     delivery: Delivery
     claimed_at: datetime
     claimed_by: str
+    # When its cause happened (the event's time): how long the customer waited for the mail is measured from it.
+    cause_at: datetime | None = None
 
 
 _OUTGOING = """
     n.id, n.order_id, n.cause_event_id, n.template, n.channel, n.recipient, n.recipient_name, n.subject, n.body_text,
     n.body_html, n.traceparent, n.audience, n.status, n.attempts, n.next_attempt_at, n.last_error, n.claimed_at,
-    n.claimed_by
+    n.claimed_by, n.cause_at
 """
 
 
@@ -342,6 +344,7 @@ def _outgoing(row: asyncpg.Record) -> Outgoing:
         ),
         claimed_at=row["claimed_at"],
         claimed_by=row["claimed_by"],
+        cause_at=row["cause_at"],
     )
 
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Header, HTTPException, Path, Query, Request, stat
 from pydantic import BaseModel, Field
 
 from oms_contracts.order import OrderStatus
-from oms_contracts.types import LineId, Money, Quantity
+from oms_contracts.types import LineId, Money, Quantity, Text
 from oms_runtime import Role, require_role
 
 from . import backorders, domain, store, writes
@@ -242,11 +242,11 @@ class CancellationBody(BaseModel):
     lines: list[CancellationLineBody] | None = Field(
         default=None, min_length=1, description="Lines and units to cancel; null cancels everything not shipped yet"
     )
-    reason: str = Field(min_length=1, max_length=2000)
+    reason: Annotated[Text, Field(min_length=1)]
 
 
 class NoteBody(BaseModel):
-    text: str = Field(min_length=1, max_length=2000)
+    text: Annotated[Text, Field(min_length=1)]
 
 
 def _database(request: Request):

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from oms_contracts.topics import ORDER_EVENTS, fulfillment_requests
 from oms_runtime import Service
 
-from . import api, customer, handlers, writes
+from . import api, customer, handlers, metrics, writes
 from .settings import OrderSettings
 from .stuck import Waits
 
@@ -24,6 +24,7 @@ DESCRIPTION = (
 def create_service(settings: OrderSettings) -> Service:
     service = Service(settings, description=DESCRIPTION)
     handlers.register(service)
+    metrics.register(service)
     service.publishes(ORDER_EVENTS)
     service.publishes(
         fulfillment_requests("{source_code}"),

@@ -1586,11 +1586,19 @@ class Order:
             self.changed = True
 
     def reject_fulfillment(
-        self, fulfillment_id: uuid.UUID, source_code: str, reason: str, cause: Cause, *, by_source: bool = True
+        self,
+        fulfillment_id: uuid.UUID,
+        source_code: str,
+        reason: str,
+        cause: Cause,
+        *,
+        by_source: bool = True,
+        reason_code: str | None = None,
     ) -> None:
         """Inventory could not reserve, or the source refused: units pending cancellation on it are cancelled (and
         refunded: nothing of them will leave), the rest are open again for a re-plan, which the order asks of
-        routing when the source refused (`ReplanAsked`; routing re-plans inventory's rejections by itself)."""
+        routing when the source refused (`ReplanAsked`; routing re-plans inventory's rejections by itself).
+        `reason_code` is the source's (out_of_stock, damaged, ...), shown on the timeline."""
         fulfillment = self._fulfillment(fulfillment_id, source_code)
         if fulfillment.status in (F.rejected, F.cancelled):
             return
@@ -1616,11 +1624,18 @@ class Order:
         # Nothing of it was reserved (planned: inventory's rejection) or the source's rejection released it.
         self._settle(fulfillment, answered, held, UnitsFrom.open if planned else UnitsFrom.requested, cause)
         if by_source and reopened:
-            self._replan(fulfillment, tuple(reopened), reason, cause)
+            self._replan(fulfillment, tuple(reopened), reason, cause, reason_code)
         self._follow_units(cause, f"{source_code} rejected fulfillment {fulfillment_id}")
 
     def cancel_at_source(
-        self, fulfillment_id: uuid.UUID, source_code: str, lines: dict[str, int], reason: str | None, cause: Cause
+        self,
+        fulfillment_id: uuid.UUID,
+        source_code: str,
+        lines: dict[str, int],
+        reason: str | None,
+        cause: Cause,
+        *,
+        reason_code: str | None = None,
     ) -> None:
         """The source will not ship these units (`fulfillment.cancelled`). As far as cancellations are pending for
         them, this is its answer: they are cancelled and refunded. The rest is the source's own decision (a shelf
@@ -1663,17 +1678,27 @@ class Order:
             else:
                 fulfillment.move(F.cancelled)
         if reopened:
-            self._replan(fulfillment, tuple(reopened), said, cause)
+            self._replan(fulfillment, tuple(reopened), said, cause, reason_code)
         self._follow_units(cause, f"{said}; the rest of the order shipped")
 
-    def _replan(self, fulfillment: Fulfillment, lines: tuple[ShipmentLine, ...], reason: str, cause: Cause) -> None:
+    def _replan(
+        self,
+        fulfillment: Fulfillment,
+        lines: tuple[ShipmentLine, ...],
+        reason: str,
+        cause: Cause,
+        reason_code: str | None = None,
+    ) -> None:
         self.events.append(ReplanAsked(fulfillment, lines, reason))
+        # The source's reason code says whether the units are still on its shelf (inventory acts on it): shown too.
+        code = f" [{reason_code}]" if reason_code else ""
         self._record(
             EntryKind.replan_requested,
             cause,
-            f"{_describe(lines)} open again, routing plans them without {fulfillment.source_code}: {reason}",
+            f"{_describe(lines)} open again, routing plans them without {fulfillment.source_code}: {reason}{code}",
             fulfillment_id=str(fulfillment.fulfillment_id),
             lines=_lines_detail(lines),
+            **({"reason_code": reason_code} if reason_code else {}),
         )
 
     def ship_parcel(self, fulfillment_id: uuid.UUID, source_code: str, shipment: Shipment, cause: Cause) -> None:

@@ -47,7 +47,7 @@ from oms_contracts.topics import CHANNEL_ORDERS, FULFILLMENT_UPDATES, INVENTORY_
 from oms_contracts.types import utc_now
 from oms_runtime import Incoming, Invalid, Refused, Service, Transaction, telemetry
 
-from . import domain, store
+from . import domain, metrics, store
 from .domain import Cause, Order, OrderRefusal
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ async def _apply(tx: Transaction, messages: list[Incoming], order_id_of, apply) 
                 # The whole batch is replayed one message at a time and only this one is dead-lettered.
                 raise Refused(str(refusal)) from refusal
             announce(tx, order, order.transitions[announced:], order.events[recorded:], outgoing)
+    await metrics.observe(tx, orders.values())  # before the save, which clears what the orders recorded
     await store.save(await tx.pg(), orders.values())
 
 
@@ -443,7 +444,9 @@ def _on_fulfillment_update(message: Incoming, order: Order | None, _orders, _out
         case fulfillment.FulfillmentAccepted():
             order.accept_fulfillment(data.fulfillment_id, data.source_code, cause)
         case fulfillment.FulfillmentRejected():
-            order.reject_fulfillment(data.fulfillment_id, data.source_code, data.reason, cause)
+            order.reject_fulfillment(
+                data.fulfillment_id, data.source_code, data.reason, cause, reason_code=data.reason_code.value
+            )
         case fulfillment.FulfillmentShipped():
             units = Counter()
             for x in data.lines:
@@ -463,7 +466,14 @@ def _on_fulfillment_update(message: Incoming, order: Order | None, _orders, _out
             units: Counter[str] = Counter()
             for x in data.lines:
                 units[x.line_id] += x.quantity
-            order.cancel_at_source(data.fulfillment_id, data.source_code, dict(units), data.reason, cause)
+            order.cancel_at_source(
+                data.fulfillment_id,
+                data.source_code,
+                dict(units),
+                data.reason,
+                cause,
+                reason_code=data.reason_code.value,
+            )
     return order
 
 

@@ -19,7 +19,7 @@ from oms_contracts.types import utc_now
 from oms_runtime import Service, Transaction
 from oms_runtime.outbox import append
 
-from . import handlers, store
+from . import handlers, metrics, store
 from .domain import Cause, Order
 from .stuck import Waits
 
@@ -37,6 +37,7 @@ async def _publishing(service: Service) -> AsyncIterator[tuple[asyncpg.Connectio
         tx = Transaction(conn, service.name)
         yield await tx.pg(), tx
         await append(conn, tx.outbox)
+    tx.has_committed()
     service.relay.wake()
 
 
@@ -50,6 +51,7 @@ async def change(service: Service, order_id: uuid.UUID, apply: Callable[[Order],
         announced, recorded = len(order.transitions), len(order.events)
         result = apply(order)
         handlers.announce(tx, order, order.transitions[announced:], order.events[recorded:])
+        await metrics.observe(tx, [order])  # before the save, which clears what the order recorded
         await store.save(pg, [order])
     return result
 

@@ -723,12 +723,20 @@ class RoutedOrder:
         cancelled them). They are planned again without it, one attempt on; also for a fulfillment routing never
         planned (a backorder allocation of inventory's), whose lines are checked against the order's."""
         self._check(fulfillment, source_code, lines)
-        # A line of a fulfillment is planned again once, however often it is asked (the same request resent under a
-        # new event id): planning it twice would ship its units twice.
-        fresh = tuple(line for line in lines if line.line_id not in fulfillment.replanned)
+        # Units, not lines: a source may give back a line's units in several steps (1 of 3, later another), and each
+        # step is planned again. Never more units of a line than the fulfillment holds, however often it is asked
+        # (the same request resent under a new event id): planning them twice would ship them twice. Which units a
+        # source gave back is the order service's accounting; routing only keeps the sum under that bound.
+        fresh = tuple(
+            line.model_copy(update={"quantity": units})
+            for line in lines
+            if (units := min(line.quantity, fulfillment.left_to_replan(line.line_id, self.paid))) > 0
+        )
         if not fresh:
             return Replan(self, fulfillment, source_code, (), None)
-        replanned = {**fulfillment.replanned, **{line.line_id: line.quantity for line in fresh}}
+        replanned = dict(fulfillment.replanned)
+        for line in fresh:
+            replanned[line.line_id] = replanned.get(line.line_id, 0) + line.quantity
         # The source ships what was not planned again; with nothing left to ship it no longer counts against its
         # daily capacity.
         withdrawn = fulfillment.withdrawn or (
@@ -789,8 +797,8 @@ class ReplanRefused(ValueError):
 @dataclass(frozen=True, slots=True)
 class Fulfillment:
     """A fulfillment of a routed order as routing knows it: the shipment it planned, if it did (inventory's backorder
-    allocations it did not), the units of each line already planned again, and whether it was withdrawn from its
-    source (then that source's daily capacity no longer counts it)."""
+    allocations it did not), the units of each line already planned again (summed over re-plans), and whether it was
+    withdrawn from its source (then that source's daily capacity no longer counts it)."""
 
     fulfillment_id: uuid.UUID
     order_id: uuid.UUID
@@ -802,6 +810,13 @@ class Fulfillment:
     @property
     def planned(self) -> bool:
         return self.source_code is not None
+
+    def left_to_replan(self, line_id: str, order: OrderPaidData) -> int:
+        """Units of a line that may still be planned again: what the fulfillment holds of it (a fulfillment routing
+        never planned, at most the order's line) less what was planned again already."""
+        held = self.lines if self.planned else order.lines
+        holds = sum(line.quantity for line in held if line.line_id == line_id)
+        return max(holds - self.replanned.get(line_id, 0), 0)
 
 
 @dataclass(frozen=True, slots=True)

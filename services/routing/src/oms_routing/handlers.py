@@ -14,6 +14,7 @@ Routing does not read the sources' fulfillment updates: only the order service c
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from oms_contracts.routing import FulfillmentPlanned, FulfillmentPlannedData
 from oms_contracts.topics import INVENTORY_ALLOCATIONS, INVENTORY_STOCK, ORDER_EVENTS
 from oms_runtime import Incoming, Refused, Service, Transaction
 
-from . import domain, store
+from . import domain, metrics, store
 from .settings import RoutingSettings
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,7 @@ async def _plan(
 ) -> tuple[list[FulfillmentPlannedData], domain.PlanningNetwork]:
     planned_at = datetime.now(UTC)
     loaded = await load_planning(await tx.pg(), (r.order for r in requests), settings, planned_at)
+    started = time.perf_counter()
     made = domain.plan_all(
         requests,
         loaded.network,
@@ -222,6 +224,7 @@ async def _plan(
         max_attempts=settings.max_plan_attempts,
         chains=loaded.chains,
     )
+    metrics.planned(tx, requests, made, time.perf_counter() - started)
     return made, loaded.network
 
 

@@ -113,8 +113,9 @@ shipments = sa.Table(
     sa.Index("shipments_source_code_planned_on_idx", "source_code", "planned_on"),
 )
 
-# Each line of a fulfillment planned again, once: a request to plan it again after that (resent, or from another
-# topic) plans nothing. Also for fulfillments routing never planned (inventory's backorder allocations).
+# The units of each line of a fulfillment planned again so far (`quantity`, a sum over re-plans): never more than the
+# fulfillment holds, so a request resent or from another topic plans nothing twice. Also for fulfillments routing
+# never planned (inventory's backorder allocations).
 replanned_lines = sa.Table(
     "replanned_lines",
     metadata,
@@ -463,7 +464,7 @@ async def save_plans(
         ), replanned AS (
             INSERT INTO replanned_lines (fulfillment_id, line_id, order_id, source_code, quantity)
             SELECT * FROM unnest($16::uuid[], $17::text[], $18::uuid[], $19::text[], $20::int[])
-            ON CONFLICT DO NOTHING
+            ON CONFLICT (fulfillment_id, line_id) DO UPDATE SET quantity = EXCLUDED.quantity, replanned_at = now()
         )
         UPDATE orders AS o
         SET attempts = u.attempts, excluded = ARRAY(SELECT jsonb_array_elements_text(u.excluded))
@@ -489,7 +490,8 @@ async def save_plans(
         [line.line_id for _, line in again],
         [r.fulfillment.order_id for r, _ in again],
         [r.source_code for r, _ in again],
-        [line.quantity for _, line in again],
+        # The line's total so far: the orders' row locks make re-plans of one fulfillment take turns.
+        [r.fulfillment.replanned[line.line_id] for r, line in again],
     )
 
 
