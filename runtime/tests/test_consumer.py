@@ -9,6 +9,7 @@ import pytest
 
 from oms_contracts import DEAD_LETTERS, Topic
 from oms_contracts.inventory import StockCounted, StockReceived
+from oms_runtime import metrics
 from oms_runtime.testing import deliver, record
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -288,3 +289,10 @@ async def test_records_of_types_the_consumer_does_not_handle_are_skipped_unread_
     assert await applied(service) == ["r1", "r2", "r3"]
     assert await consume(service, topic, [records[1]]) == []
     assert probe.batches == [["r1", "r2", "r3"]], "a batch of skipped records alone opens no transaction"
+    group = {
+        "messaging_system": "kafka",
+        "messaging_destination_name": topic.name,
+        "messaging_consumer_group_name": f"oms-probe.{topic.name}",
+    }
+    assert metrics.sample("oms_consumer_messages_total", {**group, "oms_outcome": "skipped"}) == 3
+    assert metrics.sample("oms_consumer_messages_total", {**group, "oms_outcome": "applied"}) == 3

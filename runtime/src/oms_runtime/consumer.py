@@ -319,7 +319,7 @@ class BatchConsumer(metrics.GaugeSource):
         metrics.observe(self)
         # Every outcome and the errors start at 0, so that Prometheus's increase() and rate() see the first dead
         # letter or error (a series that appears at 1 has no increase), and an alert on them has a series to read.
-        for outcome in ("applied", "duplicate", "dead_lettered"):
+        for outcome in ("applied", "duplicate", "dead_lettered", "skipped"):
             metrics.MESSAGES.add(0, {**self._attributes, "oms.outcome": outcome})
         metrics.ERRORS.add(0, self._attributes)
 
@@ -360,6 +360,8 @@ class BatchConsumer(metrics.GaugeSource):
         finally:
             for m in messages:
                 m.span.end()
+        # Records of types this consumer does not handle, passed over unread (`handles`).
+        self._outcomes["skipped"] += len(records) - len(messages)
         self._measure(records, started)
         if faults.ARMED:
             # The batch's transaction has committed; its offsets are not committed yet.
