@@ -20,7 +20,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult, TraceIdRatioBased
 from pythonjsonlogger.json import JsonFormatter
 
 _order_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("oms_order_id", default=None)
@@ -37,12 +37,28 @@ TRACE_HEADERS = ("traceparent", "tracestate")
 DEFAULT_SAMPLE_RATIO = 0.01
 
 
+class _LinkedOrRatio(Sampler):
+    """For a span that starts a trace: recorded when it links to a sampled span (a batch holding a traced order's
+    message, so that order's trace shows the batch, its transaction and its statements), else by trace-id ratio."""
+
+    def __init__(self, ratio: float) -> None:
+        self._ratio = TraceIdRatioBased(ratio)
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None):
+        if any(link.context.trace_flags.sampled for link in links or ()):
+            return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+        return self._ratio.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"LinkedOr{self._ratio.get_description()}"
+
+
 def default_sampler() -> Sampler | None:
     """The sampler the runtime installs: None (the SDK's reading of OTEL_TRACES_SAMPLER) when that is set, else
-    parent-based with DEFAULT_SAMPLE_RATIO of new traces."""
+    parent-based, and for a new trace: recorded when it links to a sampled span, else DEFAULT_SAMPLE_RATIO of them."""
     if os.environ.get("OTEL_TRACES_SAMPLER"):
         return None
-    return ParentBased(TraceIdRatioBased(DEFAULT_SAMPLE_RATIO))
+    return ParentBased(_LinkedOrRatio(DEFAULT_SAMPLE_RATIO))
 
 
 def setup_tracing(service: str, trace_file: str | None) -> TracerProvider:
