@@ -1,8 +1,8 @@
 """`python -m bench sweep|quick`: the end-to-end benchmark (docs/performance.md).
 
-It starts a system of its own (broker 20092, PostgreSQL 16132, services 18081-18084, SMTP 18025, state under
-.cache/bench/<timestamp>), plays the channels and the sources, measures, stops everything it started, and writes
-bench/results/<timestamp>/{results.json,report.md,latency.png}.
+It starts a system of its own (by default broker 20092, PostgreSQL 16132, services 18081-18084, SMTP 18025: see the
+--*-port options; state under .cache/bench/<timestamp>), plays the channels and the sources, measures, stops
+everything it started, and writes bench/results/<timestamp>/{results.json,report.md,latency.png}.
 """
 
 from __future__ import annotations
@@ -78,7 +78,16 @@ class Bench:
         self.stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.out = Path(args.out) if args.out else REPO / "bench" / "results" / self.stamp
         self.state = REPO / ".cache" / "bench" / self.stamp
-        self.ports = Ports(kafka=args.kafka_port, postgres=args.pg_port)
+        first = args.http_port
+        self.ports = Ports(
+            kafka=args.kafka_port,
+            postgres=args.pg_port,
+            order=first,
+            routing=first + 1,
+            inventory=first + 2,
+            notifications=first + 3,
+            smtp=args.smtp_port,
+        )
         self.timing = Timing(warmup=args.warmup, window=args.window, drain=args.drain)
         self.results: dict[str, Any] = {
             "started": self.stamp,
@@ -299,6 +308,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--chain-rates", help="the minimal chain at these rates instead of its search")
     parser.add_argument("--kafka-port", type=int, default=20092)
     parser.add_argument("--pg-port", type=int, default=16132)
+    parser.add_argument(
+        "--http-port", type=int, default=18081, help="the order service's port; the others follow (18081)"
+    )
+    parser.add_argument("--smtp-port", type=int, default=18025, help="the mail catcher's port (18025)")
     parser.add_argument("--out", help="results directory (bench/results/<timestamp>)")
     parser.add_argument("--keep", action="store_true", help="keep the broker's and database's state afterwards")
     return parser.parse_args(argv)

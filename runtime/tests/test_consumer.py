@@ -3,10 +3,13 @@ record that can never be applied dead-lettered with its error while the rest of 
 transient failures retried rather than dropped."""
 
 import json
+import uuid
 
 import pytest
 
-from oms_contracts import DEAD_LETTERS
+from oms_contracts import DEAD_LETTERS, Topic
+from oms_contracts.inventory import StockCounted, StockReceived
+from oms_runtime import metrics
 from oms_runtime.testing import deliver, record
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -254,3 +257,42 @@ async def test_a_record_without_an_event_id_is_dead_lettered_each_time_it_is_sen
     assert [dict(e.headers)["oms-error-message"] for e in dead_letters(emitted)] == [
         "1 validation error(s): id: Field required"
     ] * 2
+
+
+async def test_records_of_types_the_consumer_does_not_handle_are_skipped_unread_by_their_type_header(
+    make_service, database_url, probe, receipt, applied, consume
+):
+    topic = Topic(
+        f"oms.test.probe.{uuid.uuid4().hex[:10]}.v1",
+        (StockReceived, StockCounted),
+        key="sku",
+        description="Receipts and counts, of which the probe handles receipts",
+    )
+    service = make_service(database_url)
+
+    @service.consumer(topic, handles=(StockReceived,))
+    async def apply_stock_receipts(tx, events):
+        await probe(tx, events)
+
+    received, counted = StockReceived.TYPE.encode(), StockCounted.TYPE.encode()
+    records = [
+        record(topic.name, receipt("r1").to_bytes(), "SKU-1", headers=[("ce-type", received)]),
+        # Named as a count: not even read, so neither applied nor dead-lettered.
+        record(topic.name, b"not json at all", "SKU-1", headers=[("ce-type", counted)]),
+        record(topic.name, b"{}", "SKU-1", headers=[("ce_type", counted)]),
+        # A type the topic does not know, or no type header: read, as every record used to be.
+        record(topic.name, receipt("r2").to_bytes(), "SKU-1", headers=[("ce-type", b"oms.somewhere.else.v1")]),
+        record(topic.name, receipt("r3").to_bytes(), "SKU-1"),
+    ]
+
+    assert await consume(service, topic, records) == []
+    assert await applied(service) == ["r1", "r2", "r3"]
+    assert await consume(service, topic, [records[1]]) == []
+    assert probe.batches == [["r1", "r2", "r3"]], "a batch of skipped records alone opens no transaction"
+    group = {
+        "messaging_system": "kafka",
+        "messaging_destination_name": topic.name,
+        "messaging_consumer_group_name": f"oms-probe.{topic.name}",
+    }
+    assert metrics.sample("oms_consumer_messages_total", {**group, "oms_outcome": "skipped"}) == 3
+    assert metrics.sample("oms_consumer_messages_total", {**group, "oms_outcome": "applied"}) == 3

@@ -12,7 +12,11 @@ import sqlalchemy as sa
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaConnectionError, NotLeaderForPartitionError
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
 
+from oms_runtime import outbox
 from oms_runtime.database import Database
 from oms_runtime.outbox import _FAILURES_BEFORE_RESTART, OutboxMessage, Relay, append
 from oms_runtime.topics import ensure_topics
@@ -109,6 +113,20 @@ async def test_a_rows_traceparent_is_continued_by_the_published_message(
     version, trace_id, span_id, _ = carried[0].split("-")
     assert (version, trace_id) == ("00", TRACE_ID), "the publish continues the trace of the transaction"
     assert span_id != PARENT_SPAN, "as a span of its own"
+
+
+async def test_an_unsampled_rows_trace_context_travels_as_stored_without_a_span(
+    database, relays, kafka_topic, topic_reader
+):
+    topic = await kafka_topic()
+    traceparent = f"00-{TRACE_ID}-{PARENT_SPAN}-00"
+    await write(database, [OutboxMessage(topic.name, "k", b"{}", [("traceparent", traceparent)])])
+
+    async with topic_reader(topic.name) as reader:
+        (await relays(database)).wake()
+        [published] = await reader.take(1)
+
+    assert [v.decode() for k, v in published.headers if k == "traceparent"] == [traceparent]
 
 
 async def test_rows_left_by_a_crashed_instance_are_published_by_the_sweep(database, relays, kafka_topic, topic_reader):
@@ -464,3 +482,11 @@ async def _delete_topics(bootstrap: str, names: list[str]) -> None:
             await admin.delete_topics(names)
     finally:
         await admin.close()
+
+
+@given(keys=st.lists(st.binary(max_size=64), min_size=1, max_size=50), count=st.integers(min_value=1, max_value=64))
+def test_a_key_goes_to_the_partition_kafkas_default_partitioner_chooses(keys, count):
+    # Per-key order across versions: a key must never move to another partition.
+    partitions = list(range(count))
+    for key in keys + keys:
+        assert outbox._partition(key, partitions, partitions) == DefaultPartitioner()(key, partitions, partitions)

@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from oms_contracts import channel, fulfillment
 from oms_contracts.topics import CHANNEL_ORDERS, FULFILLMENT_UPDATES, INVENTORY_RECEIPTS, fulfillment_requests
 from oms_tools import samples
+from oms_tools.kafka import new_traceparent
 from tests.dashboards import dashboard_queries, metric_names
 
 from .conftest import ROOT, System, eventually, free_port, read_until, run_id
@@ -103,7 +104,10 @@ async def flow(system: System, network) -> Flow:
     await source.start()
     try:
         for order in [*orders, waiting]:
-            await system.publish(CHANNEL_ORDERS.name, order, samples.payment_captured(order))
+            # Each channel traces its order (a sampled trace context): its spans are recorded whatever share of the
+            # other orders' traces the services record, so `oms trace` has a waterfall to print.
+            traced = [("traceparent", new_traceparent().encode())]
+            await system.publish(CHANNEL_ORDERS.name, order, samples.payment_captured(order), headers=traced)
         await system.publish(CHANNEL_ORDERS.name, unpaid, cancel)
         await system.publish(INVENTORY_RECEIPTS.name, b"not an event", key="garbage")
         wanted = {o.data.order_id for o in orders}

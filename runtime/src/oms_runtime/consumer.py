@@ -44,6 +44,8 @@ E = TypeVar("E", bound=CloudEvent)
 
 # How long a stopping consumer waits for its offsets to be committed; then they are left for redelivery.
 _FLUSH_SECONDS = 10.0
+# How long applied offsets wait to be committed together with the next batches' (seconds).
+_OFFSET_COMMIT_INTERVAL = 0.2
 
 # The most of an original record's value a dead letter keeps: the broker's default message.max.bytes is 1 MB, and a
 # dead letter carries its error and origin in headers beside the value. A larger one is cut, and says so.
@@ -55,6 +57,9 @@ _ERRORS_NAMED = 20
 
 # Records that never validated have no event id of their own; their inbox key is derived from where they sit.
 _UNDECODABLE = uuid.UUID("3d0bf7c6-94a4-4c52-9a0b-9a7e0e3c6a11")
+
+# Where a record names its CloudEvent type: the outbox writes `ce-type`; the CloudEvents Kafka binding says `ce_type`.
+_TYPE_HEADERS = ("ce-type", "ce_type")
 
 
 @dataclass(slots=True)
@@ -282,8 +287,14 @@ class BatchConsumer(metrics.GaugeSource):
         on_commit: Callable[[], None],
         on_invalid: InvalidHandler | None = None,
         dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
+        handles: Iterable[type[CloudEvent]] | None = None,
     ) -> None:
         self.name = name
+        # The topic's types this consumer does not handle, as their headers spell them: such a record is skipped
+        # before it is decoded. Only a type the topic's contract lists counts; a record without the header, or with
+        # a type unknown to the topic, is decoded (and dead-lettered when invalid) as always.
+        handled = None if handles is None else {event.TYPE for event in handles}
+        self.skipped = frozenset(t.encode() for t in topic.types if handled is not None and t not in handled)
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.topic = topic
         self.handler = handler
@@ -308,7 +319,7 @@ class BatchConsumer(metrics.GaugeSource):
         metrics.observe(self)
         # Every outcome and the errors start at 0, so that Prometheus's increase() and rate() see the first dead
         # letter or error (a series that appears at 1 has no increase), and an alert on them has a series to read.
-        for outcome in ("applied", "duplicate", "dead_lettered"):
+        for outcome in ("applied", "duplicate", "dead_lettered", "skipped"):
             metrics.MESSAGES.add(0, {**self._attributes, "oms.outcome": outcome})
         metrics.ERRORS.add(0, self._attributes)
 
@@ -322,18 +333,19 @@ class BatchConsumer(metrics.GaugeSource):
         try:
             # Inside the try: whatever a record holds, an error here is a redelivery, never a batch that the
             # framework logs and drops while the next offset commit moves past it.
-            messages.extend(self._open(record) for record in records)
-            with telemetry.tracer().start_as_current_span(
-                f"process {self.topic.name}",
-                kind=SpanKind.CONSUMER,
-                links=[Link(m.span.get_span_context()) for m in messages],
-                attributes={
-                    **self._attributes,
-                    "messaging.operation.type": "process",
-                    "messaging.batch.message_count": len(messages),
-                },
-            ):
-                await self._apply_batch(messages)
+            messages.extend(self._open(record) for record in records if not self._skips(record))
+            if messages:
+                with telemetry.tracer().start_as_current_span(
+                    f"process {self.topic.name}",
+                    kind=SpanKind.CONSUMER,
+                    links=[Link(m.span.get_span_context()) for m in messages],
+                    attributes={
+                        **self._attributes,
+                        "messaging.operation.type": "process",
+                        "messaging.batch.message_count": len(messages),
+                    },
+                ):
+                    await self._apply_batch(messages)
         except asyncio.CancelledError:
             self._rewind(records)
             raise
@@ -348,11 +360,15 @@ class BatchConsumer(metrics.GaugeSource):
         finally:
             for m in messages:
                 m.span.end()
+        # Records of types this consumer does not handle, passed over unread (`handles`).
+        self._outcomes["skipped"] += len(records) - len(messages)
         self._measure(records, started)
         if faults.ARMED:
             # The batch's transaction has committed; its offsets are not committed yet.
             faults.reach("consumer.after_commit")
-        self.on_commit()
+        if messages:
+            self.on_commit()
+        # Skipped records' offsets too: they are done with.
         self._commit(records)
         if self.stopping:
             # The framework stops the Kafka consumer once this batch returns: commit its offsets while it can.
@@ -419,27 +435,41 @@ class BatchConsumer(metrics.GaugeSource):
             if tp in self.consumer.assignment():
                 self.consumer.seek(tp, offset)
 
+    def _skips(self, record: ConsumerRecord) -> bool:
+        """Whether the record's type header names a type of the topic this consumer does not handle: it is not
+        decoded, traced or recorded in the inbox, only its offset is committed."""
+        if not self.skipped:
+            return False
+        for name, value in record.headers or ():
+            if name in _TYPE_HEADERS:
+                return value in self.skipped
+        return False
+
     def _open(self, record: ConsumerRecord) -> Message:
         span = telemetry.tracer().start_span(
-            f"process {record.topic}",
-            context=telemetry.extract(record.headers),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                **self._attributes,
-                "messaging.operation.type": "process",
-                metrics.PARTITION: str(record.partition),
-                "messaging.kafka.offset": record.offset,
-            },
+            f"process {record.topic}", context=telemetry.extract(record.headers), kind=SpanKind.CONSUMER
         )
+        # Most spans are not recorded (sampling): their attributes are not even made.
+        recording = span.is_recording()
+        if recording:
+            span.set_attributes(
+                {
+                    **self._attributes,
+                    "messaging.operation.type": "process",
+                    metrics.PARTITION: str(record.partition),
+                    "messaging.kafka.offset": record.offset,
+                }
+            )
         try:
             event = self.topic.parse(record.value or b"")
         except (ValidationError, ValueError) as error:
             span.set_status(Status(StatusCode.ERROR, "invalid message"))
             return Invalid(record, error, span)
-        span.set_attribute("cloudevents.event_type", event.type)
-        span.set_attribute("cloudevents.event_id", str(event.id))
-        if event.subject:
-            span.set_attribute("cloudevents.event_subject", event.subject)
+        if recording:
+            span.set_attribute("cloudevents.event_type", event.type)
+            span.set_attribute("cloudevents.event_id", str(event.id))
+            if event.subject:
+                span.set_attribute("cloudevents.event_subject", event.subject)
         return Incoming(event, record, span)
 
     async def _apply_batch(self, messages: list[Message]) -> None:
@@ -558,6 +588,11 @@ class BatchConsumer(metrics.GaugeSource):
             self._commit_task = asyncio.create_task(self._flush_offsets())
 
     async def _flush_offsets(self) -> None:
+        if not self.stopping:
+            # Offsets of the batches applied meanwhile go in the same request: one commit per subscription per
+            # interval instead of one per batch (each is a write on the broker). A crash in between redelivers a
+            # little more, which the inbox skips.
+            await asyncio.sleep(_OFFSET_COMMIT_INTERVAL)
         delay = 0.05
         while self._pending_offsets:
             offsets, self._pending_offsets = self._pending_offsets, {}

@@ -161,10 +161,18 @@ async def driver(conn: AsyncConnection) -> asyncpg.Connection:
     """The asyncpg connection under a SQLAlchemy one, in the same transaction: set-based statements
     (INSERT ... SELECT FROM unnest) go through it without SQLAlchemy's per-statement overhead."""
     raw = await conn.get_raw_connection()
-    if conn.in_transaction() and getattr(raw.dbapi_connection, "_transaction", None) is None:
+    adapted = raw.dbapi_connection
+    if conn.in_transaction() and getattr(adapted, "_transaction", None) is None:
         # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its own first statement; without one, statements
-        # on the bare connection would run in autocommit. (runtime/tests pin this.)
-        await conn.exec_driver_sql("SELECT 1")
+        # on the bare connection would run in autocommit. (runtime/tests pin this.) The adapter's own way of
+        # starting it sends only the BEGIN; a statement through SQLAlchemy costs a round trip and more Python than
+        # the rest of a small batch's transaction.
+        start = getattr(adapted, "_start_transaction", None)
+        if start is not None:
+            async with adapted._execute_mutex:
+                await start()
+        else:
+            await conn.exec_driver_sql("SELECT 1")
     return raw.driver_connection
 
 

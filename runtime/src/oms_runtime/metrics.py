@@ -128,7 +128,7 @@ MESSAGES = _meter.create_counter(
     "oms.consumer.messages",
     unit="{message}",
     description="What became of each record, once its transaction committed: applied, duplicate (the inbox had it), "
-    "dead_lettered",
+    "dead_lettered, skipped (a type the consumer does not handle)",
 )
 ERRORS = _meter.create_counter(
     "oms.consumer.errors",

@@ -429,6 +429,12 @@ class MailServer:
         self.taken = threading.Event()
         self.received: list[EmailMessage] = []
         self.recipients: list[list[str]] = []
+        self.greetings = 0
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses) -> list[str]:
+        self.greetings += 1
+        session.host_name = hostname
+        return responses
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
         if self.refuse_with and (self.refused is None or address in self.refused):

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import inspect
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -9,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from oms_contracts.notification import NotificationChannel
+from oms_notifications import domain
 from oms_notifications.domain import (
     MAX_ERROR_LENGTH,
     ClaimPolicy,
@@ -289,3 +292,9 @@ def test_every_try_counts_and_only_a_pending_notification_waits_for_a_later_one(
             assert delivery.next_attempt_at is None
         assert (delivery.status is Status.sent) == (outcome is Outcome.delivered)
         assert (delivery.status is Status.unknown) == (outcome is Outcome.unknown)
+
+
+def test_every_event_type_a_template_is_for_is_one_the_consumers_read():
+    # The consumers skip, unread, every type not in CALLED_FOR: a type template_for answers for must be in it.
+    named = set(re.findall(r"case (\w+)\(", inspect.getsource(domain.template_for)))
+    assert named == {event.__name__ for event in domain.CALLED_FOR}

@@ -76,6 +76,17 @@ async def test_a_sent_notification_is_not_sent_again(service, pg, order_accepted
     assert len(mail.received) == 1
 
 
+async def test_a_pass_sends_over_the_connection_the_pass_before_left_open(service, pg, order_accepted, smtp_server):
+    mail, port = smtp_server()
+    sender = sender_for(service, port)
+    for number in ("WEB-1", "WEB-2"):
+        await deliver(service, ORDER_EVENTS, order_accepted(number))
+        assert await sender.send_due() == 1
+
+    assert [m["Subject"] for m in mail.received] == ["Your order WEB-1 is confirmed", "Your order WEB-2 is confirmed"]
+    assert mail.greetings == 1, "one connection, one EHLO"
+
+
 async def test_smtp_down_keeps_the_message_pending_for_a_later_try(service, pg, order_accepted, closed_port):
     await deliver(service, ORDER_EVENTS, order_accepted())
     before = datetime.now(UTC)

@@ -120,7 +120,7 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
         wake = asyncio.Event()
         await run_when_woken(wake, expire, interval=settings.held_receipt_check_s, what="held receipts")
 
-    @service.consumer(ROUTING_NETWORK)
+    @service.consumer(ROUTING_NETWORK, handles=(SourceUpserted, SourceDeactivated))
     async def on_network(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Sources upserted or deactivated in the fulfillment network: inventory accepts receipts only for active
         sources it learnt of here, and applies now what waited for a source it had not heard of (dead-letters it,
@@ -156,7 +156,7 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
         business. Publishes the new stock levels."""
         await receive_plans(tx, messages, threshold)
 
-    @service.consumer(FULFILLMENT_UPDATES)
+    @service.consumer(FULFILLMENT_UPDATES, handles=(FulfillmentShipped, FulfillmentRejected, FulfillmentCancelled))
     async def on_fulfillment_updates(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Sources report on fulfillments (each one a planned or released shipment): shipped lowers on hand and
         reserved by the shipped lines; rejected releases the whole reservation, cancelled the cancelled lines, and
@@ -165,7 +165,7 @@ def subscribe(service: Service, settings: InventorySettings) -> None:
         levels."""
         await receive_fulfillment_updates(tx, messages, threshold)
 
-    @service.consumer(ORDER_EVENTS)
+    @service.consumer(ORDER_EVENTS, handles=(LinesCancelled, LinesReturned))
     async def on_order_events(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Facts the order service decided after the sale. Lines cancelled: backordered units leave the backorder
         queue (a line at 0 leaves it) and units set aside for them serve the next waiting lines; reserved units are

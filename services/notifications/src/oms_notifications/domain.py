@@ -299,6 +299,23 @@ def latest_contacts(contacts: Iterable[Contact]) -> list[Contact]:
     return list({contact.order_id: contact for contact in contacts}.values())
 
 
+# Every event type template_for may answer for: the consumers skip the others unread (by their ce-type header).
+CALLED_FOR = (
+    OrderAccepted,
+    FulfillmentPlanned,
+    BackorderQueued,
+    OrderFulfillmentShipped,
+    OrderFulfillmentDelivered,
+    LinesCancelled,
+    StatusChanged,
+    RefundIssued,
+    LinesReturned,
+    CancellationRejected,
+    OrderStuck,
+    LowStock,
+)
+
+
 def is_give_back(cancelled: LinesCancelledData) -> bool:
     """Units already cancelled (and mailed, with their refund), given back to inventory because a plan or an
     allocation placed them after the cancellation: no news to the customer, who would read it as a second "items

@@ -24,10 +24,11 @@ from .rendering import render
 
 def register(service: Service, links: domain.Links, operators: Sequence[str]) -> None:
     consumers = Consumers(links, tuple(operators))
-    service.consumer(ORDER_EVENTS)(consumers.on_order_events)
-    service.consumer(ROUTING_PLANS)(consumers.on_fulfillment_plans)
-    service.consumer(INVENTORY_ALLOCATIONS)(consumers.on_inventory_allocations)
-    service.consumer(INVENTORY_STOCK)(consumers.on_stock_levels)
+    # Events no template is for are skipped unread (by their ce-type header).
+    service.consumer(ORDER_EVENTS, handles=domain.CALLED_FOR)(consumers.on_order_events)
+    service.consumer(ROUTING_PLANS, handles=domain.CALLED_FOR)(consumers.on_fulfillment_plans)
+    service.consumer(INVENTORY_ALLOCATIONS, handles=domain.CALLED_FOR)(consumers.on_inventory_allocations)
+    service.consumer(INVENTORY_STOCK, handles=domain.CALLED_FOR)(consumers.on_stock_levels)
 
 
 class Consumers:

@@ -30,12 +30,11 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.headerregistry import Address
-from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 
 import aiosmtplib
@@ -54,7 +53,7 @@ from oms_runtime.loop import run_when_woken
 from oms_runtime.outbox import append
 from oms_runtime.telemetry import context_from_traceparent, traceparent_of, tracer
 
-from . import metrics, store
+from . import metrics, mime, store
 from .domain import Audience, ClaimPolicy, Delivery, Outcome, RetryPolicy, outcome_of_reply
 from .domain import Status as NotificationStatus
 from .settings import NotificationsSettings
@@ -98,6 +97,8 @@ class _Smtp(aiosmtplib.SMTP):
     sent, a broken connection or a timeout may come after the server took the message."""
 
     handed_over = False
+    # Left open by an earlier pass and not used since.
+    reused = False
 
     async def data(self, message: str | bytes, /, **options: object) -> aiosmtplib.SMTPResponse:
         self.handed_over = True
@@ -127,6 +128,9 @@ def _sender_name() -> str:
 
 _NOT_TRIED = _Try(None)
 
+# How long a connection a pass left open is used again; the next pass after that opens a new one.
+_IDLE_SECONDS = 10.0
+
 
 class Sender:
     def __init__(
@@ -153,11 +157,16 @@ class Sender:
         self.clock = clock
         self.interval = interval
         self.name = name or _sender_name()
+        # The sender's name and address, as the mail's From and the envelope's sender.
+        self._from = parseaddr(smtp.mail_from)
         self._wake = asyncio.Event()
         # Outcomes of sent messages whose recording failed: recorded before anything new is claimed.
         self._unrecorded: list[tuple[store.Outgoing, Delivery, _Try]] = []
         # Set when the sender is being stopped: no message is handed over any more.
         self._stopping = False
+        # Connections a pass left open for the next one, with when each was last used: a connection, its greeting
+        # and EHLO per pass cost more than the messages of a small pass.
+        self._idle: list[tuple[_Smtp, float]] = []
 
     @classmethod
     def from_settings(
@@ -179,7 +188,10 @@ class Sender:
     async def run(self) -> None:
         """Send what is due whenever woken, and at least every `interval` seconds, until cancelled. The database is
         what can fail a pass (SMTP failures are outcomes of a send): it is retried."""
-        await run_when_woken(self._wake, self._send_all_due, interval=self.interval, what="notification sender")
+        try:
+            await run_when_woken(self._wake, self._send_all_due, interval=self.interval, what="notification sender")
+        finally:
+            await self._close_idle()
 
     async def _send_all_due(self) -> None:
         # Until a pass finds nothing: a message sent may have been what the next message of its order waited for.
@@ -287,12 +299,14 @@ class Sender:
 
     async def _send_over_one_connection(self, notifications: Sequence[store.Outgoing]) -> list[_Try]:
         tries: list[_Try] = []
-        smtp: _Smtp | None = None
+        smtp = await self._reuse()
         try:
             for position, notification in enumerate(notifications):
                 if not self._may_start(notification):
                     tries.extend(_NOT_TRIED for _ in notifications[position:])
                     return tries
+                if smtp is not None and smtp.reused and not await self._still_open(smtp):
+                    smtp = None
                 if smtp is None:
                     try:
                         smtp = await self._connect()
@@ -310,14 +324,46 @@ class Sender:
                         return tries
                 result = await self._send_one(smtp, notification)
                 tries.append(result)
+                smtp.reused = False
                 if result.broken:
                     smtp.close()
                     smtp = None
             return tries
         finally:
             if smtp is not None and smtp.is_connected:
-                with contextlib.suppress(Exception):
-                    await smtp.quit()
+                if self._stopping:
+                    with contextlib.suppress(Exception):
+                        await smtp.quit()
+                else:
+                    self._idle.append((smtp, time.monotonic()))
+
+    async def _reuse(self) -> _Smtp | None:
+        """A connection an earlier pass left open, if one was used recently enough; older ones are closed."""
+        while self._idle:
+            smtp, since = self._idle.pop()
+            if smtp.is_connected and time.monotonic() - since < _IDLE_SECONDS:
+                smtp.reused = True
+                return smtp
+            with contextlib.suppress(Exception):
+                await smtp.quit()
+        return None
+
+    @staticmethod
+    async def _still_open(smtp: _Smtp) -> bool:
+        """Whether a connection left idle still serves (the server may have closed it meanwhile): a failure found
+        here costs a new connection, where a failure of the send would cost the message a retry later."""
+        try:
+            await smtp.noop()
+            return True
+        except Exception:
+            smtp.close()
+            return False
+
+    async def _close_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for smtp, _ in idle:
+            with contextlib.suppress(Exception):
+                await smtp.quit()
 
     async def _connect(self) -> _Smtp:
         smtp = _Smtp(
@@ -345,7 +391,8 @@ class Sender:
             traceparent = traceparent_of(span)
             smtp.handed_over = False
             try:
-                refused, _ = await smtp.send_message(self._message(notification))
+                recipients = self._recipients(notification)
+                refused, _ = await smtp.sendmail(self._from[1], recipients, self._message(notification, recipients))
             except aiosmtplib.SMTPRecipientsRefused as error:
                 outcome = outcome_of_reply(min(refusal.code for refusal in error.recipients))
                 result = _Try(outcome, _say(error), traceparent=traceparent)
@@ -380,23 +427,32 @@ class Sender:
             log.warning("notification %s not sent (%s): %s", notification.id, result.outcome, result.error)
             return result
 
-    def _message(self, notification: store.Outgoing) -> EmailMessage:
-        message = EmailMessage()
-        message["From"] = self.smtp.mail_from
+    @staticmethod
+    def _recipients(notification: store.Outgoing) -> list[str]:
         if notification.audience is Audience.operators:
             # One alert to every operator: the record holds them as one comma-separated list.
-            message["To"] = [Address(addr_spec=address.strip()) for address in notification.recipient.split(",")]
+            return [address.strip() for address in notification.recipient.split(",")]
+        return [notification.recipient]
+
+    def _message(self, notification: store.Outgoing, recipients: list[str]) -> bytes:
+        if notification.audience is Audience.operators:
+            to = [mime.address(None, address) for address in recipients]
         else:
-            message["To"] = Address(display_name=notification.recipient_name or "", addr_spec=notification.recipient)
-        message["Subject"] = notification.subject
-        message["Date"] = format_datetime(self.clock())
-        message["Message-ID"] = _message_id(notification.id, self.smtp.domain)
-        message["Auto-Submitted"] = "auto-generated"
+            to = [mime.address(notification.recipient_name, notification.recipient)]
+        extra = [("Auto-Submitted", "auto-generated")]
         if notification.order_id is not None:
-            message["X-OMS-Order-Id"] = str(notification.order_id)
-        message.set_content(notification.body_text)
-        message.add_alternative(notification.body_html, subtype="html")
-        return message
+            extra.append(("X-OMS-Order-Id", str(notification.order_id)))
+        return mime.compose(
+            sender=mime.address(*self._from),
+            to=to,
+            subject=notification.subject,
+            date=format_datetime(self.clock()),
+            message_id=_message_id(notification.id, self.smtp.domain),
+            text=notification.body_text,
+            html=notification.body_html,
+            boundary=f"oms-{notification.id.hex}",
+            extra=extra,
+        )
 
 
 def _delivery_after(notification: store.Outgoing, attempt: _Try, at: datetime, policy: RetryPolicy) -> Delivery:

@@ -54,7 +54,7 @@ class Withdrawal:
 def register(service: Service) -> None:
     settings: RoutingSettings = service.settings  # type: ignore[assignment]
 
-    @service.consumer(ORDER_EVENTS)
+    @service.consumer(ORDER_EVENTS, handles=(OrderPaid, ReplanRequested))
     async def on_order_events(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Plans every paid order once: the fewest shipments that ship what is in stock now (one when a source has
         everything), ranked by the order's rule chain; what cannot ship now is backordered or unfulfillable. Plans
@@ -83,7 +83,7 @@ def register(service: Service) -> None:
         if asked:
             await _replan(tx, asked, settings)
 
-    @service.consumer(INVENTORY_ALLOCATIONS)
+    @service.consumer(INVENTORY_ALLOCATIONS, handles=(ReservationRejected,))
     async def on_allocations(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Re-plans a shipment inventory could not reserve, without that source, and lowers the projection to the
         availability inventory reported so that other orders do not pick that stock either."""
@@ -114,7 +114,7 @@ def register(service: Service) -> None:
             )
         await _replan(tx, withdrawals, settings)
 
-    @service.consumer(INVENTORY_STOCK)
+    @service.consumer(INVENTORY_STOCK, handles=(StockLevelChanged,))
     async def on_stock_levels(tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Keeps the availability projection: the latest stock level per (sku, source)."""
         # Low-stock alerts are for people and dashboards; the levels themselves come as stock_level_changed.
