@@ -406,3 +406,16 @@ def test_dlq_tail_follows_until_ctrl_c(oms_topics) -> None:
         assert "Traceback" not in err
     finally:
         process.kill()
+
+
+def test_a_dead_letter_whose_json_escapes_a_lone_surrogate_is_printed_with_a_replacement() -> None:
+    # Any producer may send `"\ud800"` (valid JSON, not encodable as UTF-8): the block must still print.
+    from aiokafka.structs import ConsumerRecord
+
+    from oms_tools.dlq import format_dead_letter
+
+    value = b'{"type": "\\ud800", "id": "x"}'
+    record = ConsumerRecord("oms.dlq.v1", 0, 7, 0, 0, None, value, None, len(value), len(value), [])
+    block = format_dead_letter(record)
+    block.encode("utf-8")  # printable
+    assert "event     ? id x" in block

@@ -62,7 +62,8 @@ def format_dead_letter(record: ConsumerRecord, *, full: bool = False) -> str:
         kept = len(record.value or b"")
         rows.append(_field("truncated", f"kept the first {kept} of {headers.get('oms-original-size', '?')} bytes"))
     rows.append(_field("payload", payload or "(empty)"))
-    return "\n".join(rows) + "\n"
+    # JSON may escape a lone surrogate ("\ud800"), which no terminal encoding can print: shown as "?".
+    return ("\n".join(rows) + "\n").encode("utf-8", "replace").decode("utf-8")
 
 
 async def tail(kafka: Kafka, echo: Echo, *, from_beginning: bool, follow: bool, full: bool) -> int:
