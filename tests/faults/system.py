@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+import bench.system
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("order", "routing", "inventory", "notifications")
 TOKEN = "faults-token"
@@ -30,18 +32,18 @@ OPS_EMAIL = "ops@faults.example"
 
 
 @dataclass(frozen=True)
-class Ports:
+class Ports(bench.system.Ports):
+    """The bench's set of ports with the suite's own numbers (both may run beside `make test`), and the KRaft
+    controller's, which the broker's kill and restart need."""
+
     kafka: int = 20292
-    controller: int = 20293
     postgres: int = 16332
     order: int = 18181
     routing: int = 18182
     inventory: int = 18183
     notifications: int = 18184
     smtp: int = 18125
-
-    def http(self, service: str) -> int:
-        return getattr(self, service)
+    controller: int = 20293
 
 
 def free_port() -> int:
