@@ -222,3 +222,30 @@ async def test_a_body_of_bytes_that_are_not_utf8_gets_422_with_the_field_errors_
         )
         assert response.status_code == 422, response.text
         assert response.json()["detail"][0]["input"] == ["?"]
+        # NaN and Infinity: Python's JSON parser takes them, JSON cannot carry them back in the echo.
+        response = await http.post(
+            "/notes", content=b'{"text": [NaN, -Infinity, 1.5]}', headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["detail"][0]["input"] == ["nan", "-inf", 1.5]
+
+
+async def test_a_nul_in_the_path_or_the_query_gets_422_naming_it_before_any_route_runs(make_service):
+    # Found by tests/fuzz: GET /stock/%00 reached PostgreSQL, which cannot hold a NUL in text (500).
+    service = make_service(UNREACHABLE_DATABASE)
+    router = APIRouter()
+    reached = []
+
+    @router.get("/stock/{sku}")
+    async def stock(sku: str, source: str | None = None) -> dict[str, str | None]:
+        reached.append(sku)
+        return {"sku": sku, "source": source}
+
+    service.http.include_router(router)
+    async with client(service) as http:
+        for path in ("/stock/%00", "/stock/A%00B", "/stock/SKU-A?source=%00", "/stock/SKU-A?%00=x"):
+            response = await http.get(path)
+            assert response.status_code == 422, (path, response.text)
+            assert "NUL" in response.json()["detail"]
+        assert reached == []
+        assert (await http.get("/stock/SKU-A?source=WH-1")).json() == {"sku": "SKU-A", "source": "WH-1"}
