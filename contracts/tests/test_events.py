@@ -7,7 +7,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError
 
-from oms_contracts import ALL_EVENTS, FIXED_TOPICS, fulfillment_requests, order_id_for
+from oms_contracts import ALL_EVENTS, FIXED_TOPICS, channel, fulfillment_requests, order_id_for
 from oms_contracts.fulfillment import ReasonCode
 from oms_contracts.order import OrderRejected
 from oms_contracts.schemas import checked_in_schemas
@@ -177,6 +177,7 @@ def _without(document, *path):
     [
         (lambda d: d["data"]["lines"][0].update(quantity=0), "data/lines/0/quantity"),
         (lambda d: d["data"]["lines"][0].update(quantity="2"), "data/lines/0/quantity"),
+        (lambda d: d["data"]["lines"][0].update(quantity=10**9 + 1), "data/lines/0/quantity"),
         (lambda d: d["data"].update(grand_total=44.97), "data/grand_total"),
         (lambda d: d["data"].update(grand_total="44.97001"), "data/grand_total"),
         (lambda d: d["data"].update(currency="eur"), "data/currency"),
@@ -192,6 +193,11 @@ def test_an_invalid_submission_fails_its_json_schema_where_it_is_wrong(change, w
     errors = list(validators["oms.channel.order_submitted.v1"].iter_errors(document))
     assert errors, "the schema accepted it"
     assert {"/".join(map(str, e.absolute_path)) for e in errors} == {where}
+    with pytest.raises(ValidationError) as refused:  # the model refuses it where the schema does
+        channel.OrderSubmitted.model_validate(document)
+    found = {".".join(map(str, e["loc"])) for e in refused.value.errors()}
+    # At the same place, or under it: for a missing field the schema names its parent.
+    assert any(f"{place}.".startswith(f"{where.replace('/', '.')}.") for place in found), found
 
 
 @EVENTS

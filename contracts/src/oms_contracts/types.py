@@ -117,7 +117,13 @@ Money = Annotated[
         }
     ),
 ]
-Quantity = Annotated[StrictInt, Field(gt=0, description="Number of units, an integer greater than zero")]
+# At most a billion units: more than any line or receipt holds, and within what every store's columns hold (a larger
+# number was valid here and then failed at the database, so it was dead-lettered instead of rejected by field).
+MAX_QUANTITY = 1_000_000_000
+Quantity = Annotated[
+    StrictInt,
+    Field(gt=0, le=MAX_QUANTITY, description="Number of units, an integer from 1 to 1,000,000,000"),
+]
 Count = Annotated[StrictInt, Field(ge=0)]
 CurrencyCode = Annotated[
     str,
