@@ -287,8 +287,8 @@ def statement(query: str) -> tuple[str, str | None]:
 
 
 def statement_done(query: str, seconds: float, error: BaseException | None) -> None:
-    """Record a finished statement: its duration, and a span under the current one when there is a traced operation
-    (a batch, a request); a statement outside any (the relay's idle sweeps, readiness) gets no trace of its own."""
+    """Record a finished statement: its duration, and a span under the current one when that is recorded (a sampled
+    batch or request); a statement outside any (the relay's idle sweeps, readiness) gets no trace of its own."""
     operation, table = statement(query)
     attributes = {"db.system.name": "postgresql", "db.operation.name": operation}
     if table:
@@ -297,7 +297,7 @@ def statement_done(query: str, seconds: float, error: BaseException | None) -> N
         attributes[ERROR_TYPE] = type(error).__name__
     DB_DURATION.record(seconds, attributes)
     parent = trace.get_current_span()
-    if not parent.get_span_context().is_valid:
+    if not parent.is_recording():  # unsampled (most batches): no span object at all, not even a non-recording one
         return
     end = time.time_ns()
     from . import telemetry
