@@ -2,13 +2,22 @@
 a message of a sampled trace (so a traced order shows its batches, their transactions and statements)."""
 
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.trace import INVALID_SPAN, Link, NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+from opentelemetry.trace import (
+    INVALID_SPAN,
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    set_span_in_context,
+)
 
 from oms_runtime import telemetry
 
 SAMPLED = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0x00F067AA0BA902B7, True, TraceFlags(TraceFlags.SAMPLED))
 UNSAMPLED = SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4737, 0x00F067AA0BA902B8, True, TraceFlags(0))
 NO_PARENT = set_span_in_context(INVALID_SPAN)
+KIND = SpanKind.CONSUMER
 
 
 def tracer(monkeypatch):
@@ -42,3 +51,35 @@ def test_the_standard_variable_chooses_another_sampler(monkeypatch):
 
 def _remote(context: SpanContext) -> NonRecordingSpan:
     return NonRecordingSpan(context)
+
+
+def _traceparent(context: SpanContext) -> bytes:
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}".encode()
+
+
+def test_a_message_of_an_unsampled_trace_is_taken_in_under_its_parents_context_with_no_span_made(monkeypatch):
+    monkeypatch.setattr(telemetry, "_tracer", tracer(monkeypatch))
+    monkeypatch.setattr(telemetry, "_parent_based", True)
+    span = telemetry.span_for([("ce-type", b"t"), ("traceparent", _traceparent(UNSAMPLED))], "process t", KIND)
+    assert not span.is_recording()
+    assert span.get_span_context() == UNSAMPLED  # the trace id (and the parent) travel on as they came
+
+    child = telemetry.span_for([("traceparent", _traceparent(SAMPLED))], "process t", KIND)
+    assert child.is_recording()
+    assert child.get_span_context().trace_id == SAMPLED.trace_id
+    assert child.parent.span_id == SAMPLED.span_id
+
+    # Anything but the plain form goes the SDK's way: with a tracestate, or with no trace context at all.
+    headers = [("traceparent", _traceparent(UNSAMPLED)), ("tracestate", b"vendor=1")]
+    with_state = telemetry.span_for(headers, "process t", KIND)
+    assert with_state.get_span_context().trace_id == UNSAMPLED.trace_id
+    assert with_state.get_span_context().span_id != UNSAMPLED.span_id
+    assert telemetry.span_for([], "process t", KIND).get_span_context().is_valid
+
+
+def test_under_another_sampler_every_message_gets_a_span_of_its_own(monkeypatch):
+    monkeypatch.setattr(telemetry, "_tracer", TracerProvider().get_tracer("test"))  # the SDK's default: parent-based
+    monkeypatch.setattr(telemetry, "_parent_based", False)
+    span = telemetry.span_for([("traceparent", _traceparent(UNSAMPLED))], "process t", KIND)
+    assert span.get_span_context().trace_id == UNSAMPLED.trace_id
+    assert span.get_span_context().span_id != UNSAMPLED.span_id

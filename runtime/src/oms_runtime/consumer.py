@@ -446,9 +446,7 @@ class BatchConsumer(metrics.GaugeSource):
         return False
 
     def _open(self, record: ConsumerRecord) -> Message:
-        span = telemetry.tracer().start_span(
-            f"process {record.topic}", context=telemetry.extract(record.headers), kind=SpanKind.CONSUMER
-        )
+        span = telemetry.span_for(record.headers, f"process {record.topic}", SpanKind.CONSUMER)
         # Most spans are not recorded (sampling): their attributes are not even made.
         recording = span.is_recording()
         if recording:

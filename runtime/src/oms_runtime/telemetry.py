@@ -61,8 +61,16 @@ def default_sampler() -> Sampler | None:
     return ParentBased(_LinkedOrRatio(DEFAULT_SAMPLE_RATIO))
 
 
+# Whether the installed sampler is the runtime's parent-based default, under which a span whose remote parent is not
+# sampled is never recorded: such a span need not be made at all (`span_for`).
+_parent_based = False
+
+
 def setup_tracing(service: str, trace_file: str | None) -> TracerProvider:
-    provider = TracerProvider(resource=Resource.create({"service.name": f"oms-{service}"}), sampler=default_sampler())
+    global _parent_based
+    sampler = default_sampler()
+    _parent_based = sampler is not None
+    provider = TracerProvider(resource=Resource.create({"service.name": f"oms-{service}"}), sampler=sampler)
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -95,6 +103,24 @@ def extract(headers: Headers | None) -> otel_context.Context:
     if "tracestate" not in carried and (parent := _parent(carried.get("traceparent"))) is not None:
         return trace.set_span_in_context(trace.NonRecordingSpan(parent))
     return propagate.extract(carried)
+
+
+def span_for(headers: Headers | None, name: str, kind: trace.SpanKind) -> trace.Span:
+    """The span of taking in a Kafka message, a child of the trace context it carries. Under the default sampler a
+    child of an unsampled parent is never recorded, so the parent's own context stands in for it (most messages):
+    the trace id travels on just the same, and no span is made, sampled or given an id."""
+    if _parent_based:
+        traceparent = None
+        for key, value in headers or ():
+            if key == "tracestate":
+                traceparent = None
+                break
+            if key == "traceparent" and value is not None and value.isascii():
+                traceparent = value.decode("ascii")
+        parent = _parent(traceparent)
+        if parent is not None and not parent.trace_flags.sampled:
+            return trace.NonRecordingSpan(parent)
+    return _tracer.start_span(name, context=extract(headers), kind=kind)
 
 
 # The one form of traceparent the OMS writes (version 00, lowercase hex): read without the propagators' machinery,
