@@ -116,6 +116,9 @@ class Services:
             "OMS_DEMO_DIR": str(self.run_dir / "demo"),
             "OMS_DEMO_SOURCES": "0",
             "OMS_NOTIFICATIONS_SMTP_PORT": str(p.smtp),
+            # The mail catcher stands in for the merchant's mail relay, off the box in production: it accepts each
+            # mail and keeps nothing, instead of writing every mail to its log as `make run`'s does.
+            "OMS_MAIL_CATCHER": "aiosmtpd.handlers.Sink",
             **{f"OMS_{s.upper()}_HTTP_PORT": str(p.http(s)) for s in SERVICES},
             **self.extra_env,
         }

@@ -10,7 +10,9 @@
 # Environment (the defaults are the local demo): OMS_RUN_DIR (.cache/run); OMS_KAFKA_PORT and OMS_PG_PORT (also
 # read by deploy/kafka and deploy/postgres); OMS_<SERVICE>_HTTP_PORT (8081-8084); OMS_DEMO (1: load the demo
 # network and stock); OMS_DEMO_SOURCES (1: run the demo sources); OMS_RESTART_MAX_DELAY (30 seconds); OMS_OBSERVE
-# (0; 1: Prometheus too, deploy/prometheus/prometheus.sh, on OMS_PROMETHEUS_PORT, 9090, scraping the four services).
+# (0; 1: Prometheus too, deploy/prometheus/prometheus.sh, on OMS_PROMETHEUS_PORT, 9090, scraping the four services);
+# OMS_MAIL_CATCHER (aiosmtpd.handlers.Debugging: every mail written to mail.log; the bench takes
+# aiosmtpd.handlers.Sink, which accepts mails and keeps nothing).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -65,7 +67,8 @@ PYTHON="$REPO/.venv/bin/python"
 
 launch() { # name: start one of the processes this script supervises
   case $1 in
-    mail) spawn mail "$PYTHON" -m aiosmtpd -n -l "$OMS_NOTIFICATIONS_SMTP_HOST:$OMS_NOTIFICATIONS_SMTP_PORT" ;;
+    mail) spawn mail "$PYTHON" -m aiosmtpd -n -c "${OMS_MAIL_CATCHER:-aiosmtpd.handlers.Debugging}" \
+      -l "$OMS_NOTIFICATIONS_SMTP_HOST:$OMS_NOTIFICATIONS_SMTP_PORT" ;;
     sources) spawn sources "$REPO/.venv/bin/oms" demo ship ;;
     *) spawn "$1" "$PYTHON" -m "oms_$1" ;;
   esac
