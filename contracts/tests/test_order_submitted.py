@@ -222,3 +222,38 @@ def test_a_routing_rule_chain_names_known_rules_once_with_fewest_shipments_first
     errors = refusals(submitted)
     assert all(e.field.startswith("data.options.routing_rules") for e in errors)
     assert message in " ".join(e.message for e in errors)
+
+
+ADDRESSES = [
+    "anna@example.com",
+    "Anna.Schmidt@Example.COM",
+    "  padded@example.com ",
+    "Anna <anna@example.com>",
+    "jürgen@müller.de",
+    "not-an-address",
+    "two@@example.com",
+    "anna@example.com\r\nBcc: x@example.com",
+    "a@[127.0.0.1]",
+    "x" * 300 + "@example.com",
+    "",
+]
+
+
+@pytest.mark.parametrize("address", ADDRESSES)
+def test_a_customers_email_is_accepted_refused_and_normalised_as_pydantics_email_type_does(address):
+    """The contracts' Email remembers what it checked (it is the dearest field to read); it must say what EmailStr
+    says, the second time too."""
+    from pydantic import EmailStr, TypeAdapter
+
+    from oms_contracts.types import Email
+
+    def outcome(adapter):
+        try:
+            return adapter.validate_python(address)
+        except ValidationError as error:
+            return [(e["type"], e["msg"]) for e in error.errors()]
+
+    ours, pydantics = TypeAdapter(Email), TypeAdapter(EmailStr)
+    assert outcome(ours) == outcome(pydantics)
+    assert outcome(ours) == outcome(pydantics)  # remembered, or refused again
+    assert ours.json_schema() == pydantics.json_schema()

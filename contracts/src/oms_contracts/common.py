@@ -5,11 +5,12 @@ from __future__ import annotations
 import uuid
 from enum import StrEnum
 
-from pydantic import EmailStr, Field, field_validator
+from pydantic import Field, field_validator
 
 from .types import (
     Contract,
     CountryCode,
+    Email,
     Latitude,
     LineId,
     Longitude,
@@ -73,7 +74,7 @@ class Address(Contract):
 
 class Customer(Contract):
     id: str | None = Field(default=None, max_length=100)
-    email: EmailStr
+    email: Email
     name: NonEmptyStr
     phone: str | None = Field(default=None, max_length=40)
     locale: str = Field(default="en", pattern=r"^[a-z]{2}([-_][A-Za-z]{2})?$")

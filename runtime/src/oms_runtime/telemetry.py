@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import re
@@ -128,6 +129,7 @@ def span_for(headers: Headers | None, name: str, kind: trace.SpanKind) -> trace.
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
+@functools.lru_cache(maxsize=16_384)  # an order's events carry the order's one traceparent, hop after hop
 def _parent(traceparent: str | None) -> trace.SpanContext | None:
     if traceparent is None or (match := _TRACEPARENT.fullmatch(traceparent)) is None:
         return None
