@@ -338,7 +338,11 @@ class BatchConsumer(metrics.GaugeSource):
                 with telemetry.tracer().start_as_current_span(
                     f"process {self.topic.name}",
                     kind=SpanKind.CONSUMER,
-                    links=[Link(m.span.get_span_context()) for m in messages],
+                    # The messages of sampled traces: the batch is recorded in their traces (the sampler's rule);
+                    # a link to a trace nobody records would only cost its making and its export.
+                    links=[
+                        Link(context) for m in messages if (context := m.span.get_span_context()).trace_flags.sampled
+                    ],
                     attributes={
                         **self._attributes,
                         "messaging.operation.type": "process",
