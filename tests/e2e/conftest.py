@@ -23,6 +23,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiosmtpd.controller import Controller
 
 from oms_contracts import CloudEvent
@@ -172,6 +173,8 @@ async def _start_from_now(bootstrap: str) -> None:
                 consumer.assign(partitions)
                 ends = await consumer.end_offsets(partitions)
                 await consumer.commit(ends)
+        except KafkaError as error:  # a group some live member still holds: it is left where it is
+            print(f"consumer group {group} not moved to the end of {topic}: {error!r}")
         finally:
             await consumer.stop()
 
