@@ -668,6 +668,45 @@ async def test_a_sender_killed_between_claim_and_record_leaves_its_mail_unknown_
     assert len(mail.received) == 2
 
 
+_DOOMED_ONE_LANE = _DOOMED_SENDER.replace('name="doomed-sender"', 'name="doomed-sender", connections=1')
+
+
+async def test_a_dead_senders_claimed_mails_it_never_started_are_sent_later_only_the_one_in_flight_is_unknown(
+    service, settings, pg, order_accepted, smtp_server, clock
+):
+    """Found by the full-size fault run: a crash between claim and record made a whole pass `unknown`, mails never
+    handed to the server included (155 of 258). Each mail's hand-over is committed first; the rest go out later."""
+    hold = threading.Event()
+    mail, port = smtp_server(hold=hold)
+    for number in ("9101", "9102", "9103"):
+        await deliver(service, ORDER_EVENTS, order_accepted(number))
+    doomed = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _DOOMED_ONE_LANE, settings.database_url, str(port)
+    )
+    try:
+        assert await asyncio.to_thread(mail.taken.wait, 120)  # the first confirmation is at the server
+    finally:
+        doomed.kill()
+        await doomed.wait()
+    hold.set()
+    rows = await pg.fetch("SELECT status, claimed_by, claimed_at, handed_over_at FROM notifications")
+    assert {(r["status"], r["claimed_by"]) for r in rows} == {("sending", "doomed-sender")}
+    assert sorted(r["handed_over_at"] is not None for r in rows) == [False, False, True]
+
+    clock.now = rows[0]["claimed_at"] + CLAIMS.timeout + timedelta(seconds=1)
+    survivor = sender_for(service, port, clock=clock, claims=CLAIMS)
+    await drain(survivor)
+
+    final = {r["subject"]: r["status"] for r in await pg.fetch("SELECT subject, status FROM notifications")}
+    assert sorted(final.values()) == ["sent", "sent", "unknown"]
+    unknown = next(subject for subject, status in final.items() if status == "unknown")
+    # The one in flight reached the server once (the doomed sender's), the other two once each (the survivor's).
+    assert sorted(m["Subject"] for m in mail.received) == sorted(final)
+    assert mail.received[0]["Subject"] == unknown
+    failed = [e.event for e in await take_outbox(service) if isinstance(e.event, NotificationFailed)]
+    assert [f.data.outcome_unknown for f in failed] == [True]
+
+
 async def test_a_connection_lost_after_the_message_went_out_makes_it_unknown_not_retried(
     service, pg, order_accepted, smtp_server, clock
 ):
@@ -743,6 +782,8 @@ async def test_a_claim_judged_lost_is_not_overwritten_by_its_late_sender(
     clock.now = datetime.now(UTC)
     async with service.database.transaction() as conn:
         [claimed] = await store.claim_due(await driver(conn), clock.now, 10, late.name)
+    async with service.database.connect() as conn:  # it began to hand the message over
+        assert await store.hand_over(await driver(conn), claimed, clock.now)
     clock.now += CLAIMS.timeout + timedelta(seconds=1)
     mail, port = smtp_server()
     assert await sender_for(service, port, clock=clock, claims=CLAIMS).send_due() == 0  # judged lost: unknown
@@ -755,3 +796,23 @@ async def test_a_claim_judged_lost_is_not_overwritten_by_its_late_sender(
     assert await pg.fetchval("SELECT status FROM notifications") == "unknown"
     assert len(await take_outbox(service)) == 1
     assert mail.received == []
+
+
+async def test_a_late_sender_cannot_start_a_message_whose_claim_was_given_back(
+    service, pg, order_accepted, smtp_server, clock
+):
+    """A claim judged lost before its message was started is pending again, and sent by the sender that judged it;
+    the late sender's hand-over then finds the claim gone and sends nothing."""
+    late = sender_for(service, 1, clock=clock, claims=CLAIMS, name="late-sender")
+    await deliver(service, ORDER_EVENTS, order_accepted("9302"))
+    clock.now = datetime.now(UTC)
+    async with service.database.transaction() as conn:
+        [claimed] = await store.claim_due(await driver(conn), clock.now, 10, late.name)
+    clock.now += CLAIMS.timeout + timedelta(seconds=1)
+    mail, port = smtp_server()
+    assert await drain(sender_for(service, port, clock=clock, claims=CLAIMS)) == 1
+    assert (await pg.fetchval("SELECT status FROM notifications"), len(mail.received)) == ("sent", 1)
+
+    async with service.database.connect() as conn:
+        assert not await store.hand_over(await driver(conn), claimed, clock.now)
+    assert [type(e.event) for e in await take_outbox(service)] == [NotificationSent]

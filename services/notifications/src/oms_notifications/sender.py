@@ -9,12 +9,16 @@ A pass has three steps, so that nothing can make it send a message twice:
    notification.failed.v1 through the outbox, in a second transaction, only for rows still held by this claim.
    If that transaction fails, the outcomes stay in memory and are recorded before the next pass claims anything.
 
-What a sender cannot know, it does not guess, and never resends: a claim still `sending` after the claim timeout
-belongs to a sender that stopped (or lost its database) between claiming and recording, and a connection that
-breaks after the message went out (DATA) may have delivered it. Such a message becomes `unknown` (with a failed
-event saying so, `outcome_unknown`), for an operator to check in the mail server's log by its Message-ID, which is
-derived from the notification id. A sender that is stopped finishes the message it is handing over and records
-what it knows; messages it had not started go back to pending.
+Just before a message's first byte goes to the mail server, its sender commits that it is handing it over
+(`handed_over_at`, under the claim; a claim judged lost meanwhile is not used). What a sender cannot know, it does
+not guess, and never resends: a claim still `sending` after the claim timeout belongs to a sender that stopped (or
+lost its database) between claiming and recording; of its messages, those it had begun to hand over may have gone
+out, and a connection that breaks after the message went out (DATA) may have delivered it. Such a message becomes
+`unknown` (with a failed event saying so, `outcome_unknown`), for an operator to check in the mail server's log by
+its Message-ID, which is derived from the notification id. The lost claim's messages that were never started are
+pending again: at most the messages in flight at a crash (one per connection) can be `unknown`. A sender that is
+stopped finishes the message it is handing over and records what it knows; messages it had not started go back to
+pending.
 
 An order's messages go out one at a time and in the order of its story (store.claim_due): the next one is due only
 once the one before it is sent or final, so the confirmation always comes first. Operators' alerts stand outside
@@ -231,12 +235,19 @@ class Sender:
             pg = await driver(conn)
             now = self.clock()
             lost = await store.lost_claims(pg, self.claims.lost_before(now), self.batch_size)
-            why = {n.id: _lost(n, self.smtp.domain) for n in lost}
-            judged = [(n, n.delivery.after(Outcome.unknown, now, self.policy, why[n.id])) for n in lost]
+            judged = [(n, self._judged(n, now)) for n in lost]
             recorded = await store.record_deliveries(pg, judged)
             tx = Transaction(conn, "notifications")
             for notification, delivery in judged:
-                if notification.id in recorded:
+                if notification.id not in recorded:
+                    continue
+                if notification.handed_over_at is None:
+                    log.warning(
+                        "notification %s: claimed by %s, never handed to the mail server: pending again",
+                        notification.id,
+                        notification.claimed_by,
+                    )
+                else:
                     log.warning(
                         "notification %s: outcome unknown, not sent again (%s)", notification.id, delivery.last_error
                     )
@@ -247,6 +258,13 @@ class Sender:
         if tx.outbox:
             self.after_commit()
         return claimed
+
+    def _judged(self, notification: store.Outgoing, now: datetime) -> Delivery:
+        """A lost claim's message: unknown when its sender had begun to hand it over (it may have gone out), else
+        pending again (it never left; sending it now cannot make a second copy)."""
+        if notification.handed_over_at is None:
+            return notification.delivery.given_back()
+        return notification.delivery.after(Outcome.unknown, now, self.policy, _lost(notification, self.smtp.domain))
 
     async def _send_and_record(self, claimed: Sequence[store.Outgoing]) -> None:
         tries = await self._send_all(claimed)
@@ -269,7 +287,7 @@ class Sender:
                     # Another sender took the claim for lost (this pass outlived the claim timeout): its verdict
                     # stands, so that the message is announced once.
                     log.warning(
-                        "notification %s: %s, but its claim was judged lost meanwhile; recorded as unknown",
+                        "notification %s: %s, but its claim was judged lost meanwhile; that verdict stands",
                         notification.id,
                         delivery.status,
                     )
@@ -322,6 +340,16 @@ class Sender:
                         failure = _Try(Outcome.transient, f"connecting to {where}: {_say(error)}", broken=True)
                         tries.extend(failure for _ in notifications[position:])
                         return tries
+                try:
+                    handed_over = await self._hand_over(notification)
+                except Exception as error:
+                    # Its start cannot be made durable: nothing more goes out until the database answers again.
+                    log.warning("database unreachable, %d message(s) wait: %r", len(notifications) - position, error)
+                    tries.extend(_NOT_TRIED for _ in notifications[position:])
+                    return tries
+                if not handed_over:  # its claim was judged lost meanwhile: another verdict stands, it is not sent
+                    tries.append(_NOT_TRIED)
+                    continue
                 result = await self._send_one(smtp, notification)
                 tries.append(result)
                 smtp.reused = False
@@ -336,6 +364,11 @@ class Sender:
                         await smtp.quit()
                 else:
                     self._idle.append((smtp, time.monotonic()))
+
+    async def _hand_over(self, notification: store.Outgoing) -> bool:
+        """Commit that this message is being handed over, before its first byte goes to the mail server."""
+        async with self.database.connect() as conn:
+            return await store.hand_over(await driver(conn), notification, self.clock())
 
     async def _reuse(self) -> _Smtp | None:
         """A connection an earlier pass left open, if one was used recently enough; older ones are closed."""

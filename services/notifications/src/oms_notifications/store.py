@@ -72,6 +72,8 @@ notifications = sa.Table(
     # `sending` from its claim until its outcome is recorded; a claim older than the sender's claim timeout was lost.
     sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("claimed_by", sa.Text, nullable=True),
+    # Set, and committed, just before the message is handed to the mail server under its claim (`hand_over`).
+    sa.Column("handed_over_at", sa.DateTime(timezone=True), nullable=True),
     sa.UniqueConstraint("cause_event_id", "template", name="notifications_once_per_event_and_template"),
     sa.CheckConstraint("status IN ('pending', 'sending', 'sent', 'failed', 'unknown')", name="notifications_status"),
     sa.CheckConstraint("audience IN ('customer', 'operators')", name="notifications_audience"),
@@ -313,12 +315,14 @@ class Outgoing:
     claimed_by: str
     # When its cause happened (the event's time): how long the customer waited for the mail is measured from it.
     cause_at: datetime | None = None
+    # When its sender began handing it to the mail server under this claim; None: never started.
+    handed_over_at: datetime | None = None
 
 
 _OUTGOING = """
     n.id, n.order_id, n.cause_event_id, n.template, n.channel, n.recipient, n.recipient_name, n.subject, n.body_text,
     n.body_html, n.traceparent, n.audience, n.status, n.attempts, n.next_attempt_at, n.last_error, n.claimed_at,
-    n.claimed_by, n.cause_at
+    n.claimed_by, n.cause_at, n.handed_over_at
 """
 
 
@@ -345,6 +349,7 @@ def _outgoing(row: asyncpg.Record) -> Outgoing:
         claimed_at=row["claimed_at"],
         claimed_by=row["claimed_by"],
         cause_at=row["cause_at"],
+        handed_over_at=row["handed_over_at"],
     )
 
 
@@ -377,7 +382,7 @@ async def claim_due(pg: asyncpg.Connection, now: datetime, limit: int, sender: s
             LIMIT $2
             FOR UPDATE OF n SKIP LOCKED
         )
-        UPDATE notifications AS n SET status = 'sending', claimed_at = $1, claimed_by = $3
+        UPDATE notifications AS n SET status = 'sending', claimed_at = $1, claimed_by = $3, handed_over_at = NULL
         FROM due WHERE n.id = due.id
         RETURNING {_OUTGOING}
         """,
@@ -388,10 +393,28 @@ async def claim_due(pg: asyncpg.Connection, now: datetime, limit: int, sender: s
     return sorted((_outgoing(row) for row in rows), key=lambda n: (n.delivery.next_attempt_at, n.id))
 
 
+async def hand_over(pg: asyncpg.Connection, notification: Outgoing, at: datetime) -> bool:
+    """Say, committed (the statement stands alone), that the sender is about to hand a claimed message to the mail
+    server. False when the claim is no longer the sender's (judged lost meanwhile): the message must not go out."""
+    marked = await pg.fetchval(
+        """
+        UPDATE notifications SET handed_over_at = $4
+        WHERE id = $1 AND status = 'sending' AND claimed_at = $2 AND claimed_by = $3
+        RETURNING id
+        """,
+        notification.id,
+        notification.claimed_at,
+        notification.claimed_by,
+        at,
+    )
+    return marked is not None
+
+
 async def lost_claims(pg: asyncpg.Connection, claimed_before: datetime, limit: int) -> list[Outgoing]:
     """Lock up to `limit` notifications still `sending` under a claim made before `claimed_before`: their sender
-    stopped (or lost its database) between claiming and recording, and whether the mail server got them cannot be
-    known. Rows another sender is judging are skipped."""
+    stopped (or lost its database) between claiming and recording. Whether the mail server got one it had begun to
+    hand over (`handed_over_at`) cannot be known; one it never started can still be sent. Rows another sender is
+    judging are skipped."""
     rows = await pg.fetch(
         f"""
         SELECT {_OUTGOING} FROM notifications AS n
