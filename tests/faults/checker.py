@@ -11,7 +11,8 @@ Four families, each must be all zeros:
 - oversold: reserved above on hand at any (sku, source), seen at the end or in samples taken during the run; stock
   not conserved (received - shipped != on hand); reserved not what the open reservations hold;
 - flows that never completed (after the drain, with no faults): rows left in an outbox, parked messages, consumer
-  lag, mails pending or failed, mails recorded as sent that the sink never got, lines still waiting for stock,
+  lag, mails pending or failed, mails recorded as sent that the sink never got, mails `unknown` (in flight at a
+  crash, never resent) that the sink never got either, lines still waiting for stock,
   events waiting for a contact, poison records neither dead-lettered nor rejected nor applied (silently dropped),
   valid messages dead-lettered, and service processes that exited when nobody asked them to."""
 
@@ -131,12 +132,16 @@ def count(e: Evidence) -> dict[str, dict[str, int]]:
     }
 
     sent_ids = {nid for nid, _, _, status in e.notifications if status == "sent"}
+    unknown_ids = {nid for nid, _, _, status in e.notifications if status == "unknown"}
     received_ids = {m.message_id.strip("<>").split("@")[0] for m in e.mails}
     unaccounted, misplaced = poison_outcomes(e)
     incomplete = {
         **e.leftovers,
-        "mails pending or failed": sum(1 for *_, status in e.notifications if status != "sent"),
+        "mails pending or failed": sum(1 for *_, status in e.notifications if status not in ("sent", "unknown")),
         "mails recorded sent, never received": len(sent_ids - received_ids),
+        # At most once: a mail in flight at a crash is `unknown`, never resent. Received once, it is only its record
+        # that is missing; never received, it is lost.
+        "mails unknown, never received": len(unknown_ids - received_ids),
         "poison records silently dropped": unaccounted,
         "valid messages dead-lettered": misplaced,
         "service exits nobody asked for": sum(1 for x in e.exits if not x.expected),

@@ -108,6 +108,17 @@ def test_a_mail_delivered_twice_and_a_mail_recorded_sent_but_never_delivered_are
     }
 
 
+def test_an_unknown_mail_counts_only_when_the_sink_never_got_it_and_a_pending_one_always():
+    evidence = _evidence(ORDERS)
+    (a, oa, ta, _), (b, ob, tb, _), (c, oc, tc, _) = evidence.notifications
+    evidence.notifications = [(a, oa, ta, "unknown"), (b, ob, tb, "unknown"), (c, oc, tc, "pending")]
+    evidence.mails = [m for m in evidence.mails if b not in m.message_id and c not in m.message_id]
+    assert _found(evidence) == {
+        "incomplete: mails unknown, never received": 1,
+        "incomplete: mails pending or failed": 1,
+    }
+
+
 def test_stock_is_conserved_only_when_received_minus_shipped_is_on_hand_and_reserved_never_exceeds_it():
     assert _found(_evidence(ORDERS, stock={("SKU", "WH-EAST"): (8, 0)})) == {
         "oversold: (sku, source) where received - shipped != on hand": 1
