@@ -165,3 +165,22 @@ def test_recovery_is_from_the_fault_to_the_first_order_placed_after_it_that_got_
     recovery([late, never], orders, requested, confirmed)
     assert (late.recovery_s, late.mail_recovery_s) == (1006 - 1001.5, 1012 - 1001.5)
     assert (never.recovery_s, never.mail_recovery_s) == (None, None)
+
+
+def test_mails_lost_in_flight_fail_the_run_only_beyond_one_per_connection_per_hard_exit_of_notifications():
+    from .injectors import Fault
+    from .suite import SMTP_CONNECTIONS, Outcome
+
+    faults = [
+        Fault("kill9", "notifications"),
+        Fault("crash:consumer.after_commit", "notifications"),
+        Fault("crash:relay.after_publish", "notifications", happened=False),
+        Fault("term", "notifications"),  # graceful: it finishes what it hands over
+        Fault("kill9", "order"),
+    ]
+    lost = {"incomplete": {"mails unknown, never received": 2 * SMTP_CONNECTIONS, "mails pending or failed": 0}}
+    outcome = Outcome("full", 20.0, "", 1.0, {}, lost, faults, {})
+    assert outcome.in_flight_allowance == 2 * SMTP_CONNECTIONS
+    assert outcome.failures == {}
+    lost["incomplete"]["mails unknown, never received"] += 1
+    assert outcome.failures == {"incomplete: mails unknown, never received": 2 * SMTP_CONNECTIONS + 1}
