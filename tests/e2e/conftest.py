@@ -160,7 +160,14 @@ async def _start_from_now(bootstrap: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        groups = [group for group, *_ in await admin.list_consumer_groups()]
+        services = {f"oms-{service}" for service in SERVICES}
+        groups = [g for g, *_ in await admin.list_consumer_groups() if g.split(".", 1)[0] in services]
+        topics = sorted({group.split(".", 1)[1] for group in groups})
+        # The admin's metadata, not a consumer's: a consumer knows the partitions of its subscriptions only.
+        partitions = {
+            t["topic"]: [TopicPartition(t["topic"], p["partition"]) for p in t["partitions"]]
+            for t in (await admin.describe_topics(topics) if topics else [])
+        }
     finally:
         await admin.close()
 
@@ -168,23 +175,14 @@ async def _start_from_now(bootstrap: str) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
         await consumer.start()
         try:
-            partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
-            if partitions:
-                consumer.assign(partitions)
-                ends = await consumer.end_offsets(partitions)
-                await consumer.commit(ends)
+            consumer.assign(partitions[topic])
+            await consumer.commit(await consumer.end_offsets(partitions[topic]))
         except KafkaError as error:  # a group some live member still holds: it is left where it is
             print(f"consumer group {group} not moved to the end of {topic}: {error!r}")
         finally:
             await consumer.stop()
 
-    await asyncio.gather(
-        *(
-            to_end(group, group.split(".", 1)[1])
-            for group in groups
-            if group.split(".", 1)[0] in {f"oms-{service}" for service in SERVICES}
-        )
-    )
+    await asyncio.gather(*(to_end(group, group.split(".", 1)[1]) for group in groups))
 
 
 @pytest.fixture(scope="module")
