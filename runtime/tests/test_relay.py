@@ -97,16 +97,20 @@ async def _is_empty(database) -> bool:
     return await outbox_size(database) == 0
 
 
-async def test_a_rows_traceparent_is_continued_by_the_published_message(
-    database, relays, kafka_topic, topic_reader, header_of
-):
+async def _published_with(traceparent: str, database, relays, kafka_topic, topic_reader):
+    """The message the relay publishes for an outbox row stored with this trace context."""
     topic = await kafka_topic()
-    traceparent = f"00-{TRACE_ID}-{PARENT_SPAN}-01"
     await write(database, [OutboxMessage(topic.name, "k", b"{}", [("traceparent", traceparent)])])
-
     async with topic_reader(topic.name) as reader:
         (await relays(database)).wake()
         [published] = await reader.take(1)
+    return published
+
+
+async def test_a_rows_traceparent_is_continued_by_the_published_message(
+    database, relays, kafka_topic, topic_reader, header_of
+):
+    published = await _published_with(f"00-{TRACE_ID}-{PARENT_SPAN}-01", database, relays, kafka_topic, topic_reader)
 
     carried = [v.decode() for k, v in published.headers if k == "traceparent"]
     assert len(carried) == 1
@@ -118,13 +122,8 @@ async def test_a_rows_traceparent_is_continued_by_the_published_message(
 async def test_an_unsampled_rows_trace_context_travels_as_stored_without_a_span(
     database, relays, kafka_topic, topic_reader
 ):
-    topic = await kafka_topic()
     traceparent = f"00-{TRACE_ID}-{PARENT_SPAN}-00"
-    await write(database, [OutboxMessage(topic.name, "k", b"{}", [("traceparent", traceparent)])])
-
-    async with topic_reader(topic.name) as reader:
-        (await relays(database)).wake()
-        [published] = await reader.take(1)
+    published = await _published_with(traceparent, database, relays, kafka_topic, topic_reader)
 
     assert [v.decode() for k, v in published.headers if k == "traceparent"] == [traceparent]
 
