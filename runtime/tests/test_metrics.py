@@ -21,7 +21,7 @@ UNREACHABLE_DATABASE = "postgresql+asyncpg://oms:oms@127.0.0.1:1/nowhere"
 
 
 def of(topic) -> dict[str, str]:
-    group = f"oms-probe.{topic.name}"
+    group = "oms-probe.all"
     return {
         "messaging_system": "kafka",
         "messaging_destination_name": topic.name,

@@ -22,7 +22,7 @@ from oms_contracts import CloudEvent, Topic
 from . import http, metrics, telemetry
 from .consumer import BatchConsumer, Handler, InvalidHandler, prune_inbox
 from .database import Database, driver, is_transient
-from .kafka import kafka_problem
+from .kafka import adopt_offsets, kafka_problem
 from .loop import run_when_woken
 from .outbox import Relay
 from .settings import ServiceSettings
@@ -108,10 +108,16 @@ class Service:
             logger=logging.getLogger(f"faststream.{self.name}"),
             description=description,
         )
+        # What the AsyncAPI document shows: one subscriber per topic read, each described by its handler, and the
+        # topics published. This broker is never started; the running one reads every topic with one subscriber.
+        self._documented = KafkaBroker(
+            settings.kafka_bootstrap, security=settings.kafka_security(), apply_types=False, description=description
+        )
         self.asyncapi = AsyncAPI(
-            self.broker, title=f"OMS {self.name} service", version=VERSION, description=description
+            self._documented, title=f"OMS {self.name} service", version=VERSION, description=description
         )
         self.consumers: list[BatchConsumer] = []
+        self._subscription: Any = None
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._after_commit: list[Callable[[], None]] = [self.relay.wake]
         self._workers: list[Callable[[], Awaitable[None]]] = []
@@ -137,6 +143,11 @@ class Service:
         self._refreshes.append(refresh)
         return refresh
 
+    @property
+    def group(self) -> str:
+        """The service's one consumer group: one Kafka consumer takes in every topic the service reads."""
+        return f"oms-{self.name}.all"
+
     def consumer(
         self,
         topic: Topic,
@@ -144,13 +155,17 @@ class Service:
         on_invalid: InvalidHandler | None = None,
         handles: Iterable[type[CloudEvent]] | None = None,
     ) -> Callable[[Handler], Handler]:
-        """Subscribe a batch handler to a topic, in this service's consumer group for that topic. With `handles`,
-        records of the topic's other types are skipped by their `ce-type` header, before they are decoded."""
+        """Apply a topic's batches with a handler. With `handles`, records of the topic's other types are skipped by
+        their `ce-type` header, before they are decoded. Every topic is read by the service's one Kafka consumer
+        (`subscription`); each keeps its own inbox, transactions and offsets, under the name `oms-{service}.{topic}`
+        (what the inbox knows its events by, and the consumer group it had before there was one per service)."""
 
         def register(handler: Handler) -> Handler:
-            group = f"oms-{self.name}.{topic.name}"
+            if self._subscription is not None:
+                raise RuntimeError(f"{topic.name}: a topic added after the service's subscription was made")
             consumer = BatchConsumer(
-                name=group,
+                name=f"oms-{self.name}.{topic.name}",
+                group=self.group,
                 topic=topic,
                 handler=handler,
                 database=self.database,
@@ -161,42 +176,73 @@ class Service:
                 handles=handles,
             )
             self.consumers.append(consumer)
+            self._document(topic, handler)
+            return handler
+
+        return register
+
+    def _document(self, topic: Topic, handler: Handler) -> None:
+        """What AsyncAPI documents of a topic the service reads: its events, described by the handler."""
+
+        async def subscriber(events: Any) -> None:  # never called: the documentation's broker never starts
+            raise NotImplementedError
+
+        subscriber.__annotations__ = {"events": list[topic.union], "return": None}
+        subscriber.__name__ = handler.__name__
+        subscriber.__doc__ = handler.__doc__
+        documented = self._documented.subscriber(
+            topic.name, batch=True, group_id=self.group, ack_policy=AckPolicy.MANUAL, description=handler.__doc__
+        )
+        documented(subscriber)
+
+    @property
+    def subscription(self) -> Any:
+        """The FastStream subscriber of every topic the service reads, made once the topics are all known.
+
+        One Kafka consumer per service, not one per topic: each consumer fetches, heartbeats and commits on its own,
+        and the broker's work is per request (docs/performance.md, step 13)."""
+        if self._subscription is None:
+            if not self.consumers:
+                return None
+            by_topic = {c.topic.name: c for c in self.consumers}
 
             async def subscriber(events: Any) -> None:
-                await consumer.consume(events.raw_message, events.consumer)
+                records: dict[str, list[ConsumerRecord]] = {}
+                for record in events.raw_message:
+                    records.setdefault(record.topic, []).append(record)
+                # Each topic's records in a transaction of their own, the topics side by side (as when each had
+                # its own consumer): a topic's batch never waits for another's to commit.
+                await asyncio.gather(
+                    *(by_topic[topic].consume(batch, events.consumer) for topic, batch in records.items())
+                )
 
             async def parse(records: tuple[ConsumerRecord, ...]) -> KafkaAckableMessage:
                 return _raw_batch(records, subscription.consumer)
 
-            # What AsyncAPI documents: the topic's events, described by the handler.
-            subscriber.__annotations__ = {"events": list[topic.union], "return": None}
-            subscriber.__name__ = handler.__name__
-            subscriber.__doc__ = handler.__doc__
             subscription = self.broker.subscriber(
-                topic.name,
+                *by_topic,
                 batch=True,
-                group_id=group,
+                group_id=self.group,
                 max_records=self.settings.batch_max_records,
                 batch_timeout_ms=self.settings.batch_timeout_ms,
-                # How long the broker holds a fetch that finds nothing (it answers at the first record): idle, each
-                # subscription asks once a second instead of twice.
+                # How long the broker holds a fetch that finds nothing (it answers at the first record): idle, the
+                # service asks once a second instead of twice.
                 fetch_max_wait_ms=1000,
                 ack_policy=AckPolicy.MANUAL,
                 auto_offset_reset="earliest",
                 parser=parse,
                 decoder=_undecoded,
-                description=handler.__doc__,
             )
             subscription(subscriber)
             subscription.get_msg = _poll(self.settings.batch_timeout_ms, self.settings.batch_max_records)
-            consumer.subscription = subscription
-            return handler
-
-        return register
+            for consumer in self.consumers:
+                consumer.subscription = subscription
+            self._subscription = subscription
+        return self._subscription
 
     def publishes(self, topic: Topic, description: str | None = None) -> None:
         """Declare, for the AsyncAPI document, a topic this service publishes on (through its outbox)."""
-        self.broker.publisher(topic.name, schema=topic.union, description=description or topic.description)
+        self._documented.publisher(topic.name, schema=topic.union, description=description or topic.description)
 
     def after_commit(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` after every batch a consumer commits (the relay is always woken)."""
@@ -292,6 +338,9 @@ class Service:
                 delay = min(delay * 2, 10.0)
 
     async def _start_consumers(self) -> None:
+        if self.subscription is not None:
+            # The service's group takes over where the per-topic groups it replaces stand (once: see adopt_offsets).
+            await adopt_offsets(self.settings, self.group, {c.topic.name: c.name for c in self.consumers})
         try:
             await self.broker.start()
         except BaseException:
