@@ -9,7 +9,7 @@ import pytest
 
 from oms_contracts import DEAD_LETTERS, Topic
 from oms_contracts.inventory import StockCounted, StockReceived
-from oms_runtime import metrics
+from oms_runtime import Only, metrics
 from oms_runtime.testing import deliver, record
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -296,3 +296,33 @@ async def test_records_of_types_the_consumer_does_not_handle_are_skipped_unread_
     }
     assert metrics.sample("oms_consumer_messages_total", {**group, "oms_outcome": "skipped"}) == 3
     assert metrics.sample("oms_consumer_messages_total", {**group, "oms_outcome": "applied"}) == 3
+
+
+async def test_a_consumer_that_handles_a_type_only_for_some_values_of_a_header_skips_the_rest_unread(
+    make_service, database_url, probe, receipt, applied, consume
+):
+    service = make_service(database_url)
+    topic = Topic(
+        f"oms.test.probe.{uuid.uuid4().hex[:10]}.v1",
+        (StockReceived,),
+        key="sku",
+        description="Receipts, of which the probe handles those at two sources",
+    )
+
+    @service.consumer(topic, only=(Only(StockReceived, "x-source", frozenset({"WH-1", "WH-2"})),))
+    async def apply_stock_receipts(tx, events):
+        await probe(tx, events)
+
+    received = StockReceived.TYPE.encode()
+    records = [
+        record(topic.name, receipt("r1").to_bytes(), "SKU-1", headers=[("ce-type", received), ("x-source", b"WH-1")]),
+        # Another value: not even read.
+        record(topic.name, b"not json", "SKU-1", headers=[("ce-type", received), ("x-source", b"WH-9")]),
+        record(topic.name, receipt("r2").to_bytes(), "SKU-1", headers=[("x-source", b"WH-2"), ("ce_type", received)]),
+        # Without the header (or without a type), read as always.
+        record(topic.name, receipt("r3").to_bytes(), "SKU-1", headers=[("ce-type", received)]),
+        record(topic.name, receipt("r4").to_bytes(), "SKU-1", headers=[("x-source", b"WH-9")]),
+    ]
+
+    assert await consume(service, topic, records) == []
+    assert await applied(service) == ["r1", "r2", "r3", "r4"]

@@ -54,3 +54,8 @@ class CloudEvent(Contract):
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode()
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Kafka headers published beside the record besides `ce-type`, for consumers to filter on before decoding.
+        Not part of the contract: the body says the same."""
+        return []

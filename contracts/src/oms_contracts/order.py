@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from enum import StrEnum
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, HttpUrl, ValidationError
 
@@ -257,6 +257,13 @@ class OrderRejected(_OrderEvent):
 class StatusChanged(_OrderEvent):
     type: Literal["oms.order.status_changed.v1"] = "oms.order.status_changed.v1"
     data: StatusChangedData
+
+    # The Kafka header that names the new status beside the record (not part of the contract: the body says it), so
+    # that a consumer interested in some statuses only can pass the others over unread.
+    STATUS_HEADER: ClassVar[str] = "oms-to-status"
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [(self.STATUS_HEADER, self.data.to_status.value)]
 
 
 class OrderPaid(_OrderEvent):

@@ -1,6 +1,6 @@
 """Plumbing the four OMS services share. Domain logic never lives here."""
 
-from .consumer import Incoming, Invalid, Refused, Transaction
+from .consumer import Incoming, Invalid, Only, Refused, Transaction
 from .database import Database, add_messaging_tables
 from .http import Principal, require_role
 from .service import Service
@@ -11,6 +11,7 @@ __all__ = [
     "Database",
     "Incoming",
     "Invalid",
+    "Only",
     "Principal",
     "Refused",
     "Role",

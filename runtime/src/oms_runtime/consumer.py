@@ -84,6 +84,16 @@ class Incoming(Generic[E]):
         return _position(self.record)
 
 
+@dataclass(frozen=True, slots=True)
+class Only:
+    """Of the events of a type, those whose header `header` (see CloudEvent.headers) has one of `values`: a consumer
+    that handles the type only for those passes the others over unread. A record without the header is decoded."""
+
+    event: type[CloudEvent]
+    header: str
+    values: frozenset[str]
+
+
 @dataclass(slots=True)
 class Invalid:
     """A record that failed validation (or could not be decoded at all)."""
@@ -169,7 +179,7 @@ class Transaction:
             traceparent = telemetry.traceparent_of(cause.span)
         if traceparent is None:
             traceparent = telemetry.traceparent_of(trace.get_current_span())
-        headers = [("content-type", "application/cloudevents+json"), ("ce-type", event.type)]
+        headers = [("content-type", "application/cloudevents+json"), ("ce-type", event.type), *event.headers()]
         if traceparent:
             headers.append(("traceparent", traceparent))
         self.outbox.append(OutboxMessage(topic or topic_for(event), event.key(), event.to_bytes(), headers))
@@ -290,6 +300,7 @@ class BatchConsumer(metrics.GaugeSource):
         on_invalid: InvalidHandler | None = None,
         dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
         handles: Iterable[type[CloudEvent]] | None = None,
+        only: Iterable[Only] = (),
     ) -> None:
         self.name = name
         # The topic's types this consumer does not handle, as their headers spell them: such a record is skipped
@@ -297,6 +308,8 @@ class BatchConsumer(metrics.GaugeSource):
         # a type unknown to the topic, is decoded (and dead-lettered when invalid) as always.
         handled = None if handles is None else {event.TYPE for event in handles}
         self.skipped = frozenset(t.encode() for t in topic.types if handled is not None and t not in handled)
+        # Per type, the header and the values of it whose records are decoded; others of that type are skipped.
+        self.only = {o.event.TYPE.encode(): (o.header, frozenset(v.encode() for v in o.values)) for o in only}
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.topic = topic
         self.handler = handler
@@ -446,13 +459,21 @@ class BatchConsumer(metrics.GaugeSource):
                 self.consumer.seek(tp, offset)
 
     def _skips(self, record: ConsumerRecord) -> bool:
-        """Whether the record's type header names a type of the topic this consumer does not handle: it is not
-        decoded, traced or recorded in the inbox, only its offset is committed."""
-        if not self.skipped:
+        """Whether the record's type header names a type of the topic this consumer does not handle, or a type it
+        handles `only` with other values of a header than the record's: it is not decoded, traced or recorded in the
+        inbox, only its offset is committed. A record without the headers is decoded."""
+        if not self.skipped and not self.only:
             return False
-        for name, value in record.headers or ():
+        headers = record.headers or ()
+        for name, value in headers:
             if name in _TYPE_HEADERS:
-                return value in self.skipped
+                if value in self.skipped:
+                    return True
+                wanted = self.only.get(value)
+                if wanted is None:
+                    return False
+                header, values = wanted
+                return any(name == header and value not in values for name, value in headers)
         return False
 
     def _open(self, record: ConsumerRecord) -> Message:

@@ -20,7 +20,7 @@ from faststream.specification import AsyncAPI
 from oms_contracts import CloudEvent, Topic
 
 from . import http, metrics, telemetry
-from .consumer import BatchConsumer, Handler, InvalidHandler, prune_inbox
+from .consumer import BatchConsumer, Handler, InvalidHandler, Only, prune_inbox
 from .database import Database, driver, is_transient
 from .kafka import adopt_offsets, kafka_problem
 from .loop import run_when_woken
@@ -154,9 +154,11 @@ class Service:
         *,
         on_invalid: InvalidHandler | None = None,
         handles: Iterable[type[CloudEvent]] | None = None,
+        only: Iterable[Only] = (),
     ) -> Callable[[Handler], Handler]:
         """Apply a topic's batches with a handler. With `handles`, records of the topic's other types are skipped by
-        their `ce-type` header, before they are decoded. Every topic is read by the service's one Kafka consumer
+        their `ce-type` header, before they are decoded; with `only`, so are those of a handled type whose filter
+        header has another value. Every topic is read by the service's one Kafka consumer
         (`subscription`); each keeps its own inbox, transactions and offsets, under the name `oms-{service}.{topic}`
         (what the inbox knows its events by, and the consumer group it had before there was one per service)."""
 
@@ -174,6 +176,7 @@ class Service:
                 on_invalid=on_invalid,
                 dead_letter_max_bytes=self.settings.dead_letter_max_bytes,
                 handles=handles,
+                only=only,
             )
             self.consumers.append(consumer)
             self._document(topic, handler)

@@ -64,7 +64,13 @@ async def deliver(service: Service, topic: Topic, *messages: CloudEvent | bytes)
     consumer = next(c for c in service.consumers if c.topic.name == topic.name)
     records = [
         # With the type header the outbox writes, so a consumer skips what it does not handle, as it does in service.
-        record(topic.name, m.to_bytes(), m.key(), headers=[("ce-type", m.type.encode())])
+        record(
+            topic.name,
+            m.to_bytes(),
+            m.key(),
+            # As the outbox publishes them: the type, and the event's own filter headers.
+            headers=[("ce-type", m.type.encode()), *((name, value.encode()) for name, value in m.headers())],
+        )
         if isinstance(m, CloudEvent)
         else record(topic.name, m)
         for m in messages

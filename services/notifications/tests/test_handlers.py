@@ -505,3 +505,20 @@ async def test_without_operators_configured_alerts_are_not_queued(settings, pg, 
         await service.database.dispose()
 
     assert await pg.fetchval("SELECT count(*) FROM notifications") == 0
+
+
+async def test_status_changes_to_a_status_no_message_is_for_are_passed_over_unread(
+    service, pg, order_accepted, order_status_changed
+):
+    """Four in five of an order's status changes lead nowhere here: by the header that names the new status they are
+    not even decoded or remembered in the inbox; a cancellation is."""
+    order_id = await accepted(service, order_accepted)
+    paid = order_status_changed(order_id, "payment_processing", "paid", note=None, cause_type=None)
+    cancelled = order_status_changed(order_id)
+    inbox = await pg.fetchval("SELECT count(*) FROM inbox")
+
+    await deliver(service, ORDER_EVENTS, paid, cancelled)
+
+    assert await pg.fetchval("SELECT count(*) FROM inbox") == inbox + 1
+    [row] = await queued(pg, "payment_failed")
+    assert row["cause_event_id"] == cancelled.id

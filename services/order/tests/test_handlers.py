@@ -46,6 +46,9 @@ async def test_the_walking_skeleton_from_submission_to_fulfilled(order_service):
 
     emitted = await deliver(order_service, CHANNEL_ORDERS, samples.payment_captured(submitted))
     assert types(emitted) == ["oms.order.status_changed.v1", "oms.order.status_changed.v1", "oms.order.paid.v1"]
+    # Each status change names its new status in a header too, for consumers that want only some to pass the rest
+    # over unread (notifications reads the cancellations only).
+    assert [e.headers.get("oms-to-status") for e in emitted] == ["payment_processing", "paid", None]
     paid = emitted[-1].event.data
     assert [(x.sku, x.quantity) for x in paid.lines] == [("SKU-1", 2)] and paid.shipping_address.country == "DE"
 

@@ -316,6 +316,10 @@ CALLED_FOR = (
 )
 
 
+# Of the status changes, those a template may be for (see template_for): the others are passed over unread.
+STATUSES_CALLED_FOR = frozenset({OrderStatus.cancelled})
+
+
 def is_give_back(cancelled: LinesCancelledData) -> bool:
     """Units already cancelled (and mailed, with their refund), given back to inventory because a plan or an
     allocation placed them after the cancellation: no news to the customer, who would read it as a second "items

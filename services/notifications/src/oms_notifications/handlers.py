@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from oms_contracts.inventory import LowStock
-from oms_contracts.order import OrderAccepted, OrderStuck
+from oms_contracts.order import OrderAccepted, OrderStuck, StatusChanged
 from oms_contracts.topics import INVENTORY_ALLOCATIONS, INVENTORY_STOCK, ORDER_EVENTS, ROUTING_PLANS
-from oms_runtime import Incoming, Service, Transaction
+from oms_runtime import Incoming, Only, Service, Transaction
 from oms_runtime.telemetry import traceparent_of
 
 from . import domain, store
@@ -24,8 +24,10 @@ from .rendering import render
 
 def register(service: Service, links: domain.Links, operators: Sequence[str]) -> None:
     consumers = Consumers(links, tuple(operators))
-    # Events no template is for are skipped unread (by their ce-type header).
-    service.consumer(ORDER_EVENTS, handles=domain.CALLED_FOR)(consumers.on_order_events)
+    # Events no template is for are skipped unread (by their ce-type header), and so are status changes to a status
+    # no template is for (by the header naming it).
+    statuses = Only(StatusChanged, StatusChanged.STATUS_HEADER, frozenset(s.value for s in domain.STATUSES_CALLED_FOR))
+    service.consumer(ORDER_EVENTS, handles=domain.CALLED_FOR, only=(statuses,))(consumers.on_order_events)
     service.consumer(ROUTING_PLANS, handles=domain.CALLED_FOR)(consumers.on_fulfillment_plans)
     service.consumer(INVENTORY_ALLOCATIONS, handles=domain.CALLED_FOR)(consumers.on_inventory_allocations)
     service.consumer(INVENTORY_STOCK, handles=domain.CALLED_FOR)(consumers.on_stock_levels)
