@@ -783,7 +783,7 @@ async def test_a_claim_judged_lost_is_not_overwritten_by_its_late_sender(
     async with service.database.transaction() as conn:
         [claimed] = await store.claim_due(await driver(conn), clock.now, 10, late.name)
     async with service.database.connect() as conn:  # it began to hand the message over
-        assert await store.hand_over(await driver(conn), claimed, clock.now)
+        assert await store.hand_over(await driver(conn), [claimed], clock.now) == {claimed.id}
     clock.now += CLAIMS.timeout + timedelta(seconds=1)
     mail, port = smtp_server()
     assert await sender_for(service, port, clock=clock, claims=CLAIMS).send_due() == 0  # judged lost: unknown
@@ -814,5 +814,29 @@ async def test_a_late_sender_cannot_start_a_message_whose_claim_was_given_back(
     assert (await pg.fetchval("SELECT status FROM notifications"), len(mail.received)) == ("sent", 1)
 
     async with service.database.connect() as conn:
-        assert not await store.hand_over(await driver(conn), claimed, clock.now)
+        assert await store.hand_over(await driver(conn), [claimed], clock.now) == set()
     assert [type(e.event) for e in await take_outbox(service)] == [NotificationSent]
+
+
+async def test_the_connections_hand_over_marks_asked_for_together_share_one_statement(
+    service, pg, order_accepted, clock, monkeypatch
+):
+    """Each connection waits for its own message's mark before sending it; marks asked for while none is being
+    written go to the database in one statement."""
+    statements: list[int] = []
+    hand_over = store.hand_over
+
+    async def counted(pg_, notifications, at):
+        statements.append(len(notifications))
+        return await hand_over(pg_, notifications, at)
+
+    monkeypatch.setattr(store, "hand_over", counted)
+    sender = sender_for(service, 1, clock=clock, claims=CLAIMS)
+    await deliver(service, ORDER_EVENTS, *(order_accepted(f"94{n}", email=f"m{n}@example.com") for n in range(3)))
+    clock.now = datetime.now(UTC)
+    async with service.database.transaction() as conn:
+        claimed = await store.claim_due(await driver(conn), clock.now, 10, sender.name)
+
+    assert await asyncio.gather(*(sender._hand_over(n) for n in claimed)) == [True, True, True]
+    assert statements == [3]
+    assert await pg.fetchval("SELECT count(*) FROM notifications WHERE handed_over_at IS NOT NULL") == 3

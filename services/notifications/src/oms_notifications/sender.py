@@ -10,7 +10,8 @@ A pass has three steps, so that nothing can make it send a message twice:
    If that transaction fails, the outcomes stay in memory and are recorded before the next pass claims anything.
 
 Just before a message's first byte goes to the mail server, its sender commits that it is handing it over
-(`handed_over_at`, under the claim; a claim judged lost meanwhile is not used). What a sender cannot know, it does
+(`handed_over_at`, under the claim; a claim judged lost meanwhile is not used); the marks the connections ask for
+together are written in one statement. What a sender cannot know, it does
 not guess, and never resends: a claim still `sending` after the claim timeout belongs to a sender that stopped (or
 lost its database) between claiming and recording; of its messages, those it had begun to hand over may have gone
 out, and a connection that breaks after the message went out (DATA) may have delivered it. Such a message becomes
@@ -171,6 +172,9 @@ class Sender:
         # Connections a pass left open for the next one, with when each was last used: a connection, its greeting
         # and EHLO per pass cost more than the messages of a small pass.
         self._idle: list[tuple[_Smtp, float]] = []
+        # Messages whose hand-over a connection waits to see committed, and the task committing them (_hand_over).
+        self._to_mark: list[tuple[store.Outgoing, asyncio.Future[bool]]] = []
+        self._marking: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(
@@ -366,9 +370,31 @@ class Sender:
                     self._idle.append((smtp, time.monotonic()))
 
     async def _hand_over(self, notification: store.Outgoing) -> bool:
-        """Commit that this message is being handed over, before its first byte goes to the mail server."""
-        async with self.database.connect() as conn:
-            return await store.hand_over(await driver(conn), notification, self.clock())
+        """Commit that this message is being handed over, before its first byte goes to the mail server.
+
+        The connections' marks share statements: those asked for while one is being written go together in the
+        next. Each connection still waits for its own message's mark, so no more messages than connections are ever
+        marked and not yet answered (what a crash can leave `unknown`)."""
+        asked = asyncio.get_running_loop().create_future()
+        self._to_mark.append((notification, asked))
+        if self._marking is None or self._marking.done():
+            self._marking = asyncio.create_task(self._mark_asked())
+        return await asked
+
+    async def _mark_asked(self) -> None:
+        while self._to_mark:
+            asked, self._to_mark = self._to_mark, []
+            try:
+                async with self.database.connect() as conn:
+                    marked = await store.hand_over(await driver(conn), [n for n, _ in asked], self.clock())
+            except Exception as error:
+                for _, answer in asked:
+                    if not answer.done():
+                        answer.set_exception(error)
+                continue
+            for notification, answer in asked:
+                if not answer.done():
+                    answer.set_result(notification.id in marked)
 
     async def _reuse(self) -> _Smtp | None:
         """A connection an earlier pass left open, if one was used recently enough; older ones are closed."""

@@ -393,21 +393,25 @@ async def claim_due(pg: asyncpg.Connection, now: datetime, limit: int, sender: s
     return sorted((_outgoing(row) for row in rows), key=lambda n: (n.delivery.next_attempt_at, n.id))
 
 
-async def hand_over(pg: asyncpg.Connection, notification: Outgoing, at: datetime) -> bool:
-    """Say, committed (the statement stands alone), that the sender is about to hand a claimed message to the mail
-    server. False when the claim is no longer the sender's (judged lost meanwhile): the message must not go out."""
-    marked = await pg.fetchval(
+async def hand_over(pg: asyncpg.Connection, notifications: Sequence[Outgoing], at: datetime) -> set[uuid.UUID]:
+    """Say, committed (the statement stands alone), that the sender is about to hand these claimed messages to the
+    mail server; return the ids it may send. A message whose claim is no longer the sender's (judged lost meanwhile)
+    is left out: it must not go out."""
+    if not notifications:
+        return set()
+    rows = await pg.fetch(
         """
-        UPDATE notifications SET handed_over_at = $4
-        WHERE id = $1 AND status = 'sending' AND claimed_at = $2 AND claimed_by = $3
-        RETURNING id
+        UPDATE notifications AS n SET handed_over_at = $4
+        FROM unnest($1::uuid[], $2::timestamptz[], $3::text[]) AS c(id, claimed_at, claimed_by)
+        WHERE n.id = c.id AND n.status = 'sending' AND n.claimed_at = c.claimed_at AND n.claimed_by = c.claimed_by
+        RETURNING n.id
         """,
-        notification.id,
-        notification.claimed_at,
-        notification.claimed_by,
+        [n.id for n in notifications],
+        [n.claimed_at for n in notifications],
+        [n.claimed_by for n in notifications],
         at,
     )
-    return marked is not None
+    return {row["id"] for row in rows}
 
 
 async def lost_claims(pg: asyncpg.Connection, claimed_before: datetime, limit: int) -> list[Outgoing]:
