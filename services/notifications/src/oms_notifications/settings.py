@@ -45,9 +45,12 @@ class NotificationsSettings(ServiceSettings):
     # Retries: 2^attempts seconds between tries, capped; a message still undelivered after max_attempts fails.
     max_attempts: PositiveInt = service_field("notifications", "max_attempts", 8)
     retry_cap_seconds: Seconds = service_field("notifications", "retry_cap_seconds", 900.0)
-    # How many due messages one sender pass claims, and over how many SMTP connections it sends them at once.
+    # How many due messages one sender pass claims, and over how many SMTP connections it sends them at once. Each
+    # connection waits for the server's answer to every command, so the connections bound the mails per second (four
+    # fell behind 100 mails/s on a busy 2-core box; docs/performance.md, step 16); at most one message per connection
+    # can be left `unknown` by a crash.
     send_batch_size: PositiveInt = service_field("notifications", "send_batch_size", 100)
-    smtp_connections: PositiveInt = service_field("notifications", "smtp_connections", 4)
+    smtp_connections: PositiveInt = service_field("notifications", "smtp_connections", 8)
     # A message claimed longer ago than this and still `sending` was lost by its sender (stopped, or cut off from
     # the database, between claiming and recording): it becomes `unknown`, never sent again. A sender hands a
     # claimed message over only in the first half of this time; a try takes a few SMTP round trips, each bounded
