@@ -185,11 +185,10 @@ async def adopt_offsets(kafka: Kafka, group: str, earlier: Mapping[str, str]) ->
     before. Each partition the group has no committed offset for takes the earlier group's, if that has one; a
     partition neither knows starts as a new group does (the earliest record). Returns what was adopted.
 
-    Upgrading from one consumer group per topic to one per service would otherwise read every topic again from
-    its beginning (the inbox would skip what it still remembers, but only that). A partition the group has committed
-    an offset for keeps it. When the group already has a live member (another instance started
-    first), that member commits its own offsets: the commit here is refused, and the redelivery it leads to is the
-    inbox's to skip."""
+    Upgrading from one consumer group per topic to one per service would otherwise read every topic again from its
+    beginning (the inbox would skip what it still remembers, but only that). A partition the group has committed an
+    offset for keeps it. When the group already has a live member (another instance started first), the commit here
+    is refused and that member's own offsets stand; whatever it reads again is the inbox's to skip."""
     options = client_options(kafka)
     admin = AIOKafkaAdminClient(**options, client_id=f"{group}-adopt")
     await admin.start()

@@ -213,8 +213,8 @@ class Service:
                 records: dict[str, list[ConsumerRecord]] = {}
                 for record in events.raw_message:
                     records.setdefault(record.topic, []).append(record)
-                # Each topic's records in a transaction of their own, the topics side by side (as when each had
-                # its own consumer): a topic's batch never waits for another's to commit.
+                # Each topic's records in transactions of their own, the topics side by side; the next poll waits
+                # for all of them (a poll brings whatever has arrived, so a busy topic's share is just larger).
                 await asyncio.gather(
                     *(by_topic[topic].consume(batch, events.consumer) for topic, batch in records.items())
                 )
