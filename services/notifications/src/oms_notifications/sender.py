@@ -11,15 +11,14 @@ A pass has three steps, so that nothing can make it send a message twice:
 
 Just before a message's first byte goes to the mail server, its sender commits that it is handing it over
 (`handed_over_at`, under the claim; a claim judged lost meanwhile is not used); the marks the connections ask for
-together are written in one statement. What a sender cannot know, it does
-not guess, and never resends: a claim still `sending` after the claim timeout belongs to a sender that stopped (or
-lost its database) between claiming and recording; of its messages, those it had begun to hand over may have gone
-out, and a connection that breaks after the message went out (DATA) may have delivered it. Such a message becomes
-`unknown` (with a failed event saying so, `outcome_unknown`), for an operator to check in the mail server's log by
-its Message-ID, which is derived from the notification id. The lost claim's messages that were never started are
-pending again: at most the messages in flight at a crash (one per connection) can be `unknown`. A sender that is
-stopped finishes the message it is handing over and records what it knows; messages it had not started go back to
-pending.
+together are written in one statement. What a sender cannot know, it does not guess, and never resends: a claim
+still `sending` after the claim timeout belongs to a sender that stopped (or lost its database) between claiming and
+recording; of its messages, those it had begun to hand over may have gone out, and a connection that breaks after
+the message went out (DATA) may have delivered it. Such a message becomes `unknown` (with a failed event saying so,
+`outcome_unknown`), for an operator to check in the mail server's log by its Message-ID, which is derived from the
+notification id. The lost claim's messages that were never started are pending again: at most the messages in flight
+at a crash (one per connection) can be `unknown`. A sender that is stopped finishes the message it is handing over
+and records what it knows; messages it had not started go back to pending.
 
 An order's messages go out one at a time and in the order of its story (store.claim_due): the next one is due only
 once the one before it is sent or final, so the confirmation always comes first. Operators' alerts stand outside
