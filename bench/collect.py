@@ -152,6 +152,11 @@ class Collector:
 async def consumer_lag(bootstrap: str, prefixes: tuple[str, ...]) -> int:
     """Records the consumer groups whose names start with `prefixes` have not committed yet, over all their
     partitions: 0 when the services (or the chain) have consumed everything published so far."""
+    return sum((await consumer_lags(bootstrap, prefixes)).values())
+
+
+async def consumer_lags(bootstrap: str, prefixes: tuple[str, ...]) -> dict[tuple[str, str], int]:
+    """The records not committed yet per (group, topic), for the groups whose names start with `prefixes`."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
@@ -165,9 +170,12 @@ async def consumer_lag(bootstrap: str, prefixes: tuple[str, ...]) -> int:
                 for tp, meta in (await admin.list_consumer_group_offsets(group)).items():
                     committed[(group, tp)] = meta.offset
         if not committed:
-            return 0
+            return {}
         end = await ends.end_offsets(list({tp for _, tp in committed}))
-        return sum(max(0, end[tp] - offset) for (_, tp), offset in committed.items())
+        lags: dict[tuple[str, str], int] = {}
+        for (group, tp), offset in committed.items():
+            lags[(group, tp.topic)] = lags.get((group, tp.topic), 0) + max(0, end[tp] - offset)
+        return lags
     finally:
         await ends.stop()
         await admin.close()

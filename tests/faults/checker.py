@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.collect import consumer_lag
+from bench.collect import consumer_lags
 from oms_contracts.topics import DEAD_LETTERS, NOTIFICATIONS, ORDER_EVENTS
 
 from . import traffic
@@ -279,7 +279,10 @@ async def leftovers(infra: Infra, orders: list[traffic.Planned]) -> dict[str, in
         )
         out[f"outbox rows left ({service})"] = row["outbox"]
         out[f"parked messages ({service})"] = row["parked"]
-    out["consumer lag (records)"] = await consumer_lag(infra.bootstrap, ("oms-",))
+    lags = await consumer_lags(infra.bootstrap, ("oms-",))
+    out["consumer lag (records)"] = sum(lags.values())
+    # Where it is, when there is any: which group has not committed how much of which topic.
+    out |= {f"consumer lag of {group} on {topic}": n for (group, topic), n in sorted(lags.items()) if n}
     deliverable = [o.order_id for o in orders if o.expected == "delivered"]
     [row] = await fetch(
         infra,
