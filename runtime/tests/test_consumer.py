@@ -292,7 +292,7 @@ async def test_records_of_types_the_consumer_does_not_handle_are_skipped_unread_
     group = {
         "messaging_system": "kafka",
         "messaging_destination_name": topic.name,
-        "messaging_consumer_group_name": "oms-probe.all",
+        "messaging_consumer_group_name": f"oms-probe.{topic.name}",
     }
     assert metrics.sample("oms_consumer_messages_total", {**group, "oms_outcome": "skipped"}) == 3
     assert metrics.sample("oms_consumer_messages_total", {**group, "oms_outcome": "applied"}) == 3

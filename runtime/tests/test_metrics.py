@@ -21,7 +21,7 @@ UNREACHABLE_DATABASE = "postgresql+asyncpg://oms:oms@127.0.0.1:1/nowhere"
 
 
 def of(topic) -> dict[str, str]:
-    group = "oms-probe.all"
+    group = f"oms-probe.{topic.name}"
     return {
         "messaging_system": "kafka",
         "messaging_destination_name": topic.name,

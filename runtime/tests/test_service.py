@@ -4,12 +4,11 @@ consumer group's offsets committed only once the database has committed what the
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import RequestTimedOutError
 
 from oms_contracts import DEAD_LETTERS
-from oms_runtime.kafka import adopt_offsets
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -21,14 +20,13 @@ async def publish(producer, topic, events):
 
 @pytest.fixture
 async def group_offsets(kafka_bootstrap):
-    """The probe service's committed offsets in one topic, per partition (a partition without a commit is left
-    out). The service reads every topic with one consumer group, `oms-probe.all`."""
+    """The committed offsets of a consumer group, per partition (a partition without a commit is left out)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="oms-test-offsets")
     await admin.start()
 
-    async def read(topic: str) -> dict[TopicPartition, int]:
-        committed = await admin.list_consumer_group_offsets("oms-probe.all")
-        return {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0 and tp.topic == topic}
+    async def read(group: str) -> dict[TopicPartition, int]:
+        committed = await admin.list_consumer_group_offsets(group)
+        return {tp: meta.offset for tp, meta in committed.items() if meta.offset >= 0}
 
     yield read
     await admin.close()
@@ -48,9 +46,10 @@ def caught_up(applied, group_offsets, topic_reader, wait_until):
     async def wait(service, topic, count: int) -> dict[TopicPartition, int]:
         async with topic_reader(topic.name) as records:
             ends = {tp: offset for tp, offset in (await records.end_offsets()).items() if offset > 0}
+        group = f"oms-probe.{topic.name}"
 
         async def done() -> bool:
-            return len(await applied(service)) == count and await group_offsets(topic.name) == ends
+            return len(await applied(service)) == count and await group_offsets(group) == ends
 
         await wait_until(done, f"{count} records applied and the group's offsets at the end of the topic")
         return ends
@@ -71,6 +70,7 @@ async def test_a_service_applies_each_record_once_dead_letters_garbage_and_commi
     header_of,
 ):
     topic = await kafka_topic(partitions=3)
+    group = f"oms-probe.{topic.name}"
     events = [receipt(f"r{i}", sku=f"SKU-{i % 7}") for i in range(30)]
     probe.gate = asyncio.Event()
     service = probe_service(topic)
@@ -93,7 +93,7 @@ async def test_a_service_applies_each_record_once_dead_letters_garbage_and_commi
                 assert service.consumers[0].consumer._enable_auto_commit is False
                 for _ in range(5):
                     assert await applied(service) == []
-                    assert await group_offsets(topic.name) == {}
+                    assert await group_offsets(group) == {}
                     await asyncio.sleep(0.1)
             finally:
                 probe.gate.set()
@@ -272,67 +272,4 @@ async def test_a_stopping_service_commits_its_offsets_before_its_kafka_consumer_
 
     assert await applied(service) == [e.data.reference for e in events]
     assert order == ["offsets committed", "Kafka consumer stopped"]
-    assert await group_offsets(topic.name) == {TopicPartition(topic.name, 0): len(events)}
-
-
-async def test_one_consumer_reads_every_topic_and_takes_over_where_the_per_topic_groups_stood(
-    oms_topics, kafka_topic, make_service, database_url, probe, receipt, applied, producer, group_offsets, wait_until
-):
-    """A service reads all its topics with one Kafka consumer (group `oms-{service}.all`), each topic still in
-    transactions and offsets of its own. Upgraded from a group per topic, it goes on where those groups stood: what
-    they had committed is not read again; a topic they never committed is read from its beginning."""
-    first, second = await kafka_topic(partitions=2), await kafka_topic(partitions=1)
-    old = [receipt(f"old{i}", sku=f"SKU-{i % 3}") for i in range(6)]
-    new = [receipt(f"new{i}", sku=f"SKU-{i % 3}") for i in range(4)]
-    others = [receipt(f"other{i}", sku="SKU-9") for i in range(3)]
-    await publish(producer, first, old)
-    # The per-topic group of the earlier version had applied the first topic up to its end at that time.
-    earlier = AIOKafkaConsumer(
-        bootstrap_servers=oms_topics, group_id=f"oms-probe.{first.name}", enable_auto_commit=False
-    )
-    await earlier.start()
-    try:
-        partitions = [TopicPartition(first.name, p) for p in range(2)]
-        earlier.assign(partitions)
-        await earlier.commit(await earlier.end_offsets(partitions))
-    finally:
-        await earlier.stop()
-    await publish(producer, first, new)
-    await publish(producer, second, others)
-
-    service = make_service(database_url, first, probe, bootstrap=oms_topics)
-
-    @service.consumer(second)
-    async def apply_other_receipts(tx, events) -> None:
-        await probe(tx, events)
-
-    assert list(service.subscription.topic_names) == [first.name, second.name]
-    async with service.lifespan(service.http):
-
-        async def done() -> bool:
-            return len(await applied(service)) == len(new) + len(others)
-
-        await wait_until(done, "the new receipts of the first topic and all of the second applied")
-        ends = {
-            **{TopicPartition(first.name, p): n for p, n in (await _ends(oms_topics, first.name, 2)).items()},
-            TopicPartition(second.name, 0): len(others),
-        }
-
-        async def committed() -> bool:
-            return {**await group_offsets(first.name), **await group_offsets(second.name)} == ends
-
-        await wait_until(committed, "both topics' offsets committed in the service's group")
-
-    assert sorted(await applied(service)) == sorted(e.data.reference for e in [*new, *others])
-    # Adopted once: the group's own offsets stand from then on.
-    assert await adopt_offsets(oms_topics, "oms-probe.all", {first.name: f"oms-probe.{first.name}"}) == {}
-
-
-async def _ends(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await reader.start()
-    try:
-        ends = await reader.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
-        return {tp.partition: offset for tp, offset in ends.items()}
-    finally:
-        await reader.stop()
+    assert await group_offsets(f"oms-probe.{topic.name}") == {TopicPartition(topic.name, 0): len(events)}

@@ -29,7 +29,6 @@ from aiosmtpd.controller import Controller
 from oms_contracts import CloudEvent
 from oms_contracts.topics import INVENTORY_RECEIPTS
 from oms_tools import samples
-from oms_tools.acl import SERVICES as ACCESS
 
 SERVICES = ("order", "routing", "inventory", "notifications")
 TOKEN = "e2e-token"
@@ -158,33 +157,32 @@ async def _start_from_now(bootstrap: str) -> None:
     """Move the services' consumer groups to the end of their topics. The groups are the services' own, on topics
     the whole session shares: a module's system would otherwise take in what an earlier one left unread when it
     stopped (a fuzz run's paid orders backordered the next module's stock away in a fresh database)."""
-    reads = {service: [topic.name for topic in ACCESS[service].reads] for service in SERVICES}
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        services = {f"oms-{service}" for service in SERVICES}
+        groups = [g for g, *_ in await admin.list_consumer_groups() if g.split(".", 1)[0] in services]
+        topics = sorted({group.split(".", 1)[1] for group in groups})
         # The admin's metadata, not a consumer's: a consumer knows the partitions of its subscriptions only.
-        topics = sorted({topic for names in reads.values() for topic in names})
         partitions = {
             t["topic"]: [TopicPartition(t["topic"], p["partition"]) for p in t["partitions"]]
-            for t in await admin.describe_topics(topics)
+            for t in (await admin.describe_topics(topics) if topics else [])
         }
     finally:
         await admin.close()
 
-    async def to_end(service: str) -> None:
-        group = f"oms-{service}.all"
+    async def to_end(group: str, topic: str) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
         await consumer.start()
         try:
-            assigned = [tp for topic in reads[service] for tp in partitions[topic]]
-            consumer.assign(assigned)
-            await consumer.commit(await consumer.end_offsets(assigned))
+            consumer.assign(partitions[topic])
+            await consumer.commit(await consumer.end_offsets(partitions[topic]))
         except KafkaError as error:  # a group some live member still holds: it is left where it is
-            print(f"consumer group {group} not moved to the end of its topics: {error!r}")
+            print(f"consumer group {group} not moved to the end of {topic}: {error!r}")
         finally:
             await consumer.stop()
 
-    await asyncio.gather(*(to_end(service) for service in SERVICES))
+    await asyncio.gather(*(to_end(group, group.split(".", 1)[1]) for group in groups))
 
 
 @pytest.fixture(scope="module")

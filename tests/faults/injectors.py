@@ -168,7 +168,7 @@ async def rebalance(ctx: Context, services: list[str]) -> list[Fault]:
 
 # Topic -> the consumer groups that read it: a record is "processed" once every one of them committed past it.
 _READERS = {
-    topic.name: (topic, tuple(f"oms-{service}.all" for service in services))
+    topic.name: (topic, tuple(f"oms-{service}.{topic.name}" for service in services))
     for topic, services in (
         (CHANNEL_ORDERS, ("order",)),
         (FULFILLMENT_UPDATES, ("order", "inventory")),

@@ -284,14 +284,12 @@ def _subject(message: Message) -> str | None:
 
 
 class BatchConsumer(metrics.GaugeSource):
-    """One topic a service reads, and how: its handler, its inbox name, its transactions and offsets. The records
-    come from the service's one Kafka consumer (`group`), which reads all its topics."""
+    """One subscription of one service: a topic, a consumer group, a handler."""
 
     def __init__(
         self,
         *,
         name: str,
-        group: str,
         topic: Topic,
         handler: Handler,
         database: Database,
@@ -323,7 +321,7 @@ class BatchConsumer(metrics.GaugeSource):
         self.consumer: Any = None
         # The framework's subscriber, whose Kafka consumer the lag gauge asks before the first batch arrives.
         self.subscription: Any = None
-        self._attributes = {metrics.SYSTEM: "kafka", metrics.DESTINATION: topic.name, metrics.GROUP: group}
+        self._attributes = {metrics.SYSTEM: "kafka", metrics.DESTINATION: topic.name, metrics.GROUP: name}
         # What became of the records of the batch being applied, counted from committed transactions only.
         self._outcomes: Counter[str] = Counter()
         # Per partition: the next offset this group applies (after each commit), the partition's end offset and the
@@ -414,7 +412,7 @@ class BatchConsumer(metrics.GaugeSource):
         consumer = self.consumer or getattr(self.subscription, "consumer", None)
         if consumer is None:
             return
-        for tp in self._assigned(consumer):
+        for tp in consumer.assignment():
             end = max(consumer.highwater(tp) or 0, self._end.get(tp, 0))
             applied = self._applied.get(tp, self._position.get(tp))
             if applied is None or not end:
@@ -429,7 +427,7 @@ class BatchConsumer(metrics.GaugeSource):
         consumer = self.consumer or getattr(self.subscription, "consumer", None)
         if consumer is None:
             return
-        assigned = self._assigned(consumer)
+        assigned = consumer.assignment()
         # A partition that moved to another instance is that instance's to report.
         self._applied = {tp: offset for tp, offset in self._applied.items() if tp in assigned}
         self._position = {tp: offset for tp, offset in self._position.items() if tp in assigned}
@@ -444,10 +442,6 @@ class BatchConsumer(metrics.GaugeSource):
         for tp in unknown:
             committed = await asyncio.wait_for(consumer.committed(tp), 5.0)
             self._position[tp] = committed if committed is not None else beginnings[tp]
-
-    def _assigned(self, consumer: Any) -> set[TopicPartition]:
-        """This topic's partitions of those the service's consumer holds."""
-        return {tp for tp in consumer.assignment() if tp.topic == self.topic.name}
 
     def _rewind(self, records: Sequence[ConsumerRecord]) -> None:
         first: dict[TopicPartition, int] = {}

@@ -18,19 +18,14 @@ environment:
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Mapping
 from typing import Any, Literal
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
-    KafkaError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
     UnsupportedSaslMechanismError,
@@ -40,8 +35,6 @@ from faststream.kafka.security import parse_security
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import FilePath, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-log = logging.getLogger(__name__)
 
 SecurityProtocol = Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"]
 SaslMechanism = Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"]
@@ -178,40 +171,3 @@ async def kafka_problem(kafka: Kafka, error: BaseException, *, timeout: float = 
     connection.close()
     # The broker answers and accepts the login: the failure was elsewhere (e.g. the client is not started yet).
     return f"not ready ({type(error).__name__})"
-
-
-async def adopt_offsets(kafka: Kafka, group: str, earlier: Mapping[str, str]) -> dict[TopicPartition, int]:
-    """Let `group` start where the groups it replaces stand: `earlier` maps each topic to the group that read it
-    before. Each partition the group has no committed offset for takes the earlier group's, if that has one; a
-    partition neither knows starts as a new group does (the earliest record). Returns what was adopted.
-
-    Upgrading from one consumer group per topic to one per service would otherwise read every topic again from its
-    beginning (the inbox would skip what it still remembers, but only that). A partition the group has committed an
-    offset for keeps it. When the group already has a live member (another instance started first), the commit here
-    is refused and that member's own offsets stand; whatever it reads again is the inbox's to skip."""
-    options = client_options(kafka)
-    admin = AIOKafkaAdminClient(**options, client_id=f"{group}-adopt")
-    await admin.start()
-    try:
-        committed = {tp for tp, meta in (await admin.list_consumer_group_offsets(group)).items() if meta.offset >= 0}
-        adopted: dict[TopicPartition, int] = {}
-        for topic, old in earlier.items():
-            for tp, meta in (await admin.list_consumer_group_offsets(old)).items():
-                if tp.topic == topic and meta.offset >= 0 and tp not in committed:
-                    adopted[tp] = meta.offset
-    finally:
-        await admin.close()
-    if not adopted:
-        return {}
-    consumer = AIOKafkaConsumer(**options, group_id=group, enable_auto_commit=False, client_id=f"{group}-adopt")
-    await consumer.start()
-    try:
-        consumer.assign(list(adopted))
-        await consumer.commit(adopted)
-    except KafkaError as error:
-        log.warning("consumer group %s did not take over the offsets of %s: %r", group, sorted(earlier.values()), error)
-        return {}
-    finally:
-        await consumer.stop()
-    log.info("consumer group %s took over %d partition offsets of %s", group, len(adopted), sorted(earlier.values()))
-    return adopted

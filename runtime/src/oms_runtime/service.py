@@ -22,7 +22,7 @@ from oms_contracts import CloudEvent, Topic
 from . import http, metrics, telemetry
 from .consumer import BatchConsumer, Handler, InvalidHandler, Only, prune_inbox
 from .database import Database, driver, is_transient
-from .kafka import adopt_offsets, kafka_problem
+from .kafka import kafka_problem
 from .loop import run_when_woken
 from .outbox import Relay
 from .settings import ServiceSettings
@@ -108,16 +108,10 @@ class Service:
             logger=logging.getLogger(f"faststream.{self.name}"),
             description=description,
         )
-        # What the AsyncAPI document shows: one subscriber per topic read, each described by its handler, and the
-        # topics published. This broker is never started; the running one reads every topic with one subscriber.
-        self._documented = KafkaBroker(
-            settings.kafka_bootstrap, security=settings.kafka_security(), apply_types=False, description=description
-        )
         self.asyncapi = AsyncAPI(
-            self._documented, title=f"OMS {self.name} service", version=VERSION, description=description
+            self.broker, title=f"OMS {self.name} service", version=VERSION, description=description
         )
         self.consumers: list[BatchConsumer] = []
-        self._subscription: Any = None
         self._startup: list[Callable[[], Awaitable[None]]] = []
         self._after_commit: list[Callable[[], None]] = [self.relay.wake]
         self._workers: list[Callable[[], Awaitable[None]]] = []
@@ -143,11 +137,6 @@ class Service:
         self._refreshes.append(refresh)
         return refresh
 
-    @property
-    def group(self) -> str:
-        """The service's one consumer group: one Kafka consumer takes in every topic the service reads."""
-        return f"oms-{self.name}.all"
-
     def consumer(
         self,
         topic: Topic,
@@ -156,18 +145,14 @@ class Service:
         handles: Iterable[type[CloudEvent]] | None = None,
         only: Iterable[Only] = (),
     ) -> Callable[[Handler], Handler]:
-        """Apply a topic's batches with a handler. With `handles`, records of the topic's other types are skipped by
-        their `ce-type` header, before they are decoded; with `only`, so are those of a handled type whose filter
-        header has another value. Every topic is read by the service's one Kafka consumer
-        (`subscription`); each keeps its own inbox, transactions and offsets, under the name `oms-{service}.{topic}`
-        (what the inbox knows its events by, and the consumer group it had before there was one per service)."""
+        """Subscribe a batch handler to a topic, in this service's consumer group for that topic. With `handles`,
+        records of the topic's other types are skipped by their `ce-type` header, before they are decoded; with
+        `only`, so are those of a handled type whose filter header has another value."""
 
         def register(handler: Handler) -> Handler:
-            if self._subscription is not None:
-                raise RuntimeError(f"{topic.name}: a topic added after the service's subscription was made")
+            group = f"oms-{self.name}.{topic.name}"
             consumer = BatchConsumer(
-                name=f"oms-{self.name}.{topic.name}",
-                group=self.group,
+                name=group,
                 topic=topic,
                 handler=handler,
                 database=self.database,
@@ -179,73 +164,42 @@ class Service:
                 only=only,
             )
             self.consumers.append(consumer)
-            self._document(topic, handler)
-            return handler
-
-        return register
-
-    def _document(self, topic: Topic, handler: Handler) -> None:
-        """What AsyncAPI documents of a topic the service reads: its events, described by the handler."""
-
-        async def subscriber(events: Any) -> None:  # never called: the documentation's broker never starts
-            raise NotImplementedError
-
-        subscriber.__annotations__ = {"events": list[topic.union], "return": None}
-        subscriber.__name__ = handler.__name__
-        subscriber.__doc__ = handler.__doc__
-        documented = self._documented.subscriber(
-            topic.name, batch=True, group_id=self.group, ack_policy=AckPolicy.MANUAL, description=handler.__doc__
-        )
-        documented(subscriber)
-
-    @property
-    def subscription(self) -> Any:
-        """The FastStream subscriber of every topic the service reads, made once the topics are all known.
-
-        One Kafka consumer per service, not one per topic: each consumer fetches, heartbeats and commits on its own,
-        and the broker's work is per request (docs/performance.md, step 13)."""
-        if self._subscription is None:
-            if not self.consumers:
-                return None
-            by_topic = {c.topic.name: c for c in self.consumers}
 
             async def subscriber(events: Any) -> None:
-                records: dict[str, list[ConsumerRecord]] = {}
-                for record in events.raw_message:
-                    records.setdefault(record.topic, []).append(record)
-                # Each topic's records in transactions of their own, the topics side by side; the next poll waits
-                # for all of them (a poll brings whatever has arrived, so a busy topic's share is just larger).
-                await asyncio.gather(
-                    *(by_topic[topic].consume(batch, events.consumer) for topic, batch in records.items())
-                )
+                await consumer.consume(events.raw_message, events.consumer)
 
             async def parse(records: tuple[ConsumerRecord, ...]) -> KafkaAckableMessage:
                 return _raw_batch(records, subscription.consumer)
 
+            # What AsyncAPI documents: the topic's events, described by the handler.
+            subscriber.__annotations__ = {"events": list[topic.union], "return": None}
+            subscriber.__name__ = handler.__name__
+            subscriber.__doc__ = handler.__doc__
             subscription = self.broker.subscriber(
-                *by_topic,
+                topic.name,
                 batch=True,
-                group_id=self.group,
+                group_id=group,
                 max_records=self.settings.batch_max_records,
                 batch_timeout_ms=self.settings.batch_timeout_ms,
-                # How long the broker holds a fetch that finds nothing (it answers at the first record): idle, the
-                # service asks once a second instead of twice.
+                # How long the broker holds a fetch that finds nothing (it answers at the first record): idle, each
+                # subscription asks once a second instead of twice.
                 fetch_max_wait_ms=1000,
                 ack_policy=AckPolicy.MANUAL,
                 auto_offset_reset="earliest",
                 parser=parse,
                 decoder=_undecoded,
+                description=handler.__doc__,
             )
             subscription(subscriber)
             subscription.get_msg = _poll(self.settings.batch_timeout_ms, self.settings.batch_max_records)
-            for consumer in self.consumers:
-                consumer.subscription = subscription
-            self._subscription = subscription
-        return self._subscription
+            consumer.subscription = subscription
+            return handler
+
+        return register
 
     def publishes(self, topic: Topic, description: str | None = None) -> None:
         """Declare, for the AsyncAPI document, a topic this service publishes on (through its outbox)."""
-        self._documented.publisher(topic.name, schema=topic.union, description=description or topic.description)
+        self.broker.publisher(topic.name, schema=topic.union, description=description or topic.description)
 
     def after_commit(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` after every batch a consumer commits (the relay is always woken)."""
@@ -341,9 +295,6 @@ class Service:
                 delay = min(delay * 2, 10.0)
 
     async def _start_consumers(self) -> None:
-        if self.subscription is not None:
-            # The service's group takes over where the per-topic groups it replaces stand (once: see adopt_offsets).
-            await adopt_offsets(self.settings, self.group, {c.topic.name: c.name for c in self.consumers})
         try:
             await self.broker.start()
         except BaseException:

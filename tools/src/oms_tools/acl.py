@@ -131,7 +131,7 @@ def source_acls(source_code: str, principal: str) -> list[Acl]:
 
 @dataclass(frozen=True)
 class ServiceAccess:
-    """What one OMS service does on Kafka: the topics it consumes (in its group `oms-{service}.all`), the topics its
+    """What one OMS service does on Kafka: the topics it consumes (groups `oms-{service}.{topic}`), the topics its
     outbox relay publishes to (the dead letters included), and request topics by prefix."""
 
     reads: tuple[Topic, ...]
