@@ -182,7 +182,10 @@ async def _start_from_now(bootstrap: str) -> None:
         finally:
             await consumer.stop()
 
-    await asyncio.gather(*(to_end(group, group.split(".", 1)[1]) for group in groups))
+    # Only groups named after a topic there is: a group of another shape under the services' prefix (one an older
+    # or newer version made on a broker kept between runs) has nothing here to move.
+    moved = [(group, topic) for group in groups if partitions.get(topic := group.split(".", 1)[1])]
+    await asyncio.gather(*(to_end(group, topic) for group, topic in moved))
 
 
 @pytest.fixture(scope="module")
