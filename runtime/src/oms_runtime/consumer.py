@@ -131,6 +131,12 @@ class Refused(Exception):
     for it is kept)."""
 
 
+def published_headers(event: CloudEvent) -> list[tuple[str, str]]:
+    """The headers an event is published with besides its trace context: its content type, its type (`ce-type`, what
+    a consumer skips unread by) and the event's own filter headers (`CloudEvent.headers`)."""
+    return [("content-type", "application/cloudevents+json"), ("ce-type", event.type), *event.headers()]
+
+
 class Transaction:
     """What a handler gets: the open database transaction and the means to emit events from it."""
 
@@ -179,7 +185,7 @@ class Transaction:
             traceparent = telemetry.traceparent_of(cause.span)
         if traceparent is None:
             traceparent = telemetry.traceparent_of(trace.get_current_span())
-        headers = [("content-type", "application/cloudevents+json"), ("ce-type", event.type), *event.headers()]
+        headers = published_headers(event)
         if traceparent:
             headers.append(("traceparent", traceparent))
         self.outbox.append(OutboxMessage(topic or topic_for(event), event.key(), event.to_bytes(), headers))
@@ -467,7 +473,7 @@ class BatchConsumer(metrics.GaugeSource):
                 if wanted is None:
                     return False
                 header, values = wanted
-                return any(name == header and value not in values for name, value in headers)
+                return any(other == header and seen not in values for other, seen in headers)
         return False
 
     def _open(self, record: ConsumerRecord) -> Message:

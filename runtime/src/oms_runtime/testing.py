@@ -13,6 +13,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 from oms_contracts import CloudEvent, Topic
 from oms_contracts.topics import ALL_EVENTS
 
+from .consumer import published_headers
 from .service import Service
 
 _offsets = itertools.count()
@@ -63,13 +64,12 @@ async def deliver(service: Service, topic: Topic, *messages: CloudEvent | bytes)
     (and take it out of the outbox, so the next call returns only its own)."""
     consumer = next(c for c in service.consumers if c.topic.name == topic.name)
     records = [
-        # With the type header the outbox writes, so a consumer skips what it does not handle, as it does in service.
+        # With the headers the outbox writes, so a consumer skips what it does not handle, as it does in service.
         record(
             topic.name,
             m.to_bytes(),
             m.key(),
-            # As the outbox publishes them: the type, and the event's own filter headers.
-            headers=[("ce-type", m.type.encode()), *((name, value.encode()) for name, value in m.headers())],
+            headers=[(name, value.encode()) for name, value in published_headers(m)],
         )
         if isinstance(m, CloudEvent)
         else record(topic.name, m)
