@@ -21,13 +21,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 from aiosmtpd.controller import Controller
 
 from oms_contracts import CloudEvent
 from oms_contracts.topics import INVENTORY_RECEIPTS
+from oms_runtime.testing import groups_to_end
 from oms_tools import samples
 
 SERVICES = ("order", "routing", "inventory", "notifications")
@@ -162,30 +162,11 @@ async def _start_from_now(bootstrap: str) -> None:
     try:
         services = {f"oms-{service}" for service in SERVICES}
         groups = [g for g, *_ in await admin.list_consumer_groups() if g.split(".", 1)[0] in services]
-        topics = sorted({group.split(".", 1)[1] for group in groups})
-        # The admin's metadata, not a consumer's: a consumer knows the partitions of its subscriptions only.
-        partitions = {
-            t["topic"]: [TopicPartition(t["topic"], p["partition"]) for p in t["partitions"]]
-            for t in (await admin.describe_topics(topics) if topics else [])
-        }
     finally:
         await admin.close()
-
-    async def to_end(group: str, topic: str) -> None:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            consumer.assign(partitions[topic])
-            await consumer.commit(await consumer.end_offsets(partitions[topic]))
-        except KafkaError as error:  # a group some live member still holds: it is left where it is
-            print(f"consumer group {group} not moved to the end of {topic}: {error!r}")
-        finally:
-            await consumer.stop()
-
-    # Only groups named after a topic there is: a group of another shape under the services' prefix (one an older
-    # or newer version made on a broker kept between runs) has nothing here to move.
-    moved = [(group, topic) for group in groups if partitions.get(topic := group.split(".", 1)[1])]
-    await asyncio.gather(*(to_end(group, topic) for group, topic in moved))
+    # A group under the services' prefix that is not named after a topic (one an older or newer version made on a
+    # broker kept between runs) has nothing here to move: groups_to_end passes over topics there are not.
+    await groups_to_end(bootstrap, [(group, group.split(".", 1)[1]) for group in groups])
 
 
 @pytest.fixture(scope="module")

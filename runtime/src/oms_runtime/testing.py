@@ -3,12 +3,16 @@ without a broker, and read back what it emitted. For a handler's test; end-to-en
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from oms_contracts import CloudEvent, Topic
 from oms_contracts.topics import ALL_EVENTS
@@ -89,3 +93,40 @@ async def take_outbox(service: Service) -> list[Emitted]:
 
 def _headers(stored: Any) -> list[list[str]]:
     return json.loads(stored) if isinstance(stored, str) else stored
+
+
+async def groups_to_end(bootstrap: str, groups: Iterable[tuple[str, str]]) -> None:
+    """Commit the end of each topic as its group's offsets, for (group, topic) pairs on a real broker. On a broker the
+    tests share, a service started afterwards takes in only what comes after: a new group (auto_offset_reset
+    earliest) would otherwise read all that earlier tests left on the topic, and an old one what it left unread.
+    A topic that does not exist is passed over; so is a group some live member holds (it stays where it is)."""
+    groups = list(groups)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = sorted({topic for _, topic in groups} & set(await admin.list_topics()))
+        # The admin's metadata, not a consumer's: a consumer knows the partitions of its subscriptions only.
+        partitions = {
+            t["topic"]: [TopicPartition(t["topic"], p["partition"]) for p in t["partitions"]]
+            for t in (await admin.describe_topics(topics) if topics else [])
+        }
+    finally:
+        await admin.close()
+
+    async def to_end(group: str, topic: str) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign(partitions[topic])
+            await consumer.commit(await consumer.end_offsets(partitions[topic]))
+        except KafkaError as error:
+            print(f"consumer group {group} not moved to the end of {topic}: {error!r}")
+        finally:
+            await consumer.stop()
+
+    await asyncio.gather(*(to_end(group, topic) for group, topic in groups if partitions.get(topic)))
+
+
+async def start_at_end(service: Service) -> None:
+    """Move the consumer groups of a service not yet started to the end of its topics (see `groups_to_end`)."""
+    await groups_to_end(service.settings.kafka_bootstrap, ((c.name, c.topic.name) for c in service.consumers))
