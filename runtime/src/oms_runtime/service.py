@@ -181,9 +181,11 @@ class Service:
                 group_id=group,
                 max_records=self.settings.batch_max_records,
                 batch_timeout_ms=self.settings.batch_timeout_ms,
-                # How long the broker holds a fetch that finds nothing (it answers at the first record): idle, each
-                # subscription asks once a second instead of twice.
-                fetch_max_wait_ms=1000,
+                # Idle, a subscription asks again every `batch_timeout_ms`: the broker holds a fetch that finds nothing
+                # that long (it answers at the first record, so nothing waits for it), and aiokafka's fetch routine
+                # wakes that often when nothing else wakes it (a fetch's answer, a poll, a seek or a rebalance do).
+                fetch_max_wait_ms=self.settings.batch_timeout_ms,
+                consumer_timeout_ms=self.settings.batch_timeout_ms,
                 ack_policy=AckPolicy.MANUAL,
                 auto_offset_reset="earliest",
                 parser=parse,
