@@ -147,17 +147,23 @@ live_pid() {
 }
 
 wait_ready() {
-  local deadline=$((SECONDS + WAIT_SECS))
+  local deadline=$((SECONDS + WAIT_SECS)) missing=0
   until answers; do
     if (( SECONDS >= deadline )); then
       log "broker did not answer on $BOOTSTRAP within ${WAIT_SECS}s"
       if live_pid >/dev/null; then log "last 40 lines of $LOG:"; tail -n 40 "$LOG" >&2; fi
       return 1
     fi
+    # Gone at two looks a second apart: while nohup, setsid and java exec one another, just after the start, the
+    # process's cmdline can read empty for an instant (a broker that was running was taken for exited).
     if [[ -f "$PIDFILE" ]] && ! live_pid >/dev/null; then
-      log "broker process exited; last 40 lines of $LOG:"
-      tail -n 40 "$LOG" >&2 2>/dev/null || true
-      return 1
+      if (( ++missing >= 2 )); then
+        log "broker process exited; last 40 lines of $LOG:"
+        tail -n 40 "$LOG" >&2 2>/dev/null || true
+        return 1
+      fi
+    else
+      missing=0
     fi
     sleep 1
   done
