@@ -731,6 +731,7 @@ class Order:
     submitted_discount_total: Decimal | None = None
     refunded_total: Decimal = Decimal(0)
     status_since: datetime | None = None  # when the order entered its status
+    accepted_at: datetime | None = None  # when the OMS accepted it (its row's creation); None until first saved
     fulfillments: dict[uuid.UUID, Fulfillment] = field(default_factory=dict)
     cancellations: dict[uuid.UUID, Cancellation] = field(default_factory=dict)
     # What changed since load, for the store to save and the handler to announce.

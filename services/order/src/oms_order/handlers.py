@@ -94,7 +94,7 @@ async def _apply(tx: Transaction, messages: list[Incoming], order_id_of, apply) 
                 # The whole batch is replayed one message at a time and only this one is dead-lettered.
                 raise Refused(str(refusal)) from refusal
             announce(tx, order, order.transitions[announced:], order.events[recorded:], outgoing)
-    await metrics.observe(tx, orders.values())  # before the save, which clears what the orders recorded
+    metrics.observe(tx, orders.values())  # before the save, which clears what the orders recorded
     await store.save(await tx.pg(), orders.values())
 
 

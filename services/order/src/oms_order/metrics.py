@@ -136,8 +136,9 @@ metrics.observable_gauge(
 )
 
 
-async def observe(tx: Transaction, orders: Iterable[domain.Order]) -> None:
+def observe(tx: Transaction, orders: Iterable[domain.Order]) -> None:
     """Count what the batch's orders recorded; recorded once the batch commits."""
+    orders = list(orders)
     changes: Counter[tuple[str, str]] = Counter()
     requested: list[uuid.UUID] = []
     shipped: list[uuid.UUID] = []
@@ -163,7 +164,8 @@ async def observe(tx: Transaction, orders: Iterable[domain.Order]) -> None:
                 # The parcel that completed its fulfillment (two parcels of one fulfillment may share a batch).
                 if f.shipped_at is not None and fact.parcel is f.parcels[-1]:
                     done.append((order, f))
-    accepted = await _accepted_at(tx, {*requested, *shipped}) if requested or shipped else {}
+    # When the OMS accepted each order (its row's creation, loaded with it); one accepted in this very batch has none.
+    accepted = {o.order_id: o.accepted_at for o in orders if o.accepted_at is not None}
     now = datetime.now(UTC)
 
     def record() -> None:
@@ -191,11 +193,3 @@ async def observe(tx: Transaction, orders: Iterable[domain.Order]) -> None:
 def _source_of(order: domain.Order, fulfillment_id: uuid.UUID | None) -> str:
     fulfillment = order.fulfillments.get(fulfillment_id) if fulfillment_id is not None else None
     return fulfillment.source_code if fulfillment is not None else NO_SOURCE
-
-
-async def _accepted_at(tx: Transaction, order_ids: set[uuid.UUID]) -> dict[uuid.UUID, datetime]:
-    """When the OMS accepted each order: its row's creation, which the order rows keep and the domain does not."""
-    rows = await (await tx.pg()).fetch(
-        "SELECT order_id, created_at FROM orders WHERE order_id = ANY($1::uuid[])", list(order_ids)
-    )
-    return {row["order_id"]: row["created_at"] for row in rows}

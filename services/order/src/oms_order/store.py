@@ -328,9 +328,15 @@ _UPSERT_PARCELS = upsert(parcels, _PARCEL_COLUMNS, update=["delivered_at"])
 
 
 async def load(pg, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Order]:
-    """The orders with their lines, fulfillments, parcels and cancellations, locked for this transaction (five
-    statements). Every writer of an order, consumer or HTTP request, comes through here: the row lock makes them
-    take turns, so none loses another's update."""
+    """The orders with their lines, fulfillments, parcels and cancellations, locked for this transaction. Every
+    writer of an order, consumer or HTTP request, comes through here: the row lock makes them take turns, so none
+    loses another's update, and none adds a fulfillment, parcel or cancellation while another holds the order.
+
+    Two to five statements: the statement that reads the lines, once the orders are locked, also says whether each
+    order has any fulfillments, parcels or cancellations (an index probe each), and a table none of the orders has
+    rows in is not read; most batches are of orders early in their life, which have none of the three. Not in the
+    locking statement: its other subqueries would see the tables as they were before it waited for a lock, so a
+    cancellation committed by the writer it waited for would be missed."""
     ids = list(set(order_ids))
     if not ids:
         return {}
@@ -338,29 +344,49 @@ async def load(pg, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Order]:
     loaded = {row["order_id"]: _order(row) for row in rows}
     if not loaded:
         return loaded
+    has: dict[str, list[uuid.UUID]] = {"fulfillments": [], "parcels": [], "cancellations": []}
     for row in await pg.fetch(
-        "SELECT * FROM order_lines WHERE order_id = ANY($1::uuid[]) ORDER BY order_id, line_id", list(loaded)
-    ):
-        loaded[row["order_id"]].lines[row["line_id"]] = Line(
-            row["line_id"],
-            row["sku"],
-            row["quantity"],
-            row["unit_price"],
-            {s: row[f"quantity_{s}"] for s in LineState},
-            BackorderCount(**{c: row[f"backorder_{c}"] for c in BACKORDER_COUNTS}),
-            row["backorder_expected_date"],
-        )
-    for row in await pg.fetch(
-        "SELECT * FROM fulfillments WHERE order_id = ANY($1::uuid[]) ORDER BY requested_at NULLS LAST, fulfillment_id",
+        """
+        SELECT i.order_id AS of_order, t.*,
+            EXISTS (SELECT 1 FROM fulfillments f WHERE f.order_id = i.order_id) AS has_fulfillments,
+            EXISTS (SELECT 1 FROM parcels p WHERE p.order_id = i.order_id) AS has_parcels,
+            EXISTS (SELECT 1 FROM cancellations c WHERE c.order_id = i.order_id) AS has_cancellations
+        FROM unnest($1::uuid[]) AS i(order_id)
+        LEFT JOIN order_lines t ON t.order_id = i.order_id
+        ORDER BY i.order_id, t.line_id
+        """,
         list(loaded),
     ):
-        loaded[row["order_id"]].fulfillments[row["fulfillment_id"]] = _fulfillment(row)
-    for row in await pg.fetch(
-        "SELECT * FROM parcels WHERE order_id = ANY($1::uuid[]) ORDER BY shipped_at, recorded_at", list(loaded)
-    ):
-        loaded[row["order_id"]].fulfillments[row["fulfillment_id"]].parcels.append(_parcel(row))
-    for row in await pg.fetch("SELECT * FROM cancellations WHERE order_id = ANY($1::uuid[])", list(loaded)):
-        loaded[row["order_id"]].cancellations[row["cancellation_id"]] = _cancellation(row)
+        order = loaded[row["of_order"]]
+        if not order.lines:  # the order's first row: its flags
+            for table, orders in has.items():
+                if row[f"has_{table}"]:
+                    orders.append(order.order_id)
+        if row["line_id"] is not None:
+            order.lines[row["line_id"]] = Line(
+                row["line_id"],
+                row["sku"],
+                row["quantity"],
+                row["unit_price"],
+                {s: row[f"quantity_{s}"] for s in LineState},
+                BackorderCount(**{c: row[f"backorder_{c}"] for c in BACKORDER_COUNTS}),
+                row["backorder_expected_date"],
+            )
+    if has["fulfillments"]:
+        for row in await pg.fetch(
+            "SELECT * FROM fulfillments WHERE order_id = ANY($1::uuid[]) "
+            "ORDER BY requested_at NULLS LAST, fulfillment_id",
+            has["fulfillments"],
+        ):
+            loaded[row["order_id"]].fulfillments[row["fulfillment_id"]] = _fulfillment(row)
+    if has["parcels"]:
+        for row in await pg.fetch(
+            "SELECT * FROM parcels WHERE order_id = ANY($1::uuid[]) ORDER BY shipped_at, recorded_at", has["parcels"]
+        ):
+            loaded[row["order_id"]].fulfillments[row["fulfillment_id"]].parcels.append(_parcel(row))
+    if has["cancellations"]:
+        for row in await pg.fetch("SELECT * FROM cancellations WHERE order_id = ANY($1::uuid[])", has["cancellations"]):
+            loaded[row["order_id"]].cancellations[row["cancellation_id"]] = _cancellation(row)
     return loaded
 
 
@@ -390,6 +416,7 @@ def _order(row: Any) -> Order:
         submitted_discount_total=row["submitted_discount_total"],
         refunded_total=row["refunded_total"],
         status_since=row["status_since"],
+        accepted_at=row["created_at"],
     )
 
 

@@ -51,7 +51,7 @@ async def change(service: Service, order_id: uuid.UUID, apply: Callable[[Order],
         announced, recorded = len(order.transitions), len(order.events)
         result = apply(order)
         handlers.announce(tx, order, order.transitions[announced:], order.events[recorded:])
-        await metrics.observe(tx, [order])  # before the save, which clears what the order recorded
+        metrics.observe(tx, [order])  # before the save, which clears what the order recorded
         await store.save(pg, [order])
     return result
 
