@@ -27,6 +27,9 @@ from bench.collect import Collector, system_profile
 from bench.point import Target, Timing, console, progress_bar, run_point
 from bench.system import REPO, Infra, Ports, Services
 
+# The rate of the unmeasured warm-up after a system starts: low enough for any machine to keep up with.
+WARM_UP_RATE = 50.0
+
 
 def machine() -> str:
     cpu = next(
@@ -128,6 +131,7 @@ class Bench:
             watch.add("collector (harness)", os.getpid())
             target = Target("system", infra.bootstrap, "oms.channel.orders.v1", collector, watch)
             target.channels = self.args.channels
+            await self.warm_up(target, label)
             config["idle_cores"] = await procstat.idle(watch, self.args.idle)
             config["sampler"] = None
             await body(target, services, config)
@@ -151,6 +155,19 @@ class Bench:
             await self.stop_system(collector, threepl, services)
             infra.stop(remove=not self.args.keep)
         return config
+
+    async def warm_up(self, target: Target, label: str) -> None:
+        """Orders at WARM_UP_RATE for --system-warmup seconds, measured nowhere, before the idle figures and the
+        first point: the broker starts cold, and its JIT compiling its request paths took as much CPU again as the
+        work itself in the first point after a start (Kafka at 50/s: 0.51 cores in the first of three points, 0.31 and
+        0.28 in the next two; docs/performance.md)."""
+        seconds = self.args.system_warmup
+        if seconds <= 0:
+            return
+        console.print(f"[bold]{label}[/]: warming up ({seconds:g} s at {WARM_UP_RATE:g} orders/s, not measured)")
+        timing = Timing(warmup=0.0, window=seconds, drain=self.timing.drain)
+        await run_point(target, WARM_UP_RATE, timing, f"{self.stamp}-warm-up", self.args.seed - 1, None)
+        await asyncio.sleep(2)
 
     async def stop_system(self, collector, threepl, services) -> None:
         if collector is not None:
@@ -287,6 +304,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--channels", type=int, default=4, help="channels the orders come from (4)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measured before the load (10)")
+    parser.add_argument(
+        "--system-warmup",
+        type=float,
+        default=30.0,
+        help=f"seconds of orders at {WARM_UP_RATE:g}/s after the start, not measured, to warm the JIT (30; 0: none)",
+    )
     parser.add_argument(
         "--no-at-fractions",
         dest="at_fractions",
