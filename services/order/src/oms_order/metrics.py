@@ -138,10 +138,10 @@ metrics.observable_gauge(
 
 def observe(tx: Transaction, orders: Iterable[domain.Order]) -> None:
     """Count what the batch's orders recorded; recorded once the batch commits."""
-    orders = list(orders)
     changes: Counter[tuple[str, str]] = Counter()
-    requested: list[uuid.UUID] = []
-    shipped: list[uuid.UUID] = []
+    # When the OMS accepted each order requested or shipped from (its row's creation, loaded with it).
+    requested: list[datetime] = []
+    shipped: list[datetime] = []
     done: list[tuple[domain.Order, domain.Fulfillment]] = []
     returns: Counter[tuple[str, str]] = Counter()
     requests: Counter[tuple[str, str]] = Counter()
@@ -156,25 +156,24 @@ def observe(tx: Transaction, orders: Iterable[domain.Order]) -> None:
                 for source in {_source_of(order, units.fulfillment_id) for units in fact.units}:
                     cancellations[(order.channel, source)] += 1
             elif isinstance(fact, domain.FulfillmentRequested):
-                requested.append(order.order_id)
+                if order.accepted_at is not None:
+                    requested.append(order.accepted_at)
                 requests[(order.channel, fact.fulfillment.source_code)] += 1
             elif isinstance(fact, domain.ParcelShipped):
-                shipped.append(order.order_id)
+                if order.accepted_at is not None:
+                    shipped.append(order.accepted_at)
                 f = fact.fulfillment
                 # The parcel that completed its fulfillment (two parcels of one fulfillment may share a batch).
                 if f.shipped_at is not None and fact.parcel is f.parcels[-1]:
                     done.append((order, f))
-    # When the OMS accepted each order (its row's creation, loaded with it); one accepted in this very batch has none.
-    accepted = {o.order_id: o.accepted_at for o in orders if o.accepted_at is not None}
     now = datetime.now(UTC)
 
     def record() -> None:
         for (status, channel), n in changes.items():
             STATUS_CHANGES.add(n, {"oms.order.status": status, "oms.channel": channel})
-        for step, order_ids in (("fulfillment_requested", requested), ("shipped", shipped)):
-            for order_id in order_ids:
-                if order_id in accepted:
-                    metrics.FLOW.record(max((now - accepted[order_id]).total_seconds(), 0.0), metrics.flow_step(step))
+        for step, accepted in (("fulfillment_requested", requested), ("shipped", shipped)):
+            for at in accepted:
+                metrics.FLOW.record(max((now - at).total_seconds(), 0.0), metrics.flow_step(step))
         on_time: Counter[tuple[str, str, str]] = Counter()
         for order, f in done:
             labels = {"oms.channel": order.channel, "oms.source": f.source_code}
