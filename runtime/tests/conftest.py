@@ -80,8 +80,9 @@ class Probe:
             self.odd_failures -= 1
             raise RuntimeError("'NoneType' object has no attribute 'send'")
         # Written before the checks below: what a failing handler wrote must not be kept.
-        await tx.conn.execute(
-            APPLIED.insert(), [{"event_id": e.id, "reference": e.event.data.reference} for e in events]
+        await (await tx.pg()).executemany(
+            "INSERT INTO applied (event_id, reference) VALUES ($1, $2)",
+            [(e.id, e.event.data.reference) for e in events],
         )
         for e in events:
             reference = e.event.data.reference or ""

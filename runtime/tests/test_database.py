@@ -1,12 +1,14 @@
-"""The bare asyncpg connection that set-based SQL goes through is inside the SQLAlchemy transaction, and failures
-are classified so that only what a retry can cure is retried."""
+"""A service's transactions on asyncpg commit and roll back as a whole, and failures are classified so that only
+what a retry can cure is retried."""
+
+import asyncio
 
 import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from oms_runtime import database as database_module
 from oms_runtime.database import Database, driver, is_transient
 
 
@@ -26,39 +28,53 @@ async def database(database_url):
     await database.dispose()
 
 
-@pytest.mark.parametrize("sqlalchemy_first", [False, True], ids=["driver-first", "after-a-sqlalchemy-statement"])
-async def test_driver_statements_roll_back_with_the_transaction(database, sqlalchemy_first):
+async def test_a_transaction_rolls_back_what_its_block_wrote_when_the_block_raises(database):
     with pytest.raises(Boom):
-        async with database.transaction() as conn:
-            if sqlalchemy_first:
-                await conn.execute(sa.text("SELECT 1"))
-            pg = await driver(conn)
+        async with database.transaction() as pg:
             await pg.execute("INSERT INTO applied (event_id, reference) VALUES (gen_random_uuid(), 'rolled back')")
             raise Boom
     assert await count_rows(database) == 0
 
 
-async def test_driver_statements_commit_with_the_transaction(database):
-    async with database.transaction() as conn:
-        pg = await driver(conn)
+async def test_a_transaction_commits_what_its_block_wrote(database):
+    async with database.transaction() as pg:
         await pg.execute("INSERT INTO applied (event_id, reference) VALUES (gen_random_uuid(), 'kept')")
-        # Visible to this transaction through SQLAlchemy too: one transaction, not two.
-        assert (await conn.execute(sa.text("SELECT count(*) FROM applied"))).scalar_one() == 1
     assert await count_rows(database) == 1
 
 
-async def test_a_transaction_lock_taken_through_the_driver_is_held_until_the_transaction_ends(database, database_url):
+async def test_a_connection_given_back_mid_transaction_is_rolled_back_before_its_next_use(database):
+    """The pool skips asyncpg's reset query (`_keep_session`), not its rollback of an open transaction."""
+    async with database.autocommit() as pg:
+        await pg.execute("BEGIN")
+        await pg.execute("INSERT INTO applied (event_id, reference) VALUES (gen_random_uuid(), 'abandoned')")
+    async with database.autocommit() as pg:
+        assert await pg.fetchval("SELECT count(*) FROM applied") == 0
+        assert not pg.is_in_transaction()
+
+
+async def test_jsonb_is_read_as_python_values_and_written_from_json_text(database):
+    async with database.transaction() as pg:
+        value = await pg.fetchval("SELECT $1::jsonb", '{"n": 12345678901234567890, "x": [1.5, "ü", null]}')
+    assert value == {"n": 12345678901234567890, "x": [1.5, "ü", None]}
+
+
+async def test_a_transaction_lock_is_held_until_the_transaction_ends(database, database_url):
     # What keeps two relays from publishing the same rows: in autocommit the lock would be gone after its statement.
     other = Database(database_url)
     try:
-        async with database.transaction() as conn:
-            pg = await driver(conn)
+        async with database.transaction() as pg:
             await pg.execute("SELECT pg_advisory_xact_lock(7)")
             async with other.transaction() as elsewhere:
-                taken = await elsewhere.execute(sa.text("SELECT pg_try_advisory_xact_lock(7)"))
-                assert taken.scalar_one() is False
+                assert await elsewhere.fetchval("SELECT pg_try_advisory_xact_lock(7)") is False
+        async with other.transaction() as elsewhere:
+            assert await elsewhere.fetchval("SELECT pg_try_advisory_xact_lock(7)") is True
     finally:
         await other.dispose()
+
+
+def test_driver_gives_the_asyncpg_connection_of_a_transaction_as_it_is():
+    sentinel = object()
+    assert asyncio.run(driver(sentinel)) is sentinel
 
 
 @pytest.mark.parametrize(
@@ -113,12 +129,12 @@ async def _failure(attempt) -> BaseException:
 
 
 async def _in_transaction(database: Database, *statements: str) -> None:
-    async with database.transaction() as conn:
+    async with database.transaction() as pg:
         for statement in statements:
-            await conn.execute(sa.text(statement))
+            await pg.execute(statement)
 
 
-async def test_real_outage_failures_are_transient(database, database_url, postgres_url):
+async def test_real_outage_failures_are_transient(database, database_url, postgres_url, monkeypatch):
     """Each as SQLAlchemy and asyncpg raise it against a real server: none of these says anything about a message,
     so none may dead-letter one."""
     failures = {}
@@ -139,8 +155,8 @@ async def test_real_outage_failures_are_transient(database, database_url, postgr
 
     # A row lock held elsewhere, with lock_timeout: LockNotAvailable.
     async with database.transaction() as holder:
-        await holder.execute(sa.text("INSERT INTO applied (event_id, reference) VALUES (gen_random_uuid(), 'x')"))
-        await holder.execute(sa.text("LOCK TABLE applied IN ACCESS EXCLUSIVE MODE"))
+        await holder.execute("INSERT INTO applied (event_id, reference) VALUES (gen_random_uuid(), 'x')")
+        await holder.execute("LOCK TABLE applied IN ACCESS EXCLUSIVE MODE")
         other = Database(database_url)
         try:
             failures["lock timeout"] = await _failure(
@@ -150,10 +166,11 @@ async def test_real_outage_failures_are_transient(database, database_url, postgr
             await other.dispose()
 
     # Every connection of the pool in use for longer than the pool waits.
-    tight = create_async_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=0.05)
+    monkeypatch.setattr(database_module, "_ACQUIRE_SECONDS", 0.05)
+    tight = Database(database_url, pool_size=1)
     try:
-        async with tight.connect():
-            failures["pool exhausted"] = await _failure(tight.connect().__aenter__)
+        async with tight.transaction():
+            failures["pool exhausted"] = await _failure(lambda: _in_transaction(tight, "SELECT 1"))
     finally:
         await tight.dispose()
 

@@ -45,11 +45,8 @@ async def test_an_event_applied_before_the_inbox_kept_sources_is_not_applied_aga
     service = make_service(database_url, topic, probe)
     before = receipt("applied-before-the-upgrade")
     consumer = service.consumers[0].name
-    async with service.database.transaction() as conn:
-        await conn.execute(
-            sa.text("INSERT INTO inbox (consumer, event_id) VALUES (:consumer, :id)"),
-            {"consumer": consumer, "id": before.id},
-        )
+    async with service.database.transaction() as pg:
+        await pg.execute("INSERT INTO inbox (consumer, event_id) VALUES ($1, $2)", consumer, before.id)
 
     assert await deliver(service, topic, before, receipt("new")) == []
 
@@ -58,13 +55,11 @@ async def test_an_event_applied_before_the_inbox_kept_sources_is_not_applied_aga
 
 async def test_inbox_rows_older_than_the_retention_are_pruned_in_chunks_and_newer_ones_kept(make_service, database_url):
     service = make_service(database_url)
-    async with service.database.transaction() as conn:
-        await conn.execute(
-            sa.text(
-                "INSERT INTO inbox (consumer, source, event_id, received_at) "
-                "SELECT 'c', '/s', gen_random_uuid(), now() - make_interval(days => d) "
-                "FROM generate_series(1, 25) AS n, LATERAL (SELECT CASE WHEN n <= 23 THEN 8 ELSE 6 END AS d) AS x"
-            )
+    async with service.database.transaction() as pg:
+        await pg.execute(
+            "INSERT INTO inbox (consumer, source, event_id, received_at) "
+            "SELECT 'c', '/s', gen_random_uuid(), now() - make_interval(days => d) "
+            "FROM generate_series(1, 25) AS n, LATERAL (SELECT CASE WHEN n <= 23 THEN 8 ELSE 6 END AS d) AS x"
         )
 
     assert await prune_inbox(service.database, timedelta(days=7), chunk=5) == 23
@@ -74,12 +69,10 @@ async def test_inbox_rows_older_than_the_retention_are_pruned_in_chunks_and_newe
 
 async def test_a_running_service_prunes_its_inbox(make_service, database_url, wait_until):
     service = make_service(database_url, inbox_retention=timedelta(hours=1), inbox_prune_interval_s=0.2)
-    async with service.database.transaction() as conn:
-        await conn.execute(
-            sa.text(
-                "INSERT INTO inbox (consumer, source, event_id, received_at) VALUES "
-                "('c', '/s', gen_random_uuid(), now() - interval '2 hours'), ('c', '/s', gen_random_uuid(), now())"
-            )
+    async with service.database.transaction() as pg:
+        await pg.execute(
+            "INSERT INTO inbox (consumer, source, event_id, received_at) VALUES "
+            "('c', '/s', gen_random_uuid(), now() - interval '2 hours'), ('c', '/s', gen_random_uuid(), now())"
         )
 
     async with service.lifespan(service.http):
@@ -89,8 +82,8 @@ async def test_a_running_service_prunes_its_inbox(make_service, database_url, wa
 
         await wait_until(pruned, "the inbox pruned by the service's own worker")
         # Rows that age past the retention later go at the next pass.
-        async with service.database.transaction() as conn:
-            await conn.execute(sa.text("UPDATE inbox SET received_at = now() - interval '3 hours'"))
+        async with service.database.transaction() as pg:
+            await pg.execute("UPDATE inbox SET received_at = now() - interval '3 hours'")
         await wait_until(lambda: _empty(service), "pruned again at the next interval")
 
 

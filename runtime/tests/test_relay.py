@@ -140,9 +140,10 @@ async def test_rows_left_by_a_crashed_instance_are_published_by_the_sweep(databa
 
         # Rows that commit behind the position the relay reads forward from (another instance's transaction that
         # took its ids earlier and committed later, with no one to wake this relay): the sweep finds them too.
-        async with database.engine.connect() as conn:
-            behind = await conn.begin()
-            await append(conn, [OutboxMessage(topic.name, "k", f"behind {i}".encode()) for i in range(2)])
+        async with database.autocommit() as pg:
+            behind = pg.transaction()
+            await behind.start()
+            await append(pg, [OutboxMessage(topic.name, "k", f"behind {i}".encode()) for i in range(2)])
             await write(database, [OutboxMessage(topic.name, "k", b"ahead")])
             relay.wake()
             await reader.take(1, where=lambda r: r.value == b"ahead")

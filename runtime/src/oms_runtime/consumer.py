@@ -24,18 +24,18 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
 
+import asyncpg
 from aiokafka import ConsumerRecord, TopicPartition
 from opentelemetry import trace
 from opentelemetry.metrics import Observation
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from oms_contracts import DEAD_LETTERS, CloudEvent, Topic
 from oms_contracts.topics import topic_for
 
 from . import faults, metrics, telemetry
-from .database import Database, driver, is_transient
+from .database import Database, is_transient
 from .outbox import OutboxMessage, append
 
 log = logging.getLogger(__name__)
@@ -141,20 +141,17 @@ class Transaction:
     """What a handler gets: the open database transaction and the means to emit events from it."""
 
     def __init__(
-        self, conn: AsyncConnection, service: str, *, dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
+        self, conn: asyncpg.Connection, service: str, *, dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES
     ) -> None:
         self.conn = conn
         self.service = service
         self.dead_letter_max_bytes = dead_letter_max_bytes
         self.outbox: list[OutboxMessage] = []
         self.committed: list[Callable[[], None]] = []
-        self._pg = None
 
-    async def pg(self):
+    async def pg(self) -> asyncpg.Connection:
         """The asyncpg connection of this transaction, for set-based SQL."""
-        if self._pg is None:
-            self._pg = await driver(self.conn)
-        return self._pg
+        return self.conn
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run `callback` once this transaction has committed, never when it rolls back: what a handler counts for
@@ -229,8 +226,8 @@ async def prune_inbox(database: Database, retention: timedelta, chunk: int = 10_
     the inbox nothing to forget that it could still need."""
     pruned = 0
     while True:
-        async with database.transaction() as conn:
-            gone = await (await driver(conn)).fetchval(
+        async with database.transaction() as pg:
+            gone = await pg.fetchval(
                 """
                 WITH gone AS (
                     DELETE FROM inbox WHERE ctid = ANY(ARRAY(

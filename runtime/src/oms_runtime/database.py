@@ -70,37 +70,101 @@ def add_messaging_tables(metadata: sa.MetaData) -> tuple[sa.Table, sa.Table]:
 
 
 class Database:
-    # No pre-ping: it costs three round trips per checkout; a dead connection fails its first statement, which is
-    # a transient error the consumers retry, and SQLAlchemy replaces the connection.
+    """A service's database: an asyncpg pool for its transactions (consumers, relay, writes), and a SQLAlchemy engine
+    for the HTTP reads that compose queries.
+
+    The transactions go to asyncpg directly: SQLAlchemy's asyncpg adapter runs each call through a greenlet, checks
+    connections out through its pool's events and sends BEGIN through its own layer, which was a tenth of a small
+    batch's cost in the consumers (docs/performance.md, step 21)."""
+
     def __init__(self, url: str, pool_size: int = 10) -> None:
         self.engine: AsyncEngine = create_async_engine(
             url,
             pool_size=pool_size,
             max_overflow=pool_size,
             pool_recycle=1800,
+            # The HTTP reads are few: a ping per checkout is cheap there, and a read after a database restart finds
+            # a live connection instead of failing on one the server closed. (asyncpg's pool drops closed ones.)
+            pool_pre_ping=True,
             connect_args={"connection_class": TimedConnection},
             # jsonb columns read with pydantic-core's parser (Rust): half json.loads's time on an order's addresses
             # and lines, a tenth on an empty object; the same Python values for the JSON PostgreSQL stores.
             json_deserializer=pydantic_core.from_json,
         )
         _instrument(self.engine)
+        self._dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def pool(self) -> asyncpg.Pool:
+        """The asyncpg pool, made at first use: connections are opened as they are needed, so a database that is
+        down when the service starts is a transient error of the first transaction, not of the start."""
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._dsn,
+                        min_size=0,
+                        max_size=self._pool_size,
+                        max_inactive_connection_lifetime=1800,
+                        connection_class=TimedConnection,
+                        init=_json_codecs,
+                        reset=_keep_session,
+                    )
+        return self._pool
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.begin() as conn:
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """An asyncpg connection in a transaction, committed when the block ends, rolled back when it raises."""
+        async with (await self.pool()).acquire(timeout=_ACQUIRE_SECONDS) as conn, conn.transaction():
+            yield conn
+
+    @contextlib.asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[asyncpg.Connection]:
+        """An asyncpg connection outside a transaction: each statement commits on its own."""
+        async with (await self.pool()).acquire(timeout=_ACQUIRE_SECONDS) as conn:
             yield conn
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A SQLAlchemy connection, for queries composed with SQLAlchemy (the HTTP reads)."""
         async with self.engine.connect() as conn:
             yield conn
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+        async with self.autocommit() as conn:
+            await conn.fetchval("SELECT 1")
 
     async def dispose(self) -> None:
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), _CLOSE_SECONDS)
+            except TimeoutError:
+                self._pool.terminate()
+            self._pool = None
         await self.engine.dispose()
+
+
+# How long a transaction waits for a pooled connection before it fails (a transient error: the batch is retried).
+_ACQUIRE_SECONDS = 30.0
+# How long a stopping service waits for its connections to be given back before it closes them anyway.
+_CLOSE_SECONDS = 10.0
+
+
+async def _json_codecs(conn: asyncpg.Connection) -> None:
+    """json and jsonb as text: read by pydantic-core's parser (see Database), called by asyncpg itself with no Python
+    frame in between; written from the JSON text the statements pass (`json.dumps` of the value)."""
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, schema="pg_catalog", format="text", encoder=str, decoder=pydantic_core.from_json
+        )
+
+
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """What a connection given back to the pool needs besides asyncpg's own rollback of an open transaction: nothing.
+    asyncpg's default sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` each time, a round trip per
+    transaction; the OMS keeps no session state (no SET, LISTEN, cursor or session-level advisory lock)."""
 
 
 class TimedConnection(asyncpg.Connection):
@@ -161,23 +225,16 @@ def _instrument(engine: AsyncEngine) -> None:
             metrics.statement_done(context.statement or "", seconds, context.original_exception)
 
 
-async def driver(conn: AsyncConnection) -> asyncpg.Connection:
-    """The asyncpg connection under a SQLAlchemy one, in the same transaction: set-based statements
-    (INSERT ... SELECT FROM unnest) go through it without SQLAlchemy's per-statement overhead."""
-    raw = await conn.get_raw_connection()
-    adapted = raw.dbapi_connection
-    if conn.in_transaction() and getattr(adapted, "_transaction", None) is None:
-        # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its own first statement; without one, statements
-        # on the bare connection would run in autocommit. (runtime/tests pin this.) The adapter's own way of
-        # starting it sends only the BEGIN; a statement through SQLAlchemy costs a round trip and more Python than
-        # the rest of a small batch's transaction.
-        start = getattr(adapted, "_start_transaction", None)
-        if start is not None:
-            async with adapted._execute_mutex:
-                await start()
-        else:
-            await conn.exec_driver_sql("SELECT 1")
-    return raw.driver_connection
+async def driver(conn: AsyncConnection | asyncpg.Connection) -> asyncpg.Connection:
+    """The asyncpg connection to send set-based statements on: a transaction's own (`Database.transaction`), or the
+    one under a SQLAlchemy connection outside a transaction (the HTTP reads that mix both)."""
+    if not isinstance(conn, AsyncConnection):
+        return conn
+    if conn.in_transaction():
+        # SQLAlchemy's adapter sends BEGIN lazily, with its own first statement: statements on the bare connection
+        # would run in autocommit, outside the transaction they seem to be in.
+        raise ValueError("a SQLAlchemy transaction's statements must go through SQLAlchemy; use Database.transaction()")
+    return (await conn.get_raw_connection()).driver_connection
 
 
 # SQLSTATEs that say nothing about the message being applied, only about the database it is applied to; the same

@@ -54,7 +54,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from opentelemetry import trace
 
 from . import faults, metrics, telemetry
-from .database import Database, driver
+from .database import Database
 from .kafka import Kafka, client_options
 from .loop import run_when_woken
 
@@ -107,11 +107,10 @@ class OutboxMessage:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def append(conn, messages: Sequence[OutboxMessage]) -> None:
-    """Write messages to the outbox in one statement, inside the caller's transaction."""
+async def append(pg, messages: Sequence[OutboxMessage]) -> None:
+    """Write messages to the outbox in one statement, inside the caller's transaction (an asyncpg connection)."""
     if not messages:
         return
-    pg = await driver(conn)
     await pg.execute(
         """
         INSERT INTO outbox (topic, key, payload, headers)
@@ -299,8 +298,7 @@ class Relay:
         if self.producer is None or self._dead_session is not None:
             # Outside the transaction: the advisory lock is not held while a producer connects.
             await self._connect()
-        async with self.database.transaction() as conn:
-            pg = await driver(conn)
+        async with self.database.transaction() as pg:
             await pg.execute("SELECT pg_advisory_xact_lock($1)", _RELAY_LOCK)
             rows = await pg.fetch(
                 "SELECT id, topic, key, payload, headers, created_at FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",

@@ -21,7 +21,7 @@ from oms_contracts import CloudEvent, Topic
 
 from . import http, metrics, telemetry
 from .consumer import BatchConsumer, Handler, InvalidHandler, Only, prune_inbox
-from .database import Database, driver, is_transient
+from .database import Database, is_transient
 from .kafka import kafka_problem
 from .loop import run_when_woken
 from .outbox import Relay
@@ -250,8 +250,8 @@ class Service:
 
     async def _refresh_outbox(self) -> None:
         """Backlog, age of the oldest row and parked rows: index lookups and a bounded count, one round trip."""
-        async with self.database.connect() as conn:
-            row = await (await driver(conn)).fetchrow(
+        async with self.database.autocommit() as pg:
+            row = await pg.fetchrow(
                 """
                 SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT $1) AS o) AS backlog,
                        (SELECT extract(epoch FROM now() - created_at) FROM outbox ORDER BY id LIMIT 1) AS oldest_age,

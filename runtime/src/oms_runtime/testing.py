@@ -84,9 +84,8 @@ async def deliver(service: Service, topic: Topic, *messages: CloudEvent | bytes)
 
 
 async def take_outbox(service: Service) -> list[Emitted]:
-    async with service.database.transaction() as conn:
-        raw = (await conn.get_raw_connection()).driver_connection
-        rows = await raw.fetch("DELETE FROM outbox RETURNING id, topic, key, payload, headers")
+    async with service.database.transaction() as pg:
+        rows = await pg.fetch("DELETE FROM outbox RETURNING id, topic, key, payload, headers")
     rows = sorted(rows, key=lambda r: r["id"])
     return [Emitted(r["topic"], r["key"], bytes(r["payload"]), {n: v for n, v in _headers(r["headers"])}) for r in rows]
 

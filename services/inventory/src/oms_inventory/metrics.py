@@ -51,8 +51,7 @@ def register(service: Service) -> None:
 
     @service.metrics_refresh
     async def read_backorder_queues() -> None:
-        async with service.database.connect() as conn:
-            pg = (await conn.get_raw_connection()).driver_connection
+        async with service.database.autocommit() as pg:
             rows = await pg.fetch(
                 """
                 WITH waiting AS (

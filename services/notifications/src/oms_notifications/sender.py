@@ -52,7 +52,6 @@ from oms_contracts.notification import (
     NotificationSentData,
 )
 from oms_runtime import Database, Transaction
-from oms_runtime.database import driver
 from oms_runtime.loop import run_when_woken
 from oms_runtime.outbox import append
 from oms_runtime.telemetry import context_from_traceparent, traceparent_of, tracer
@@ -234,13 +233,12 @@ class Sender:
         return len(claimed)
 
     async def _claim(self) -> list[store.Outgoing]:
-        async with self.database.transaction() as conn:
-            pg = await driver(conn)
+        async with self.database.transaction() as pg:
             now = self.clock()
             lost = await store.lost_claims(pg, self.claims.lost_before(now), self.batch_size)
             judged = [(n, self._judged(n, now)) for n in lost]
             recorded = await store.record_deliveries(pg, judged)
-            tx = Transaction(conn, "notifications")
+            tx = Transaction(pg, "notifications")
             for notification, delivery in judged:
                 if notification.id not in recorded:
                     continue
@@ -255,7 +253,7 @@ class Sender:
                         "notification %s: outcome unknown, not sent again (%s)", notification.id, delivery.last_error
                     )
                     tx.emit(_event(notification, delivery), traceparent=notification.traceparent)
-            await append(conn, tx.outbox)
+            await append(pg, tx.outbox)
             claimed = await store.claim_due(pg, now, self.batch_size, self.name)
         metrics.sent([(n, d) for n, d in judged if n.id in recorded], now)
         if tx.outbox:
@@ -281,10 +279,9 @@ class Sender:
             raise
 
     async def _record(self, outcomes: Sequence[tuple[store.Outgoing, Delivery, _Try]]) -> None:
-        async with self.database.transaction() as conn:
-            pg = await driver(conn)
+        async with self.database.transaction() as pg:
             recorded = await store.record_deliveries(pg, [(n, d) for n, d, _ in outcomes])
-            tx = Transaction(conn, "notifications")
+            tx = Transaction(pg, "notifications")
             for notification, delivery, attempt in outcomes:
                 if notification.id not in recorded:
                     # Another sender took the claim for lost (this pass outlived the claim timeout): its verdict
@@ -298,7 +295,7 @@ class Sender:
                 event = _event(notification, delivery)
                 if event is not None:
                     tx.emit(event, traceparent=attempt.traceparent or notification.traceparent)
-            await append(conn, tx.outbox)
+            await append(pg, tx.outbox)
         metrics.sent([(n, d) for n, d, _ in outcomes if n.id in recorded], self.clock())
         if tx.outbox:
             self.after_commit()
@@ -384,8 +381,8 @@ class Sender:
         while self._to_mark:
             asked, self._to_mark = self._to_mark, []
             try:
-                async with self.database.connect() as conn:
-                    marked = await store.hand_over(await driver(conn), [n for n, _ in asked], self.clock())
+                async with self.database.autocommit() as pg:
+                    marked = await store.hand_over(pg, [n for n, _ in asked], self.clock())
             except Exception as error:
                 for _, answer in asked:
                     if not answer.done():

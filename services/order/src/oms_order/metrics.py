@@ -91,8 +91,7 @@ def register(service: Service) -> None:
     @service.metrics_refresh
     async def count_open_orders() -> None:
         # An index range scan of (status, updated_at) over open orders only: its cost follows the orders in flight.
-        async with service.database.connect() as conn:
-            pg = (await conn.get_raw_connection()).driver_connection
+        async with service.database.autocommit() as pg:
             rows = await pg.fetch(
                 """
                 SELECT status, count(*) AS orders, extract(epoch FROM now() - min(updated_at)) AS oldest

@@ -29,7 +29,6 @@ from oms_contracts.routing import (
 )
 from oms_contracts.types import SourceCode
 from oms_runtime import Principal, Role, Service, Transaction, require_role
-from oms_runtime.database import driver
 from oms_runtime.http import Problem
 from oms_runtime.outbox import append
 from oms_runtime.topics import ensure_topics
@@ -119,7 +118,7 @@ async def _publishing(service: Service) -> AsyncIterator[tuple[asyncpg.Connectio
     """One transaction whose emitted events go to the outbox with it; the relay is woken after the commit."""
     async with service.database.transaction() as conn:
         tx = Transaction(conn, service.name)
-        yield await driver(conn), tx
+        yield conn, tx
         await append(conn, tx.outbox)
     service.relay.wake()
 
@@ -194,8 +193,8 @@ async def _apply(pg: asyncpg.Connection, tx: Transaction, change: domain.Network
     responses={status.HTTP_200_OK: {"headers": _ETAG}},
 )
 async def get_network(request: Request, response: Response, who: Principal) -> Network:
-    async with _service(request).database.connect() as conn:
-        version, sources = await store.versioned_network(await driver(conn))
+    async with _service(request).database.autocommit() as pg:
+        version, sources = await store.versioned_network(pg)
     response.headers["ETag"] = etag(version)
     return Network(sources=sources)
 
@@ -228,8 +227,8 @@ async def put_network(
     service = _service(request)
     if if_match is not None:
         # A stale edit is refused before any topic is created for it.
-        async with service.database.connect() as conn:
-            version, _ = await store.versioned_network(await driver(conn))
+        async with service.database.autocommit() as pg:
+            version, _ = await store.versioned_network(pg)
         if not _still(if_match, version):
             raise _stale(version)
     await _create_request_topics(service.settings, [source.code for source in body.sources])  # type: ignore[arg-type]
@@ -252,8 +251,8 @@ async def put_network(
     },
 )
 async def get_source(code: Code, request: Request, response: Response, who: Principal) -> Source:
-    async with _service(request).database.connect() as conn:
-        version, sources = await store.versioned_network(await driver(conn))
+    async with _service(request).database.autocommit() as pg:
+        version, sources = await store.versioned_network(pg)
     found = next((s for s in sources if s.code == code), None)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no source {code!r} in the network")
@@ -333,8 +332,8 @@ async def delete_source(code: Code, request: Request, response: Response, who: A
 @router.get("/rule-chains", summary="The default rule chain and every channel's own")
 async def get_rule_chains(request: Request, who: Principal) -> RuleChains:
     service = _service(request)
-    async with service.database.connect() as conn:
-        stored = await store.stored_rule_chains(await driver(conn))
+    async with service.database.autocommit() as pg:
+        stored = await store.stored_rule_chains(pg)
     settings: RoutingSettings = service.settings  # type: ignore[assignment]
     return RuleChains(
         default=_chain_view(domain.DEFAULT_CHANNEL, stored, settings),
@@ -345,8 +344,8 @@ async def get_rule_chains(request: Request, who: Principal) -> RuleChains:
 @router.get("/rule-chains/{channel}", summary="The rule chain a channel's orders are ranked by")
 async def get_rule_chain(channel: Channel, request: Request, who: Principal) -> RuleChain:
     service = _service(request)
-    async with service.database.connect() as conn:
-        stored = await store.stored_rule_chains(await driver(conn), [channel, domain.DEFAULT_CHANNEL])
+    async with service.database.autocommit() as pg:
+        stored = await store.stored_rule_chains(pg, [channel, domain.DEFAULT_CHANNEL])
     return _chain_view(channel, stored, service.settings)  # type: ignore[arg-type]
 
 
@@ -379,8 +378,8 @@ async def put_rule_chain(channel: Channel, body: RuleChainBody, request: Request
     responses={status.HTTP_404_NOT_FOUND: {"model": Problem, "description": "No plan made for this order yet"}},
 )
 async def get_plans(order_id: uuid.UUID, request: Request, who: Principal) -> Plans:
-    async with _service(request).database.connect() as conn:
-        made = await store.plans_of(await driver(conn), order_id)
+    async with _service(request).database.autocommit() as pg:
+        made = await store.plans_of(pg, order_id)
     if not made:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no plan for order {order_id}")
     return Plans(order_id=order_id, plans=made)
@@ -397,8 +396,8 @@ async def simulate(order: OrderPaidData, request: Request, who: Principal) -> Fu
     service = _service(request)
     settings: RoutingSettings = service.settings  # type: ignore[assignment]
     planned_at = datetime.now(UTC)
-    async with service.database.connect() as conn:
-        loaded = await load_planning(await driver(conn), [order], settings, planned_at)
+    async with service.database.autocommit() as pg:
+        loaded = await load_planning(pg, [order], settings, planned_at)
     return domain.plan(
         domain.RoutedOrder(order).first_plan(),
         loaded.network,
