@@ -16,7 +16,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oms_runtime import outbox
+from oms_runtime import metrics, outbox
 from oms_runtime.database import Database
 from oms_runtime.outbox import _FAILURES_BEFORE_RESTART, OutboxMessage, Relay, append
 from oms_runtime.topics import ensure_topics
@@ -91,6 +91,29 @@ async def test_rows_are_published_in_id_order_with_key_headers_and_payload_intac
     assert [r.key for r in records] == [m.key.encode() if m.key else None for m in messages]
     assert [headers_without_trace(r) for r in records] == [m.headers for m in messages]
     assert relay.published == 12
+
+
+async def test_a_pass_takes_three_round_trips_and_leaves_no_transaction_open(
+    database, kafka_bootstrap, kafka_topic, topic_reader, monkeypatch
+):
+    """BEGIN and the lock in one simple query, the read, then the DELETE and COMMIT in one: a pass is paid per batch
+    of rows, so its round trips are a hop's fixed cost at low rates."""
+    topic = await kafka_topic(partitions=1)
+    await write(database, [OutboxMessage(topic.name, "k", f"m{i}".encode()) for i in range(3)])
+    sent: list[str] = []
+    monkeypatch.setattr(metrics, "statement_done", lambda query, *_: sent.append(query.split()[0]))
+    relay = Relay(database, kafka_bootstrap, "probe")
+    try:
+        async with topic_reader(topic.name) as reader:
+            await relay.drain()
+            assert [r.value for r in await reader.take(3)] == [b"m0", b"m1", b"m2"]
+    finally:
+        await relay.producer.stop()
+
+    assert sent == ["BEGIN;", "SELECT", "DELETE"]
+    assert await outbox_size(database) == 0
+    async with database.autocommit() as pg:
+        assert await pg.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
 
 
 async def _is_empty(database) -> bool:

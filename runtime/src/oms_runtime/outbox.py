@@ -61,6 +61,8 @@ from .loop import run_when_woken
 log = logging.getLogger(__name__)
 
 _RELAY_LOCK = 0x6F6D735F72656C61  # "oms_rela": one publishing relay per database at a time
+_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({_RELAY_LOCK})"
+_NEXT_ROWS = "SELECT id, topic, key, payload, headers, created_at FROM outbox WHERE id > $1 ORDER BY id LIMIT $2"
 _BATCH = 1000
 _SWEEP_SECONDS = 1.0
 
@@ -298,41 +300,20 @@ class Relay:
         if self.producer is None or self._dead_session is not None:
             # Outside the transaction: the advisory lock is not held while a producer connects.
             await self._connect()
-        async with self.database.transaction() as pg:
-            await pg.execute("SELECT pg_advisory_xact_lock($1)", _RELAY_LOCK)
-            rows = await pg.fetch(
-                "SELECT id, topic, key, payload, headers, created_at FROM outbox WHERE id > $1 ORDER BY id LIMIT $2",
-                after_id,
-                _BATCH,
-            )
-            if not rows:
-                return 0
-            if after_id == 0:
-                self._forget_before(rows[0]["id"])
-            started = time.perf_counter()
-            done = await self._send_all(rows)
-            _measure(rows, done, time.perf_counter() - started)
-            if faults.ARMED and done.sent:
-                # The broker has acknowledged these rows; they are still in the outbox, and stay there if we die.
-                faults.reach("relay.after_publish")
-            if done.parked:
-                await pg.execute(
-                    """
-                    INSERT INTO parked_messages
-                        (id, topic, key, payload, headers, created_at, error_class, error_message, attempts)
-                    SELECT o.id, o.topic, o.key, o.payload, o.headers, o.created_at, p.error_class, p.error_message,
-                        p.attempts
-                    FROM outbox o
-                    JOIN unnest($1::bigint[], $2::text[], $3::text[], $4::int[])
-                        AS p(id, error_class, error_message, attempts) USING (id)
-                    """,
-                    [row["id"] for row, _ in done.parked],
-                    [type(error).__name__ for _, error in done.parked],
-                    [_describe(error)[:4000] for _, error in done.parked],
-                    [self._tries.get(row["id"], 1) for row, _ in done.parked],
-                )
-            gone = done.sent + [row["id"] for row, _ in done.parked]
-            await pg.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", gone)
+        async with self.database.autocommit() as pg:
+            # The transaction is begun and locked in one round trip (a simple query of two statements) and ended with
+            # its DELETE in another (`_pass`): a pass takes three round trips, not five.
+            await pg.execute(_BEGIN_LOCKED)
+            try:
+                rows, done = await self._pass(pg, after_id)
+            except BaseException:
+                if not pg.is_closed() and pg.is_in_transaction():
+                    with contextlib.suppress(Exception):
+                        await pg.execute("ROLLBACK")
+                raise
+        if not rows:
+            return 0
+        gone = done.sent + [row["id"] for row, _ in done.parked]
         for row, error in done.parked:
             log.warning(
                 "outbox relay parked message %d for %s, key %s, after %d tries: %s: %s "
@@ -367,6 +348,43 @@ class Relay:
             ) from done.failure
         # Only rows waiting for their topic (or behind one): the sweep tries them again within a second.
         return 0
+
+    async def _pass(self, pg, after_id: int) -> tuple[list[Any], _Pass]:
+        """Inside the locked transaction: read, send and judge the rows after `after_id`, park and delete what is
+        done with, commit."""
+        rows = await pg.fetch(_NEXT_ROWS, after_id, _BATCH)
+        done = _Pass()
+        if not rows:
+            await pg.execute("COMMIT")
+            return rows, done
+        if after_id == 0:
+            self._forget_before(rows[0]["id"])
+        started = time.perf_counter()
+        done = await self._send_all(rows)
+        _measure(rows, done, time.perf_counter() - started)
+        if faults.ARMED and done.sent:
+            # The broker has acknowledged these rows; they are still in the outbox, and stay there if we die.
+            faults.reach("relay.after_publish")
+        if done.parked:
+            await pg.execute(
+                """
+                INSERT INTO parked_messages
+                    (id, topic, key, payload, headers, created_at, error_class, error_message, attempts)
+                SELECT o.id, o.topic, o.key, o.payload, o.headers, o.created_at, p.error_class, p.error_message,
+                    p.attempts
+                FROM outbox o
+                JOIN unnest($1::bigint[], $2::text[], $3::text[], $4::int[])
+                    AS p(id, error_class, error_message, attempts) USING (id)
+                """,
+                [row["id"] for row, _ in done.parked],
+                [type(error).__name__ for _, error in done.parked],
+                [_describe(error)[:4000] for _, error in done.parked],
+                [self._tries.get(row["id"], 1) for row, _ in done.parked],
+            )
+        gone = ",".join(str(row_id) for row_id in done.sent + [row["id"] for row, _ in done.parked])
+        # The ids are integers read from the table: written into the statement, the DELETE and the COMMIT go as one.
+        await pg.execute(f"DELETE FROM outbox WHERE id = ANY('{{{gone}}}'::bigint[]); COMMIT")
+        return rows, done
 
     def _forget_before(self, first_id: int) -> None:
         # Rows below the first one left in the outbox were published or parked by another instance.
