@@ -1,9 +1,12 @@
-"""The order service's tables and every statement it runs. Batch paths are set-based: one statement per table."""
+"""The order service's tables and every statement it runs. Batch paths are set-based: one statement per table, and a
+batch's writes sent together as one (`save`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import re
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -288,6 +291,42 @@ def upsert(table: sa.Table, columns: list[str], *, update: list[str]) -> str:
     )
 
 
+# One table's part of a batch's save: a statement whose parameters are $1..$n, and its n arguments.
+Write = tuple[str, tuple[Any, ...]]
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+def _write(statement: str, *args: Any) -> Write:
+    return statement, args
+
+
+async def _write_all(pg, writes: Iterable[Write | None]) -> None:
+    """The writes in one round trip: each a data-modifying CTE of one statement, which PostgreSQL runs to completion
+    whether or not anything reads it, all in one snapshot (no part reads another's rows; foreign keys are checked at
+    the statement's end, so a new order's lines go with it). A save of a batch sent four or five statements before."""
+    writes = [w for w in writes if w is not None]
+    if len(writes) == 1:
+        [(statement, args)] = writes
+        await pg.execute(statement, *args)
+    elif writes:
+        await pg.execute(
+            _together(tuple(statement for statement, _ in writes)), *(a for _, args in writes for a in args)
+        )
+
+
+@functools.lru_cache(maxsize=128)
+def _together(statements: tuple[str, ...]) -> str:
+    """One statement of several, their parameters numbered on: the few combinations a batch makes (a capture writes
+    orders, lines and timeline; a plan updates orders and writes lines, fulfillments and timeline) are each prepared
+    once per connection."""
+    parts, before = [], 0
+    for i, statement in enumerate(statements):
+        numbers = [int(n) for n in _PARAMETER.findall(statement)]
+        parts.append(f"w{i} AS ({_PARAMETER.sub(lambda m, b=before: f'${int(m.group(1)) + b}', statement)})")
+        before += max(numbers)
+    return "WITH " + ",\n".join(parts) + "\nSELECT 1"
+
+
 _UNITS = [f"quantity_{s}" for s in LineState]
 _COUNTS = [f"backorder_{c}" for c in BACKORDER_COUNTS]
 _LINE_COLUMNS = [
@@ -479,21 +518,26 @@ def _parcel(row: Any) -> Parcel:
 
 async def save(pg, orders_: Iterable[Order]) -> None:
     """Write what changed in these orders: new orders, statuses and totals, line units, fulfillments, parcels,
-    cancellations, refunds, returns, timeline rows (one set-based statement per table, each skipped when empty)."""
+    cancellations, refunds, returns, timeline rows. One set-based statement per table with rows to write, and all of
+    them sent as one (`_write_all`)."""
     orders_ = list(orders_)
     changed = [o for o in orders_ if o.changed]
-    await _insert_orders(pg, [o for o in changed if o.new])
-    await _update_orders(pg, [o for o in changed if not o.new])
-    if changed:
-        await _upsert_lines(pg, changed)
     touched = [o.fulfillments[f] for o in changed for f in sorted(o.changed_fulfillments)]
-    await _upsert_fulfillments(pg, touched)
-    await _upsert_parcels(pg, touched)
-    await _upsert_cancellations(pg, [o.cancellations[c] for o in changed for c in sorted(o.changed_cancellations)])
-    await _insert_refunds(pg, [(o, r) for o in changed for r in o.refunds])
-    await _insert_returns(pg, [r for o in changed for r in o.returns])
-    # A note changes nothing but the timeline: it is written whether or not the order changed.
-    await insert_timeline(pg, [e for o in orders_ for e in o.timeline])
+    await _write_all(
+        pg,
+        [
+            _insert_orders([o for o in changed if o.new]),
+            _update_orders([o for o in changed if not o.new]),
+            _upsert_lines(changed),
+            _upsert_fulfillments(touched),
+            _upsert_parcels(touched),
+            _upsert_cancellations([o.cancellations[c] for o in changed for c in sorted(o.changed_cancellations)]),
+            _insert_refunds([(o, r) for o in changed for r in o.refunds]),
+            _insert_returns([r for o in changed for r in o.returns]),
+            # A note changes nothing but the timeline: it is written whether or not the order changed.
+            _insert_timeline([e for o in orders_ for e in o.timeline]),
+        ],
+    )
     for order in orders_:
         order.new = order.changed = False
         order.transitions.clear()
@@ -505,10 +549,10 @@ async def save(pg, orders_: Iterable[Order]) -> None:
         order.changed_cancellations.clear()
 
 
-async def _insert_orders(pg, new: list[Order]) -> None:
+def _insert_orders(new: list[Order]) -> Write | None:
     if not new:
-        return
-    await pg.execute(
+        return None
+    return _write(
         """
         INSERT INTO orders (order_id, channel, external_order_id, status, currency, placed_at, customer,
             shipping_address, shipping_method, pickup_source, options, shipping_total, tax_total, discount_total,
@@ -544,10 +588,10 @@ async def _insert_orders(pg, new: list[Order]) -> None:
     )
 
 
-async def _update_orders(pg, existing: list[Order]) -> None:
+def _update_orders(existing: list[Order]) -> Write | None:
     if not existing:
-        return
-    await pg.execute(
+        return None
+    return _write(
         """
         UPDATE orders o SET status = u.st, paid_amount = u.paid, payment_ref = u.ref, shipping_total = u.ship,
             tax_total = u.tax, discount_total = u.disc, grand_total = u.total, refunded_total = u.refunded,
@@ -570,10 +614,12 @@ async def _update_orders(pg, existing: list[Order]) -> None:
     )
 
 
-async def _upsert_lines(pg, changed: list[Order]) -> None:
+def _upsert_lines(changed: list[Order]) -> Write | None:
     # Every line of a changed order is offered; only those whose units moved are written.
     lines = [(o.order_id, line) for o in changed for line in o.lines.values()]
-    await pg.execute(
+    if not lines:
+        return None
+    return _write(
         _UPSERT_LINES,
         [o for o, _ in lines],
         [line.line_id for _, line in lines],
@@ -587,9 +633,9 @@ async def _upsert_lines(pg, changed: list[Order]) -> None:
     )
 
 
-async def _upsert_fulfillments(pg, changed: list[Fulfillment]) -> None:
+def _upsert_fulfillments(changed: list[Fulfillment]) -> Write | None:
     if not changed:
-        return
+        return None
     columns = {
         "fulfillment_id": [f.fulfillment_id for f in changed],
         "order_id": [f.order_id for f in changed],
@@ -617,14 +663,14 @@ async def _upsert_fulfillments(pg, changed: list[Fulfillment]) -> None:
             for f in changed
         ],
     }
-    await pg.execute(_UPSERT_FULFILLMENTS, *(columns[c] for c in _FULFILLMENT_COLUMNS))
+    return _write(_UPSERT_FULFILLMENTS, *(columns[c] for c in _FULFILLMENT_COLUMNS))
 
 
-async def _upsert_parcels(pg, touched: list[Fulfillment]) -> None:
+def _upsert_parcels(touched: list[Fulfillment]) -> Write | None:
     # The parcels of the fulfillments that changed: new ones are inserted, delivered ones updated, the rest skipped.
     rows = [(f, p) for f in touched for p in f.parcels]
     if not rows:
-        return
+        return None
     columns = {
         "parcel_id": [p.parcel_id for _, p in rows],
         "fulfillment_id": [p.fulfillment_id for _, p in rows],
@@ -637,12 +683,12 @@ async def _upsert_parcels(pg, touched: list[Fulfillment]) -> None:
         "delivered_at": [p.delivered_at for _, p in rows],
         "lines": [_lines_json(p.lines) for _, p in rows],
     }
-    await pg.execute(_UPSERT_PARCELS, *(columns[c] for c in _PARCEL_COLUMNS))
+    return _write(_UPSERT_PARCELS, *(columns[c] for c in _PARCEL_COLUMNS))
 
 
-async def _upsert_cancellations(pg, changed: list[Cancellation]) -> None:
+def _upsert_cancellations(changed: list[Cancellation]) -> Write | None:
     if not changed:
-        return
+        return None
     columns = {
         "cancellation_id": [c.cancellation_id for c in changed],
         "order_id": [c.order_id for c in changed],
@@ -658,17 +704,17 @@ async def _upsert_cancellations(pg, changed: list[Cancellation]) -> None:
         "requested_at": [c.requested_at for c in changed],
         "updated_at": [c.updated_at or c.requested_at for c in changed],
     }
-    await pg.execute(_UPSERT_CANCELLATIONS, *(columns[c] for c in _CANCELLATION_COLUMNS))
+    return _write(_UPSERT_CANCELLATIONS, *(columns[c] for c in _CANCELLATION_COLUMNS))
 
 
 def _cancellation_line(x: CancellationLine) -> dict[str, Any]:
     return {"sku": x.sku, "asked": x.asked, "cancelled": x.cancelled, "pending": x.pending, "refused": x.refused}
 
 
-async def _insert_refunds(pg, made: list[tuple[Order, Refund]]) -> None:
+def _insert_refunds(made: list[tuple[Order, Refund]]) -> Write | None:
     if not made:
-        return
-    await pg.execute(
+        return None
+    return _write(
         """
         INSERT INTO refunds (refund_id, order_id, amount, currency, cause, reason, lines, refunded_total,
             cancellation_id, return_id, issued_at)
@@ -691,10 +737,10 @@ async def _insert_refunds(pg, made: list[tuple[Order, Refund]]) -> None:
     )
 
 
-async def _insert_returns(pg, made: list[Return]) -> None:
+def _insert_returns(made: list[Return]) -> Write | None:
     if not made:
-        return
-    await pg.execute(
+        return None
+    return _write(
         """
         INSERT INTO returns (return_id, order_id, source_code, lines, reason, refund_amount, received_at)
         SELECT u.id, u.o, u.src, u.lines::jsonb, u.reason, u.refund, u.at
@@ -717,9 +763,14 @@ async def _insert_returns(pg, made: list[Return]) -> None:
 
 
 async def insert_timeline(pg, entries: list[Entry]) -> None:
+    """Timeline rows alone (an HTTP note); a batch's save writes them with the rest."""
+    await _write_all(pg, [_insert_timeline(entries)])
+
+
+def _insert_timeline(entries: list[Entry]) -> Write | None:
     if not entries:
-        return
-    await pg.execute(
+        return None
+    return _write(
         """
         INSERT INTO order_timeline (order_id, kind, from_status, to_status, actor, note, occurred_at, cause_event_id,
             cause_type, trace_id, details)
