@@ -65,6 +65,8 @@ class Probe:
         self.transient_failures = 0
         self.odd_failures = 0
         self.fixed: set[str] = set()
+        # Refuse a batch holding an event already applied, as a state machine refuses a transition it already made.
+        self.refuse_seen = False
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
 
@@ -79,6 +81,12 @@ class Probe:
         if self.odd_failures > 0:
             self.odd_failures -= 1
             raise RuntimeError("'NoneType' object has no attribute 'send'")
+        if self.refuse_seen:
+            seen = await (await tx.pg()).fetchval(
+                "SELECT count(*) FROM applied WHERE event_id = ANY($1::uuid[])", [e.id for e in events]
+            )
+            if seen:
+                raise Refused(f"{seen} of these were applied already")
         # Written before the checks below: what a failing handler wrote must not be kept.
         await (await tx.pg()).executemany(
             "INSERT INTO applied (event_id, reference) VALUES ($1, $2)",

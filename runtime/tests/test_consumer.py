@@ -29,14 +29,15 @@ async def test_a_redelivered_event_id_is_skipped(service, topic, probe, receipt,
     assert await deliver(service, topic, event) == []
     assert await deliver(service, topic, event) == []
     assert await applied(service) == ["r1"]
-    assert probe.batches == [["r1"]], "the handler never sees a redelivered event"
+    # Run again as unseen (the usual case costs a round trip less so), rolled back when the inbox had it; then skipped.
+    assert probe.batches == [["r1"], ["r1"]]
 
 
 async def test_the_same_event_twice_in_one_batch_is_applied_once(service, topic, probe, receipt, applied):
     first, second = receipt("r1"), receipt("r2")
     assert await deliver(service, topic, first, second, first) == []
     assert await applied(service) == ["r1", "r2"]
-    assert probe.batches == [["r1", "r2"]]
+    assert probe.batches == [["r1", "r2", "r1"], ["r1", "r2"]]  # rolled back once the inbox saw r1 twice
 
 
 async def test_an_invalid_record_is_dead_lettered_with_its_error_and_the_rest_of_its_batch_is_applied(

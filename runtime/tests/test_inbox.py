@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 
+from oms_runtime import metrics
 from oms_runtime.consumer import prune_inbox
 from oms_runtime.testing import deliver
 
@@ -35,6 +36,38 @@ async def test_the_same_id_from_two_sources_is_two_events_and_each_is_applied_on
         ("/channels/shop", shared),
         ("/wms/east", shared),
     ]
+
+
+async def test_a_redelivered_event_its_handler_refuses_is_skipped_not_dead_lettered(
+    make_service, database_url, topic, probe, receipt, applied
+):
+    """A batch is applied first as if nothing in it had been seen, and recorded in the inbox at the end: a
+    redelivered event then meets a handler that has moved on (a state machine refuses a transition it made). That
+    ends with the event skipped as a duplicate and the rest applied, never in a dead letter."""
+    service = make_service(database_url, topic, probe)
+    first, second = receipt("first"), receipt("second")
+    assert await deliver(service, topic, first) == []
+    probe.refuse_seen = True
+
+    assert await deliver(service, topic, first, second) == []
+    assert await deliver(service, topic, second, second) == []
+
+    assert await applied(service) == ["first", "second"]
+
+
+async def test_a_batch_of_unseen_events_is_recorded_in_the_inbox_by_the_statement_that_writes_its_outbox_rows(
+    make_service, database_url, topic, probe, receipt, applied, monkeypatch
+):
+    service = make_service(database_url, topic, probe)
+    sent: list[str] = []
+    monkeypatch.setattr(metrics, "statement_done", lambda query, *_: sent.append(" ".join(query.split())))
+
+    assert await deliver(service, topic, receipt("a"), receipt("b"), b"not json") != []  # the dead letter
+
+    batch = sent[: sent.index("COMMIT;") + 1]  # then the test's own reading of the outbox
+    assert [q.split()[0] for q in batch] == ["BEGIN;", "INSERT", "WITH", "COMMIT;"]  # the handler's insert, the claim
+    assert batch[2].startswith("WITH claimed AS ( INSERT INTO inbox") and "INSERT INTO outbox" in batch[2]
+    assert await applied(service) == ["a", "b"]
 
 
 async def test_an_event_applied_before_the_inbox_kept_sources_is_not_applied_again(

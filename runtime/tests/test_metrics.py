@@ -6,6 +6,7 @@ them), requests by route, and GET /metrics answering without a token."""
 import asyncio
 
 import httpx
+import pytest
 from fastapi import APIRouter
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -206,3 +207,23 @@ async def test_requests_are_measured_by_route_template_and_metrics_need_no_token
     assert metrics.sample("http_server_request_duration_seconds_count", labels) == before + 1
     assert "a-very-particular-thing" not in response.text
     assert 'http_route="/things/{thing_id}"' in response.text
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ("SELECT id FROM parked_messages WHERE id = $1", ("SELECT", "parked_messages")),
+        ("BEGIN; SELECT pg_advisory_xact_lock(1)", ("BEGIN", None)),
+        # Writes sent together as data-modifying CTEs are named by their first part.
+        (
+            "WITH claimed AS (INSERT INTO inbox SELECT 1 RETURNING 1), a AS (INSERT INTO outbox SELECT 2) SELECT 1",
+            ("INSERT", "inbox"),
+        ),
+        (
+            "WITH w0 AS (UPDATE orders SET x = $1), w1 AS (INSERT INTO order_lines SELECT $2) SELECT 1",
+            ("UPDATE", "orders"),
+        ),
+    ],
+)
+def test_a_statement_is_named_by_its_operation_and_first_table(query, named):
+    assert metrics.statement(query) == named

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -235,6 +236,20 @@ async def driver(conn: AsyncConnection | asyncpg.Connection) -> asyncpg.Connecti
         # would run in autocommit, outside the transaction they seem to be in.
         raise ValueError("a SQLAlchemy transaction's statements must go through SQLAlchemy; use Database.transaction()")
     return (await conn.get_raw_connection()).driver_connection
+
+
+_PARAMETER = re.compile(r"\$(\d+)")
+
+
+def parameters(statement: str) -> int:
+    """How many parameters a statement takes: its highest $n."""
+    return max((int(n) for n in _PARAMETER.findall(statement)), default=0)
+
+
+def renumbered(statement: str, by: int) -> str:
+    """A statement's parameters $1..$n as $(1+by)..$(n+by): to send it as a part of a larger one (a data-modifying CTE)
+    whose earlier parts take the first `by`."""
+    return _PARAMETER.sub(lambda m: f"${int(m.group(1)) + by}", statement)
 
 
 # SQLSTATEs that say nothing about the message being applied, only about the database it is applied to; the same

@@ -273,6 +273,7 @@ def observable_gauge(
 # -- database statements: a metric each, and a span when they run inside a traced operation -----------------------
 
 _TABLE = re.compile(r"\b(?:INTO|UPDATE|FROM|JOIN)\s+([a-z_][a-z0-9_]*)", re.IGNORECASE)
+_FIRST_PART = re.compile(r"\bAS\s*\(\s*(INSERT|UPDATE|DELETE|SELECT)\b", re.IGNORECASE)
 _QUERY_TEXT_MAX = 2000
 
 
@@ -282,6 +283,9 @@ def statement(query: str) -> tuple[str, str | None]:
     texts (parameters travel apart), so this is cached and the labels it makes are bounded."""
     words = query.lstrip().split(None, 1)
     operation = words[0].upper().rstrip(";") if words else "UNKNOWN"
+    if operation == "WITH" and (first := _FIRST_PART.search(query)):
+        # Data-modifying CTEs (a batch's writes sent as one): named by their first part.
+        operation = first.group(1).upper()
     found = _TABLE.search(query)
     return operation, found.group(1).lower() if found else None
 

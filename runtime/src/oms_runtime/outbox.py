@@ -109,20 +109,26 @@ class OutboxMessage:
     headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def append(pg, messages: Sequence[OutboxMessage]) -> None:
-    """Write messages to the outbox in one statement, inside the caller's transaction (an asyncpg connection)."""
-    if not messages:
-        return
-    await pg.execute(
-        """
-        INSERT INTO outbox (topic, key, payload, headers)
-        SELECT t, k, p, h::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) AS u(t, k, p, h)
-        """,
+# Writes outbox rows from arrays: $1 topics, $2 keys, $3 payloads, $4 headers (JSON text).
+APPEND = """
+    INSERT INTO outbox (topic, key, payload, headers)
+    SELECT t, k, p, h::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[]) AS u(t, k, p, h)"""
+
+
+def outbox_columns(messages: Sequence[OutboxMessage]) -> tuple[list[str], list[str | None], list[bytes], list[str]]:
+    """The arguments of APPEND for these messages."""
+    return (
         [m.topic for m in messages],
         [m.key for m in messages],
         [m.payload for m in messages],
         [json.dumps(m.headers) for m in messages],
     )
+
+
+async def append(pg, messages: Sequence[OutboxMessage]) -> None:
+    """Write messages to the outbox in one statement, inside the caller's transaction (an asyncpg connection)."""
+    if messages:
+        await pg.execute(APPEND, *outbox_columns(messages))
 
 
 @functools.lru_cache(maxsize=16_384)

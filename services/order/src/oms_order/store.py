@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import re
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
@@ -18,6 +17,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from oms_contracts.order import OrderStatus, StuckKind
 from oms_runtime import add_messaging_tables
+from oms_runtime.database import parameters, renumbered
 
 from .domain import (
     BackorderCount,
@@ -293,7 +293,6 @@ def upsert(table: sa.Table, columns: list[str], *, update: list[str]) -> str:
 
 # One table's part of a batch's save: a statement whose parameters are $1..$n, and its n arguments.
 Write = tuple[str, tuple[Any, ...]]
-_PARAMETER = re.compile(r"\$(\d+)")
 
 
 def _write(statement: str, *args: Any) -> Write:
@@ -321,9 +320,8 @@ def _together(statements: tuple[str, ...]) -> str:
     once per connection."""
     parts, before = [], 0
     for i, statement in enumerate(statements):
-        numbers = [int(n) for n in _PARAMETER.findall(statement)]
-        parts.append(f"w{i} AS ({_PARAMETER.sub(lambda m, b=before: f'${int(m.group(1)) + b}', statement)})")
-        before += max(numbers)
+        parts.append(f"w{i} AS ({renumbered(statement, before)})")
+        before += parameters(statement)
     return "WITH " + ",\n".join(parts) + "\nSELECT 1"
 
 
