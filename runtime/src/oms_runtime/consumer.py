@@ -270,7 +270,7 @@ class _SeenBefore(Exception):
     """Some of a batch applied as unseen had been seen: its transaction is rolled back."""
 
 
-async def claim_and_append(pg, consumer: str, keys: list[tuple[str, uuid.UUID]], messages: list[OutboxMessage]) -> int:
+async def _claim_and_append(pg, consumer: str, keys: list[tuple[str, uuid.UUID]], messages: list[OutboxMessage]) -> int:
     """Record events in the inbox and write messages to the outbox, in one statement; return how many of the events
     were not there before."""
     return await pg.fetchval(
@@ -612,7 +612,7 @@ class BatchConsumer(metrics.GaugeSource):
                 async with self.database.transaction() as conn:
                     tx = Transaction(conn, self.service, dead_letter_max_bytes=self.dead_letter_max_bytes)
                     await self._handle(tx, messages, outcomes)
-                    if await claim_and_append(conn, self.name, [m.key for m in messages], tx.outbox) < len(messages):
+                    if await _claim_and_append(conn, self.name, [m.key for m in messages], tx.outbox) < len(messages):
                         raise _SeenBefore
         except _SeenBefore:
             return False
