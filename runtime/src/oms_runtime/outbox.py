@@ -309,8 +309,8 @@ class Relay:
         async with self.database.autocommit() as pg:
             # The transaction is begun and locked in one round trip (a simple query of two statements) and ended with
             # its DELETE in another (`_pass`): a pass takes three round trips, not five.
-            await pg.execute(_BEGIN_LOCKED)
             try:
+                await pg.execute(_BEGIN_LOCKED)
                 rows, done = await self._pass(pg, after_id)
             except BaseException:
                 if not pg.is_closed() and pg.is_in_transaction():
