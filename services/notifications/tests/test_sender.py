@@ -774,6 +774,29 @@ async def test_a_claimed_mail_is_not_started_once_its_claim_is_too_old_to_be_rec
     assert len(mail.received) == 2
 
 
+async def test_a_claim_whose_commit_its_sender_never_saw_is_sent_at_its_next_pass(
+    service, pg, order_accepted, smtp_server, clock
+):
+    """The connection lost at COMMIT: the claim committed, the sender saw its transaction fail and holds nothing. Its
+    next pass takes the message back at once (it was never handed over), not after the claim timeout."""
+    mail, port = smtp_server()
+    sender = sender_for(service, port, clock=clock, claims=CLAIMS)
+    await deliver(service, ORDER_EVENTS, order_accepted("9305"))
+    clock.now = datetime.now(UTC)
+    async with service.database.transaction() as conn:
+        [_] = await store.claim_due(conn, clock.now, 10, sender.name)  # what the lost COMMIT had committed
+
+    assert await drain(sender) == 1
+    assert (await pg.fetchval("SELECT status FROM notifications"), len(mail.received)) == ("sent", 1)
+    # Another sender's claim of the same age is left to its timeout.
+    await deliver(service, ORDER_EVENTS, order_accepted("9306"))
+    clock.now = datetime.now(UTC)
+    async with service.database.transaction() as conn:
+        [_] = await store.claim_due(conn, clock.now, 10, "another-sender")
+    assert await drain(sender) == 0
+    assert len(mail.received) == 1
+
+
 async def test_a_claim_judged_lost_is_not_overwritten_by_its_late_sender(
     service, pg, order_accepted, smtp_server, clock
 ):

@@ -17,8 +17,10 @@ recording; of its messages, those it had begun to hand over may have gone out, a
 the message went out (DATA) may have delivered it. Such a message becomes `unknown` (with a failed event saying so,
 `outcome_unknown`), for an operator to check in the mail server's log by its Message-ID, which is derived from the
 notification id. The lost claim's messages that were never started are pending again: at most the messages in flight
-at a crash (one per connection) can be `unknown`. A sender that is stopped finishes the message it is handing over
-and records what it knows; messages it had not started go back to pending.
+at a crash (one per connection) can be `unknown`. A sender's own claim that committed while it saw the transaction
+fail (the connection lost at COMMIT) is judged the same way at its next pass, without waiting for the timeout: between
+passes it holds no claim, so any row still `sending` under its name is one of those. A sender that is stopped
+finishes the message it is handing over and records what it knows; messages it had not started go back to pending.
 
 An order's messages go out one at a time and in the order of its story (store.claim_due): the next one is due only
 once the one before it is sent or final, so the confirmation always comes first. Operators' alerts stand outside
@@ -235,7 +237,7 @@ class Sender:
     async def _claim(self) -> list[store.Outgoing]:
         async with self.database.transaction() as pg:
             now = self.clock()
-            lost = await store.lost_claims(pg, self.claims.lost_before(now), self.batch_size)
+            lost = await store.lost_claims(pg, self.claims.lost_before(now), self.batch_size, self.name)
             judged = [(n, self._judged(n, now)) for n in lost]
             recorded = await store.record_deliveries(pg, judged)
             tx = Transaction(pg, "notifications")

@@ -414,21 +414,26 @@ async def hand_over(pg: asyncpg.Connection, notifications: Sequence[Outgoing], a
     return {row["id"] for row in rows}
 
 
-async def lost_claims(pg: asyncpg.Connection, claimed_before: datetime, limit: int) -> list[Outgoing]:
+async def lost_claims(pg: asyncpg.Connection, claimed_before: datetime, limit: int, mine: str) -> list[Outgoing]:
     """Lock up to `limit` notifications still `sending` under a claim made before `claimed_before`: their sender
     stopped (or lost its database) between claiming and recording. Whether the mail server got one it had begun to
     hand over (`handed_over_at`) cannot be known; one it never started can still be sent. Rows another sender is
-    judging are skipped."""
+    judging are skipped.
+
+    Also, whatever their age, those still `sending` under the claims of `mine`, the sender asking: it holds no claim
+    between its passes, so such a row is one whose claim committed while the sender saw its transaction fail (the
+    connection lost at COMMIT), and it need not wait for the claim timeout."""
     rows = await pg.fetch(
         f"""
         SELECT {_OUTGOING} FROM notifications AS n
-        WHERE status = 'sending' AND claimed_at < $1
+        WHERE status = 'sending' AND (claimed_at < $1 OR claimed_by = $3)
         ORDER BY claimed_at
         LIMIT $2
         FOR UPDATE OF n SKIP LOCKED
         """,
         claimed_before,
         limit,
+        mine,
     )
     return [_outgoing(row) for row in rows]
 
