@@ -313,8 +313,10 @@ class Relay:
                 await pg.execute(_BEGIN_LOCKED)
                 rows, done = await self._pass(pg, after_id)
             except BaseException:
-                if not pg.is_closed() and pg.is_in_transaction():
-                    with contextlib.suppress(Exception):
+                # A connection the server dropped is already back in the pool, where asking it anything raises: the
+                # pass's own error is the one to report.
+                with contextlib.suppress(Exception):
+                    if pg.is_in_transaction():
                         await pg.execute("ROLLBACK")
                 raise
         if not rows:
