@@ -16,11 +16,12 @@ in a transaction of its own, and the partition moves on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Generic, TypeVar
@@ -571,28 +572,33 @@ class BatchConsumer(metrics.GaugeSource):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _apply(self, messages: list[Message], poison: BaseException | None = None) -> None:
-        if poison is None and await self._apply_unseen(messages):
-            return
-        outcomes: Counter[str] = Counter()
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[Transaction]:
+        """One attempt at a batch: a database transaction, traced."""
         with telemetry.tracer().start_as_current_span(
             "transaction", kind=SpanKind.CLIENT, attributes={"db.system.name": "postgresql"}
         ):
             async with self.database.transaction() as conn:
-                tx = Transaction(conn, self.service, dead_letter_max_bytes=self.dead_letter_max_bytes)
-                # A dead letter is recorded by the record's position, not its event: a redelivery of that record is
-                # not dead-lettered twice, while a replay of the dead letter (a new record, the same event) is applied.
-                fresh = await self._claim(tx, messages, by_position=poison is not None)
-                outcomes["duplicate"] = len(messages) - len(fresh)
-                if poison is not None:
-                    for message in fresh:
-                        message.span.record_exception(poison)
-                        message.span.set_status(Status(StatusCode.ERROR, type(poison).__name__))
-                        tx.dead_letter(message, poison)
-                    outcomes["dead_lettered"] += len(fresh)
-                else:
-                    await self._handle(tx, fresh, outcomes)
-                await append(conn, tx.outbox)
+                yield Transaction(conn, self.service, dead_letter_max_bytes=self.dead_letter_max_bytes)
+
+    async def _apply(self, messages: list[Message], poison: BaseException | None = None) -> None:
+        if poison is None and await self._apply_unseen(messages):
+            return
+        outcomes: Counter[str] = Counter()
+        async with self._transaction() as tx:
+            # A dead letter is recorded by the record's position, not its event: a redelivery of that record is
+            # not dead-lettered twice, while a replay of the dead letter (a new record, the same event) is applied.
+            fresh = await self._claim(tx, messages, by_position=poison is not None)
+            outcomes["duplicate"] = len(messages) - len(fresh)
+            if poison is not None:
+                for message in fresh:
+                    message.span.record_exception(poison)
+                    message.span.set_status(Status(StatusCode.ERROR, type(poison).__name__))
+                    tx.dead_letter(message, poison)
+                outcomes["dead_lettered"] += len(fresh)
+            else:
+                await self._handle(tx, fresh, outcomes)
+            await append(tx.conn, tx.outbox)
         # Committed: only now do its records count, and the handler's own metrics with them.
         self._outcomes.update(outcomes)
         tx.has_committed()
@@ -606,14 +612,10 @@ class BatchConsumer(metrics.GaugeSource):
         retried (transient) or replayed one message at a time, as a claimed batch's would be."""
         outcomes: Counter[str] = Counter()
         try:
-            with telemetry.tracer().start_as_current_span(
-                "transaction", kind=SpanKind.CLIENT, attributes={"db.system.name": "postgresql"}
-            ):
-                async with self.database.transaction() as conn:
-                    tx = Transaction(conn, self.service, dead_letter_max_bytes=self.dead_letter_max_bytes)
-                    await self._handle(tx, messages, outcomes)
-                    if await _claim_and_append(conn, self.name, [m.key for m in messages], tx.outbox) < len(messages):
-                        raise _SeenBefore
+            async with self._transaction() as tx:
+                await self._handle(tx, messages, outcomes)
+                if await _claim_and_append(tx.conn, self.name, [m.key for m in messages], tx.outbox) < len(messages):
+                    raise _SeenBefore
         except _SeenBefore:
             return False
         except Exception as error:

@@ -217,6 +217,11 @@ class _Pass:
     def is_held(self, row) -> bool:
         return row["key"] is not None and (row["topic"], row["key"]) in self.held
 
+    @property
+    def gone(self) -> list[int]:
+        """The ids leaving the outbox: published or parked."""
+        return self.sent + [row["id"] for row, _ in self.parked]
+
 
 class PublishingHeldBack(Exception):
     """Some rows of a pass were neither published nor parked; they are sent again after a backoff."""
@@ -321,7 +326,6 @@ class Relay:
                 raise
         if not rows:
             return 0
-        gone = done.sent + [row["id"] for row, _ in done.parked]
         for row, error in done.parked:
             log.warning(
                 "outbox relay parked message %d for %s, key %s, after %d tries: %s: %s "
@@ -334,7 +338,7 @@ class Relay:
                 _describe(error),
                 self.service,
             )
-        for row_id in gone:
+        for row_id in done.gone:
             self._tries.pop(row_id, None)
             self._suspects.discard(row_id)
         self.published += len(done.sent)
@@ -389,7 +393,7 @@ class Relay:
                 [_describe(error)[:4000] for _, error in done.parked],
                 [self._tries.get(row["id"], 1) for row, _ in done.parked],
             )
-        gone = ",".join(str(row_id) for row_id in done.sent + [row["id"] for row, _ in done.parked])
+        gone = ",".join(map(str, done.gone))
         # The ids are integers read from the table: written into the statement, the DELETE and the COMMIT go as one.
         await pg.execute(f"DELETE FROM outbox WHERE id = ANY('{{{gone}}}'::bigint[]); COMMIT")
         return rows, done
