@@ -44,6 +44,7 @@ async def test_migrations_on_a_fresh_database_match_the_store_metadata(migrated_
         "orders",
         "outbox",
         "parked_messages",
+        "planned_shipments",
         "plans",
         "replanned_lines",
         "rule_chains",
@@ -117,6 +118,9 @@ async def test_upgrading_keeps_sources_counts_old_shipments_on_their_plans_day_a
         }
         days = await conn.fetch("SELECT DISTINCT planned_on FROM shipments WHERE plan_id = $1", plan_id)
         assert [r["planned_on"] for r in days] == [date(2026, 11, 22)]
+        # The source's capacity counts the shipment still planned on that day, not the rejected one.
+        counted = await conn.fetch("SELECT source_code, planned_on, shipments FROM planned_shipments")
+        assert [tuple(r) for r in counted] == [("WH-OLD", date(2026, 11, 22), 1)]
         # A shipment rejected before was re-planned whole: asked again now, it plans nothing.
         replanned = await conn.fetch(
             "SELECT fulfillment_id, line_id, order_id, source_code, quantity FROM replanned_lines ORDER BY line_id"

@@ -110,7 +110,17 @@ shipments = sa.Table(
     sa.Column("rejected_at", sa.DateTime(timezone=True), nullable=True),
     # The source's local date when it was planned: its daily capacity counts shipments per (source, this day).
     sa.Column("planned_on", sa.Date, nullable=False),
-    sa.Index("shipments_source_code_planned_on_idx", "source_code", "planned_on"),
+)
+
+# Per source and local day, its shipments planned and not rejected: what its daily capacity is checked against. Kept by
+# the statement that saves plans (a shipment planned counts one, withdrawn one less), so a batch reads one row per
+# source rather than counting the day's shipments, which grow through the day.
+planned_shipments = sa.Table(
+    "planned_shipments",
+    metadata,
+    sa.Column("source_code", sa.Text, primary_key=True),
+    sa.Column("planned_on", sa.Date, primary_key=True),
+    sa.Column("shipments", sa.Integer, nullable=False),
 )
 
 # The units of each line of a fulfillment planned again so far (`quantity`, a sum over re-plans): never more than the
@@ -420,15 +430,14 @@ async def fulfillments_of(pg: asyncpg.Connection, fulfillment_ids: Iterable[uuid
 
 
 async def shipments_planned_on(pg: asyncpg.Connection, days: Mapping[str, date]) -> dict[str, int]:
-    """Shipments planned (and not rejected) per source on the given day of each: one statement for them all."""
+    """Shipments planned (and not rejected) per source on the given day of each, as `planned_shipments` keeps them."""
     if not days:
         return {}
     rows = await pg.fetch(
         """
-        SELECT s.source_code, count(*) AS planned
+        SELECT p.source_code, p.shipments AS planned
         FROM unnest($1::text[], $2::date[]) AS d(source_code, day)
-        JOIN shipments s ON s.source_code = d.source_code AND s.planned_on = d.day AND s.rejected_at IS NULL
-        GROUP BY s.source_code
+        JOIN planned_shipments p ON p.source_code = d.source_code AND p.planned_on = d.day
         """,
         list(days),
         list(days.values()),
@@ -446,8 +455,8 @@ async def save_plans(
     routed: Iterable[RoutedOrder] = (),
 ) -> None:
     """Store plans with their shipments (each on its source's local day, `planned_on` by source code), the lines
-    the re-plans planned again, the shipments withdrawn from their sources, and the orders' attempts and exclusions
-    as they now stand: one statement."""
+    the re-plans planned again, the shipments withdrawn from their sources, each source's count of shipments planned
+    on its day, and the orders' attempts and exclusions as they now stand: one statement."""
     planned = [(p, s) for p in made for s in p.shipments]
     again = [(r, line) for r in replans for line in r.lines]
     routed = list(routed)
@@ -459,8 +468,19 @@ async def save_plans(
         ), new_shipments AS (
             INSERT INTO shipments (shipment_id, order_id, plan_id, source_code, lines, planned_on)
             SELECT * FROM unnest($6::uuid[], $7::uuid[], $8::uuid[], $9::text[], $10::jsonb[], $15::date[])
+            RETURNING source_code, planned_on
         ), withdrawn AS (
             UPDATE shipments SET rejected_at = now() WHERE shipment_id = ANY($11::uuid[]) AND rejected_at IS NULL
+            RETURNING source_code, planned_on
+        ), counted AS (
+            -- In key order: two transactions counting the same sources lock their rows in the same order.
+            INSERT INTO planned_shipments AS p (source_code, planned_on, shipments)
+            SELECT source_code, planned_on, sum(n) FROM (
+                SELECT source_code, planned_on, 1 AS n FROM new_shipments
+                UNION ALL SELECT source_code, planned_on, -1 FROM withdrawn
+            ) AS changed
+            GROUP BY source_code, planned_on ORDER BY source_code, planned_on
+            ON CONFLICT (source_code, planned_on) DO UPDATE SET shipments = p.shipments + EXCLUDED.shipments
         ), replanned AS (
             INSERT INTO replanned_lines (fulfillment_id, line_id, order_id, source_code, quantity)
             SELECT * FROM unnest($16::uuid[], $17::text[], $18::uuid[], $19::text[], $20::int[])
