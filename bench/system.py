@@ -124,7 +124,7 @@ class Services:
         }
         # The services' own settings are the defaults run.sh gives them; a caller's OMS_ tuning must not leak in.
         for name in list(env):
-            tuning = name.startswith(("OMS_BATCH", "OMS_DB_POOL", "OTEL_TRACES_SAMPLER"))
+            tuning = name.startswith(("OMS_BATCH", "OMS_DB_POOL", "OMS_GC", "OTEL_TRACES_SAMPLER"))
             if tuning and name not in self.extra_env:
                 del env[name]
         return env

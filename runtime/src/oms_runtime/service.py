@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from itertools import chain
@@ -119,6 +120,7 @@ class Service:
         self._unready: dict[str, str] = {}
         self._starting: asyncio.Task[None] | None = None
         self._consumers_started = False
+        self._freeze_when_started = False
         self._refreshes: list[Callable[[], Awaitable[None]]] = []
         self.outbox_gauges = _Outbox()
         metrics.observe(self.outbox_gauges)
@@ -282,6 +284,11 @@ class Service:
         self._tasks = [asyncio.create_task(w(), name=w.__name__) for w in self._workers]
         await self._until_done("consumers", self._start_consumers)
         self._consumers_started = True
+        if self._freeze_when_started:
+            # What the service made to start (modules, schemas, the app, clients and pools) lives as long as the
+            # process: frozen, the collector's full collections no longer walk it (about 150,000 objects each).
+            gc.collect()
+            gc.freeze()
         log.info("oms-%s started", self.name)
 
     async def _until_done(self, what: str, step: Callable[[], Awaitable[None]]) -> None:
@@ -359,6 +366,11 @@ class Service:
         return problems
 
     def run(self) -> None:
+        """The service's process: serve until stopped. Its garbage collector is tuned for batches (`gc_threshold`, and
+        what the start made is frozen once started); services built in a test process are left as they are."""
+        _, middle, oldest = gc.get_threshold()
+        gc.set_threshold(self.settings.gc_threshold, middle, oldest)
+        self._freeze_when_started = True
         telemetry.setup_logging(self.name, self.settings.log_level)
         telemetry.setup_tracing(self.name, self.settings.trace_file)
         uvicorn.run(

@@ -67,6 +67,11 @@ class ServiceSettings(KafkaSettings):
     # one JSON span per line into this file (what the end-to-end test reads).
     trace_file: str | None = None
     db_pool_size: int = Field(default=10, ge=1)
+    # Objects a service may allocate (net of those freed) before Python collects its youngest generation: Python's
+    # 700 made the collector about half of a service's CPU at 300 orders/s (docs/performance.md, step 28). A batch
+    # makes tens of thousands of short-lived objects; collected every 700, many outlive a collection or two and end in
+    # the oldest generation, whose full collections were most of that time.
+    gc_threshold: int = Field(default=50_000, ge=100)
     # How long the inbox remembers an applied event (OMS_INBOX_RETENTION: seconds or ISO 8601, e.g. P7D), and how
     # often it forgets older ones. Far longer than any redelivery: Kafka redelivers only uncommitted offsets.
     inbox_retention: timedelta = Field(default=timedelta(days=7), gt=timedelta(0))
