@@ -8,10 +8,10 @@ docs/architecture.md ("Observability") has the catalogue with every name, unit a
 What it costs: an instrument call of the SDK takes 5-10 µs on the 2-core machine, so nothing here is recorded per
 message. A consumer records its counts once per batch, aggregated by label; the relay once per publish pass; HTTP
 once per request. Statements are timed each (a batch sends several) by prometheus_client directly, at a tenth of the
-SDK's cost (`statement_done`). Gauges (lag, outbox, a service's own
-queries) are observable: a scrape reads what a refresh every `OMS_METRICS_REFRESH_S` found, never a query per
-scrape. Labels come from bounded sets only (topics, consumer groups, statuses, channels, sources, templates, the top
-SKUs); the SDK's cardinality limit (2,000 series per metric) is the last guard.
+SDK's cost (`statement_done`). Gauges (lag, outbox, a service's own queries) are observable: a scrape reads what a
+refresh every `OMS_METRICS_REFRESH_S` found, never a query per scrape. Labels come from bounded sets only (topics,
+consumer groups, statuses, channels, sources, templates, the top SKUs); the SDK's cardinality limit (2,000 series per
+metric) is the last guard.
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ def statement_done(query: str, seconds: float, error: BaseException | None) -> N
     prometheus_client in the registry `GET /metrics` renders, under the name and labels the OpenTelemetry exporter
     would give it (an absent label as "", as the exporter writes it): its series, looked up once per statement text,
     takes 0.7 µs per observation where the SDK's `Histogram.record` takes 7 (hashing the attributes, matching views,
-    offering an exemplar). Every batch sends several statements: the SDK's instrument was 8-10 % of a service's CPU
+    offering an exemplar). Every batch sends several statements: the SDK's instrument was 8-12 % of a service's CPU
     at low rates (docs/performance.md, step 27)."""
     operation, table = statement(query)
     if _statements is not None:

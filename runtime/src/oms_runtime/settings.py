@@ -70,7 +70,8 @@ class ServiceSettings(KafkaSettings):
     # Objects a service may allocate (net of those freed) before Python collects its youngest generation: Python's
     # 700 made the collector about half of a service's CPU at 300 orders/s (docs/performance.md, step 28). A batch
     # makes tens of thousands of short-lived objects; collected every 700, many outlive a collection or two and end in
-    # the oldest generation, whose full collections were most of that time.
+    # the oldest generation, whose full collections were most of that time. Each collection is a pause: a lower value
+    # (10,000) makes them shorter for a little more CPU.
     gc_threshold: int = Field(default=50_000, ge=100)
     # How long the inbox remembers an applied event (OMS_INBOX_RETENTION: seconds or ISO 8601, e.g. P7D), and how
     # often it forgets older ones. Far longer than any redelivery: Kafka redelivers only uncommitted offsets.
