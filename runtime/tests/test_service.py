@@ -3,9 +3,10 @@ consumer group's offsets committed only once the database has committed what the
 
 import asyncio
 import gc
+import weakref
 
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import RequestTimedOutError
 
@@ -304,3 +305,33 @@ async def test_a_service_process_collects_its_youngest_objects_less_often_and_fr
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+async def test_a_batch_is_freed_as_soon_as_it_is_let_go_not_left_to_the_collector():
+    """FastStream keeps what the decoder returns in the message's own cache. The runtime's decoder returned the
+    message itself, so every batch, with all its records and their headers, was a reference cycle that only the
+    collector freed: collections of 50-70 ms every few seconds in each service at 300 orders/s."""
+    record = ConsumerRecord(
+        topic="oms.probe",
+        partition=0,
+        offset=7,
+        timestamp=0,
+        timestamp_type=0,
+        key=None,
+        value=b"{}",
+        checksum=None,
+        serialized_key_size=-1,
+        serialized_value_size=2,
+        headers=(("ce_type", b"oms.probe.v1"),),
+    )
+    kafka_consumer = object()
+    message = service_module._raw_batch((record,), kafka_consumer)
+    message.set_decoder(service_module._undecoded)
+    assert await message.decode() == ((record,), kafka_consumer)
+    batch = weakref.ref(message)
+    gc.disable()
+    try:
+        del message
+        assert batch() is None, "the batch's message is still alive: a reference cycle keeps it for the collector"
+    finally:
+        gc.enable()
