@@ -1,6 +1,10 @@
 """The runtime's default sampler: a share of new traces, every span of a sampled trace, and a batch whenever it holds
 a message of a sampled trace (so a traced order shows its batches, their transactions and statements)."""
 
+import gc
+import json
+
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import (
     INVALID_SPAN,
@@ -83,3 +87,21 @@ def test_under_another_sampler_every_message_gets_a_span_of_its_own(monkeypatch)
     span = telemetry.span_for([("traceparent", _traceparent(UNSAMPLED))], "process t", KIND)
     assert span.get_span_context().trace_id == UNSAMPLED.trace_id
     assert span.get_span_context().span_id != UNSAMPLED.span_id
+
+
+def test_writing_a_span_as_json_leaves_nothing_for_the_garbage_collector():
+    """The trace file's line for a span (`span.to_json`) re-encoded the resource for every span through the
+    pure-Python JSON encoder, whose closures are a reference cycle; the runtime's resource is encoded once."""
+    resource = Resource.create({"service.name": "oms-probe"})
+    provider = TracerProvider(resource=telemetry._ResourceEncodedOnce(resource))
+    with provider.get_tracer("test").start_as_current_span("process oms.probe") as span:
+        span.set_attribute("messaging.kafka.offset", 7)
+    gc.collect()
+    gc.disable()
+    try:
+        line = json.loads(span.to_json(indent=None))
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+    assert line["resource"] == {"attributes": dict(resource.attributes), "schema_url": ""}
+    assert line["name"] == "process oms.probe"

@@ -67,11 +67,25 @@ def default_sampler() -> Sampler | None:
 _parent_based = False
 
 
+class _ResourceEncodedOnce(Resource):
+    """A resource whose JSON is made once. The SDK's `span.to_json`, which writes each span to the trace file, encodes
+    the span's resource again for every span, indented, so through the pure-Python JSON encoder: its closures refer to
+    each other, and each call left a reference cycle for the garbage collector. Compact, whatever the indent asked."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._json = super().to_json(indent=None)
+
+    def to_json(self, indent: int | None = None) -> str:
+        return self._json
+
+
 def setup_tracing(service: str, trace_file: str | None) -> TracerProvider:
     global _parent_based
     sampler = default_sampler()
     _parent_based = sampler is not None
-    provider = TracerProvider(resource=Resource.create({"service.name": f"oms-{service}"}), sampler=sampler)
+    resource = _ResourceEncodedOnce(Resource.create({"service.name": f"oms-{service}"}))
+    provider = TracerProvider(resource=resource, sampler=sampler)
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
