@@ -131,7 +131,7 @@ class Bench:
             watch.add("collector (harness)", os.getpid())
             target = Target("system", infra.bootstrap, "oms.channel.orders.v1", collector, watch)
             target.channels = self.args.channels
-            await self.warm_up(target, label)
+            await self.warm_up(target, label, infra)
             config["idle_cores"] = await procstat.idle(watch, self.args.idle)
             config["sampler"] = None
             await body(target, services, config)
@@ -156,17 +156,18 @@ class Bench:
             infra.stop(remove=not self.args.keep)
         return config
 
-    async def warm_up(self, target: Target, label: str) -> None:
+    async def warm_up(self, target: Target, label: str, infra: Infra) -> None:
         """Orders at WARM_UP_RATE for --system-warmup seconds, measured nowhere, before the idle figures and the
         first point: the broker starts cold, and its JIT compiling its request paths took as much CPU again as the
         work itself in the first point after a start (Kafka at 50/s: 0.51 cores in the first of three points, 0.31 and
-        0.28 in the next two; docs/performance.md)."""
+        0.28 in the next two; docs/performance.md). Then the databases get the statistics a running system's have."""
         seconds = self.args.system_warmup
         if seconds <= 0:
             return
         console.print(f"[bold]{label}[/]: warming up ({seconds:g} s at {WARM_UP_RATE:g} orders/s, not measured)")
         timing = Timing(warmup=0.0, window=seconds, drain=self.timing.drain)
         await run_point(target, WARM_UP_RATE, timing, f"{self.stamp}-warm-up", self.args.seed - 1, None)
+        await infra.analyze()
         await asyncio.sleep(2)
 
     async def stop_system(self, collector, threepl, services) -> None:

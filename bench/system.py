@@ -17,6 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+
 from bench import orders, procstat
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +75,18 @@ class Infra:
 
     def pg_url(self, database: str = "postgres") -> str:
         return f"postgresql://oms:oms@127.0.0.1:{self.ports.postgres}/{database}"
+
+    async def analyze(self) -> None:
+        """ANALYZE every service's database, as autovacuum has on any database that has run a while. A fresh one has
+        no statistics until autovacuum's first pass over it, a minute or more into the load, and PostgreSQL plans the
+        services' reads as if their tables were small: the order service's load read all of `order_lines`,
+        `fulfillments` and `parcels` for every batch (docs/performance.md, step 32)."""
+        for service in SERVICES:
+            conn = await asyncpg.connect(self.pg_url(f"oms_{service}"))
+            try:
+                await conn.execute("ANALYZE")
+            finally:
+                await conn.close()
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
