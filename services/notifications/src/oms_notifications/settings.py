@@ -46,11 +46,12 @@ class NotificationsSettings(ServiceSettings):
     max_attempts: PositiveInt = service_field("notifications", "max_attempts", 8)
     retry_cap_seconds: Seconds = service_field("notifications", "retry_cap_seconds", 900.0)
     # How many due messages one sender pass claims, and over how many SMTP connections it sends them at once. Each
-    # connection waits for the server's answer to every command, so the connections bound the mails per second (four
-    # fell behind 100 mails/s on a busy 2-core box; docs/performance.md, step 16); at most one message per connection
-    # can be left `unknown` by a crash.
+    # connection waits for the server's answer to every command, so the connections bound the mails per second: eight
+    # fell behind 200 mails/s (100 orders/s) on the 2-core bench box, 32 kept up (docs/performance.md, steps 16 and
+    # 33), and a relay across a network answers slower still. At most one message per connection can be left
+    # `unknown` by a crash; a relay that takes fewer connections from one client wants this lowered.
     send_batch_size: PositiveInt = service_field("notifications", "send_batch_size", 100)
-    smtp_connections: PositiveInt = service_field("notifications", "smtp_connections", 8)
+    smtp_connections: PositiveInt = service_field("notifications", "smtp_connections", 32)
     # A message claimed longer ago than this and still `sending` was lost by its sender (stopped, or cut off from
     # the database, between claiming and recording): it becomes `unknown`, never sent again. A sender hands a
     # claimed message over only in the first half of this time; a try takes a few SMTP round trips, each bounded
