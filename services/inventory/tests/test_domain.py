@@ -156,6 +156,17 @@ def test_a_count_that_confirms_the_books_changes_nothing():
     assert changes.causes == {}
 
 
+@given(
+    st.tuples(*(st.integers(0, 3) for _ in range(3))),
+    st.tuples(*(st.integers(0, 3) for _ in range(3))),
+    st.sampled_from([None, datetime(2026, 11, 22, 10, 0, tzinfo=UTC)]),
+)
+def test_a_level_is_the_same_when_its_units_are_whatever_its_count_time(units, other_units, counted_at):
+    # What `_emit_stock_levels` asks before publishing a level: the units, never the as-of time of the last count.
+    stock, other = Stock("A", "WH", *units), Stock("A", "WH", *other_units, counted_at=counted_at)
+    assert stock.same_level(other) is (units == other_units)
+
+
 def test_a_count_older_than_the_last_count_applied_is_stale_and_changes_nothing():
     at = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
     counted = snapshot(Stock("A", "WH", 10, 2, counted_at=at))

@@ -44,6 +44,10 @@ class Stock:
         `reserved` in stock levels, so that readers who know nothing of claims still see the right availability."""
         return self.reserved + self.set_aside
 
+    def same_level(self, other: Stock) -> bool:
+        """Whether `other` holds the same units, whatever its count's as-of time: a count that confirmed the books."""
+        return (self.on_hand, self.reserved, self.set_aside) == (other.on_hand, other.reserved, other.set_aside)
+
     @property
     def over_claimed(self) -> int:
         """Units set aside beyond what is physically here and not reserved (after a count came in short)."""
@@ -523,9 +527,13 @@ class ReservationDecision:
     @property
     def lines(self) -> tuple[Line, ...]:
         """What the shipment asks of its source once cancelled units are taken out: what `reserved` holds."""
-        rest = (
-            replace(line, quantity=line.quantity - self.cancelled.get(line.line_id, 0)) for line in self.shipment.lines
-        )
+        if not self.cancelled:
+            rest = iter(self.shipment.lines)
+        else:
+            rest = (
+                replace(line, quantity=line.quantity - self.cancelled.get(line.line_id, 0))
+                for line in self.shipment.lines
+            )
         return tuple(line for line in rest if line.quantity > 0)
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -65,6 +66,7 @@ from oms_inventory.domain import (
     Receipt,
     Release,
     ReleaseTerms,
+    Reservation,
     ReservationDecision,
     ReservedUnitsCancelled,
     ShipmentRequest,
@@ -627,7 +629,10 @@ async def receive_fulfillment_updates(tx: Transaction, messages: list[Incoming[A
     batch.moved(settlement.stock)
     release = await _serve_backorders(batch)
     await batch.save(release)
-    by_sku = {r.sku: causes[i] for i, u in enumerate(updates) for r in reservations if r.shipment_id == u.shipment_id}
+    of_shipment: dict[uuid.UUID, list[Reservation]] = defaultdict(list)
+    for r in reservations:
+        of_shipment[r.shipment_id].append(r)
+    by_sku = {r.sku: causes[i] for i, u in enumerate(updates) for r in of_shipment[u.shipment_id]}
     emitted = _Causes(causes[-1], by_sku, {k: causes[i] for k, i in settlement.causes.items()})
     batch.emit(tx, release, emitted, threshold, reasons)
 
@@ -965,7 +970,7 @@ def _emit_stock_levels(
     changes that are not plain movements (a write-off)."""
     changed_at = datetime.now(UTC)
     for key, stock in after.items():
-        if replace(stock, counted_at=None) == replace(stock_at(before, key), counted_at=None):
+        if stock.same_level(stock_at(before, key)):
             # A count that confirmed the books: only its as-of time changed, which no reader of levels needs.
             continue
         level = StockLevelChangedData(

@@ -287,7 +287,7 @@ class Line:
 
     def __post_init__(self) -> None:
         if not self.units:
-            self.units = {state: 0 for state in LineState}
+            self.units = dict.fromkeys(ADVANCEMENT, 0)
             self.units[L.open] = self.quantity
 
     @property

@@ -327,6 +327,10 @@ def _together(statements: tuple[str, ...]) -> str:
 
 _UNITS = [f"quantity_{s}" for s in LineState]
 _COUNTS = [f"backorder_{c}" for c in BACKORDER_COUNTS]
+# A line's columns by what they hold, for reading rows: iterating an Enum and formatting each column's name per line
+# read were 2 % of the order service at 300 orders/s.
+_UNITS_BY_STATE = tuple(zip(LineState, _UNITS, strict=True))
+_COUNTS_BY_NAME = tuple(zip(BACKORDER_COUNTS, _COUNTS, strict=True))
 _LINE_COLUMNS = [
     "order_id",
     "line_id",
@@ -405,8 +409,8 @@ async def load(pg, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Order]:
                 row["sku"],
                 row["quantity"],
                 row["unit_price"],
-                {s: row[f"quantity_{s}"] for s in LineState},
-                BackorderCount(**{c: row[f"backorder_{c}"] for c in BACKORDER_COUNTS}),
+                {s: row[column] for s, column in _UNITS_BY_STATE},
+                BackorderCount(**{c: row[column] for c, column in _COUNTS_BY_NAME}),
                 row["backorder_expected_date"],
             )
     if has["fulfillments"]:
