@@ -28,8 +28,9 @@ ORDER_NAMESPACE = uuid.UUID("7c2f4a52-5d0e-4b8e-9a41-0c3e6d1f2b77")
 
 # Remembered for recent orders: the order service asks for the id of each channel event three times (to lock the
 # batch's orders, to apply the event, to accept a new order), and a submission and its capture come close together.
-# A SHA-1 and a UUID each time were 3 % of the order service at 300 orders/s (docs/performance.md, step 34).
-@functools.lru_cache(maxsize=16_384)
+# A SHA-1 and a UUID each time were 3 % of the order service at 300 orders/s (docs/performance.md, step 34). About
+# 300 bytes an entry: the repeats within an event need only a few, 4,096 also catch a capture within seconds.
+@functools.lru_cache(maxsize=4_096)
 def order_id_for(channel: str, external_order_id: str) -> uuid.UUID:
     return uuid.uuid5(ORDER_NAMESPACE, f"{channel}:{external_order_id}")
 
