@@ -527,13 +527,9 @@ class ReservationDecision:
     @property
     def lines(self) -> tuple[Line, ...]:
         """What the shipment asks of its source once cancelled units are taken out: what `reserved` holds."""
-        if not self.cancelled:
-            rest = iter(self.shipment.lines)
-        else:
-            rest = (
-                replace(line, quantity=line.quantity - self.cancelled.get(line.line_id, 0))
-                for line in self.shipment.lines
-            )
+        rest = self.shipment.lines
+        if self.cancelled:
+            rest = [replace(line, quantity=line.quantity - self.cancelled.get(line.line_id, 0)) for line in rest]
         return tuple(line for line in rest if line.quantity > 0)
 
     @property
@@ -677,6 +673,8 @@ class Settlement:
     tombstones: list[Tombstone] = field(default_factory=list)
     # Units written off per stock row: given back by their source as not there (`FulfillmentUpdate.missing`).
     written_off: dict[StockKey, int] = field(default_factory=dict)
+    # Per SKU, the last update about a fulfillment holding a reservation of it, settled or not.
+    sku_causes: dict[str, int] = field(default_factory=dict)
 
 
 def settle_fulfillments(
@@ -698,8 +696,10 @@ def settle_fulfillments(
     never_reserved: list[int] = []
     unknown: list[int] = []
     written_off: dict[StockKey, int] = {}
+    sku_causes: dict[str, int] = {}
     for index, update in enumerate(updates):
         lines = by_shipment.get(update.shipment_id, {})
+        sku_causes.update((r.sku, index) for r in lines.values())
         if not any(r.state is not ReservationState.rejected for r in lines.values()):
             never_reserved.append(index)
             if not lines:
@@ -725,7 +725,9 @@ def settle_fulfillments(
             causes[reservation.key] = index
     changed = _changed(stock, current)
     causes = {key: causes[key] for key in changed}
-    return Settlement(changed, changed_lines, causes, never_reserved, unknown, written_off=written_off)
+    return Settlement(
+        changed, changed_lines, causes, never_reserved, unknown, written_off=written_off, sku_causes=sku_causes
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -66,7 +65,6 @@ from oms_inventory.domain import (
     Receipt,
     Release,
     ReleaseTerms,
-    Reservation,
     ReservationDecision,
     ReservedUnitsCancelled,
     ShipmentRequest,
@@ -629,10 +627,7 @@ async def receive_fulfillment_updates(tx: Transaction, messages: list[Incoming[A
     batch.moved(settlement.stock)
     release = await _serve_backorders(batch)
     await batch.save(release)
-    of_shipment: dict[uuid.UUID, list[Reservation]] = defaultdict(list)
-    for r in reservations:
-        of_shipment[r.shipment_id].append(r)
-    by_sku = {r.sku: causes[i] for i, u in enumerate(updates) for r in of_shipment[u.shipment_id]}
+    by_sku = {sku: causes[i] for sku, i in settlement.sku_causes.items()}
     emitted = _Causes(causes[-1], by_sku, {k: causes[i] for k, i in settlement.causes.items()})
     batch.emit(tx, release, emitted, threshold, reasons)
 
