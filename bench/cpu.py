@@ -6,7 +6,9 @@ to do it, so the figure does not depend on the machine being quiet: another proc
 not its work per order larger. It is what the steps of issue 10 were measured with while the machine was shared
 (docs/performance.md). `net of idle` subtracts what each process burnt idle (measured before the load) for as long
 as the run took. With `--spy DIR` it records a py-spy profile of each service during the load (raw, collapsed
-stacks: DIR/<service>.txt)."""
+stacks: DIR/<service>.txt), sampled only while the service holds the interpreter (`--gil`) and without stopping
+it (`--nonblocking`). On a full box that includes time the kernel keeps a thread off the CPU while it holds the
+interpreter, most often right after a write that woke its peer (docs/performance.md, step 35)."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ async def measure(bench: Bench, rate: float, seconds: float, spy: Path | None) -
         if spy is not None:
             for name, pid in services.pids().items():
                 if name in SERVICES:
-                    command = [str(REPO / ".venv/bin/py-spy"), "record", "--pid", str(pid), "--nonblocking"]
+                    command = [str(REPO / ".venv/bin/py-spy"), "record", "--pid", str(pid), "--gil", "--nonblocking"]
                     command += ["--duration", str(round(seconds)), "--rate", "50", "--format", "raw"]
                     command += ["-o", str(spy / f"{name}.txt")]
                     profilers.append(
