@@ -10,7 +10,8 @@
 #
 # Exit codes: 0 ok, 1 failure, 2 usage, 3 not running (status).
 # Environment: OMS_PG_PORT (5432), OMS_PG_STATE (<repo>/.cache/postgres-<port>),
-#   OMS_PG_DATABASES ("oms_order oms_routing oms_inventory oms_notifications").
+#   OMS_PG_DATABASES ("oms_order oms_routing oms_inventory oms_notifications"),
+#   OMS_PG_OPTIONS (more server options, e.g. "-c shared_preload_libraries=pg_stat_statements" to profile).
 # Superuser oms, password oms; TCP on 127.0.0.1 only.
 set -euo pipefail
 
@@ -141,7 +142,7 @@ server_opts() {
   local opts="-p $PORT -k '$STATE' -c listen_addresses=127.0.0.1"
   opts+=" -c max_connections=300 -c shared_buffers=256MB"
   opts+=" -c fsync=on -c synchronous_commit=on -c full_page_writes=on"
-  echo "$opts"
+  echo "$opts ${OMS_PG_OPTIONS:-}"
 }
 
 start() {
