@@ -112,6 +112,7 @@ class Database:
                         connection_class=TimedConnection,
                         init=_json_codecs,
                         reset=_keep_session,
+                        server_settings=_PLANNER,
                     )
         return self._pool
 
@@ -147,6 +148,15 @@ class Database:
         await self.engine.dispose()
 
 
+# Every statement sent on the pool reads by key (a batch's ids through `= ANY($1)` or `unnest`, an order, the outbox
+# after the last id sent) or has no index to use. PostgreSQL plans a prepared statement once per connection (its
+# generic plan, after the fifth run) as if each array held 100 keys, against the tables as large as they are then: on
+# young tables (a new deployment, the bench's fresh database) that plan scans them whole for every batch, and keeps
+# doing so as they grow, until the next ANALYZE. At 50 orders/s that was about 8,000 rows read per order, each
+# compared with every key of its batch (docs/performance.md, step 35). Without sequential scans, a batch's keys are
+# looked up in their index whatever the size the table had when the plan was made; a table no index serves is still
+# scanned. The HTTP reads (SQLAlchemy's pool) keep the planner's defaults.
+_PLANNER = {"enable_seqscan": "off"}
 # How long a transaction waits for a pooled connection before it fails (a transient error: the batch is retried).
 _ACQUIRE_SECONDS = 30.0
 # How long a stopping service waits for its connections to be given back before it closes them anyway.
@@ -165,7 +175,8 @@ async def _json_codecs(conn: asyncpg.Connection) -> None:
 async def _keep_session(_conn: asyncpg.Connection) -> None:
     """What a connection given back to the pool needs besides asyncpg's own rollback of an open transaction: nothing.
     asyncpg's default sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` each time, a round trip per
-    transaction; the OMS keeps no session state (no SET, LISTEN, cursor or session-level advisory lock)."""
+    transaction; the OMS keeps no session state (no SET, LISTEN, cursor or session-level advisory lock; the settings
+    a connection starts with, `_PLANNER`, are the same for all of them)."""
 
 
 class TimedConnection(asyncpg.Connection):
