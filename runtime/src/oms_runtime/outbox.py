@@ -54,7 +54,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from opentelemetry import trace
 
 from . import faults, metrics, telemetry
-from .database import Database
+from .database import Database, json_text
 from .kafka import Kafka, client_options
 from .loop import run_when_woken
 
@@ -125,7 +125,7 @@ def outbox_columns(messages: Sequence[OutboxMessage]) -> tuple[list[str], list[s
         [m.topic for m in messages],
         [m.key for m in messages],
         [m.payload for m in messages],
-        [json.dumps(m.headers) for m in messages],
+        [json_text(m.headers) for m in messages],
     )
 
 

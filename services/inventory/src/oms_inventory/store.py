@@ -50,6 +50,7 @@ from oms_inventory.domain import (
     Tombstone,
 )
 from oms_runtime import add_messaging_tables
+from oms_runtime.database import json_text
 
 metadata = sa.MetaData()
 outbox, inbox = add_messaging_tables(metadata)
@@ -391,7 +392,7 @@ async def hold(pg: asyncpg.Connection, held: Sequence[Held]) -> None:
         [h.offset for h in held],
         [h.key for h in held],
         [h.value for h in held],
-        [json.dumps(h.headers) for h in held],
+        [json_text(h.headers) for h in held],
         [h.event_source for h in held],
         [h.event_id for h in held],
     )

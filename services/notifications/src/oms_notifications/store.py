@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from oms_runtime import add_messaging_tables
+from oms_runtime.database import json_text
 
 from .domain import Audience, AwaitingContact, Cause, Contact, Delivery, Status, Template
 from .rendering import Rendered
@@ -153,7 +154,7 @@ async def remember_contacts(pg: asyncpg.Connection, contacts: Sequence[Contact])
         [c.locale for c in contacts],
         [c.channel for c in contacts],
         [c.external_order_id for c in contacts],
-        [json.dumps(dict(c.line_skus)) for c in contacts],
+        [json_text(dict(c.line_skus)) for c in contacts],
     )
 
 

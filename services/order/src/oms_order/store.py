@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from oms_contracts.order import OrderStatus, StuckKind
 from oms_runtime import add_messaging_tables
-from oms_runtime.database import parameters, renumbered
+from oms_runtime.database import json_text, parameters, renumbered
 
 from .domain import (
     BackorderCount,
@@ -260,7 +260,7 @@ def _json(value: Any) -> Any:
 
 
 def _lines_json(lines: Iterable[ShipmentLine]) -> str:
-    return json.dumps([{"line_id": x.line_id, "sku": x.sku, "quantity": x.quantity} for x in lines])
+    return json_text([{"line_id": x.line_id, "sku": x.sku, "quantity": x.quantity} for x in lines])
 
 
 _ARRAY_TYPES = {sa.Text: "text", UUID: "uuid", sa.Integer: "int", sa.Numeric: "numeric", sa.Date: "date"}
@@ -574,11 +574,11 @@ def _insert_orders(new: list[Order]) -> Write | None:
         [str(o.status) for o in new],
         [o.currency for o in new],
         [o.placed_at for o in new],
-        [json.dumps(o.customer) for o in new],
-        [json.dumps(o.shipping_address) for o in new],
+        [json_text(o.customer) for o in new],
+        [json_text(o.shipping_address) for o in new],
         [o.shipping_method for o in new],
         [o.pickup_source for o in new],
-        [json.dumps(o.options) for o in new],
+        [json_text(o.options) for o in new],
         [o.shipping_total for o in new],
         [o.tax_total for o in new],
         [o.discount_total for o in new],
@@ -653,10 +653,10 @@ def _upsert_fulfillments(changed: list[Fulfillment]) -> Write | None:
         "delivered_at": [f.delivered_at for f in changed],
         "rejection": [f.rejection for f in changed],
         "accepted_at": [f.accepted_at for f in changed],
-        "withdrawn": [json.dumps({k: n for k, n in f.withdrawn.items() if n}) for f in changed],
-        "to_release": [json.dumps({k: n for k, n in f.to_release.items() if n}) for f in changed],
+        "withdrawn": [json_text({k: n for k, n in f.withdrawn.items() if n}) for f in changed],
+        "to_release": [json_text({k: n for k, n in f.to_release.items() if n}) for f in changed],
         "pending_cancellations": [
-            json.dumps(
+            json_text(
                 [
                     {"cancellation_id": str(p.cancellation_id), "line_id": p.line_id, "quantity": p.quantity}
                     for p in f.pending
@@ -697,9 +697,9 @@ def _upsert_cancellations(changed: list[Cancellation]) -> Write | None:
         "requested_by": [c.requested_by for c in changed],
         "via": [c.via for c in changed],
         "reason": [c.reason for c in changed],
-        "asked": [json.dumps(c.asked) if c.asked is not None else None for c in changed],
+        "asked": [json_text(c.asked) if c.asked is not None else None for c in changed],
         "only_state": [str(c.only) if c.only else None for c in changed],
-        "lines": [json.dumps({k: _cancellation_line(x) for k, x in c.lines.items()}) for c in changed],
+        "lines": [json_text({k: _cancellation_line(x) for k, x in c.lines.items()}) for c in changed],
         "status": [str(c.status) for c in changed],
         "refusal": [c.refusal for c in changed],
         "refunded": [c.refunded for c in changed],
@@ -753,7 +753,7 @@ def _insert_returns(made: list[Return]) -> Write | None:
         [r.order_id for r in made],
         [r.source_code for r in made],
         [
-            json.dumps(
+            json_text(
                 [{"line_id": x.line_id, "sku": x.sku, "quantity": x.quantity, "condition": c} for x, c in r.lines]
             )
             for r in made
@@ -791,7 +791,7 @@ def _insert_timeline(entries: list[Entry]) -> Write | None:
         [e.cause_event_id for e in entries],
         [e.cause_type for e in entries],
         [e.trace_id for e in entries],
-        [json.dumps(e.details) for e in entries],
+        [json_text(e.details) for e in entries],
     )
 
 

@@ -19,6 +19,7 @@ from oms_contracts.inventory import StockLevelChangedData
 from oms_contracts.order import OrderPaidData
 from oms_contracts.routing import FulfillmentPlannedData, Source
 from oms_runtime import add_messaging_tables
+from oms_runtime.database import json_text
 
 from .domain import Availability, Fulfillment, Replan, RoutedOrder
 
@@ -504,7 +505,7 @@ async def save_plans(
         list(withdrawn),
         [r.paid.order_id for r in routed],
         [r.attempts for r in routed],
-        [json.dumps(sorted(r.excluded)) for r in routed],
+        [json_text(sorted(r.excluded)) for r in routed],
         [planned_on[s.source_code] for _, s in planned],
         [r.fulfillment.fulfillment_id for r, _ in again],
         [line.line_id for _, line in again],
