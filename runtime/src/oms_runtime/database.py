@@ -150,13 +150,14 @@ class Database:
 
 # Every statement sent on the pool reads by key (a batch's ids through `= ANY($1)` or `unnest`, an order, the outbox
 # after the last id sent) or has no index to use. PostgreSQL plans a prepared statement once per connection (its
-# generic plan, after the fifth run) as if each array held 100 keys, against the tables as large as they are then: on
-# young tables (a new deployment, the bench's fresh database) that plan scans them whole for every batch, and keeps
-# doing so as they grow, until the next ANALYZE. At 50 orders/s that was about 8,000 rows read per order, each
-# compared with every key of its batch (docs/performance.md, step 35). Without sequential scans, a batch's keys are
-# looked up in their index whatever the size the table had when the plan was made; a table no index serves is still
-# scanned. The HTTP reads (SQLAlchemy's pool) keep the planner's defaults.
+# generic plan, after the fifth run) without knowing how many keys a batch holds (an unnest of a parameter counts as
+# 100 rows), against the tables as large as they are then: on young tables (a new deployment, the bench's fresh
+# database) that plan scans them whole for every batch, and keeps doing so as they grow, until the next ANALYZE. At 50
+# orders/s that was about 8,000 rows read per order (docs/performance.md, step 35). Without sequential scans, a batch's
+# keys are looked up in their index whatever the size the table had when the plan was made; a table no index serves is
+# still scanned. The HTTP reads (SQLAlchemy's pool) keep the planner's defaults.
 _PLANNER = {"enable_seqscan": "off"}
+
 # How long a transaction waits for a pooled connection before it fails (a transient error: the batch is retried).
 _ACQUIRE_SECONDS = 30.0
 # How long a stopping service waits for its connections to be given back before it closes them anyway.
