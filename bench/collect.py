@@ -101,7 +101,7 @@ class Collector:
             enable_auto_commit=False,
             # A hop's time is its records' broker timestamps, not when the collector reads them: the broker holds a
             # fetch until a megabyte or a quarter of a second has gathered. Answered at the first record, the
-            # collector's fetches were about 7 % of the box's CPU at 50 orders/s (its own and the broker's), taken
+            # collector took 7 % of the box's CPU at 50 orders/s, besides the broker's answering its fetches, all of it
             # from the system it measures (docs/performance.md, step 37).
             fetch_min_bytes=READ_BYTES,
             fetch_max_wait_ms=READ_WAIT_MS,
