@@ -21,7 +21,7 @@ from oms_notifications.domain import (
     order_confirmation,
     tell,
 )
-from oms_notifications.rendering import MAX_SUBJECT_LENGTH, long_date, money, render
+from oms_notifications.rendering import MAX_SUBJECT_LENGTH, _environment, long_date, money, render
 
 
 def test_confirmation_subject_names_the_order_number(order_accepted):
@@ -626,3 +626,11 @@ def test_a_low_stock_alert_names_sku_source_what_is_left_and_the_threshold(inven
     assert rendered.subject == "Low stock: SKU-<x> at WH-1 (2 available)"
     assert "SKU-<x> is running low at WH-1: 2 available, the low-stock threshold is 5.\n" in rendered.text
     assert "SKU-&lt;x&gt;" in rendered.html and "<x>" not in rendered.html
+
+
+def test_a_templates_dotted_name_on_a_dict_is_its_key_and_a_dicts_methods_still_work():
+    """A notice's values are dicts: `x.name` is the key `name`, even where a dict method has that name, and a method
+    no key shadows is still there (`what_for.get(cause, "")`)."""
+    template = _environment.from_string('{{ line.items }} {{ line.sku }} {{ kinds.get("a", "none") }}')
+
+    assert template.render(line={"items": 3, "sku": "SKU-1"}, kinds={}) == "3 SKU-1 none"
