@@ -58,6 +58,16 @@ async def test_jsonb_is_read_as_python_values_and_written_from_json_text(databas
     assert value == {"n": 12345678901234567890, "x": [1.5, "ü", None]}
 
 
+async def test_a_scan_no_index_serves_is_not_compiled_on_the_pools_connections(database):
+    """The pool plans without sequential scans, which costs a scan that is left at 10^10: far above the cost from
+    which PostgreSQL would compile the statement with LLVM at every execution (tens of milliseconds each)."""
+    async with database.transaction() as pg:
+        await pg.execute("CREATE TEMP TABLE few (n int) ON COMMIT DROP; INSERT INTO few VALUES (1), (2)")
+        plan = [row[0] for row in await pg.fetch("EXPLAIN (ANALYZE) SELECT * FROM few WHERE n = 2")]
+    assert plan[0].startswith("Seq Scan on few  (cost=10000000000")
+    assert not [line for line in plan if line.startswith("JIT:")]
+
+
 async def test_a_transaction_lock_is_held_until_the_transaction_ends(database, database_url):
     # What keeps two relays from publishing the same rows: in autocommit the lock would be gone after its statement.
     other = Database(database_url)
