@@ -327,3 +327,17 @@ async def test_a_consumer_that_handles_a_type_only_for_some_values_of_a_header_s
 
     assert await consume(service, topic, records) == []
     assert await applied(service) == ["r1", "r2", "r3", "r4"]
+
+
+async def test_only_a_batch_that_wrote_to_the_outbox_wakes_the_relay(service, topic, receipt, consume, monkeypatch):
+    """A relay pass that finds nothing still costs a transaction (three round trips): batches that publish nothing,
+    most stock levels in routing and most plans in notifications, do not ask for one."""
+    woken: list[bool] = []
+    monkeypatch.setattr(service.relay, "wake", lambda: woken.append(True))
+
+    assert await deliver(service, topic, receipt("r1")) == []
+    assert woken == []
+
+    emitted = await consume(service, topic, [record(topic.name, b'{"specversion": "1.0", "data": {', "SKU-9")])
+    assert len(dead_letters(emitted)) == 1
+    assert woken == [True]

@@ -331,7 +331,7 @@ class BatchConsumer(metrics.GaugeSource):
         handler: Handler,
         database: Database,
         service: str,
-        on_commit: Callable[[], None],
+        on_commit: Callable[[bool], None],
         on_invalid: InvalidHandler | None = None,
         dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
         handles: Iterable[type[CloudEvent]] | None = None,
@@ -361,6 +361,8 @@ class BatchConsumer(metrics.GaugeSource):
         self._attributes = {metrics.SYSTEM: "kafka", metrics.DESTINATION: topic.name, metrics.GROUP: name}
         # What became of the records of the batch being applied, counted from committed transactions only.
         self._outcomes: Counter[str] = Counter()
+        # Whether a transaction of the batch being applied wrote to the outbox, once it has committed.
+        self._appended = False
         # Per partition: the next offset this group applies (after each commit), the partition's end offset and the
         # consumer's position as the last refresh found them. The lag gauge reads them; nothing here asks Kafka.
         self._applied: dict[TopicPartition, int] = {}
@@ -379,6 +381,7 @@ class BatchConsumer(metrics.GaugeSource):
         self.consumer = consumer
         started = time.perf_counter()
         self._outcomes.clear()
+        self._appended = False
         messages: list[Message] = []
         try:
             # Inside the try: whatever a record holds, an error here is a redelivery, never a batch that the
@@ -421,7 +424,10 @@ class BatchConsumer(metrics.GaugeSource):
             # The batch's transaction has committed; its offsets are not committed yet.
             faults.reach("consumer.after_commit")
         if messages:
-            self.on_commit()
+            # Whether the batch wrote to the outbox: the relay is woken only then. Most batches of some topics write
+            # none (stock levels in routing, plans in notifications), and a pass that finds nothing still costs a
+            # transaction: three round trips.
+            self.on_commit(self._appended)
         # Skipped records' offsets too: they are done with.
         self._commit(records)
         if self.stopping:
@@ -601,6 +607,7 @@ class BatchConsumer(metrics.GaugeSource):
             await append(tx.conn, tx.outbox)
         # Committed: only now do its records count, and the handler's own metrics with them.
         self._outcomes.update(outcomes)
+        self._appended |= bool(tx.outbox)
         tx.has_committed()
 
     async def _apply_unseen(self, messages: list[Message]) -> bool:
@@ -623,6 +630,7 @@ class BatchConsumer(metrics.GaugeSource):
                 raise
             return False
         self._outcomes.update(outcomes)
+        self._appended |= bool(tx.outbox)
         tx.has_committed()
         return True
 

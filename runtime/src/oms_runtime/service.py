@@ -119,7 +119,6 @@ class Service:
         )
         self.consumers: list[BatchConsumer] = []
         self._startup: list[Callable[[], Awaitable[None]]] = []
-        self._after_commit: list[Callable[[], None]] = [self.relay.wake]
         self._workers: list[Callable[[], Awaitable[None]]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._unready: dict[str, str] = {}
@@ -211,14 +210,11 @@ class Service:
         """Declare, for the AsyncAPI document, a topic this service publishes on (through its outbox)."""
         self.broker.publisher(topic.name, schema=topic.union, description=description or topic.description)
 
-    def after_commit(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call `callback` after every batch a consumer commits (the relay is always woken)."""
-        self._after_commit.append(callback)
-        return callback
-
-    def _committed(self) -> None:
-        for callback in self._after_commit:
-            callback()
+    def _committed(self, appended: bool) -> None:
+        """A consumer committed a batch: the relay publishes what it wrote to the outbox, if anything. (A handler
+        that needs more after the commit registers it on the batch's transaction: `Transaction.after_commit`.)"""
+        if appended:
+            self.relay.wake()
 
     def on_startup(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         self._startup.append(hook)

@@ -22,7 +22,8 @@ def create_service(settings: NotificationsSettings) -> Service:
         "recorded with its delivery state.",
     )
     sender = Sender.from_settings(service.database, settings, after_commit=service.relay.wake)
-    handlers.register(service, settings.links, settings.ops_email)
+    # A batch that queued mail wakes the sender instead of leaving it to its tick.
+    handlers.register(service, settings.links, settings.ops_email, queued=sender.wake)
 
     @service.on_startup
     async def say_what_is_not_configured() -> None:
@@ -35,8 +36,6 @@ def create_service(settings: NotificationsSettings) -> Service:
         if not settings.ops_email:
             log.warning("OMS_NOTIFICATIONS_OPS_EMAIL is not set: no mail to operators (stuck orders, low stock)")
 
-    # A committed batch may have queued mail: wake the sender instead of waiting for its tick.
-    service.after_commit(sender.wake)
     service.worker(sender.run)
     service.publishes(NOTIFICATIONS)
     service.http.include_router(router)

@@ -8,7 +8,7 @@ nothing and take no order lock: they are queued at once, one per event."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,8 +22,9 @@ from . import domain, store
 from .rendering import render
 
 
-def register(service: Service, links: domain.Links, operators: Sequence[str]) -> None:
-    consumers = Consumers(links, tuple(operators))
+def register(service: Service, links: domain.Links, operators: Sequence[str], queued: Callable[[], None]) -> None:
+    """Subscribe the consumers; `queued` is called after each batch that queued mail commits."""
+    consumers = Consumers(links, tuple(operators), queued)
     # Events no template is for are skipped unread (by their ce-type header), and so are status changes to a status
     # no template is for (by the header naming it).
     statuses = Only(StatusChanged, StatusChanged.STATUS_HEADER, frozenset(s.value for s in domain.STATUSES_CALLED_FOR))
@@ -34,11 +35,13 @@ def register(service: Service, links: domain.Links, operators: Sequence[str]) ->
 
 
 class Consumers:
-    """The subscribers, with what they need from the settings: where links point, who the operators are."""
+    """The subscribers, with what they need from the settings (where links point, who the operators are) and whom to
+    tell that mail was queued (the sender)."""
 
-    def __init__(self, links: domain.Links, operators: tuple[str, ...]) -> None:
+    def __init__(self, links: domain.Links, operators: tuple[str, ...], queued: Callable[[], None]) -> None:
         self.links = links
         self.operators = operators
+        self.queued = queued
 
     async def on_order_events(self, tx: Transaction, messages: list[Incoming[Any]]) -> None:
         """Order accepted: remember the customer's contact, queue the order confirmation and the messages that
@@ -95,6 +98,8 @@ class Consumers:
             [traceparents[notice.cause_event_id] for notice in told.notices],
             due=datetime.now(UTC),
         )
+        if told.notices:
+            tx.after_commit(self.queued)
 
     async def _alert(self, tx: Transaction, alarms: list[Incoming[Any]]) -> None:
         if not alarms or not self.operators:
@@ -111,3 +116,5 @@ class Consumers:
             [traceparents[notice.cause_event_id] for notice in notices],
             due=datetime.now(UTC),
         )
+        if notices:
+            tx.after_commit(self.queued)
