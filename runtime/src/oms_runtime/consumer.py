@@ -605,10 +605,7 @@ class BatchConsumer(metrics.GaugeSource):
             else:
                 await self._handle(tx, fresh, outcomes)
             await append(tx.conn, tx.outbox)
-        # Committed: only now do its records count, and the handler's own metrics with them.
-        self._outcomes.update(outcomes)
-        self._appended |= bool(tx.outbox)
-        tx.has_committed()
+        self._committed(tx, outcomes)
 
     async def _apply_unseen(self, messages: list[Message]) -> bool:
         """Apply the batch as if none of it had been seen before, the usual case, and record it in the inbox at the
@@ -629,10 +626,15 @@ class BatchConsumer(metrics.GaugeSource):
             if is_transient(error) or not await self._any_seen(messages):
                 raise
             return False
+        self._committed(tx, outcomes)
+        return True
+
+    def _committed(self, tx: Transaction, outcomes: Counter[str]) -> None:
+        """A transaction of the batch has committed: only now do its records count, and the handler's own metrics
+        with them; and whether it wrote to the outbox decides whether the relay is woken."""
         self._outcomes.update(outcomes)
         self._appended |= bool(tx.outbox)
         tx.has_committed()
-        return True
 
     async def _any_seen(self, messages: list[Message]) -> bool:
         """Whether the inbox has any of these events, or the batch holds one twice."""

@@ -8,7 +8,8 @@ nothing and take no order lock: they are queued at once, one per event."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,14 +93,7 @@ class Consumers:
         traceparents = {w.awaiting.event.id: w.traceparent for w in waited}
         traceparents.update((m.event.id, traceparent_of(m.span)) for m in causes)
         await store.await_contact(pg, told.awaiting_contact, [traceparents[a.event.id] for a in told.awaiting_contact])
-        await store.queue(
-            pg,
-            [render(notice) for notice in told.notices],
-            [traceparents[notice.cause_event_id] for notice in told.notices],
-            due=datetime.now(UTC),
-        )
-        if told.notices:
-            tx.after_commit(self.queued)
+        await self._queue(tx, told.notices, traceparents)
 
     async def _alert(self, tx: Transaction, alarms: list[Incoming[Any]]) -> None:
         if not alarms or not self.operators:
@@ -110,11 +104,18 @@ class Consumers:
         contacts = await store.contacts_of(pg, stuck)
         notices = domain.alert([m.event for m in alarms], self.operators, self.links, contacts)
         traceparents = {m.event.id: traceparent_of(m.span) for m in alarms}
+        await self._queue(tx, notices, traceparents)
+
+    async def _queue(
+        self, tx: Transaction, notices: Sequence[domain.Notice], traceparents: Mapping[uuid.UUID, str | None]
+    ) -> None:
+        """Render and queue the notices, each in the trace of its cause; the sender is woken once they commit."""
+        if not notices:
+            return
         await store.queue(
-            pg,
+            await tx.pg(),
             [render(notice) for notice in notices],
             [traceparents[notice.cause_event_id] for notice in notices],
             due=datetime.now(UTC),
         )
-        if notices:
-            tx.after_commit(self.queued)
+        tx.after_commit(self.queued)
