@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import RequestTimedOutError
 
 from oms_contracts import DEAD_LETTERS
+from oms_runtime import consumer as consumer_module
 from oms_runtime import service as service_module
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -195,11 +196,15 @@ async def test_records_whose_headers_are_not_text_are_applied_or_dead_lettered_a
         assert [value.decode() for _, value in letter.headers]
 
 
+@pytest.mark.parametrize("failure", ["refused", "never answered"])
 async def test_an_offset_commit_that_fails_is_retried_until_the_group_stands_at_the_end_of_the_topic(
-    kafka_topic, probe_service, probe, receipt, producer, caught_up
+    failure, kafka_topic, probe_service, probe, receipt, producer, caught_up, monkeypatch
 ):
     """No later batch comes to carry the offsets along: a failed commit that were dropped would leave the group
-    behind for as long as the topic stays quiet, and a restart would redeliver all of it."""
+    behind for as long as the topic stays quiet, and a restart would redeliver all of it. A commit that never
+    answers (aiokafka's, once it has lost the group's coordinator) counts as failed after its timeout: awaited for
+    ever, it would hold back every later commit of the subscription."""
+    monkeypatch.setattr(consumer_module, "_OFFSET_COMMIT_TIMEOUT", 0.5)
     topic = await kafka_topic(partitions=1)
     events = [receipt(f"r{i}") for i in range(5)]
     probe.gate = asyncio.Event()
@@ -216,7 +221,9 @@ async def test_an_offset_commit_that_fails_is_retried_until_the_group_stands_at_
             async def fails_once(offsets):
                 attempts.append(offsets)
                 if len(attempts) == 1:
-                    raise RequestTimedOutError()
+                    if failure == "refused":
+                        raise RequestTimedOutError()
+                    await asyncio.Event().wait()
                 await commit(offsets)
 
             kafka.commit = fails_once

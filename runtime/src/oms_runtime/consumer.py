@@ -48,6 +48,10 @@ E = TypeVar("E", bound=CloudEvent)
 _FLUSH_SECONDS = 10.0
 # How long applied offsets wait to be committed together with the next batches' (seconds).
 _OFFSET_COMMIT_INTERVAL = 0.2
+# How long one offset commit may take before it counts as failed and is tried again. aiokafka's commit can wait
+# without end once it has lost the group's coordinator (seen after a broker restart in the fault suite), and while
+# it waits no later offsets of the subscription are committed.
+_OFFSET_COMMIT_TIMEOUT = 15.0
 
 # The most of an original record's value a dead letter keeps: the broker's default message.max.bytes is 1 MB, and a
 # dead letter carries its error and origin in headers beside the value. A larger one is cut, and says so.
@@ -702,14 +706,16 @@ class BatchConsumer(metrics.GaugeSource):
             if not offsets:
                 continue
             try:
-                await self.consumer.commit(offsets)
+                await asyncio.wait_for(self.consumer.commit(offsets), _OFFSET_COMMIT_TIMEOUT)
                 delay = 0.05
             except Exception as error:
                 # Kept, merged with what later batches add: dropped, they would leave the group's position behind
                 # until the next batch of that partition, and a restart would redeliver everything since.
                 for tp, offset in offsets.items():
                     self._pending_offsets[tp] = max(self._pending_offsets.get(tp, 0), offset)
-                log.warning("offset commit failed for %s, retrying in %.2fs: %r", self.name, delay, error)
+                timed_out = isinstance(error, TimeoutError)
+                reason = f"no answer within {_OFFSET_COMMIT_TIMEOUT:g}s" if timed_out else repr(error)
+                log.warning("offset commit failed for %s, retrying in %.2fs: %s", self.name, delay, reason)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
