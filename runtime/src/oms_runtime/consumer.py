@@ -50,7 +50,9 @@ _FLUSH_SECONDS = 10.0
 _OFFSET_COMMIT_INTERVAL = 0.2
 # How long one offset commit may take before it counts as failed and is tried again. aiokafka's commit can wait
 # without end once it has lost the group's coordinator (seen after a broker restart in the fault suite), and while
-# it waits no later offsets of the subscription are committed.
+# it waits no later offsets of the subscription are committed. A request given up on may still be applied: it went
+# before the retry, and a coordinator handles one connection's requests in order, so the retry's newer offsets land
+# last. Were it ever to land after them, a restart would redeliver a little more, which the inbox skips.
 _OFFSET_COMMIT_TIMEOUT = 15.0
 
 # The most of an original record's value a dead letter keeps: the broker's default message.max.bytes is 1 MB, and a
