@@ -55,6 +55,7 @@ def test_a_stuck_order_fires_its_alert_and_every_rule_fires_only_as_its_unit_tes
         "OMSOutboxBehind",
         "OMSBackorderWaitingLong",
         "OMSConsumerErrors",
+        "OMSOffsetCommitsFailing",
         "OMSHTTPErrors",
     ):
         assert f"alertname: {alert}" in tested, alert

@@ -12,6 +12,7 @@ from aiokafka.errors import RequestTimedOutError
 
 from oms_contracts import DEAD_LETTERS
 from oms_runtime import consumer as consumer_module
+from oms_runtime import metrics
 from oms_runtime import service as service_module
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -233,6 +234,15 @@ async def test_an_offset_commit_that_fails_is_retried_until_the_group_stands_at_
 
     assert len(attempts) >= 2, "the failed commit was tried again"
     assert attempts[-1] == ends
+    # The lag gauge counts applied records and stood at 0 all along: only this says that offsets were held back.
+    group = {
+        "messaging_system": "kafka",
+        "messaging_destination_name": topic.name,
+        "messaging_consumer_group_name": f"oms-probe.{topic.name}",
+    }
+    error_type = "RequestTimedOutError" if failure == "refused" else "TimeoutError"
+    assert metrics.sample("oms_consumer_offset_commit_failures_total", {**group, "error_type": error_type}) == 1
+    assert metrics.sample("oms_consumer_offset_commit_failures_total", group) == 0, "it starts at 0"
 
 
 @pytest.mark.parametrize("in_flight", ["offset commit", "batch"])

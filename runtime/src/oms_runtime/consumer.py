@@ -380,6 +380,7 @@ class BatchConsumer(metrics.GaugeSource):
         for outcome in ("applied", "duplicate", "dead_lettered", "skipped"):
             metrics.MESSAGES.add(0, {**self._attributes, "oms.outcome": outcome})
         metrics.ERRORS.add(0, self._attributes)
+        metrics.COMMIT_FAILURES.add(0, self._attributes)
 
     async def consume(self, records: Sequence[ConsumerRecord], consumer: Any) -> None:
         if not records:
@@ -715,6 +716,7 @@ class BatchConsumer(metrics.GaugeSource):
                 # until the next batch of that partition, and a restart would redeliver everything since.
                 for tp, offset in offsets.items():
                     self._pending_offsets[tp] = max(self._pending_offsets.get(tp, 0), offset)
+                metrics.COMMIT_FAILURES.add(1, {**self._attributes, metrics.ERROR_TYPE: type(error).__name__})
                 timed_out = isinstance(error, TimeoutError)
                 reason = f"no answer within {_OFFSET_COMMIT_TIMEOUT:g}s" if timed_out else repr(error)
                 log.warning("offset commit failed for %s, retrying in %.2fs: %s", self.name, delay, reason)

@@ -144,6 +144,12 @@ ERRORS = _meter.create_counter(
     description="Failed attempts to apply a batch or a message (transient ones are retried, others replayed one by "
     "one and dead-lettered)",
 )
+COMMIT_FAILURES = _meter.create_counter(
+    "oms.consumer.offset_commit.failures",
+    unit="{commit}",
+    description="Offset commits refused or unanswered (error.type TimeoutError: none within 15 s); each is retried "
+    "with the offsets applied since. The lag gauge counts applied records, so only this shows offsets held back",
+)
 
 # -- the outbox relay (one call per publish pass) -----------------------------------------------------------------
 
