@@ -234,7 +234,7 @@ async def test_an_offset_commit_that_fails_is_retried_until_the_group_stands_at_
 
     assert len(attempts) >= 2, "the failed commit was tried again"
     assert attempts[-1] == ends
-    # The lag gauge counts applied records and stood at 0 all along: only this says that offsets were held back.
+    # The lag gauge counts applied records: only this counter says that offsets were held back.
     group = {
         "messaging_system": "kafka",
         "messaging_destination_name": topic.name,
