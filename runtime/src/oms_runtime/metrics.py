@@ -147,8 +147,9 @@ ERRORS = _meter.create_counter(
 COMMIT_FAILURES = _meter.create_counter(
     "oms.consumer.offset_commit.failures",
     unit="{commit}",
-    description="Offset commits refused or unanswered (error.type TimeoutError: none within 15 s); each is retried "
-    "with the offsets applied since. The lag gauge counts applied records, so only this shows offsets held back",
+    description="Offset commits refused or unanswered (error.type TimeoutError: no answer within the consumer's commit "
+    "timeout); each is retried with the offsets applied since. The lag gauge counts applied records, so only this "
+    "shows offsets held back",
 )
 
 # -- the outbox relay (one call per publish pass) -----------------------------------------------------------------
