@@ -149,19 +149,25 @@ class Database:
 
 
 # Every statement sent on the pool reads by key (a batch's ids through `= ANY($1)` or `unnest`, an order, the outbox
-# after the last id sent) or has no index to use. PostgreSQL plans a prepared statement once per connection (its
-# generic plan, after the fifth run) without knowing how many keys a batch holds (an unnest of a parameter counts as
-# 100 rows), against the tables as large as they are then: on young tables (a new deployment, the bench's fresh
-# database) that plan scans them whole for every batch, and keeps doing so as they grow, until the next ANALYZE. At 50
-# orders/s that was about 8,000 rows read per order (docs/performance.md, step 35). Without sequential scans, a batch's
-# keys are looked up in their index whatever the size the table had when the plan was made; a table no index serves is
-# still scanned. The HTTP reads (SQLAlchemy's pool) keep the planner's defaults.
+# after the last id sent) or has no index to use. Its connections keep each statement's generic plan
+# (`plan_cache_mode`), made at its first execution without knowing how many keys a batch holds (an unnest of a
+# parameter counts as 100 rows), and made again after an ANALYZE of its tables. Left to choose, PostgreSQL plans a
+# statement anew at every execution while a plan for the values at hand looks cheaper than the generic one, which for
+# a batch of a few keys is always: at 50 orders/s that was 1.7 ms of the server's time per order, against 4.6 ms
+# executing the statements (docs/performance.md, step 40).
+# A generic plan is costed on the tables as large as they are when it is made. On young tables (a new deployment, the
+# bench's fresh database) it scanned them whole for every batch, and kept doing so as they grew: about 8,000 rows read
+# per order at 50 orders/s (step 35). Without sequential scans, a batch's keys are looked up in their index whatever
+# the size the table had then; a table no index serves is still scanned. Nor may a statement let the planner hash a
+# whole table rather than probe it per key: an EXISTS subquery may become a hashed subplan, a LATERAL subquery with a
+# LIMIT cannot (services/order/tests/test_store.py checks the plans of the order service's load). The HTTP reads
+# (SQLAlchemy's pool) keep the planner's defaults.
 #
 # Nor with JIT compilation: no statement on the pool costs enough for compiling it to pay, and the setting above would
 # set it off. A scan the planner cannot avoid (a table without an index; every table has one today) is costed at
 # 10^10, far above `jit_above_cost`, and would be compiled with LLVM, inlined and optimised, at every execution: 67 ms
 # of the server's CPU against 0.2 for a table of five rows.
-_PLANNER = {"enable_seqscan": "off", "jit": "off"}
+_PLANNER = {"enable_seqscan": "off", "jit": "off", "plan_cache_mode": "force_generic_plan"}
 
 # How long a transaction waits for a pooled connection before it fails (a transient error: the batch is retried).
 _ACQUIRE_SECONDS = 30.0

@@ -77,6 +77,47 @@ async def test_a_batch_is_saved_in_one_statement_whatever_tables_it_writes(order
     assert fulfillment.shipped_at is not None and len(fulfillment.parcels) == 1
 
 
+def scans(node: dict) -> list[dict]:
+    """The plan's nodes that read a table or an index."""
+    found = [node] if "Scan" in node["Node Type"] and "Function" not in node["Node Type"] else []
+    for child in node.get("Plans", []):
+        found += scans(child)
+    return found
+
+
+async def test_the_load_looks_up_each_orders_fulfillments_parcels_and_cancellations_in_the_plan_the_pool_keeps(
+    order_service, monkeypatch
+):
+    """The pool's connections keep a statement's generic plan, costed for ten keys and on the tables as they are. Most
+    orders of a batch have no fulfillment, parcel or cancellation yet, so the load asks whether they do; asked with
+    EXISTS, the planner read those tables whole through their index and hashed them (1,760 pages per order at 10
+    orders/s), and the cached plan did so for every batch. Each of the load's statements must look them up by key."""
+    submitted = samples.order_submitted("load-plan", [("TENT", 2, "7.00")])
+    await deliver(order_service, CHANNEL_ORDERS, submitted, samples.payment_captured(submitted))
+    plan = samples.fulfillment_planned(submitted, [("1", 2)], [], source_code="WH-EAST")
+    await deliver(order_service, ROUTING_PLANS, plan)
+    [_, request] = await deliver(order_service, INVENTORY_ALLOCATIONS, samples.shipment_reserved(plan))
+    await deliver(order_service, FULFILLMENT_UPDATES, samples.shipped(request.event))
+    _, selects = await load_counting(order_service, monkeypatch, submitted)
+    assert len(selects) == 4  # the order, its lines and flags, its fulfillments, its parcels
+
+    keys = "{" + str(submitted.data.order_id) + "}"
+    async with order_service.database.autocommit() as pg:
+        assert await pg.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+        looked_up = []
+        for i, statement in enumerate(selects):
+            await pg.execute(f"PREPARE load_{i} (uuid[]) AS {statement}")
+            [[shown]] = await pg.fetch(f"EXPLAIN (FORMAT JSON) EXECUTE load_{i} ('{keys}')")
+            await pg.execute(f"DEALLOCATE load_{i}")
+            for scan in scans(shown[0]["Plan"]):
+                assert scan["Node Type"] != "Seq Scan", (statement, scan)
+                index = scan.get("Index Name", "")
+                if any(table in index for table in ("fulfillments", "parcels", "cancellations")):
+                    assert "Index Cond" in scan, (statement, scan)
+                    looked_up.append(index)
+    assert {"ix_fulfillments_order_id", "ix_parcels_order_id", "ix_cancellations_order_id"} <= set(looked_up)
+
+
 def test_statements_sent_together_have_their_parameters_numbered_on():
     together = store._together(("INSERT INTO a SELECT $1, $2", "UPDATE b SET x = $1 WHERE y = $3 OR z = $2"))
     assert together == (

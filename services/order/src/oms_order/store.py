@@ -374,10 +374,11 @@ async def load(pg, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Order]:
     loses another's update, and none adds a fulfillment, parcel or cancellation while another holds the order.
 
     Two to five statements: the statement that reads the lines, once the orders are locked, also says whether each
-    order has any fulfillments, parcels or cancellations (an index probe each), and a table none of the orders has
-    rows in is not read; most batches are of orders early in their life, which have none of the three. Not in the
-    locking statement: its other subqueries would see the tables as they were before it waited for a lock, so a
-    cancellation committed by the writer it waited for would be missed."""
+    order has any fulfillments, parcels or cancellations (an index probe each, a LATERAL subquery with a LIMIT: an
+    EXISTS may be planned as a hash of the whole table, which the pool's generic plans would keep), and a table none
+    of the orders has rows in is not read; most batches are of orders early in their life, which have none of the
+    three. Not in the locking statement: its other subqueries would see the tables as they were before it waited for
+    a lock, so a cancellation committed by the writer it waited for would be missed."""
     ids = list(set(order_ids))
     if not ids:
         return {}
@@ -389,10 +390,13 @@ async def load(pg, order_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, Order]:
     for row in await pg.fetch(
         """
         SELECT i.order_id AS of_order, t.*,
-            EXISTS (SELECT 1 FROM fulfillments f WHERE f.order_id = i.order_id) AS has_fulfillments,
-            EXISTS (SELECT 1 FROM parcels p WHERE p.order_id = i.order_id) AS has_parcels,
-            EXISTS (SELECT 1 FROM cancellations c WHERE c.order_id = i.order_id) AS has_cancellations
+            f.found IS NOT NULL AS has_fulfillments,
+            p.found IS NOT NULL AS has_parcels,
+            c.found IS NOT NULL AS has_cancellations
         FROM unnest($1::uuid[]) AS i(order_id)
+        LEFT JOIN LATERAL (SELECT true AS found FROM fulfillments f WHERE f.order_id = i.order_id LIMIT 1) f ON true
+        LEFT JOIN LATERAL (SELECT true AS found FROM parcels p WHERE p.order_id = i.order_id LIMIT 1) p ON true
+        LEFT JOIN LATERAL (SELECT true AS found FROM cancellations c WHERE c.order_id = i.order_id LIMIT 1) c ON true
         LEFT JOIN order_lines t ON t.order_id = i.order_id
         ORDER BY i.order_id, t.line_id
         """,
