@@ -69,6 +69,8 @@ class Probe:
         self.refuse_seen = False
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
+        # Write `applied` as the batch's last write (Transaction.write) rather than at once.
+        self.write_last = False
 
     async def __call__(self, tx: Transaction, events: list[Incoming[StockReceived]]) -> None:
         self.batches.append([e.event.data.reference or "" for e in events])
@@ -88,10 +90,17 @@ class Probe:
             if seen:
                 raise Refused(f"{seen} of these were applied already")
         # Written before the checks below: what a failing handler wrote must not be kept.
-        await (await tx.pg()).executemany(
-            "INSERT INTO applied (event_id, reference) VALUES ($1, $2)",
-            [(e.id, e.event.data.reference) for e in events],
-        )
+        if self.write_last:
+            await tx.write(
+                "INSERT INTO applied (event_id, reference) SELECT * FROM unnest($1::uuid[], $2::text[])",
+                [e.id for e in events],
+                [e.event.data.reference for e in events],
+            )
+        else:
+            await (await tx.pg()).executemany(
+                "INSERT INTO applied (event_id, reference) VALUES ($1, $2)",
+                [(e.id, e.event.data.reference) for e in events],
+            )
         for e in events:
             reference = e.event.data.reference or ""
             if reference in self.fixed:

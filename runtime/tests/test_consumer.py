@@ -40,6 +40,29 @@ async def test_the_same_event_twice_in_one_batch_is_applied_once(service, topic,
     assert probe.batches == [["r1", "r2", "r1"], ["r1", "r2"]]  # rolled back once the inbox saw r1 twice
 
 
+async def test_a_handlers_last_write_goes_with_the_batchs_inbox_record_and_outbox_rows_in_one_statement(
+    service, topic, probe, receipt, applied, monkeypatch
+):
+    sent: list[str] = []
+    done = metrics.statement_done
+    monkeypatch.setattr(metrics, "statement_done", lambda query, *a: (sent.append(query), done(query, *a)))
+    probe.write_last = True
+    r1, r3 = receipt("r1"), receipt("r3")
+    assert await deliver(service, topic, r1, receipt("r2")) == []
+    assert await applied(service) == ["r1", "r2"]
+    [last] = [q for q in sent if "INSERT INTO applied" in q]
+    assert "INSERT INTO inbox" in last and "INSERT INTO outbox" in last
+    assert sent[sent.index(last) + 1] == "COMMIT;"
+
+    # Redelivered, and twice in one batch: the write is rolled back with the batch, and made once in the batch that
+    # claims its events first.
+    sent.clear()
+    assert await deliver(service, topic, r1, r3, r3) == []
+    assert await applied(service) == ["r1", "r2", "r3"]
+    assert probe.batches[-1] == ["r3"]
+    assert sum("INSERT INTO applied" in q for q in sent) == 2
+
+
 async def test_an_invalid_record_is_dead_lettered_with_its_error_and_the_rest_of_its_batch_is_applied(
     service, topic, probe, receipt, applied, consume
 ):

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from oms_runtime import database as database_module
-from oms_runtime.database import Database, driver, is_transient
+from oms_runtime.database import Database, driver, is_transient, together
 
 
 class Boom(Exception):
@@ -233,3 +233,11 @@ async def test_real_failures_of_a_statement_are_not_transient(database):
         ),
     ]
     assert [is_transient(error) for error in failures] == [False] * len(failures), [repr(e) for e in failures]
+
+
+def test_statements_sent_together_have_their_parameters_numbered_on():
+    statements = ("INSERT INTO a SELECT $1, $2", "UPDATE b SET x = $1 WHERE y = $3 OR z = $2")
+    assert together(statements) == (
+        "WITH w0 AS (INSERT INTO a SELECT $1, $2),\nw1 AS (UPDATE b SET x = $3 WHERE y = $5 OR z = $4)\nSELECT 1"
+    )
+    assert together(statements[:1], "SELECT count(*) FROM w0").endswith("\nSELECT count(*) FROM w0")

@@ -66,7 +66,7 @@ async def test_a_batch_of_unseen_events_is_recorded_in_the_inbox_by_the_statemen
 
     batch = sent[: sent.index("COMMIT;") + 1]  # then the test's own reading of the outbox
     assert [q.split()[0] for q in batch] == ["BEGIN;", "INSERT", "WITH", "COMMIT;"]  # the handler's insert, the claim
-    assert batch[2].startswith("WITH claimed AS ( INSERT INTO inbox") and "INSERT INTO outbox" in batch[2]
+    assert batch[2].startswith("WITH w0 AS ( INSERT INTO inbox") and "INSERT INTO outbox" in batch[2]
     assert await applied(service) == ["a", "b"]
 
 

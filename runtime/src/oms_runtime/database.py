@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 from collections.abc import AsyncIterator
@@ -280,6 +281,19 @@ def renumbered(statement: str, by: int) -> str:
     """A statement's parameters $1..$n as $(1+by)..$(n+by): to send it as a part of a larger one (a data-modifying CTE)
     whose earlier parts take the first `by`."""
     return _PARAMETER.sub(lambda m: f"${int(m.group(1)) + by}", statement)
+
+
+@functools.lru_cache(maxsize=256)
+def together(statements: tuple[str, ...], result: str = "SELECT 1") -> str:
+    """Several data-modifying statements as one, each a CTE (`w0`, `w1`, ... in this order) with its parameters
+    numbered on, and `result` the final query, which may read them by name. PostgreSQL runs each to completion
+    whether or not anything reads it, all in one snapshot (no part sees another's rows), and checks foreign keys at
+    the statement's end. The few combinations a service makes are each prepared once per connection."""
+    parts, before = [], 0
+    for i, statement in enumerate(statements):
+        parts.append(f"w{i} AS ({renumbered(statement, before)})")
+        before += parameters(statement)
+    return "WITH " + ",\n".join(parts) + "\n" + result
 
 
 # SQLSTATEs that say nothing about the message being applied, only about the database it is applied to; the same

@@ -94,8 +94,10 @@ async def _apply(tx: Transaction, messages: list[Incoming], order_id_of, apply) 
                 # The whole batch is replayed one message at a time and only this one is dead-lettered.
                 raise Refused(str(refusal)) from refusal
             announce(tx, order, order.transitions[announced:], order.events[recorded:], outgoing)
-    metrics.observe(tx, orders.values())  # before the save, which clears what the orders recorded
-    await store.save(await tx.pg(), orders.values())
+    metrics.observe(tx, orders.values())  # before the writes are made, which clears what the orders recorded
+    # The batch's last writes: they go with its inbox record and outbox rows, in one statement.
+    for statement, args in store.writes(orders.values()):
+        await tx.write(statement, *args)
 
 
 def translate(order: Order, fact: domain.Event) -> list[CloudEvent]:

@@ -4,7 +4,6 @@ batch's writes sent together as one (`save`)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import uuid
 from collections.abc import Iterable
@@ -17,7 +16,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 from oms_contracts.order import OrderStatus, StuckKind
 from oms_runtime import add_messaging_tables
-from oms_runtime.database import json_text, parameters, renumbered
+from oms_runtime.database import json_text, together
 
 from .domain import (
     BackorderCount,
@@ -299,30 +298,15 @@ def _write(statement: str, *args: Any) -> Write:
     return statement, args
 
 
-async def _write_all(pg, writes: Iterable[Write | None]) -> None:
-    """The writes in one round trip: each a data-modifying CTE of one statement, which PostgreSQL runs to completion
-    whether or not anything reads it, all in one snapshot (no part reads another's rows; foreign keys are checked at
-    the statement's end, so a new order's lines go with it). A save of a batch sent four or five statements before."""
-    writes = [w for w in writes if w is not None]
+async def _write_all(pg, writes: Iterable[Write]) -> None:
+    """The writes in one round trip (`together`): a save of a batch sent four or five statements before."""
+    writes = list(writes)
     if len(writes) == 1:
         [(statement, args)] = writes
         await pg.execute(statement, *args)
     elif writes:
-        await pg.execute(
-            _together(tuple(statement for statement, _ in writes)), *(a for _, args in writes for a in args)
-        )
-
-
-@functools.lru_cache(maxsize=128)
-def _together(statements: tuple[str, ...]) -> str:
-    """One statement of several, their parameters numbered on: the few combinations a batch makes (a capture writes
-    orders, lines and timeline; a plan updates orders and writes lines, fulfillments and timeline) are each prepared
-    once per connection."""
-    parts, before = [], 0
-    for i, statement in enumerate(statements):
-        parts.append(f"w{i} AS ({renumbered(statement, before)})")
-        before += parameters(statement)
-    return "WITH " + ",\n".join(parts) + "\nSELECT 1"
+        statement = together(tuple(statement for statement, _ in writes))
+        await pg.execute(statement, *(a for _, args in writes for a in args))
 
 
 _UNITS = [f"quantity_{s}" for s in LineState]
@@ -523,15 +507,20 @@ def _parcel(row: Any) -> Parcel:
 
 
 async def save(pg, orders_: Iterable[Order]) -> None:
-    """Write what changed in these orders: new orders, statuses and totals, line units, fulfillments, parcels,
-    cancellations, refunds, returns, timeline rows. One set-based statement per table with rows to write, and all of
-    them sent as one (`_write_all`)."""
+    """Write what changed in these orders, in one round trip (`writes`)."""
+    await _write_all(pg, writes(orders_))
+
+
+def writes(orders_: Iterable[Order]) -> list[Write]:
+    """The statements that write what changed in these orders: new orders, statuses and totals, line units,
+    fulfillments, parcels, cancellations, refunds, returns, timeline rows; one set-based statement per table with
+    rows to write. The orders are then as saved: what they recorded is cleared."""
     orders_ = list(orders_)
     changed = [o for o in orders_ if o.changed]
     touched = [o.fulfillments[f] for o in changed for f in sorted(o.changed_fulfillments)]
-    await _write_all(
-        pg,
-        [
+    statements = [
+        w
+        for w in [
             _insert_orders([o for o in changed if o.new]),
             _update_orders([o for o in changed if not o.new]),
             _upsert_lines(changed),
@@ -542,8 +531,9 @@ async def save(pg, orders_: Iterable[Order]) -> None:
             _insert_returns([r for o in changed for r in o.returns]),
             # A note changes nothing but the timeline: it is written whether or not the order changed.
             _insert_timeline([e for o in orders_ for e in o.timeline]),
-        ],
-    )
+        ]
+        if w is not None
+    ]
     for order in orders_:
         order.new = order.changed = False
         order.transitions.clear()
@@ -553,6 +543,7 @@ async def save(pg, orders_: Iterable[Order]) -> None:
         order.returns.clear()
         order.changed_fulfillments.clear()
         order.changed_cancellations.clear()
+    return statements
 
 
 def _insert_orders(new: list[Order]) -> Write | None:
@@ -770,7 +761,9 @@ def _insert_returns(made: list[Return]) -> Write | None:
 
 async def insert_timeline(pg, entries: list[Entry]) -> None:
     """Timeline rows alone (an HTTP note); a batch's save writes them with the rest."""
-    await _write_all(pg, [_insert_timeline(entries)])
+    write = _insert_timeline(entries)
+    if write is not None:
+        await pg.execute(write[0], *write[1])
 
 
 def _insert_timeline(entries: list[Entry]) -> Write | None:

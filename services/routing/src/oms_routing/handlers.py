@@ -123,7 +123,7 @@ def register(service: Service) -> None:
             if isinstance(message.event, StockLevelChanged):
                 data = message.event.data
                 latest[(data.sku, data.source_code)] = data
-        await store.record_stock_levels(await tx.pg(), list(latest.values()))
+        await store.record_stock_levels(tx, list(latest.values()))
 
 
 async def _plan_paid(tx: Transaction, paid: list[Incoming[Any]], settings: RoutingSettings) -> None:

@@ -18,7 +18,7 @@ from oms_contracts.common import Line, RoutingRule
 from oms_contracts.inventory import StockLevelChangedData
 from oms_contracts.order import OrderPaidData
 from oms_contracts.routing import FulfillmentPlannedData, Source
-from oms_runtime import add_messaging_tables
+from oms_runtime import Transaction, add_messaging_tables
 from oms_runtime.database import json_text
 
 from .domain import Availability, Fulfillment, Replan, RoutedOrder
@@ -303,13 +303,14 @@ async def availability_of(pg: asyncpg.Connection, skus: Iterable[str]) -> Availa
     return Availability({(row["source_code"], row["sku"]): row["available"] for row in rows})
 
 
-async def record_stock_levels(pg: asyncpg.Connection, levels: Sequence[StockLevelChangedData]) -> None:
-    """Upsert stock levels, at most one per (sku, source); a level older than the one held is ignored."""
+async def record_stock_levels(tx: Transaction, levels: Sequence[StockLevelChangedData]) -> None:
+    """Upsert stock levels, at most one per (sku, source); a level older than the one held is ignored. The batch's
+    only write: it goes with the batch's inbox record (`Transaction.write`)."""
     if not levels:
         return
     # Sorted, so that two instances upserting overlapping keys take the row locks in the same order.
     levels = sorted(levels, key=lambda level: (level.sku, level.source_code))
-    await pg.execute(
+    await tx.write(
         """
         INSERT INTO availability AS a (sku, source_code, on_hand, reserved, available, changed_at)
         SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::int[], $6::timestamptz[])
