@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -662,6 +662,31 @@ async def test_after_max_attempts_replan_requests_make_lines_unfulfillable_when_
     assert [(ln.line_id, ln.reason) for ln in plan.unfulfillable_lines] == [
         ("1", f"no source left for the item after 3 attempts; rejected by {', '.join(sorted(turned_down))}")
     ]
+
+
+async def test_the_network_is_read_with_the_shipments_each_source_planned_on_its_own_day(routing, make_source, codes):
+    # 20:00 UTC on 1 December: already the 2nd in Auckland (UTC+13), still the 1st in Los Angeles (UTC-8).
+    at = datetime(2026, 12, 1, 20, 0, tzinfo=UTC)
+    auckland, angeles, unlimited = codes["WH-A"], codes["WH-B"], codes["WH-C"]
+    await add_sources(
+        routing,
+        make_source(auckland, daily_capacity=10, timezone="Pacific/Auckland"),
+        make_source(angeles, daily_capacity=10, timezone="America/Los_Angeles"),
+        make_source(unlimited, timezone="Pacific/Auckland"),
+    )
+    async with routing.database.transaction() as pg:
+        await pg.execute(
+            "INSERT INTO planned_shipments (source_code, planned_on, shipments) SELECT * FROM unnest($1::text[], "
+            "$2::date[], $3::int[])",
+            [code for code in (auckland, angeles, unlimited) for _ in range(3)],
+            [date(2026, 11, 30), date(2026, 12, 1), date(2026, 12, 2)] * 3,
+            [1, 2, 3, 4, 5, 6, 7, 8, 9],
+        )
+        sources, planned = await store.planning_network(pg, at)
+    ours = {auckland, angeles, unlimited}
+    assert {s.code for s in sources} >= ours
+    # Each source's count of its own local day; a source without a daily capacity has none.
+    assert {code: n for code, n in planned.items() if code in ours} == {auckland: 3, angeles: 5}
 
 
 async def test_a_partly_replanned_shipment_keeps_its_place_in_the_daily_capacity_until_all_of_it_is_replanned(

@@ -358,7 +358,7 @@ async def _apply_movements(
         )
     batch.moved(changes.stock)
     release = await _serve_backorders(batch, reconsidered=reconsidered, read=read)
-    await batch.save(release)
+    await batch.save(tx, release)
     await store.save_expected_receipts(pg, changes.expected)
     by_sku = {mv.sku: m for mv, m in zip(movements, messages, strict=True)}
     causes = _Causes(fallback, by_sku, {key: messages[i] for key, i in changes.causes.items()})
@@ -457,7 +457,7 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
     used = [*joining.tombstones, *(replace(t, quantity=0) for t in tombstones if t.shipment_id in reserved_now)]
     await store.use_tombstones(pg, used)
     batch.moved(result.stock)
-    await store.insert_reservations(pg, result.reservations())
+    await store.insert_reservations(tx, result.reservations())
 
     queued = await store.queue_backorders(pg, joining.lines)
     # Routing may have backordered a line for which a source already holds stock (its view of stock lags): that
@@ -465,7 +465,7 @@ async def receive_plans(tx: Transaction, messages: list[Incoming[Any]], threshol
     # never come.
     batch.offer(where_new_lines_may_be_served(batch.after, {line.sku for line in joining.lines}))
     release = await _serve_backorders(batch)
-    await batch.save(release)
+    await batch.save(tx, release)
 
     plan_of_shipment: dict[uuid.UUID, Incoming[Any]] = {}
     for s, cause in zip(shipments, cause_of_shipment, strict=True):
@@ -626,7 +626,7 @@ async def receive_fulfillment_updates(tx: Transaction, messages: list[Incoming[A
     await store.save_reservations(pg, list(settlement.reservations.values()))
     batch.moved(settlement.stock)
     release = await _serve_backorders(batch)
-    await batch.save(release)
+    await batch.save(tx, release)
     by_sku = {sku: causes[i] for sku, i in settlement.sku_causes.items()}
     emitted = _Causes(causes[-1], by_sku, {k: causes[i] for k, i in settlement.causes.items()})
     batch.emit(tx, release, emitted, threshold, reasons)
@@ -710,7 +710,7 @@ async def receive_order_events(tx: Transaction, messages: list[Incoming[Any]], s
             where,
         )
     await store.add_tombstones(pg, [*settled.tombstones, *release.tombstones], settings.tombstone_days)
-    await batch.save(release)
+    await batch.save(tx, release)
     by_sku = {line.sku: m for m in cancelled for line in release.lines if line.order_id == m.event.data.order_id}
     by_sku |= {r.sku: receipt_causes[i] for i, r in enumerate(receipts)}
     by_key = {key: reserved_causes[i] for key, i in settled.causes.items()}
@@ -817,10 +817,12 @@ class _Batch:
         self.after = {**rows, **self.after}
         self.locked |= more
 
-    async def save(self, release: Release) -> None:
-        await store.save_stock(self.pg, list(self.changed(release).values()))
+    async def save(self, tx: Transaction, release: Release) -> None:
+        # The waiting lines at once (a plan's batch reads the queues after it); stock and reservations with the
+        # batch's last statement.
         await store.save_backorders(self.pg, release.lines)
-        await store.insert_reservations(self.pg, [r for a in release.allocations for r in a.reservations()])
+        await store.save_stock(tx, list(self.changed(release).values()))
+        await store.insert_reservations(tx, [r for a in release.allocations for r in a.reservations()])
 
     def changed(self, release: Release) -> dict[StockKey, Stock]:
         final = {**self.after, **release.stock}

@@ -49,7 +49,7 @@ from oms_inventory.domain import (
     StockKey,
     Tombstone,
 )
-from oms_runtime import add_messaging_tables
+from oms_runtime import Transaction, add_messaging_tables
 from oms_runtime.database import json_text
 
 metadata = sa.MetaData()
@@ -596,11 +596,12 @@ async def lock_stock(pg: asyncpg.Connection, keys: Iterable[StockKey]) -> dict[S
     return {(row["sku"], row["source_code"]): _stock(row) for row in rows}
 
 
-async def save_stock(pg: asyncpg.Connection, changed: Collection[Stock]) -> None:
-    """Write the new levels of rows this transaction has locked."""
+async def save_stock(tx: Transaction, changed: Collection[Stock]) -> None:
+    """Write the new levels of rows this transaction has locked: a last write, which goes with the batch's inbox
+    record (`Transaction.write`); nothing a batch reads after it reads stock."""
     if not changed:
         return
-    await pg.execute(
+    await tx.write(
         """
         UPDATE stock s SET on_hand = v.on_hand, reserved = v.reserved, set_aside = v.set_aside,
             counted_at = v.counted_at, updated_at = now()
@@ -631,12 +632,13 @@ async def decided_shipments(pg: asyncpg.Connection, shipment_ids: Collection[uui
     return {row["shipment_id"] for row in rows}
 
 
-async def insert_reservations(pg: asyncpg.Connection, rows: Sequence[Reservation]) -> None:
+async def insert_reservations(tx: Transaction, rows: Sequence[Reservation]) -> None:
+    """A last write, like `save_stock`: nothing a batch reads after it reads reservations."""
     # No ON CONFLICT: a conflict would mean this batch reserved stock for a shipment already decided. The primary
     # key then fails the batch, which the runtime replays message by message, and the replay sees the decision.
     if not rows:
         return
-    await pg.execute(
+    await tx.write(
         """
         INSERT INTO reservations (shipment_id, line_id, order_id, plan_id, sku, source_code, quantity, state,
                                   released)

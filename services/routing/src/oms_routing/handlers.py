@@ -186,7 +186,7 @@ async def _replan(tx: Transaction, withdrawals: list[Withdrawal], settings: Rout
 
 @dataclass(frozen=True, slots=True)
 class Planning:
-    """What the engine plans a batch with, loaded in four statements whatever the batch's size."""
+    """What the engine plans a batch with, loaded in three statements whatever the batch's size."""
 
     network: domain.PlanningNetwork
     availability: domain.Availability
@@ -199,8 +199,7 @@ async def load_planning(
     """The active network with each source's shipments planned today, the availability of the orders' SKUs, and
     the rule chains of their channels."""
     orders = list(orders)
-    sources = await store.active_network(pg)
-    planned_today = await store.shipments_planned_on(pg, domain.capacity_days(sources, planned_at))
+    sources, planned_today = await store.planning_network(pg, planned_at)
     stock = await store.availability_of(pg, (line.sku for order in orders for line in order.lines))
     stored = await store.stored_rule_chains(pg, [domain.DEFAULT_CHANNEL, *(order.channel for order in orders)])
     return Planning(

@@ -7,7 +7,8 @@ import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
@@ -21,7 +22,7 @@ from oms_contracts.routing import FulfillmentPlannedData, Source
 from oms_runtime import Transaction, add_messaging_tables
 from oms_runtime.database import json_text
 
-from .domain import Availability, Fulfillment, Replan, RoutedOrder
+from .domain import Availability, Fulfillment, Replan, RoutedOrder, capacity_days
 
 metadata = sa.MetaData()
 outbox, inbox = add_messaging_tables(metadata)
@@ -156,19 +157,36 @@ _SOURCE_COLUMNS = (
     "timezone, cutoff_time, transit_days, daily_capacity"
 )
 # jsonb comes back as text, which the contract's nested model cannot take as it is.
-_SELECT_SOURCES = f"SELECT {_SOURCE_COLUMNS.replace('transit_days', 'transit_days::text AS transit_days')} FROM sources"
+_SOURCE_SELECTED = _SOURCE_COLUMNS.replace("transit_days", "transit_days::text AS transit_days")
+_SELECT_SOURCES = f"SELECT {_SOURCE_SELECTED} FROM sources"
 
 
-def _source(row: asyncpg.Record) -> Source:
+def _source(row: asyncpg.Record | dict[str, Any]) -> Source:
     return Source.model_validate(dict(row) | {"transit_days": json.loads(row["transit_days"])})
 
 
 # --- the network ---------------------------------------------------------------------------------------------------
 
 
-async def active_network(pg: asyncpg.Connection) -> list[Source]:
-    rows = await pg.fetch(f"{_SELECT_SOURCES} WHERE active ORDER BY code")
-    return [_source(row) for row in rows]
+async def planning_network(pg: asyncpg.Connection, at: datetime) -> tuple[list[Source], dict[str, int]]:
+    """The active network, and the shipments planned (and not rejected) at each source with a daily capacity on its
+    local day at `at` (`domain.local_day`, the day its capacity counts), as `planned_shipments` keeps them: one
+    statement, a round trip fewer per batch of plans. Each source's counts of the days around `at` are read (a source
+    is at most a day ahead of or behind UTC) and its own day picked here, with the time zones the network was
+    validated with, not the database server's."""
+    rows = await pg.fetch(
+        f"""
+        SELECT {_SOURCE_SELECTED},
+            (SELECT json_object_agg(p.planned_on, p.shipments) FROM planned_shipments p
+             WHERE p.source_code = sources.code AND p.planned_on BETWEEN $1::date - 1 AND $1::date + 1) AS planned
+        FROM sources WHERE active ORDER BY code
+        """,
+        at.astimezone(UTC).date(),
+    )
+    sources = [_source({k: v for k, v in row.items() if k != "planned"}) for row in rows]
+    planned = {row["code"]: row["planned"] or {} for row in rows}
+    days = capacity_days(sources, at)
+    return sources, {code: n for code, day in days.items() if (n := planned[code].get(day.isoformat())) is not None}
 
 
 async def network(pg: asyncpg.Connection) -> list[Source]:
@@ -429,22 +447,6 @@ async def fulfillments_of(pg: asyncpg.Connection, fulfillment_ids: Iterable[uuid
         )
         for row in rows
     }
-
-
-async def shipments_planned_on(pg: asyncpg.Connection, days: Mapping[str, date]) -> dict[str, int]:
-    """Shipments planned (and not rejected) per source on the given day of each, as `planned_shipments` keeps them."""
-    if not days:
-        return {}
-    rows = await pg.fetch(
-        """
-        SELECT p.source_code, p.shipments AS planned
-        FROM unnest($1::text[], $2::date[]) AS d(source_code, day)
-        JOIN planned_shipments p ON p.source_code = d.source_code AND p.planned_on = d.day
-        """,
-        list(days),
-        list(days.values()),
-    )
-    return {row["source_code"]: row["planned"] for row in rows}
 
 
 async def save_plans(
