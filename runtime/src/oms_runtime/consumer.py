@@ -296,14 +296,19 @@ class _SeenBefore(Exception):
     """Some of a batch applied as unseen had been seen: its transaction is rolled back."""
 
 
+def _held(tx: Transaction) -> tuple[tuple[str, ...], list[Any]]:
+    """The outbox append and the writes the handler left (`Transaction.write`): their statements, and their
+    arguments in that order."""
+    statements = (APPEND, *(w for w, _ in tx.writes))
+    return statements, [*outbox_columns(tx.outbox), *(a for _, args in tx.writes for a in args)]
+
+
 async def _claim_and_end(pg, consumer: str, keys: list[tuple[str, uuid.UUID]], tx: Transaction) -> int:
-    """Record events in the inbox, write the batch's messages to the outbox and send the writes its handler left
-    (`Transaction.write`), in one statement; return how many of the events were not there before."""
-    statement = together((_CLAIMED, APPEND, *(w for w, _ in tx.writes)), "SELECT count(*) FROM w0")
-    written = (a for _, args in tx.writes for a in args)
-    return await pg.fetchval(
-        statement, consumer, [k[0] for k in keys], [k[1] for k in keys], *outbox_columns(tx.outbox), *written
-    )
+    """Record events in the inbox, write the batch's messages to the outbox and send the writes its handler left,
+    in one statement; return how many of the events were not there before."""
+    statements, args = _held(tx)
+    statement = together((_CLAIMED, *statements), "SELECT count(*) FROM w0")
+    return await pg.fetchval(statement, consumer, [k[0] for k in keys], [k[1] for k in keys], *args)
 
 
 async def _end(pg, tx: Transaction) -> None:
@@ -312,8 +317,8 @@ async def _end(pg, tx: Transaction) -> None:
     if not tx.writes:
         await append(pg, tx.outbox)
         return
-    statement = together((APPEND, *(w for w, _ in tx.writes)))
-    await pg.execute(statement, *outbox_columns(tx.outbox), *(a for _, args in tx.writes for a in args))
+    statements, args = _held(tx)
+    await pg.execute(together(statements), *args)
 
 
 Handler = Callable[[Transaction, list[Incoming[Any]]], Awaitable[None]]
@@ -648,11 +653,11 @@ class BatchConsumer(metrics.GaugeSource):
     async def _apply_unseen(self, messages: list[Message]) -> bool:
         """Apply the batch as if none of it had been seen before, the usual case, and record it in the inbox at the
         end, in the statement that writes the outbox and the handler's last writes: a round trip fewer per batch than
-        claiming it first. If any of
-        it had been seen (a redelivery, the same event twice in the batch), roll back and return False: the caller
-        then claims first and skips what was seen. So does a failure when some of the batch had been seen (the
-        handler may have refused a duplicate: it is skipped, never dead-lettered); any other failure is raised, to be
-        retried (transient) or replayed one message at a time, as a claimed batch's would be."""
+        claiming it first. If any of it had been seen (a redelivery, the same event twice in the batch), roll back and
+        return False: the caller then claims first and skips what was seen. So does a failure when some of the batch
+        had been seen (the handler may have refused a duplicate: it is skipped, never dead-lettered); any other
+        failure is raised, to be retried (transient) or replayed one message at a time, as a claimed batch's would
+        be."""
         outcomes: Counter[str] = Counter()
         try:
             async with self._transaction() as tx:
