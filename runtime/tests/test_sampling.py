@@ -105,3 +105,39 @@ def test_writing_a_span_as_json_leaves_nothing_for_the_garbage_collector():
         gc.enable()
     assert line["resource"] == {"attributes": dict(resource.attributes), "schema_url": ""}
     assert line["name"] == "process oms.probe"
+
+
+def test_a_traceparent_is_written_as_the_trace_context_propagator_writes_it(monkeypatch):
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    spans = tracer(monkeypatch)
+    for span in (_remote(SAMPLED), _remote(UNSAMPLED), spans.start_span("s", context=NO_PARENT)):
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier, context=set_span_in_context(span))
+        assert telemetry.traceparent_of(span) == carrier["traceparent"]
+    assert telemetry.traceparent_of(INVALID_SPAN) is None
+
+
+def test_a_span_continuing_an_unsampled_trace_is_its_parents_context_made_current(monkeypatch):
+    from opentelemetry import trace
+
+    monkeypatch.setattr(telemetry, "_tracer", tracer(monkeypatch))
+    monkeypatch.setattr(telemetry, "_parent_based", True)
+    unsampled = _traceparent(UNSAMPLED).decode()
+    with telemetry.continued(unsampled, "send", SpanKind.CLIENT, {}) as span:
+        assert trace.get_current_span() is span
+        assert not span.is_recording()
+        assert telemetry.traceparent_of(span) == unsampled  # the mail's event continues the trace as it came
+    with telemetry.continued(_traceparent(SAMPLED).decode(), "send", SpanKind.CLIENT, {"a": 1}) as span:
+        assert span.is_recording()
+        assert span.parent.span_id == SAMPLED.span_id
+    with telemetry.continued(None, "send", SpanKind.CLIENT, {}) as span:
+        assert span.get_span_context().is_valid  # no trace to continue: a new one
+
+
+def test_under_another_sampler_a_continued_span_is_made_whatever_its_parent(monkeypatch):
+    monkeypatch.setattr(telemetry, "_tracer", TracerProvider().get_tracer("test"))
+    monkeypatch.setattr(telemetry, "_parent_based", False)
+    with telemetry.continued(_traceparent(UNSAMPLED).decode(), "send", SpanKind.CLIENT, {}) as span:
+        assert span.get_span_context().trace_id == UNSAMPLED.trace_id
+        assert span.get_span_context().span_id != UNSAMPLED.span_id

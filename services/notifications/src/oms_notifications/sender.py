@@ -56,7 +56,7 @@ from oms_contracts.notification import (
 from oms_runtime import Database, Transaction
 from oms_runtime.loop import run_when_woken
 from oms_runtime.outbox import append
-from oms_runtime.telemetry import context_from_traceparent, traceparent_of, tracer
+from oms_runtime.telemetry import continued, traceparent_of
 
 from . import metrics, mime, store
 from .domain import Audience, ClaimPolicy, Delivery, Outcome, RetryPolicy, outcome_of_reply
@@ -437,11 +437,11 @@ class Sender:
         return smtp
 
     async def _send_one(self, smtp: _Smtp, notification: store.Outgoing) -> _Try:
-        with tracer().start_as_current_span(
+        with continued(
+            notification.traceparent,
             f"send {notification.template}",
-            context=context_from_traceparent(notification.traceparent),
-            kind=SpanKind.CLIENT,
-            attributes={
+            SpanKind.CLIENT,
+            {
                 "messaging.system": "smtp",
                 "oms.notification.id": str(notification.id),
                 "oms.notification.template": notification.template,
