@@ -25,7 +25,7 @@ from rich.progress import Progress
 from bench import checks, procstat, report, stats
 from bench.collect import Collector, system_profile
 from bench.point import Target, Timing, console, progress_bar, run_point
-from bench.system import REPO, Infra, Ports, Services
+from bench.system import REPO, Infra, Ports, Services, mail_catcher
 
 # The rate of the unmeasured warm-up after a system starts: low enough for any machine to keep up with.
 WARM_UP_RATE = 50.0
@@ -112,7 +112,7 @@ class Bench:
         services = Services(infra, infra.root / "run", extra_env)
         threepl = ThreePL(infra.bootstrap, [])
         collector: Collector | None = None
-        config: dict[str, Any] = {"label": label, "env": extra_env, "points": []}
+        config: dict[str, Any] = {"label": label, "env": extra_env, "points": [], "mail_catcher": mail_catcher()}
         try:
             console.print(f"[bold]{label}[/]: starting Kafka :{self.ports.kafka}, PostgreSQL :{self.ports.postgres}")
             infra.start()

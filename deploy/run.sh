@@ -11,8 +11,8 @@
 # read by deploy/kafka and deploy/postgres); OMS_<SERVICE>_HTTP_PORT (8081-8084); OMS_DEMO (1: load the demo
 # network and stock); OMS_DEMO_SOURCES (1: run the demo sources); OMS_RESTART_MAX_DELAY (30 seconds); OMS_OBSERVE
 # (0; 1: Prometheus too, deploy/prometheus/prometheus.sh, on OMS_PROMETHEUS_PORT, 9090, scraping the four services);
-# OMS_MAIL_CATCHER (aiosmtpd.handlers.Debugging: every mail written to mail.log; the bench takes
-# aiosmtpd.handlers.Sink, which accepts mails and keeps nothing).
+# OMS_MAIL_CATCHER (aiosmtpd.handlers.Debugging: every mail written to mail.log; another aiosmtpd handler, or
+# smtp-sink: deploy/mail/smtp-sink.sh, Postfix's C server that accepts mails and keeps nothing, which the bench takes).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -67,8 +67,13 @@ PYTHON="$REPO/.venv/bin/python"
 
 launch() { # name: start one of the processes this script supervises
   case $1 in
-    mail) spawn mail "$PYTHON" -m aiosmtpd -n -c "${OMS_MAIL_CATCHER:-aiosmtpd.handlers.Debugging}" \
-      -l "$OMS_NOTIFICATIONS_SMTP_HOST:$OMS_NOTIFICATIONS_SMTP_PORT" ;;
+    mail)
+      if [[ "${OMS_MAIL_CATCHER:-}" == smtp-sink ]]; then
+        spawn mail "$REPO/deploy/mail/smtp-sink.sh" run "$OMS_NOTIFICATIONS_SMTP_HOST:$OMS_NOTIFICATIONS_SMTP_PORT"
+      else
+        spawn mail "$PYTHON" -m aiosmtpd -n -c "${OMS_MAIL_CATCHER:-aiosmtpd.handlers.Debugging}" \
+          -l "$OMS_NOTIFICATIONS_SMTP_HOST:$OMS_NOTIFICATIONS_SMTP_PORT"
+      fi ;;
     sources) spawn sources "$REPO/.venv/bin/oms" demo ship ;;
     *) spawn "$1" "$PYTHON" -m "oms_$1" ;;
   esac
