@@ -117,15 +117,30 @@ def trace_headers(headers: Headers | None) -> dict[str, str]:
 def extract(headers: Headers | None) -> otel_context.Context:
     """The trace context a Kafka message carries, or an empty one."""
     carried = trace_headers(headers)
-    if "tracestate" not in carried and (parent := _parent(carried.get("traceparent"))) is not None:
+    if "tracestate" in carried:
+        return propagate.extract(carried)
+    return context_from_traceparent(carried.get("traceparent"))
+
+
+def context_from_traceparent(traceparent: str | None) -> otel_context.Context:
+    if (parent := _parent(traceparent)) is not None:
         return trace.set_span_in_context(trace.NonRecordingSpan(parent))
-    return propagate.extract(carried)
+    return propagate.extract({"traceparent": traceparent} if traceparent else {})
+
+
+def _stand_in(traceparent: str | None) -> trace.NonRecordingSpan | None:
+    """Under the default sampler a child of an unsampled parent is never recorded, so the parent's own context stands
+    in for it: the trace id travels on just the same, and no span is made, sampled or given an id. None when a span
+    is to be made."""
+    parent = _parent(traceparent) if _parent_based else None
+    if parent is not None and not parent.trace_flags.sampled:
+        return trace.NonRecordingSpan(parent)
+    return None
 
 
 def span_for(headers: Headers | None, name: str, kind: trace.SpanKind) -> trace.Span:
-    """The span of taking in a Kafka message, a child of the trace context it carries. Under the default sampler a
-    child of an unsampled parent is never recorded, so the parent's own context stands in for it (most messages):
-    the trace id travels on just the same, and no span is made, sampled or given an id."""
+    """The span of taking in a Kafka message, a child of the trace context it carries, or its parent's context
+    standing in for it (`_stand_in`: most messages)."""
     if _parent_based:
         traceparent = None
         for key, value in headers or ():
@@ -134,9 +149,8 @@ def span_for(headers: Headers | None, name: str, kind: trace.SpanKind) -> trace.
                 break
             if key == "traceparent" and value is not None and value.isascii():
                 traceparent = value.decode("ascii")
-        parent = _parent(traceparent)
-        if parent is not None and not parent.trace_flags.sampled:
-            return trace.NonRecordingSpan(parent)
+        if (stand_in := _stand_in(traceparent)) is not None:
+            return stand_in
     return _tracer.start_span(name, context=extract(headers), kind=kind)
 
 
@@ -180,22 +194,14 @@ def is_sampled(traceparent: str | None) -> bool:
         return False
 
 
-def context_from_traceparent(traceparent: str | None) -> otel_context.Context:
-    if (parent := _parent(traceparent)) is not None:
-        return trace.set_span_in_context(trace.NonRecordingSpan(parent))
-    return propagate.extract({"traceparent": traceparent} if traceparent else {})
-
-
 @contextlib.contextmanager
 def continued(
     traceparent: str | None, name: str, kind: trace.SpanKind, attributes: dict[str, Any]
 ) -> Iterator[trace.Span]:
-    """A span continuing `traceparent`, made current. Under the default sampler a child of an unsampled parent is never
-    recorded, so the parent's own context stands in for it, as in `span_for`: the trace id travels on (and is in the
-    log lines inside), and no span is made."""
-    parent = _parent(traceparent) if _parent_based else None
-    if parent is not None and not parent.trace_flags.sampled:
-        with trace.use_span(trace.NonRecordingSpan(parent), end_on_exit=False) as span:
+    """A span continuing `traceparent`, made current, or its parent's context standing in for it (`_stand_in`; the
+    log lines inside carry the trace id either way)."""
+    if (stand_in := _stand_in(traceparent)) is not None:
+        with trace.use_span(stand_in, end_on_exit=False) as span:
             yield span
         return
     with _tracer.start_as_current_span(
