@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import for_code
+from aiokafka.errors import KafkaTimeoutError, for_code
 
 from oms_contracts import Topic
 
@@ -20,7 +22,8 @@ _ALREADY_EXISTS = 36
 async def ensure_topics(
     kafka: Kafka, topics: Iterable[Topic], *, partitions: int = 6, replication_factor: int = 1
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the names created. Existing topics are left as they are."""
+    """Create the topics that do not exist yet; return the names created, once the broker lists them. Existing topics
+    are left as they are."""
     admin = AIOKafkaAdminClient(**client_options(kafka), client_id="oms-topics", request_timeout_ms=30_000)
     await admin.start()
     try:
@@ -47,6 +50,21 @@ async def ensure_topics(
                 created.append(name)
             elif code != _ALREADY_EXISTS:
                 raise for_code(code)(f"creating topic {name}: {topic_error[2] if len(topic_error) > 2 else ''}")
+        await until_listed(admin, created)
         return created
     finally:
         await admin.close()
+
+
+async def until_listed(admin: AIOKafkaAdminClient, names: Iterable[str], timeout: float = 30.0) -> None:
+    """Wait until the broker's metadata lists these topics. CreateTopics answers once the controller has recorded
+    them; a broker's metadata follows a moment later, and a client that asks in between is told they do not exist
+    (a test that listed the topics at once saw them missing on a busy machine)."""
+    wanted = set(names)
+    deadline = time.monotonic() + timeout
+    while missing := wanted - set(await admin.list_topics()):
+        if time.monotonic() > deadline:
+            raise KafkaTimeoutError(
+                f"topics created but not listed by the broker after {timeout:.0f} s: {sorted(missing)}"
+            )
+        await asyncio.sleep(0.1)
