@@ -364,18 +364,3 @@ async def test_only_a_batch_that_wrote_to_the_outbox_wakes_the_relay(service, to
     emitted = await consume(service, topic, [record(topic.name, b'{"specversion": "1.0", "data": {', "SKU-9")])
     assert len(dead_letters(emitted)) == 1
     assert woken == [True]
-
-
-async def test_the_relay_is_woken_once_the_batch_commits_before_its_connection_goes_back_to_the_pool(
-    service, topic, consume, monkeypatch
-):
-    """asyncpg gives a connection back in two turns of the event loop, milliseconds on a busy service: the batch's
-    events need not wait for them."""
-    pool = await service.database.pool()
-    in_use: list[int] = []
-    monkeypatch.setattr(service.relay, "wake", lambda: in_use.append(pool.get_size() - pool.get_idle_size()))
-
-    emitted = await consume(service, topic, [record(topic.name, b'{"specversion": "1.0", "data": {', "SKU-9")])
-    assert len(dead_letters(emitted)) == 1
-    assert in_use == [1]
-    assert pool.get_size() - pool.get_idle_size() == 0

@@ -373,7 +373,7 @@ class BatchConsumer(metrics.GaugeSource):
         handler: Handler,
         database: Database,
         service: str,
-        on_commit: Callable[[], None],
+        on_commit: Callable[[bool], None],
         on_invalid: InvalidHandler | None = None,
         dead_letter_max_bytes: int = DEAD_LETTER_MAX_BYTES,
         handles: Iterable[type[CloudEvent]] | None = None,
@@ -403,6 +403,8 @@ class BatchConsumer(metrics.GaugeSource):
         self._attributes = {metrics.SYSTEM: "kafka", metrics.DESTINATION: topic.name, metrics.GROUP: name}
         # What became of the records of the batch being applied, counted from committed transactions only.
         self._outcomes: Counter[str] = Counter()
+        # Whether a transaction of the batch being applied wrote to the outbox, once it has committed.
+        self._appended = False
         # Per partition: the next offset this group applies (after each commit), the partition's end offset and the
         # consumer's position as the last refresh found them. The lag gauge reads them; nothing here asks Kafka.
         self._applied: dict[TopicPartition, int] = {}
@@ -422,6 +424,7 @@ class BatchConsumer(metrics.GaugeSource):
         self.consumer = consumer
         started = time.perf_counter()
         self._outcomes.clear()
+        self._appended = False
         messages: list[Message] = []
         try:
             # Inside the try: whatever a record holds, an error here is a redelivery, never a batch that the
@@ -463,6 +466,11 @@ class BatchConsumer(metrics.GaugeSource):
         if faults.ARMED:
             # The batch's transaction has committed; its offsets are not committed yet.
             faults.reach("consumer.after_commit")
+        if messages:
+            # Whether the batch wrote to the outbox: the relay is woken only then. Most batches of some topics write
+            # none (stock levels in routing, plans in notifications), and a pass that finds nothing still costs a
+            # transaction: three round trips.
+            self.on_commit(self._appended)
         # Skipped records' offsets too: they are done with.
         self._commit(records)
         if self.stopping:
@@ -614,25 +622,19 @@ class BatchConsumer(metrics.GaugeSource):
                 delay = min(delay * 2, 5.0)
 
     @contextlib.asynccontextmanager
-    async def _transaction(self, outcomes: Counter[str]) -> AsyncIterator[Transaction]:
-        """One attempt at a batch: a database transaction, traced. Once it has committed, its `outcomes` count and
-        the relay is woken (`_committed`) before the connection goes back to the pool: asyncpg's release takes two
-        turns of the event loop, several milliseconds on a busy service, which the batch's events need not wait
-        (docs/performance.md, step 45)."""
+    async def _transaction(self) -> AsyncIterator[Transaction]:
+        """One attempt at a batch: a database transaction, traced."""
         with telemetry.tracer().start_as_current_span(
             "transaction", kind=SpanKind.CLIENT, attributes={"db.system.name": "postgresql"}
         ):
-            async with self.database.autocommit() as conn:
-                tx = Transaction(conn, self.service, dead_letter_max_bytes=self.dead_letter_max_bytes, batch=True)
-                async with conn.transaction():
-                    yield tx
-                self._committed(tx, outcomes)
+            async with self.database.transaction() as conn:
+                yield Transaction(conn, self.service, dead_letter_max_bytes=self.dead_letter_max_bytes, batch=True)
 
     async def _apply(self, messages: list[Message], poison: BaseException | None = None) -> None:
         if poison is None and await self._apply_unseen(messages):
             return
         outcomes: Counter[str] = Counter()
-        async with self._transaction(outcomes) as tx:
+        async with self._transaction() as tx:
             # A dead letter is recorded by the record's position, not its event: a redelivery of that record is
             # not dead-lettered twice, while a replay of the dead letter (a new record, the same event) is applied.
             fresh = await self._claim(tx, messages, by_position=poison is not None)
@@ -646,6 +648,7 @@ class BatchConsumer(metrics.GaugeSource):
             else:
                 await self._handle(tx, fresh, outcomes)
             await _end(tx.conn, tx)
+        self._committed(tx, outcomes)
 
     async def _apply_unseen(self, messages: list[Message]) -> bool:
         """Apply the batch as if none of it had been seen before, the usual case, and record it in the inbox at the
@@ -657,7 +660,7 @@ class BatchConsumer(metrics.GaugeSource):
         be."""
         outcomes: Counter[str] = Counter()
         try:
-            async with self._transaction(outcomes) as tx:
+            async with self._transaction() as tx:
                 await self._handle(tx, messages, outcomes)
                 if await _claim_and_end(tx.conn, self.name, [m.key for m in messages], tx) < len(messages):
                     raise _SeenBefore
@@ -667,16 +670,14 @@ class BatchConsumer(metrics.GaugeSource):
             if is_transient(error) or not await self._any_seen(messages):
                 raise
             return False
+        self._committed(tx, outcomes)
         return True
 
     def _committed(self, tx: Transaction, outcomes: Counter[str]) -> None:
         """A transaction of the batch has committed: only now do its records count, and the handler's own metrics
-        with them. The relay is woken only when it wrote to the outbox: most batches of some topics write none
-        (stock levels in routing, plans in notifications), and a pass that finds nothing still costs a transaction,
-        three round trips."""
+        with them; and whether it wrote to the outbox decides whether the relay is woken."""
         self._outcomes.update(outcomes)
-        if tx.outbox:
-            self.on_commit()
+        self._appended |= bool(tx.outbox)
         tx.has_committed()
 
     async def _any_seen(self, messages: list[Message]) -> bool:

@@ -210,10 +210,11 @@ class Service:
         """Declare, for the AsyncAPI document, a topic this service publishes on (through its outbox)."""
         self.broker.publisher(topic.name, schema=topic.union, description=description or topic.description)
 
-    def _committed(self) -> None:
-        """A consumer committed a batch that wrote to the outbox: the relay publishes it. (A handler that needs more
-        after the commit registers it on the batch's transaction: `Transaction.after_commit`.)"""
-        self.relay.wake()
+    def _committed(self, appended: bool) -> None:
+        """A consumer committed a batch: the relay publishes what it wrote to the outbox, if anything. (A handler
+        that needs more after the commit registers it on the batch's transaction: `Transaction.after_commit`.)"""
+        if appended:
+            self.relay.wake()
 
     def on_startup(self, hook: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         self._startup.append(hook)
