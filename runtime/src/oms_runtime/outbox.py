@@ -1,12 +1,9 @@
 """Transactional outbox: rows written in the same transaction as the state change, published by the relay.
 
-The relay is woken in-process after each commit and reads forward from the last id it sent, and the ids it found
-missing below that (rows whose transactions had not committed yet); a sweep every second catches what that missed
-and rows a crashed instance left. Sent rows are deleted, by the statement that reads the next rows, so the index it
-scans holds only work. One relay per database publishes: the one holding a session-level advisory lock on a
-connection it keeps, which keeps the per-key order of the rows when two instances of a service run. A relay that
-finds the lock held wakes the one holding it (NOTIFY), which then publishes what the other instance's transactions
-wrote; if the holder stops or its connection is lost, the lock is free and the next relay to look takes it.
+The relay is woken in-process after each commit and reads forward from the last id it sent; a sweep every second
+catches rows that committed out of id order or were left by a crashed instance. Sent rows are deleted so the
+index it scans holds only work. An advisory lock lets one relay per database publish at a time, which keeps the
+per-key order of the rows when two instances of a service run.
 
 Each row's send is judged on its own. A row that is acknowledged is deleted. A row that failed for a reason that
 passes (a lost connection, a leader election, a topic created a moment ago) stays and is sent again, in id order,
@@ -33,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     CorruptRecordException,
@@ -65,35 +61,14 @@ from .loop import run_when_woken
 log = logging.getLogger(__name__)
 
 _RELAY_LOCK = 0x6F6D735F72656C61  # "oms_rela": one publishing relay per database at a time
-_RELAY_CHANNEL = "oms_outbox_relay"
-# Take the lock for this session, or, when another relay holds it, wake that one: one round trip either way (a CASE
-# evaluates its branches only as needed; the NOTIFY goes out when the statement commits).
-_TAKE_LOCK = (
-    f"SELECT CASE WHEN pg_try_advisory_lock({_RELAY_LOCK}) THEN true"
-    f" ELSE (SELECT false FROM pg_notify('{_RELAY_CHANNEL}', '')) END"
-)
-# A pass in one statement: delete the rows the last pass published ($1), read the next ones after $2, and the rows
-# of ids a pass found missing up to there ($4: transactions that had taken their ids and not committed yet). The
-# read's snapshot is taken before the delete, so it passes over the rows being deleted itself. The outbox is a queue:
-# between two vacuums its heap fills with the pages of rows already sent, which the planner does not see. Its read
-# goes by the primary key however small the outbox was when planned: the pool's connections plan without sequential
-# scans (database._PLANNER), which spared a quarter of the order database's page reads at 50 orders/s when the relay
-# alone set it.
-_NEXT_ROWS = """
-    WITH gone AS (DELETE FROM outbox WHERE id = ANY($1::bigint[]))
-    SELECT id, topic, key, payload, headers, created_at FROM (
-        (SELECT * FROM outbox WHERE id = ANY($4::bigint[]) AND id <= $2)
-        UNION ALL
-        (SELECT * FROM outbox WHERE id > $2 AND id <> ALL($1::bigint[]) ORDER BY id LIMIT $3)
-    ) AS next ORDER BY id"""
-_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+# The outbox is a queue: between two vacuums its heap fills with the pages of rows already sent, which the planner
+# does not see. Its read goes by the primary key however small the outbox was when planned: the pool's connections
+# plan without sequential scans (database._PLANNER), which spared a quarter of the order database's page reads at 50
+# orders/s when the relay alone set it.
+_BEGIN_LOCKED = f"BEGIN; SELECT pg_advisory_xact_lock({_RELAY_LOCK})"
+_NEXT_ROWS = "SELECT id, topic, key, payload, headers, created_at FROM outbox WHERE id > $1 ORDER BY id LIMIT $2"
 _BATCH = 1000
 _SWEEP_SECONDS = 1.0
-# How long the ids a forward pass found missing are looked for by the passes after it; later, only the sweep finds
-# their rows (an id can stay missing for good: its transaction rolled back).
-_UNSEEN_SECONDS = 5.0
-# The widest run of ids after the last one published whose missing ones are remembered.
-_UNSEEN_SPAN = 10 * _BATCH
 
 # Errors after which the producer's idempotent session cannot publish again: its sequence numbers, producer id or
 # epoch are refused by the broker (aiokafka spends a sequence number on a batch it gives up without sending, e.g.
@@ -284,14 +259,6 @@ class Relay:
         self.published = 0
         self.parked = 0
         self.producer_restarts = 0
-        # The connection on which this relay holds the relay lock, while it does, and the pool it came from.
-        self._locked: Any = None
-        self._pool: Any = None
-        # Ids the last pass published, deleted by the next one.
-        self._gone: list[int] = []
-        # Ids a forward pass found missing below the rows it read, and since when: the transactions that took them had
-        # not committed yet. The passes after it look for them, so that their rows need not wait for the sweep.
-        self._unseen: dict[int, float] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -312,11 +279,9 @@ class Relay:
             await self.producer.stop()
 
     async def drain(self) -> None:
-        """Publish everything committed so far, and delete it (used at shutdown and by tests); a relay that does not
-        hold the relay lock leaves it to the one that does."""
-        while await self._publish_batch(after_id=0):
+        """Publish everything committed so far (used at shutdown and by tests)."""
+        while await self._publish_batch(after_id=0) == _BATCH:
             pass
-        await self._delete_gone()
 
     def _new_producer(self) -> AIOKafkaProducer:
         return kafka_producer(self.bootstrap, f"oms-{self.service}-relay")
@@ -326,47 +291,43 @@ class Relay:
         await run_when_woken(
             self._wake, self._publish, interval=_SWEEP_SECONDS, what="outbox relay", running=lambda: not self._stopping
         )
+        if self.producer is None:
+            log.warning("outbox not drained at shutdown: Kafka was never reachable (the next start publishes it)")
+            return
         try:
-            if self.producer is None:
-                log.warning("outbox not drained at shutdown: Kafka was never reachable (the next start publishes it)")
-                return
-            try:
-                await self.drain()
-            except Exception as error:
-                log.warning("outbox not drained at shutdown (the next start publishes it): %r", error)
-        finally:
-            await self._unlock()
+            await self.drain()
+        except Exception as error:
+            log.warning("outbox not drained at shutdown (the next start publishes it): %r", error)
 
     async def _publish(self) -> None:
-        """Publish forward from the last id sent, pass after pass while there are rows; a pass once a second sweeps
-        from the start instead, busy or not."""
-        while True:
-            sweep = time.monotonic() - self._last_sweep >= _SWEEP_SECONDS
-            if sweep:
-                self._last_sweep = time.monotonic()
-            # After a pass that read rows, another at once: it deletes them, and reads what committed meanwhile.
-            if not await self._publish_batch(after_id=0 if sweep else self._last_id):
-                break
-        await self._delete_gone()
+        """Publish forward from the last id sent; once a second, sweep from the start."""
+        sweep = time.monotonic() - self._last_sweep >= _SWEEP_SECONDS
+        if sweep:
+            self._last_sweep = time.monotonic()
+        after = 0 if sweep else self._last_id
+        while await self._publish_batch(after_id=after) == _BATCH:
+            after = self._last_id
 
     async def _publish_batch(self, after_id: int) -> int:
         """One pass over up to _BATCH rows after `after_id`: publish, park or keep each; return how many were read,
-        or 0 when some were kept for a later pass (which starts with them), or when another relay holds the lock.
-        Raises PublishingHeldBack, after parking what it did, when a send failed: the relay backs off before it
-        tries again."""
+        or 0 when some were kept for a later pass (which starts with them). Raises PublishingHeldBack, after
+        committing what it did, when a send failed: the relay backs off before it tries again."""
         if self.producer is None or self._dead_session is not None:
-            # Outside the lock's connection: the lock is not taken while a producer connects.
+            # Outside the transaction: the advisory lock is not held while a producer connects.
             await self._connect()
-        pg = await self._lock()
-        if pg is None:
-            return 0
-        try:
-            rows, done = await self._pass(pg, after_id)
-        except BaseException:
-            # Whatever failed, the lock's connection may be in any state (a statement cut off, a server that went):
-            # it is closed, which gives the lock up, and the next pass takes it again (or another relay does).
-            await self._drop_lock()
-            raise
+        async with self.database.autocommit() as pg:
+            # The transaction is begun and locked in one round trip (a simple query of two statements) and ended with
+            # its DELETE in another (`_pass`): a pass takes three round trips, not five.
+            try:
+                await pg.execute(_BEGIN_LOCKED)
+                rows, done = await self._pass(pg, after_id)
+            except BaseException:
+                # A connection the server dropped is already back in the pool, where asking it anything raises: the
+                # pass's own error is the one to report.
+                with contextlib.suppress(Exception):
+                    if pg.is_in_transaction():
+                        await pg.execute("ROLLBACK")
+                raise
         if not rows:
             return 0
         for row, error in done.parked:
@@ -405,121 +366,41 @@ class Relay:
         return 0
 
     async def _pass(self, pg, after_id: int) -> tuple[list[Any], _Pass]:
-        """Under the lock: delete what the last pass was done with, read, send and judge the rows after `after_id`,
-        park what can never be published."""
-        gone, now = self._gone, time.monotonic()
-        self._unseen = {i: since for i, since in self._unseen.items() if now - since < _UNSEEN_SECONDS}
-        rows = await pg.fetch(_NEXT_ROWS, gone, after_id, _BATCH, list(self._unseen))
-        self._gone = []
-        self._note_unseen(rows, gone, now)
+        """Inside the locked transaction: read, send and judge the rows after `after_id`, park and delete what is
+        done with, commit."""
+        rows = await pg.fetch(_NEXT_ROWS, after_id, _BATCH)
         done = _Pass()
         if not rows:
+            await pg.execute("COMMIT")
             return rows, done
         if after_id == 0:
             self._forget_before(rows[0]["id"])
         started = time.perf_counter()
         done = await self._send_all(rows)
-        self._gone = done.sent
         _measure(rows, done, time.perf_counter() - started)
         if faults.ARMED and done.sent:
             # The broker has acknowledged these rows; they are still in the outbox, and stay there if we die.
             faults.reach("relay.after_publish")
         if done.parked:
-            # A parked row leaves the outbox in the transaction that keeps it in parked_messages.
-            ids = [row["id"] for row, _ in done.parked]
-            async with pg.transaction():
-                await pg.execute(
-                    """
-                    INSERT INTO parked_messages
-                        (id, topic, key, payload, headers, created_at, error_class, error_message, attempts)
-                    SELECT o.id, o.topic, o.key, o.payload, o.headers, o.created_at, p.error_class, p.error_message,
-                        p.attempts
-                    FROM outbox o
-                    JOIN unnest($1::bigint[], $2::text[], $3::text[], $4::int[])
-                        AS p(id, error_class, error_message, attempts) USING (id)
-                    """,
-                    ids,
-                    [type(error).__name__ for _, error in done.parked],
-                    [_describe(error)[:4000] for _, error in done.parked],
-                    [self._tries.get(row_id, 1) for row_id in ids],
-                )
-                await pg.execute(_DELETE, ids)
+            await pg.execute(
+                """
+                INSERT INTO parked_messages
+                    (id, topic, key, payload, headers, created_at, error_class, error_message, attempts)
+                SELECT o.id, o.topic, o.key, o.payload, o.headers, o.created_at, p.error_class, p.error_message,
+                    p.attempts
+                FROM outbox o
+                JOIN unnest($1::bigint[], $2::text[], $3::text[], $4::int[])
+                    AS p(id, error_class, error_message, attempts) USING (id)
+                """,
+                [row["id"] for row, _ in done.parked],
+                [type(error).__name__ for _, error in done.parked],
+                [_describe(error)[:4000] for _, error in done.parked],
+                [self._tries.get(row["id"], 1) for row, _ in done.parked],
+            )
+        gone = ",".join(map(str, done.gone))
+        # The ids are integers read from the table: written into the statement, the DELETE and the COMMIT go as one.
+        await pg.execute(f"DELETE FROM outbox WHERE id = ANY('{{{gone}}}'::bigint[]); COMMIT")
         return rows, done
-
-    def _note_unseen(self, rows, gone: list[int], now: float) -> None:
-        """Forget the unseen ids this pass read; remember those missing between the last id published and its last
-        row (below the last id published, everything has been read before; a sweep's gaps there are rows published
-        since)."""
-        read = {row["id"] for row in rows}
-        for row_id in read & self._unseen.keys():
-            del self._unseen[row_id]
-        if not read or self._last_id == 0 or max(read) - self._last_id > _UNSEEN_SPAN:
-            return
-        for row_id in set(range(self._last_id + 1, max(read))) - read - set(gone):
-            self._unseen.setdefault(row_id, now)
-
-    async def _lock(self):
-        """The connection on which this relay holds the relay lock, taken now if it is free; None while another
-        relay holds it (which this one has just woken)."""
-        if self._locked is not None and _open(self._locked):
-            return self._locked
-        await self._drop_lock()
-        pool = await self.database.pool()
-        pg = await pool.acquire()
-        try:
-            locked = await pg.fetchval(_TAKE_LOCK)
-            if locked:
-                await pg.add_listener(_RELAY_CHANNEL, self._notified)
-        except BaseException:
-            pg.terminate()
-            await pool.release(pg)
-            raise
-        if not locked:
-            await pool.release(pg)
-            return None
-        log.info("outbox relay of %s holds the relay lock: it publishes for its database", self.service)
-        self._locked, self._pool = pg, pool
-        return pg
-
-    def _notified(self, *_: object) -> None:
-        """Another instance's relay found the lock held after its transactions wrote to the outbox."""
-        self._wake.set()
-
-    async def _drop_lock(self) -> None:
-        """Give the lock up by closing its connection (the session's locks go with it)."""
-        pg, self._locked = self._locked, None
-        if pg is not None:
-            await self._give_back(pg, close=True)
-
-    async def _unlock(self) -> None:
-        """At shutdown: give the lock up and the connection back, so that another instance's relay takes over."""
-        pg, self._locked = self._locked, None
-        if pg is None:
-            return
-        try:
-            await pg.remove_listener(_RELAY_CHANNEL, self._notified)
-            await pg.execute(f"SELECT pg_advisory_unlock({_RELAY_LOCK})")
-        except Exception:
-            await self._give_back(pg, close=True)
-        else:
-            await self._give_back(pg)
-
-    async def _give_back(self, pg, *, close: bool = False) -> None:
-        # A pool closed under the relay has taken its connections back already (and closed them).
-        with contextlib.suppress(asyncpg.InterfaceError):
-            if close:
-                pg.terminate()
-            await self._pool.release(pg)
-
-    async def _delete_gone(self) -> None:
-        """Delete what the last pass published when no pass follows to do it."""
-        if self._gone and self._locked is not None:
-            try:
-                await self._locked.execute(_DELETE, self._gone)
-            except BaseException:
-                await self._drop_lock()
-                raise
-            self._gone = []
 
     def _forget_before(self, first_id: int) -> None:
         # Rows below the first one left in the outbox were published or parked by another instance.
@@ -700,14 +581,6 @@ class Relay:
             key=row["key"].encode() if row["key"] is not None else None,
             headers=[(n, v.encode()) for n, v in headers],
         )
-
-
-def _open(pg) -> bool:
-    """Whether the relay's connection is still open and still its own (a pool that closed took it back)."""
-    try:
-        return not pg.is_closed()
-    except asyncpg.InterfaceError:
-        return False
 
 
 def _measure(rows, done: _Pass, seconds: float) -> None:
